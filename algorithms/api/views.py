@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from algorithms import registry
+
+
+class AlgorithmOut(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    description = serializers.CharField()
+    queue = serializers.CharField()
+    resources = serializers.DictField(child=serializers.IntegerField())
+    timeout_seconds = serializers.IntegerField(allow_null=True)
+    params_schema = serializers.JSONField()
+    examples = serializers.ListField(child=serializers.JSONField())
+    backend = serializers.CharField()
+
+
+def _out(alg: registry.Algorithm) -> dict[str, Any]:
+    return {
+        "name": alg.name, "version": alg.version, "description": alg.description, "queue": alg.queue,
+        "resources": alg.resources, "timeout_seconds": alg.timeout_seconds, "params_schema": alg.params_schema(),
+        "examples": alg.examples, "backend": "python",
+    }
+
+
+class AlgorithmViewSet(viewsets.ViewSet):
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(responses=AlgorithmOut(many=True))
+    def list(self, request: Request) -> Response:
+        return Response([_out(a) for a in registry.all_algorithms()])
+
+    @extend_schema(responses=AlgorithmOut)
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        return Response(_out(registry.get(pk or "")))

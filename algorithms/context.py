@@ -1,0 +1,69 @@
+"""What an algorithm sees while it runs: ``ctx.progress()``, ``ctx.log()``, ``ctx.cancelled()``,
+``ctx.save_result()``, ``ctx.attempt`` and a scratch directory removed afterwards."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+class RunContext:
+    """Progress is coalesced: at most one write per ``min_interval`` seconds, except a stage change
+    or 100 %, which always go through; the latest skipped report is flushed when the run ends."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        attempt: int,
+        scratch_dir: Path,
+        cancel_event: threading.Event,
+        write_progress: Callable[[float, str, str, dict[str, Any]], None],
+        write_logs: Callable[[list[str]], None],
+        min_interval: float,
+    ) -> None:
+        self.task_id = task_id
+        self.attempt = attempt
+        self.scratch_dir = scratch_dir
+        self._cancel = cancel_event
+        self._write_progress = write_progress
+        self._write_logs = write_logs
+        self._min_interval = min_interval
+        self._last_write = 0.0
+        self._last_stage: str | None = None
+        self._pending: tuple[float, str, str, dict[str, Any]] | None = None
+        self._result: Any = None
+        self._has_result = False
+
+    def progress(self, percent: float, stage: str | None = None, message: str | None = None,
+                 metrics: dict[str, Any] | None = None) -> None:
+        percent = max(0.0, min(100.0, float(percent)))
+        stage = self._last_stage or "" if stage is None else stage
+        report = (percent, stage, message or "", dict(metrics or {}))
+        now = time.monotonic()
+        if stage != self._last_stage or percent >= 100.0 or now - self._last_write >= self._min_interval:
+            self._pending = None
+            self._last_write, self._last_stage = now, stage
+            self._write_progress(*report)
+        else:
+            self._pending = report
+
+    def log(self, line: str) -> None:
+        self._write_logs([str(line)])
+
+    def cancelled(self) -> bool:
+        """True once the task was cancelled (or hit its time limit): stop soon and return."""
+        return self._cancel.is_set()
+
+    def save_result(self, obj: Any) -> None:
+        """The task's result (JSON-serialisable); takes precedence over the function's return value."""
+        self._result, self._has_result = obj, True
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            report, self._pending = self._pending, None
+            self._write_progress(*report)
+
+    def result_or(self, returned: Any) -> Any:
+        return self._result if self._has_result else returned

@@ -1,0 +1,104 @@
+"""One error shape for the whole API: ``{"error": {"code", "message", "fields"?}}``.
+
+Services raise ``ConveyorError`` subclasses (DRF's ``APIException`` pattern: class attributes
+``status_code`` and ``code``); views never catch them. DRF's own handler runs first so that
+``Retry-After``, ``WWW-Authenticate`` and transaction rollback keep working.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class ConveyorError(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "bad_request"
+
+    def __init__(self, message: str, *, fields: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail=message, code=self.code)
+        self.message = message
+        self.fields = fields
+
+
+class InvalidInput(ConveyorError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "invalid"
+
+
+class NotFound(ConveyorError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+class Conflict(ConveyorError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "conflict"
+
+
+class Forbidden(ConveyorError):
+    status_code = status.HTTP_403_FORBIDDEN
+    code = "forbidden"
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested error dict → {"params.seconds": ["…"]}, so every field is named by its path."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.update(_flatten(value, path))
+    elif isinstance(detail, list) and detail and all(isinstance(d, (dict, list)) for d in detail):
+        for index, value in enumerate(detail):
+            out.update(_flatten(value, f"{prefix}[{index}]" if prefix else str(index)))
+    elif isinstance(detail, list):
+        out[prefix or "non_field_errors"] = [str(d) for d in detail]
+    else:
+        out[prefix or "non_field_errors"] = [str(detail)]
+    return {k: v for k, v in out.items() if v}
+
+
+_CODES = {
+    400: "invalid",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    415: "unsupported_media_type",
+    429: "throttled",
+}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    if isinstance(exc, Http404):
+        exc = NotFound("not found")
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    body: dict[str, Any]
+    if isinstance(exc, ConveyorError):
+        body = {"code": exc.code, "message": exc.message}
+        if exc.fields:
+            body["fields"] = exc.fields
+    elif isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first = next(iter(fields.items()), ("request", ["invalid"]))
+        body = {"code": "invalid", "message": f"{first[0]}: {first[1][0]}", "fields": fields}
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        code = _CODES.get(response.status_code, "error")
+        if isinstance(exc, exceptions.APIException):
+            codes = exc.get_codes()
+            if isinstance(codes, str):
+                code = codes
+        body = {"code": code, "message": str(detail if not isinstance(detail, dict) else detail.get("detail", detail))}
+    response.data = {"error": body}
+    return response

@@ -1,0 +1,160 @@
+"""Task events: the wire format (DESIGN §5), the ``TaskEvent`` rows, and their fan-out after commit.
+
+``record()`` is called inside the transaction that changed the task; it writes the rows and registers
+``transaction.on_commit`` callbacks, so a rolled-back change notifies nobody.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from datetime import datetime, timezone as dt_timezone
+from typing import Any, Literal, TypedDict
+
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.models import Task, TaskEvent
+
+log = logging.getLogger(__name__)
+
+EventName = Literal[
+    "task.created", "task.queued", "task.started", "task.progress", "task.log", "task.succeeded",
+    "task.failed", "task.cancelled", "task.timed_out", "task.retrying", "task.requeued",
+    "task.priority_changed", "task.snapshot",
+]
+
+
+class TaskEventPayload(TypedDict, total=False):
+    event: str
+    seq: int
+    task_id: str
+    status: str
+    percent: float
+    stage: str
+    message: str
+    metrics: dict[str, Any]
+    timestamp: str
+    queue: str
+    algorithm: str
+    data: dict[str, Any]
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def payload(task: Task, event: str, seq: int, data: dict[str, Any] | None, at: datetime) -> TaskEventPayload:
+    return {
+        "event": event,
+        "seq": seq,
+        "task_id": str(task.id),
+        "status": task.status,
+        "queue": task.queue_id,
+        "algorithm": task.algorithm,
+        "percent": task.progress_percent,
+        "stage": task.progress_stage,
+        "message": task.progress_message,
+        "metrics": task.progress_metrics,
+        "data": data or {},
+        "timestamp": iso(at),
+    }
+
+
+def from_row(row: TaskEvent, task: Task) -> TaskEventPayload:
+    """A stored event as the wire shows it (replay for reconnecting clients, webhooks redelivery)."""
+    body = payload(task, row.event, row.seq, row.data, row.created_at)
+    body["status"] = row.status
+    for key in ("percent", "stage", "message", "metrics"):
+        if key in row.data:
+            body[key] = row.data[key]  # type: ignore[literal-required]
+    return body
+
+
+def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None) -> list[TaskEventPayload]:
+    """Append one event per task (its ``last_seq`` was already bumped by the guarded UPDATE)."""
+    now = timezone.now()
+    tasks = list(tasks)
+    rows = []
+    for task in tasks:
+        row_data = dict(data or {})
+        if event == "task.progress":
+            row_data.update(percent=task.progress_percent, stage=task.progress_stage,
+                            message=task.progress_message, metrics=task.progress_metrics)
+        rows.append(TaskEvent(task_id=task.id, seq=task.last_seq, event=event, status=task.status,
+                              data=row_data, created_at=now))
+    TaskEvent.objects.bulk_create(rows)
+    out = [payload(t, event, t.last_seq, data, now) for t in tasks]
+    by_owner = [(t.owner_id, body) for t, body in zip(tasks, out)]
+    transaction.on_commit(lambda: publisher.publish(by_owner))
+    return out
+
+
+def task_group(task_id: Any) -> str:
+    return f"task.{task_id}"
+
+
+def user_group(user_id: Any) -> str:
+    return f"user.{user_id}"
+
+
+ALL_GROUP = "tasks.all"
+
+
+class _Publisher:
+    """Sends events to the channel layer from sync code (views, Celery children).
+
+    One event loop thread per process keeps the channel layer's Redis connections alive between
+    sends (``async_to_sync`` would open new ones every time); it is created lazily per pid, so a
+    prefork child never inherits its parent's loop.
+    """
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._pid != os.getpid() or self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="conveyor-publisher", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def publish(self, items: list[tuple[int, TaskEventPayload]]) -> None:
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._send(items), self._ensure_loop())
+            fut.add_done_callback(_log_failure)
+        except Exception:  # the database holds the events; clients replay what they missed
+            log.exception("could not publish %d task events", len(items))
+
+    async def _send(self, items: list[tuple[int, TaskEventPayload]]) -> None:
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        for owner_id, body in items:
+            message = {"type": "task.event", "payload": body}
+            for group in (task_group(body["task_id"]), user_group(owner_id), ALL_GROUP):
+                await layer.group_send(group, message)
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until everything sent so far has left (used before a worker child kills itself)."""
+        if self._loop is None or self._pid != os.getpid():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop).result(timeout)
+        except Exception:
+            pass
+
+
+def _log_failure(fut: Any) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("publishing task events failed: %s", fut.exception())
+
+
+publisher = _Publisher()

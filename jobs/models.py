@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q
+
+
+class Status(models.TextChoices):
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
+NOT_STARTED = frozenset({Status.PENDING, Status.QUEUED})
+ACTIVE = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING})
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks")
+    algorithm = models.CharField(max_length=200)
+    algorithm_version = models.CharField(max_length=50, blank=True)
+    params = models.JSONField(default=dict)
+    queue = models.ForeignKey("queueing.Queue", to_field="name", db_column="queue", on_delete=models.PROTECT)
+    priority = models.PositiveSmallIntegerField(default=5)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    labels = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+
+    attempts = models.PositiveIntegerField(default=0)
+    max_retries = models.PositiveIntegerField(default=3)
+    timeout_seconds = models.PositiveIntegerField(default=3600)
+    not_before = models.DateTimeField(null=True, blank=True)
+
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True)
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    progress_percent = models.FloatField(default=0.0)
+    progress_stage = models.CharField(max_length=200, blank=True)
+    progress_message = models.CharField(max_length=1000, blank=True)
+    progress_metrics = models.JSONField(default=dict, blank=True)
+
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # Last event number handed out for this task; bumped by the same UPDATE that changes state.
+    last_seq = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="task_owner_idempotency_key_uniq",
+            ),
+            models.CheckConstraint(condition=Q(priority__gte=0, priority__lte=9), name="task_priority_0_9"),
+        ]
+        indexes = [
+            # The dispatcher's pick: PENDING rows of one queue, best priority first, then oldest.
+            models.Index(
+                "queue", models.F("priority").desc(), "created_at",
+                name="task_dispatch_idx", condition=Q(status="PENDING"),
+            ),
+            models.Index(fields=["status", "queue"], name="task_status_queue_idx"),
+            models.Index(fields=["owner", "-created_at"], name="task_owner_created_idx"),
+            GinIndex(fields=["labels"], name="task_labels_gin"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.algorithm} {self.id} {self.status}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+
+class TaskEvent(models.Model):
+    """Every state change, progress report and log line of a task, numbered by ``seq``.
+
+    The audit trail, the ``/logs/`` endpoint and the replay for reconnecting WebSocket clients.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    event = models.CharField(max_length=50)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task", "seq"]
+        constraints = [models.UniqueConstraint(fields=["task", "seq"], name="taskevent_task_seq_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}#{self.seq} {self.event}"

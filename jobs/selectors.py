@@ -1,0 +1,34 @@
+"""Reads. Views and consumers never build task querysets themselves."""
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db.models import QuerySet
+
+from config.permissions import is_operator
+from jobs.errors import TaskNotFound
+from jobs.models import Task, TaskEvent
+
+
+def tasks_for(user: Any) -> QuerySet[Task]:
+    """Every task the user may see: their own; operators and staff see all."""
+    qs = Task.objects.all()
+    if not is_operator(user):
+        qs = qs.filter(owner=user)
+    return qs
+
+
+def task_for(user: Any, task_id: UUID | str) -> Task:
+    """One visible task; another user's task is a 404, exactly like a task that does not exist."""
+    try:
+        return tasks_for(user).get(id=task_id)
+    except (Task.DoesNotExist, ValueError):
+        raise TaskNotFound("task not found") from None
+
+
+def events_for(task: Task, *, after_seq: int = 0, include_progress: bool = True) -> QuerySet[TaskEvent]:
+    qs = TaskEvent.objects.filter(task=task, seq__gt=after_seq).order_by("seq")
+    if not include_progress:
+        qs = qs.exclude(event="task.progress")
+    return qs

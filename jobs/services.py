@@ -1,0 +1,284 @@
+"""Every write to tasks: submit, cancel, retry, change_priority (clients) and claim, heartbeat,
+report_progress, log, finish (workers). All state changes go through ``transitions.apply``; side
+effects (dispatch, Celery sends, channel messages) run on commit."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from algorithms import registry
+from config.errors import InvalidInput
+from jobs import transitions
+from jobs.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
+from jobs.models import FINAL, NOT_STARTED, Status, Task
+from queueing.models import Queue
+
+PRIORITY_NAMES = {"low": 2, "normal": 5, "high": 8, "critical": 9}
+
+
+def parse_priority(value: Any, *, field: str = "priority") -> int:
+    if isinstance(value, str) and value.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.strip().lower()]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidInput(f"{field}: must be 0-9 or one of {', '.join(PRIORITY_NAMES)}",
+                           fields={field: ["must be 0-9 or one of " + ", ".join(PRIORITY_NAMES)]})
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 9:
+        raise InvalidInput(f"{field}: must be 0-9 or one of {', '.join(PRIORITY_NAMES)}",
+                           fields={field: ["must be 0-9 or one of " + ", ".join(PRIORITY_NAMES)]})
+    return number
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated submit, ready to insert."""
+
+    algorithm: str
+    algorithm_version: str
+    params: dict[str, Any]
+    queue: str
+    priority: int
+    max_retries: int
+    timeout_seconds: int
+    labels: list[str]
+
+    def request_hash(self) -> str:
+        canonical = json.dumps(self.__dict__, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queue: str | None = None,
+               max_retries: int | None = None, timeout_seconds: int | None = None,
+               labels: list[str] | None = None) -> TaskSpec:
+    """Validate one submit (params against the algorithm's schema, the queue, the priority)."""
+    alg = registry.get_for_submit(algorithm)
+    clean = alg.validate(params)
+    queue_name = queue or alg.queue
+    try:
+        q = Queue.objects.get(name=queue_name)
+    except Queue.DoesNotExist:
+        if queue:
+            raise InvalidInput(f"queue: unknown queue {queue_name!r}",
+                               fields={"queue": [f"unknown queue {queue_name!r}"]}) from None
+        q, _ = Queue.objects.get_or_create(name=queue_name)  # an algorithm's declared home queue
+    conf = settings.CONVEYOR
+    return TaskSpec(
+        algorithm=alg.name,
+        algorithm_version=alg.version,
+        params=clean,
+        queue=q.name,
+        priority=q.default_priority if priority is None else parse_priority(priority),
+        max_retries=conf["DEFAULT_MAX_RETRIES"] if max_retries is None else max_retries,
+        timeout_seconds=timeout_seconds or alg.timeout_seconds or conf["DEFAULT_TIMEOUT_SECONDS"],
+        labels=list(labels or []),
+    )
+
+
+def _new_task(owner: Any, spec: TaskSpec, key: str | None) -> Task:
+    return Task(owner=owner, algorithm=spec.algorithm, algorithm_version=spec.algorithm_version,
+                params=spec.params, queue_id=spec.queue, priority=spec.priority,
+                max_retries=spec.max_retries, timeout_seconds=spec.timeout_seconds, labels=spec.labels,
+                idempotency_key=key, request_hash=spec.request_hash(), last_seq=1)
+
+
+def _created(tasks: list[Task]) -> None:
+    """``task.created`` (seq 1, set at insert) for new rows, and a dispatch once they are committed."""
+    from jobs import events
+    from queueing import dispatch
+
+    events.record(tasks, "task.created")
+    queues = sorted({t.queue_id for t in tasks})
+    transaction.on_commit(lambda: dispatch.dispatch(queues))
+
+
+def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[Task, bool]:
+    """Insert a PENDING task (``task.created``), dispatch on commit. Returns (task, created).
+
+    The same ``idempotency_key`` from the same owner returns the first task; the unique constraint,
+    not a read-then-write, decides between concurrent duplicates. A different body is a 409.
+    """
+    task = _new_task(owner, spec, idempotency_key)
+    try:
+        with transaction.atomic():
+            task.save(force_insert=True)
+            _created([task])
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = Task.objects.get(owner=owner, idempotency_key=idempotency_key)
+        if existing.request_hash != task.request_hash:
+            raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
+        return existing, False
+    return task, True
+
+
+def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | None = None) -> tuple[list[Task], bool]:
+    """Insert all tasks or none (one transaction, one bulk INSERT). Keys are ``<key>#<index>``."""
+    keys = [f"{idempotency_key}#{i}" for i in range(len(specs))] if idempotency_key else [None] * len(specs)
+    tasks = [_new_task(owner, spec, key) for spec, key in zip(specs, keys)]
+    try:
+        with transaction.atomic():
+            Task.objects.bulk_create(tasks)
+            _created(tasks)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = {t.idempotency_key: t for t in Task.objects.filter(owner=owner, idempotency_key__in=keys)}
+        if len(existing) != len(tasks) or any(existing[k].request_hash != t.request_hash for k, t in zip(keys, tasks)):
+            raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
+        return [existing[k] for k in keys], False
+    return tasks, True
+
+
+@transaction.atomic
+def cancel(*, task_id: UUID | str, by: Any = None) -> Task:
+    """PENDING/QUEUED → CANCELLED at once; RUNNING → cancel flag; final → 409.
+
+    Races with claim()/finish() are settled by which guarded UPDATE matches the row.
+    """
+    done = transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
+                                 values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+    if done is None:
+        # Running: raise the flag; the worker's heartbeat sees it, ctx.cancelled() turns true, and
+        # the worker records CANCELLED itself (or kills the child after the grace period).
+        flagged = Task.objects.filter(id=task_id, status=Status.RUNNING).update(cancel_requested=True)
+        if not flagged:
+            if not Task.objects.filter(id=task_id).exists():
+                raise TaskNotFound("task not found")
+            raise InvalidTransition("task has already finished")
+    return Task.objects.get(id=task_id)
+
+
+def retry(*, task_id: UUID | str, by: Any) -> Task:
+    """Re-run a final task as a new task (``retry_of`` points back); final states never change."""
+    old = Task.objects.get(id=task_id)
+    if old.status not in FINAL:
+        raise InvalidTransition(f"only a finished task can be retried (it is {old.status})")
+    spec = TaskSpec(algorithm=old.algorithm, algorithm_version=old.algorithm_version, params=old.params,
+                    queue=old.queue_id, priority=old.priority, max_retries=old.max_retries,
+                    timeout_seconds=old.timeout_seconds, labels=old.labels)
+    new = _new_task(old.owner, spec, None)
+    new.retry_of = old
+    with transaction.atomic():
+        new.save(force_insert=True)
+        _created([new])
+    return new
+
+
+@transaction.atomic
+def change_priority(*, task_id: UUID | str, priority: int) -> Task:
+    """New priority for a PENDING/QUEUED task; 409 once it runs."""
+    done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
+                                 values={"priority": priority}, data={"priority": priority})
+    if done is None:
+        raise InvalidTransition("priority can only change before the task starts")
+    return done
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+@transaction.atomic
+def claim(*, task_id: UUID | str, worker: str) -> Task | None:
+    """QUEUED → RUNNING for exactly one message; None for a duplicate, cancelled or paused task.
+
+    A paused queue holds back tasks already handed to the broker: they go back to PENDING.
+    """
+    paused = "EXISTS (SELECT 1 FROM queueing_queue q WHERE q.name = jobs_task.queue AND q.paused)"
+    now = timezone.now()
+    task = transitions.apply_one(
+        task_id, frm=[Status.QUEUED], to=Status.RUNNING, event="task.started",
+        values={"started_at": now, "heartbeat_at": now, "worker": worker[:255], "cancel_requested": False},
+        sql_values={"attempts": "attempts + 1"}, where_sql=f"NOT {paused}", data={"worker": worker},
+    )
+    if task is None:
+        transitions.apply_one(task_id, frm=[Status.QUEUED], to=Status.PENDING, event="task.requeued",
+                              values={"queued_at": None}, where_sql=paused, data={"reason": "queue paused"})
+    return task
+
+
+def heartbeat(*, task_id: UUID | str) -> bool | None:
+    """Mark the running task alive; returns its cancel flag, or None if it is no longer RUNNING."""
+    with connection.cursor() as cur:
+        cur.execute("UPDATE jobs_task SET heartbeat_at = now() WHERE id = %s AND status = 'RUNNING' "
+                    "RETURNING cancel_requested", [str(task_id)])
+        row = cur.fetchone()
+    return None if row is None else bool(row[0])
+
+
+@transaction.atomic
+def report_progress(*, task_id: UUID | str, percent: float, stage: str, message: str,
+                    metrics: dict[str, Any]) -> bool:
+    """Store the latest progress of a RUNNING task and append ``task.progress``."""
+    return transitions.apply_one(
+        task_id, frm=[Status.RUNNING], to=None, event="task.progress",
+        values={"progress_percent": percent, "progress_stage": stage[:200], "progress_message": message[:1000],
+                "progress_metrics": metrics},
+    ) is not None
+
+
+@transaction.atomic
+def append_log(*, task_id: UUID | str, lines: list[str]) -> None:
+    """Append log lines (``task.log``) to a task that is still running."""
+    for line in lines:
+        transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log", data={"line": line[:10_000]})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # SUCCEEDED | FAILED | CANCELLED | TIMED_OUT
+    result: Any = None
+    error: str = ""
+    retryable: bool = True
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with jitter: base·2^(attempt-1), capped, times a factor in [0.5, 1.5)."""
+    conf = settings.CONVEYOR
+    raw = min(conf["BACKOFF_MAX_SECONDS"], conf["BACKOFF_BASE_SECONDS"] * 2 ** max(0, attempt - 1))
+    return raw * (0.5 + random.random())
+
+
+@transaction.atomic
+def finish(*, task_id: UUID | str, outcome: Outcome) -> Task | None:
+    """RUNNING → SUCCEEDED | FAILED | CANCELLED | TIMED_OUT, or back to PENDING with a backoff when a
+    retryable failure has retries left. None if the task was no longer RUNNING (reaped, or finished
+    by the watchdog)."""
+    from queueing import dispatch
+
+    now = timezone.now()
+    task = Task.objects.filter(id=task_id).only("attempts", "max_retries", "queue", "progress_stage").first()
+    if task is None:
+        return None
+    if outcome.status == Status.FAILED and outcome.retryable and task.attempts <= task.max_retries:
+        delay = backoff_seconds(task.attempts)
+        done = transitions.apply_one(
+            task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
+            values={"not_before": now + timedelta(seconds=delay), "error": outcome.error, "queued_at": None},
+            data={"error": outcome.error, "attempt": task.attempts, "retry_in_seconds": round(delay, 3)},
+        )
+        if done is not None:
+            transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay))
+    else:
+        values: dict[str, Any] = {"finished_at": now, "error": outcome.error}
+        if outcome.status == Status.SUCCEEDED:
+            values.update(result=outcome.result, progress_percent=100.0)
+        event = {Status.SUCCEEDED: "task.succeeded", Status.FAILED: "task.failed",
+                 Status.CANCELLED: "task.cancelled", Status.TIMED_OUT: "task.timed_out"}[outcome.status]
+        data = {"error": outcome.error} if outcome.error else {}
+        done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=outcome.status, event=event,
+                                     values=values, data=data)
+    if done is not None:
+        transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]))
+    return done

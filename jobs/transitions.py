@@ -1,0 +1,75 @@
+"""The one place the task state machine lives.
+
+``apply()`` is a guarded UPDATE (``… WHERE id = ANY(%s) AND status = ANY(%s) RETURNING *``) that also
+bumps ``last_seq``, followed by one ``TaskEvent`` per row it matched, in the caller's transaction.
+A row that did not match was changed by another process first (cancel vs claim, two dispatchers,
+a redelivered message): the caller gets it back as missing and does nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from uuid import UUID
+
+from django.db import connection, transaction
+
+from jobs import events
+from jobs.models import Task
+
+_TABLE = Task._meta.db_table
+
+
+def _prep(column: str, value: Any) -> Any:
+    field = next(f for f in Task._meta.concrete_fields if f.column == column)
+    return field.get_db_prep_save(value, connection)
+
+
+def apply(
+    ids: Iterable[UUID | str],
+    *,
+    frm: Iterable[str] | None,
+    to: str | None,
+    event: str,
+    values: Mapping[str, Any] | None = None,
+    sql_values: Mapping[str, str] | None = None,
+    where_sql: str = "",
+    where_params: list[Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> list[Task]:
+    """Move the rows still in ``frm`` to ``to`` (``None`` keeps the status) and record ``event``.
+
+    ``values`` are plain column values, ``sql_values`` SQL expressions (``"attempts + 1"``),
+    ``where_sql`` an extra guard (with ``where_params``). Returns the updated tasks, in the order of ``ids``.
+    """
+    assert transaction.get_connection().in_atomic_block, "transitions run inside a transaction"
+    ids = [str(i) for i in ids]
+    if not ids:
+        return []
+    sets = ["last_seq = last_seq + 1"]
+    params: list[Any] = []
+    if to is not None:
+        sets.append("status = %s")
+        params.append(to)
+    for column, value in (values or {}).items():
+        sets.append(f"{column} = %s")
+        params.append(_prep(column, value))
+    sets.extend(f"{column} = {expr}" for column, expr in (sql_values or {}).items())
+    sql = f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ANY(%s::uuid[])"
+    params.append(ids)
+    if frm is not None:
+        sql += " AND status = ANY(%s)"
+        params.append(list(frm))
+    if where_sql:
+        sql += f" AND ({where_sql})"
+        params.extend(where_params or [])
+    sql += " RETURNING *"
+    rows = {str(t.id): t for t in Task.objects.raw(sql, params)}
+    tasks = [rows[i] for i in ids if i in rows]
+    if tasks:
+        events.record(tasks, event, data)
+    return tasks
+
+
+def apply_one(task_id: UUID | str, **kwargs: Any) -> Task | None:
+    tasks = apply([task_id], **kwargs)
+    return tasks[0] if tasks else None

@@ -1,0 +1,24 @@
+"""Beat entry points. Ids in, services out."""
+from __future__ import annotations
+
+from celery import shared_task
+
+from queueing import dispatch, reconciler
+
+
+@shared_task(name="queueing.dispatch_tick", ignore_result=True)
+def dispatch_tick() -> int:
+    """Safety net: dispatch every queue with waiting tasks."""
+    return dispatch.dispatch()
+
+
+@shared_task(name="queueing.dispatch_queue", ignore_result=True)
+def dispatch_queue(queue_name: str) -> int:
+    """Dispatch one queue (sent when a retry's backoff ends)."""
+    return dispatch.dispatch([queue_name])
+
+
+@shared_task(name="queueing.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Re-send lost QUEUED tasks, re-run tasks of dead workers, dispatch."""
+    return reconciler.reconcile()
