@@ -6,6 +6,8 @@ class AlgorithmsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from algorithms import registry
+        from algorithms import daphne_flow, registry
 
         registry.load()
+        daphne_flow.install()  # only does something inside a daphne process
+        import algorithms.remote.schemes  # noqa: F401  (remote services join the registry as a source)

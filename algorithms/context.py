@@ -1,16 +1,21 @@
 """What an algorithm sees while it runs: ``ctx.progress()``, ``ctx.log()``, ``ctx.cancelled()``,
-``ctx.save_result()``, ``ctx.attempt`` and a scratch directory removed afterwards."""
+``ctx.save_result()``, ``ctx.open_artifact()``, ``ctx.open_result()``, ``ctx.attempt`` and a scratch
+directory removed afterwards."""
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from algorithms.artifacts import ArtifactStore
 
 
 class RunContext:
     """Progress is coalesced: at most one write per ``min_interval`` seconds, except a stage change
-    or 100 %, which always go through; the latest skipped report is flushed when the run ends."""
+    or 100 %, which always go through; the latest skipped report is flushed before a stage change
+    and when the run ends."""
 
     def __init__(
         self,
@@ -22,6 +27,7 @@ class RunContext:
         write_progress: Callable[[float, str, str, dict[str, Any]], None],
         write_logs: Callable[[list[str]], None],
         min_interval: float,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
@@ -35,6 +41,7 @@ class RunContext:
         self._pending: tuple[float, str, str, dict[str, Any]] | None = None
         self._result: Any = None
         self._has_result = False
+        self.artifacts = artifacts
 
     def progress(self, percent: float, stage: str | None = None, message: str | None = None,
                  metrics: dict[str, Any] | None = None) -> None:
@@ -43,6 +50,8 @@ class RunContext:
         report = (percent, stage, message or "", dict(metrics or {}))
         now = time.monotonic()
         if stage != self._last_stage or percent >= 100.0 or now - self._last_write >= self._min_interval:
+            if stage != self._last_stage:
+                self.flush()  # the last report of a stage (its final epoch) is never coalesced away
             self._pending = None
             self._last_write, self._last_stage = now, stage
             self._write_progress(*report)
@@ -59,6 +68,27 @@ class RunContext:
     def save_result(self, obj: Any) -> None:
         """The task's result (JSON-serialisable); takes precedence over the function's return value."""
         self._result, self._has_result = obj, True
+
+    def open_artifact(self, name: str, mode: str = "wb", *, content_type: str | None = None) -> IO[Any]:
+        """A write-only file streamed to storage; listed at ``/tasks/{id}/artifacts/`` once closed.
+
+        ``mode`` is ``"wb"`` (bytes) or ``"w"`` (UTF-8 text); use it as a context manager.
+        """
+        return self._store().open(name, mode, content_type=content_type)
+
+    def open_result(self, mode: str = "wb", *, content_type: str = "application/octet-stream",
+                    summary: dict[str, Any] | None = None) -> IO[Any]:
+        """Stream the task's result itself (any size) instead of returning it; ``summary`` is shown
+        in the task detail. Takes precedence over ``save_result()`` and the return value."""
+        from algorithms.models import Artifact
+
+        return self._store().open("result", mode, content_type=content_type, summary=summary,
+                                  kind=Artifact.Kind.RESULT)
+
+    def _store(self) -> ArtifactStore:
+        if self.artifacts is None:
+            raise RuntimeError("this run context has no artifact storage")
+        return self.artifacts
 
     def flush(self) -> None:
         if self._pending is not None:

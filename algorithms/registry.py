@@ -1,10 +1,10 @@
 """The algorithm registry.
 
 Public surface: ``@algorithm(name=…, params=Model, queue=…)`` registers a callable ``fn(ctx, params)``;
-``get(name)`` and ``all_algorithms()`` read it; ``load()`` imports the built-ins and every entry point
+``get(name)`` and ``all_algorithms()`` read it; ``load()`` imports the built-ins, every entry point
 of the group ``conveyor.algorithms`` (a separate package adds algorithms with
-``[project.entry-points."conveyor.algorithms"] mine = "mypkg.algos"``). A broken plugin is logged
-and skipped, never fatal.
+``[project.entry-points."conveyor.algorithms"] mine = "mypkg.algos"``) and the operators' external
+programs (``algorithms/external.py``). A broken plugin is logged and skipped, never fatal.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "conveyor.algorithms"
-BUILTIN_MODULES = ["algorithms.builtin.demo"]
+BUILTIN_MODULES = ["algorithms.builtin.demo", "algorithms.builtin.ml", "algorithms.builtin.grid",
+                   "algorithms.builtin.optimize"]
 
 
 class AlgorithmFn(Protocol):
@@ -46,6 +47,10 @@ class Algorithm:
     resources: dict[str, int] = field(default_factory=dict)
     timeout_seconds: int | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds a running task may go without ctx.progress() before its worker counts it as stuck
+    # (killed and re-run, or FAILED when attempts are exhausted: queueing/heartbeat.py).
+    progress_timeout: float | None = None
+    backend: str = "python"  # or "external": a declared program run by algorithms.process
 
     def params_schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()
@@ -69,6 +74,22 @@ class Algorithm:
 
 
 _registry: dict[str, Algorithm] = {}
+# Algorithms that live elsewhere (remote services, algorithms/remote/schemes.py): ``lookup(name)``
+# and ``listing()``, asked only when no local algorithm has the name (a local one always wins).
+_sources: list[tuple[Callable[[str], Algorithm | None], Callable[[], list[Algorithm]]]] = []
+
+
+def add_source(lookup: Callable[[str], Algorithm | None], listing: Callable[[], list[Algorithm]]) -> None:
+    _sources.append((lookup, listing))
+
+
+def _find(name: str) -> Algorithm | None:
+    found = _registry.get(name)
+    for lookup, _ in _sources:
+        if found is not None:
+            break
+        found = lookup(name)
+    return found
 
 
 def algorithm(
@@ -81,11 +102,12 @@ def algorithm(
     resources: dict[str, int] | None = None,
     timeout_seconds: int | None = None,
     examples: list[dict[str, Any]] | None = None,
+    progress_timeout: float | None = None,
 ) -> Callable[[AlgorithmFn], AlgorithmFn]:
     """Register ``fn(ctx, params)`` under ``name``; ``params`` is a pydantic model (its JSON Schema is shown)."""
 
-    def register(fn: AlgorithmFn) -> AlgorithmFn:
-        _registry[name] = Algorithm(
+    def register_fn(fn: AlgorithmFn) -> AlgorithmFn:
+        register(Algorithm(
             name=name,
             fn=fn,
             params_model=params,
@@ -95,36 +117,49 @@ def algorithm(
             resources=dict(resources or {}),
             timeout_seconds=timeout_seconds,
             examples=list(examples or []),
-        )
+            progress_timeout=progress_timeout,
+        ))
         return fn
 
-    return register
+    return register_fn
+
+
+def register(alg: Algorithm) -> None:
+    """Add (or replace) one algorithm; the decorator and the external declarations both end here."""
+    _registry[alg.name] = alg
 
 
 def get(name: str) -> Algorithm:
-    try:
-        return _registry[name]
-    except KeyError:
-        raise NotFound(f"unknown algorithm {name!r}") from None
+    found = _find(name)
+    if found is None:
+        raise NotFound(f"unknown algorithm {name!r}")
+    return found
 
 
 def get_for_submit(name: str) -> Algorithm:
     """Like ``get`` but an unknown name is a 400 on the ``algorithm`` field (it is the client's input)."""
-    try:
-        return _registry[name]
-    except KeyError:
+    found = _find(name)
+    if found is None:
         raise InvalidInput(
             f"algorithm: unknown algorithm {name!r}", fields={"algorithm": [f"unknown algorithm {name!r}"]}
-        ) from None
+        )
+    return found
 
 
 def all_algorithms() -> list[Algorithm]:
-    return sorted(_registry.values(), key=lambda a: a.name)
+    found = dict(_registry)
+    for _, listing in _sources:
+        for alg in listing():
+            found.setdefault(alg.name, alg)
+    return sorted(found.values(), key=lambda a: a.name)
 
 
 def load() -> None:
+    from algorithms import external
+
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    external.load()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()

@@ -1,4 +1,9 @@
-"""ASGI entry point: HTTP through Django, WebSocket through Channels (``jobs.routing``)."""
+"""ASGI entry point: HTTP through Django, WebSocket through Channels (``jobs.routing``).
+
+WebSocket authentication is the consumers' job (a JWT in ``?token=`` or the first message). No
+cookie session is read, so a foreign page cannot ride a browser's login (cross-site WebSocket
+hijacking) and no Origin check is needed; non-browser clients (the CLI) send no Origin at all.
+"""
 import os
 
 from django.core.asgi import get_asgi_application

@@ -5,16 +5,49 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["jobs", "queueing", "webhooks"])
+app.autodiscover_tasks(["jobs", "queueing", "webhooks", "algorithms"])
+app.autodiscover_tasks(["algorithms.remote"])
+
+
+@task_prerun.connect
+def _reuse_database_connection(**kwargs: object) -> None:
+    """Keep the worker's PostgreSQL connection between tasks (see CELERY_DB_REUSE_MAX), but drop one
+    that failed (PostgreSQL restarted) or outlived CONN_MAX_AGE, as Django does between requests."""
+    import time
+
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.errors_occurred or (conn.close_at is not None and time.monotonic() >= conn.close_at):
+            conn.close_if_unusable_or_obsolete()
+
+
+def _every(name: str, default: float) -> float:
+    """An interval from the environment. django-celery-beat stores whole seconds, so under its
+    database scheduler an interval below 1 s would become "every 0 s" and flood the broker."""
+    value = float(os.environ.get(name) or default)
+    if "django_celery_beat" in os.environ.get("CELERY_BEAT_SCHEDULER", "django_celery_beat"):
+        value = max(1.0, value)
+    return value
+
 
 app.conf.beat_schedule = {
     # Safety net: the dispatcher also runs on every submit and every finish, so this only catches
     # what those triggers missed (a crash between commit and send, a backoff that ended).
-    "dispatch-tick": {"task": "queueing.dispatch_tick", "schedule": 2.0},
-    "reconcile": {"task": "queueing.reconcile", "schedule": 5.0},
+    "dispatch-tick": {"task": "queueing.dispatch_tick", "schedule": _every("DISPATCH_TICK_SECONDS", 2.0)},
+    "reconcile": {"task": "queueing.reconcile", "schedule": _every("RECONCILE_EVERY_SECONDS", 5.0)},
+    # Webhooks: retries that are due and deliveries whose Celery message looks lost (webhooks/delivery.py).
+    "webhooks-send-due": {"task": "webhooks.send_due", "schedule": _every("WEBHOOK_SEND_DUE_SECONDS", 5.0),
+                          "options": {"queue": "webhooks"}},
+    # Retention: results and artifacts older than RESULT_TTL_DAYS (algorithms/results.py).
+    "expire-results": {"task": "algorithms.expire_results", "schedule": _every("RESULT_EXPIRE_EVERY_SECONDS", 3600.0)},
+    # Remote services (docs/remote.md): scheme discovery (cached in the database) and health checks.
+    "remote-discover": {"task": "algorithms.remote.discover", "schedule": _every("REMOTE_DISCOVERY_SECONDS", 60.0)},
+    "remote-health": {"task": "algorithms.remote.check_health", "schedule": _every("REMOTE_HEALTH_SECONDS", 30.0)},
 }

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import db
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -45,12 +46,20 @@ class Forbidden(ConveyorError):
     code = "forbidden"
 
 
+class Unavailable(ConveyorError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "unavailable"
+
+
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     """DRF's nested error dict → {"params.seconds": ["…"]}, so every field is named by its path."""
     out: dict[str, list[str]] = {}
     if isinstance(detail, dict):
         for key, value in detail.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors" and prefix:  # a nested list's own error belongs to the list
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             out.update(_flatten(value, path))
     elif isinstance(detail, list) and detail and all(isinstance(d, (dict, list)) for d in detail):
         for index, value in enumerate(detail):
@@ -80,9 +89,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     if isinstance(exc, Http404):
         exc = NotFound("not found")
+    if isinstance(exc, (db.OperationalError, db.InterfaceError)):
+        # PostgreSQL is down or restarting (tests/chaos): a clear, retryable 503 instead of a 500 (a retry
+        # with the same Idempotency-Key is safe); the pool and the workers reconnect by themselves.
+        exc = Unavailable("the database is unavailable; retry in a few seconds")
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
+    if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        response.setdefault("Retry-After", "5")
     body: dict[str, Any]
     if isinstance(exc, ConveyorError):
         body = {"code": exc.code, "message": exc.message}
@@ -102,3 +117,19 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body = {"code": code, "message": str(detail if not isinstance(detail, dict) else detail.get("detail", detail))}
     response.data = {"error": body}
     return response
+
+
+def _error_page(status: int, code: str, message: str) -> Any:
+    """Django's own error pages (``handler400/403/404/500``) in the API's error shape instead of HTML:
+    a URL no route matches (``/api/v1/tasks/0.5/``), a malformed request body Django rejects itself."""
+
+    def view(request: Any, exception: Exception | None = None) -> Any:
+        return JsonResponse({"error": {"code": code, "message": message.format(path=request.path)}}, status=status)
+
+    return view
+
+
+bad_request_view = _error_page(400, "bad_request", "the request could not be parsed")
+permission_denied_view = _error_page(403, "permission_denied", "permission denied")
+not_found_view = _error_page(404, "not_found", "no such endpoint: {path}")
+server_error_view = _error_page(500, "server_error", "internal error")

@@ -5,6 +5,7 @@ and points these variables at them when none are configured).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -65,6 +66,27 @@ SECRET_KEY = env_str("SECRET_KEY", "insecure-dev-key-only-for-make-run" if env_b
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
+# --- Security behind TLS (README "Production") ---------------------------------------------------
+# SECURE_SSL=true when clients reach Conveyor over HTTPS (usually a TLS-terminating proxy or ingress).
+SECURE_SSL = env_bool("SECURE_SSL", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000) if SECURE_SSL else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL and env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_SSL_REDIRECT = SECURE_SSL and env_bool("SECURE_SSL_REDIRECT", True)
+# Probes and Prometheus scrape over plain HTTP inside the cluster: never redirect them.
+SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^api/v1/system/health/$", r"^metrics$"]
+if env_bool("SECURE_PROXY_SSL_HEADER", SECURE_SSL):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+# Browser clients on other origins (a separate dashboard, notebooks): an explicit allow-list, never "*".
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", "")
+CORS_ALLOW_HEADERS = (
+    "accept", "authorization", "content-type", "idempotency-key", "x-request-id", "x-api-key", "x-csrftoken",
+)
+CORS_EXPOSE_HEADERS = ("retry-after", "x-request-id")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -77,23 +99,32 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_celery_beat",
     "queueing",
     "jobs",
     "algorithms",
     "webhooks",
+    "corsheaders",
+    "observability",
+    "accounts",
+    "django_prometheus",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "observability.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "observability.middleware.PrometheusAfterMiddleware",  # django-prometheus, 400 on a bad Content-Length
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -120,10 +151,23 @@ DATABASES = {
         DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True
     )
 }
+# A database that does not answer fails a request (and the readiness probe) quickly instead of hanging.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
+# A connection pool per process (psycopg_pool). Use it for the ASGI web server: there every request runs
+# in a new thread, so persistent connections (DB_CONN_MAX_AGE) pile up until PostgreSQL refuses more
+# ("too many clients" at 16 concurrent submits in bench/). Pooling replaces DB_CONN_MAX_AGE.
+if env_int("DB_POOL_MAX_SIZE", 0) > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": env_int("DB_POOL_MAX_SIZE", 0),
+                                               "timeout": env_float("DB_POOL_TIMEOUT", 10.0)}
+
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("Conveyor needs PostgreSQL (SKIP LOCKED, partial indexes): set DATABASE_URL=postgres://…")
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Readiness (/api/v1/system/health/): per-dependency timeout, and how long to wait for worker pings.
+HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0)
+HEALTH_WORKER_PING_TIMEOUT = env_float("HEALTH_WORKER_PING_TIMEOUT", 0.5)
 
 CACHES = {
     "default": {
@@ -136,7 +180,7 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [env_str("CHANNEL_REDIS_URL", REDIS_URL)], "prefix": "conveyor-ch"},
+        "CONFIG": {"hosts": [env_str("CHANNEL_REDIS_URL", REDIS_URL)], "prefix": env_str("CHANNEL_PREFIX", "conveyor-ch")},
     }
 }
 
@@ -148,23 +192,52 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The dashboard's Vite build (dashboard/dist, made by `make install`) under /static/dashboard/.
+STATICFILES_DIRS = [("dashboard", BASE_DIR / "dashboard" / "dist")]
+# Serve straight from the finders, so a fresh build needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "media/"
+# Results and artifacts go to the default storage: files under MEDIA_ROOT unless STORAGE_BACKEND names
+# another (e.g. storages.backends.s3.S3Storage with STORAGE_OPTIONS='{"bucket_name": "…"}'; README).
+STORAGES = {
+    "default": {
+        "BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+        "OPTIONS": json.loads(env_str("STORAGE_OPTIONS", "{}")),
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["config.ratelimit.TieredRateLimit"],
+    # Proxies in front of Conveyor whose X-Forwarded-For is trusted for the client IP (0: use the peer).
+    "NUM_PROXIES": env_int("TRUSTED_PROXIES", 0),
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+# Requests per minute (config/ratelimit.py); counted in the shared Redis cache, so they hold across processes.
+RATE_LIMITS = {
+    "enabled": env_bool("RATE_LIMIT_ENABLED", True),
+    "standard": env_int("RATE_LIMIT_STANDARD", 100),  # writes (submits, cancels, ...) per user
+    "premium": env_int("RATE_LIMIT_PREMIUM", 1000),  # the same for RATE_LIMIT_PREMIUM_GROUP, staff, operators
+    "batch": env_int("RATE_LIMIT_BATCH", 10),  # batch submit calls per user
+    "read": env_int("RATE_LIMIT_READ", 1200),  # GETs per user
+    "anon": env_int("RATE_LIMIT_ANON", 30),  # unauthenticated calls (token requests) per client IP
+}
+RATE_LIMIT_PREMIUM_GROUP = env_str("RATE_LIMIT_PREMIUM_GROUP", "premium")
+RATELIMIT_USE_CACHE = "default"
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Conveyor API",
@@ -172,6 +245,20 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Swagger UI and Redoc from the drf-spectacular-sidecar package: the docs work without internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": True},
+    "ENUM_NAME_OVERRIDES": {"TaskStatusEnum": "jobs.models.Status",
+                            "WebhookDeliveryStatusEnum": "webhooks.models.DeliveryStatus"},
+    "TAGS": [
+        {"name": "auth", "description": "JWT tokens for people, API keys for services."},
+        {"name": "tasks", "description": "Submit, watch, cancel, retry and re-prioritise tasks."},
+        {"name": "algorithms", "description": "What can run, with each algorithm's parameter schema."},
+        {"name": "system", "description": "Readiness of the dependencies."},
+    ],
 }
 
 from datetime import timedelta  # noqa: E402
@@ -181,8 +268,19 @@ SIMPLE_JWT = {
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 1)),
 }
 
+
+def _kombu_redis_url(url: str) -> str:
+    """kombu spells a Redis unix socket ``redis+socket://path?virtual_host=N``; redis-py, Django's cache and
+    channels-redis spell it ``unix://path?db=N`` (what ``make run``'s embedded Redis hands out)."""
+    if not url.startswith("unix://"):
+        return url
+    path, _, query = url.removeprefix("unix://").partition("?")
+    db = dict(part.partition("=")[::2] for part in query.split("&") if part).get("db", "0")
+    return f"redis+socket://{path}?virtual_host={db}"
+
+
 # --- Celery (read by config/celery.py with namespace="CELERY") -----------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _kombu_redis_url(REDIS_URL))
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
@@ -196,7 +294,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 12 * 3600)}
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Celery's Django fixup closes the database connection around every task unless this is set (a new
+# PostgreSQL connection per task cost ~17% of a short task); config/celery.py closes only broken or
+# CONN_MAX_AGE-expired connections before each task instead.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1_000_000)
+# The database scheduler lets operators add schedules in the admin; tests use Celery's file scheduler.
+CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "django_celery_beat.schedulers:DatabaseScheduler")
 
 # --- Conveyor ----------------------------------------------------------------------------------
 CONVEYOR = {
@@ -210,16 +313,65 @@ CONVEYOR = {
     "HEARTBEAT_STALE_SECONDS": env_float("TASK_HEARTBEAT_STALE_SECONDS", 60.0),
     "QUEUED_RESEND_SECONDS": env_float("TASK_QUEUED_RESEND_SECONDS", 30.0),
     "PROGRESS_MIN_INTERVAL": env_float("TASK_PROGRESS_MIN_INTERVAL", 0.25),
-    "RECONCILE_EVERY_SECONDS": env_float("RECONCILE_EVERY_SECONDS", 5.0),
     "QUEUE_DEFAULT_CONCURRENCY": env_int("QUEUE_DEFAULT_CONCURRENCY", 8),
+    # queueing: candidates read past the free slots when a per-owner cap may skip some
+    "DISPATCH_SCAN_AHEAD": env_int("DISPATCH_SCAN_AHEAD", 200),
+    # Queues of short tasks whose dispatcher may put several task ids in one message ("fast:8,bench:8"):
+    # fewer messages and one dispatch per message instead of per task (docs/benchmarks.md). Each task is
+    # still claimed and finished on its own; a long task in such a batch delays the ones behind it.
+    "DISPATCH_BATCH": {queue: int(size) for queue, _, size in
+                       (item.partition(":") for item in env_list("DISPATCH_BATCH", ""))},
+    # queueing: worker registry heartbeat, and when a silent worker counts as dead
+    "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 5.0),
+    "WORKER_STALE_SECONDS": env_float("WORKER_STALE_SECONDS", 30.0),
+    # queueing: on SIGTERM running tasks get this long; then the pool is killed and they are re-queued
+    "WORKER_SHUTDOWN_GRACE_SECONDS": env_float("WORKER_SHUTDOWN_GRACE_SECONDS", 30.0),
+    # queueing: throughput and estimated start times look at finishes in this window
+    "QUEUE_THROUGHPUT_WINDOW_SECONDS": env_int("QUEUE_THROUGHPUT_WINDOW_SECONDS", 300),
     "BATCH_MAX": env_int("TASK_BATCH_MAX", 1000),
+    # Results: JSON up to this many bytes stays in the database, larger goes to storage (docs/algorithms.md).
+    "RESULT_INLINE_MAX": env_int("RESULT_INLINE_MAX", 256 * 1024),
+    "RESULT_TTL_DAYS": env_float("RESULT_TTL_DAYS", 30.0),
+    # External programs (algorithms/external.toml): extra declaration files, comma-separated.
+    "EXTERNAL_ALGORITHMS": env_list("EXTERNAL_ALGORITHMS", ""),
+    # WebSockets: application-level ping interval and how long a socket may wait for its auth message.
+    "WS_PING_SECONDS": env_float("WS_PING_SECONDS", 20.0),
+    "WS_AUTH_TIMEOUT_SECONDS": env_float("WS_AUTH_TIMEOUT_SECONDS", 10.0),
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+# --- Remote algorithm services (docs/remote.md) ---------------------------------------------------
+REMOTE = {
+    # Operator-registered services (TOML); synced into the RemoteService table by discovery.
+    "SERVICES_FILE": env_str("REMOTE_SERVICES_FILE", str(BASE_DIR / "algorithms" / "remote_services.toml")),
+    "DISCOVERY_SECONDS": env_float("REMOTE_DISCOVERY_SECONDS", 60.0),
+    "HEALTH_SECONDS": env_float("REMOTE_HEALTH_SECONDS", 30.0),
+    # While a service is unreachable a bridged task waits (RUNNING, stage "waiting for service") and
+    # polls at this interval, doubling up to the max, until it answers, the task is cancelled or times out.
+    "RETRY_BASE_SECONDS": env_float("REMOTE_RETRY_BASE_SECONDS", 0.5),
+    "RETRY_MAX_SECONDS": env_float("REMOTE_RETRY_MAX_SECONDS", 15.0),
+    # After waiting this long in the worker the task goes back to its queue (PENDING, attempt not
+    # counted, not_before = backoff) so it holds no worker slot; it times out after timeout_seconds.
+    "HOLD_AFTER_SECONDS": env_float("REMOTE_HOLD_AFTER_SECONDS", 5.0),
 }
+
+# --- Webhooks (README "Webhooks") ---------------------------------------------------------------
+WEBHOOKS = {
+    "CONNECT_TIMEOUT": env_float("WEBHOOK_CONNECT_TIMEOUT", 5.0),
+    "READ_TIMEOUT": env_float("WEBHOOK_READ_TIMEOUT", 10.0),
+    # Delay before attempt n+1 is RETRY_SCHEDULE[n-1] (the last entry repeats), times jitter 0.8..1.2.
+    "RETRY_SCHEDULE": [float(x) for x in env_list("WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,3600,10800,21600,43200,86400")],
+    "MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 13),
+    # A sent message not picked up (lost by the broker) is sent again after this long.
+    "RESEND_SECONDS": env_float("WEBHOOK_RESEND_SECONDS", 60.0),
+    "RESPONSE_MAX_BYTES": env_int("WEBHOOK_RESPONSE_MAX_BYTES", 4096),
+    "DISABLE_AFTER_FAILURES": env_int("WEBHOOK_DISABLE_AFTER_FAILURES", 100),
+    "DISABLE_AFTER_SECONDS": env_float("WEBHOOK_DISABLE_AFTER_DAYS", 5.0) * 86400,
+    "SECRET_GRACE_SECONDS": env_float("WEBHOOK_SECRET_GRACE_HOURS", 24.0) * 3600,
+    # CIDRs that deliveries may reach although private/loopback (tests: 127.0.0.0/8). Empty in production.
+    "ALLOWED_NETWORKS": env_list("WEBHOOK_ALLOWED_NETWORKS", ""),
+}
+
+# structlog: JSON lines with request_id, task_id and user on each (observability/logs.py).
+from observability.logs import logging_config  # noqa: E402
+
+LOGGING = logging_config(level=env_str("LOG_LEVEL", "INFO"), fmt=env_str("LOG_FORMAT", "json"))

@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from jobs.dashboard import dashboard
+from observability.views import SystemHealthView
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -11,16 +13,27 @@ def health(request: HttpRequest) -> JsonResponse:
 
 
 api_v1 = [
-    path("auth/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
-    path("auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
+    path("", include("accounts.api.urls")),
     path("", include("jobs.api.urls")),
     path("", include("algorithms.api.urls")),
+    path("", include("webhooks.api.urls")),
+    path("", include("queueing.api.urls")),
+    path("system/health/", SystemHealthView.as_view(), name="system-health"),
 ]
 
 urlpatterns = [
     path("health/", health, name="health"),
+    path("", include("django_prometheus.urls")),  # /metrics
+    path("dashboard/", dashboard, name="dashboard"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="conveyor/redoc.html"),
+         name="redoc"),
 ]
+
+handler400 = "config.errors.bad_request_view"
+handler403 = "config.errors.permission_denied_view"
+handler404 = "config.errors.not_found_view"
+handler500 = "config.errors.server_error_view"

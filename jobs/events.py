@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.models import Task, TaskEvent
+from observability.logs import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None
     now = timezone.now()
     tasks = list(tasks)
     rows = []
+    request_id = current_request_id()  # X-Request-ID of this request, or in a worker of the submit's
     for task in tasks:
         row_data = dict(data or {})
+        if request_id and event != "task.progress":
+            row_data.setdefault("request_id", request_id)
         if event == "task.progress":
             row_data.update(percent=task.progress_percent, stage=task.progress_stage,
                             message=task.progress_message, metrics=task.progress_metrics)
@@ -88,7 +92,10 @@ def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None
     TaskEvent.objects.bulk_create(rows)
     out = [payload(t, event, t.last_seq, data, now) for t in tasks]
     by_owner = [(t.owner_id, body) for t, body in zip(tasks, out)]
-    transaction.on_commit(lambda: publisher.publish(by_owner))
+    transaction.on_commit(lambda: publisher.publish(by_owner), robust=True)
+    from webhooks import outbox  # webhook deliveries: outbox rows in this same transaction, sent on commit
+
+    outbox.enqueue_task_events(tasks, event, out)
     return out
 
 

@@ -51,6 +51,11 @@ class Task(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # Queue order of a PENDING task (queueing/ordering.py): an operator's reorder pins it to
+    # ``queue_position`` (ahead of every priority); otherwise priority, then ``fair_seq`` (round-robin
+    # between owners, stamped at submit), then submit time.
+    queue_position = models.BigIntegerField(null=True, blank=True)
+    fair_seq = models.BigIntegerField(default=0)
 
     progress_percent = models.FloatField(default=0.0)
     progress_stage = models.CharField(max_length=200, blank=True)
@@ -73,11 +78,21 @@ class Task(models.Model):
             models.CheckConstraint(condition=Q(priority__gte=0, priority__lte=9), name="task_priority_0_9"),
         ]
         indexes = [
-            # The dispatcher's pick: PENDING rows of one queue, best priority first, then oldest.
+            # A queue's oldest waiting task (its min() is one index probe).
+            models.Index(fields=["queue", "created_at"], name="task_pending_created_idx",
+                         condition=Q(status="PENDING")),
+            # The queue order (queueing/ordering.py): pinned first, best priority, round-robin, oldest.
             models.Index(
-                "queue", models.F("priority").desc(), "created_at",
-                name="task_dispatch_idx", condition=Q(status="PENDING"),
+                "queue", "queue_position", models.F("priority").desc(), "fair_seq", "created_at", "id",
+                name="task_queue_order_idx", condition=Q(status="PENDING"),
             ),
+            # Statistics over a window read only these (index-only scans): finishes with their timings,
+            # and submits with what they are counted by.
+            models.Index(fields=["finished_at"], name="task_finished_cover_idx",
+                         include=["status", "queue", "algorithm", "owner", "created_at", "started_at"],
+                         condition=Q(finished_at__isnull=False)),
+            models.Index(fields=["created_at"], name="task_created_cover_idx",
+                         include=["status", "queue", "algorithm", "owner"]),
             models.Index(fields=["status", "queue"], name="task_status_queue_idx"),
             models.Index(fields=["owner", "-created_at"], name="task_owner_created_idx"),
             GinIndex(fields=["labels"], name="task_labels_gin"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connections
 
-from algorithms import registry
+from algorithms import artifacts, registry
 from algorithms.context import RunContext
 from jobs import services
 from jobs.events import publisher
@@ -60,15 +60,15 @@ class Watchdog(threading.Thread):
         self.cancel = threading.Event()
         self.timed_out = threading.Event()
         self.lost = threading.Event()  # the row is no longer RUNNING (reaped, or cancelled by the reaper)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._cancel_at: float | None = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         try:
-            while not self._stop.wait(self.interval):
+            while not self._halt.wait(self.interval):
                 self._tick()
         finally:
             connections.close_all()
@@ -97,7 +97,7 @@ class Watchdog(threading.Thread):
         services.finish(task_id=self.task_id, outcome=Outcome(
             status=status, error=f"{why}; the algorithm did not stop within {self.grace:g}s and was terminated",
             retryable=False))
-        self._stop.set()
+        self._halt.set()
         if _in_pool_child():
             log.warning("task %s ignored %s; terminating pool child %s", self.task_id, why, os.getpid())
             publisher.flush()
@@ -117,17 +117,23 @@ def run(task: Task) -> Outcome:
     watchdog = Watchdog(task, threading.current_thread())
     scratch = Path(tempfile.mkdtemp(prefix=f"conveyor-{task.id}-"))
     conf = settings.CONVEYOR
+    store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch)
+    if task.attempts > 1:
+        artifacts.discard_earlier_attempts(task_id=str(task.id), attempt=task.attempts)
     ctx = RunContext(
         task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch, cancel_event=watchdog.cancel,
         write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m, metrics=x),
         write_logs=lambda lines: services.append_log(task_id=task.id, lines=lines),
-        min_interval=conf["PROGRESS_MIN_INTERVAL"],
+        min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store,
     )
     watchdog.start()
     try:
         try:
             returned = alg.fn(ctx, params)
             ctx.flush()
+            store.close_open()
+            # Large results are encoded into storage here, while the scratch directory still exists.
+            result = artifacts.finalize_result(store, ctx.result_or(returned))
         finally:
             watchdog.stop()
             watchdog.join()
@@ -140,9 +146,10 @@ def run(task: Task) -> Outcome:
         services.append_log(task_id=task.id, lines=[tb])
         return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", retryable=True)
     finally:
+        store.abort_open()
         shutil.rmtree(scratch, ignore_errors=True)
     if watchdog.timed_out.is_set():
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
     if watchdog.cancel.is_set():
         return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
-    return Outcome(status=Status.SUCCEEDED, result=ctx.result_or(returned))
+    return Outcome(status=Status.SUCCEEDED, result=result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from config.permissions import is_operator
@@ -23,7 +24,7 @@ def task_for(user: Any, task_id: UUID | str) -> Task:
     """One visible task; another user's task is a 404, exactly like a task that does not exist."""
     try:
         return tasks_for(user).get(id=task_id)
-    except (Task.DoesNotExist, ValueError):
+    except (Task.DoesNotExist, ValueError, ValidationError):  # a malformed id names no task either
         raise TaskNotFound("task not found") from None
 
 

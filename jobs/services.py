@@ -53,6 +53,7 @@ class TaskSpec:
     max_retries: int
     timeout_seconds: int
     labels: list[str]
+    webhook_url: str | None = None  # the per-task webhook shortcut (webhooks.services.subscribe_task)
 
     def request_hash(self) -> str:
         canonical = json.dumps(self.__dict__, sort_keys=True, separators=(",", ":"), default=str)
@@ -61,8 +62,12 @@ class TaskSpec:
 
 def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queue: str | None = None,
                max_retries: int | None = None, timeout_seconds: int | None = None,
-               labels: list[str] | None = None) -> TaskSpec:
+               labels: list[str] | None = None, webhook_url: str | None = None) -> TaskSpec:
     """Validate one submit (params against the algorithm's schema, the queue, the priority)."""
+    if webhook_url:
+        from webhooks.transport import validate_url
+
+        validate_url(webhook_url, field_name="webhook_url")
     alg = registry.get_for_submit(algorithm)
     clean = alg.validate(params)
     queue_name = queue or alg.queue
@@ -83,6 +88,7 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
         max_retries=conf["DEFAULT_MAX_RETRIES"] if max_retries is None else max_retries,
         timeout_seconds=timeout_seconds or alg.timeout_seconds or conf["DEFAULT_TIMEOUT_SECONDS"],
         labels=list(labels or []),
+        webhook_url=webhook_url or None,
     )
 
 
@@ -93,14 +99,24 @@ def _new_task(owner: Any, spec: TaskSpec, key: str | None) -> Task:
                 idempotency_key=key, request_hash=spec.request_hash(), last_seq=1)
 
 
+def _subscribe_webhooks(tasks: list[Task], specs: list[TaskSpec]) -> None:
+    """``webhook_url`` at submit: a one-task subscription, in place before ``task.created`` is recorded."""
+    from webhooks import services as webhooks
+
+    for task, spec in zip(tasks, specs):
+        if spec.webhook_url:
+            webhooks.subscribe_task(task=task, url=spec.webhook_url)
+
+
 def _created(tasks: list[Task]) -> None:
     """``task.created`` (seq 1, set at insert) for new rows, and a dispatch once they are committed."""
     from jobs import events
-    from queueing import dispatch
+    from queueing import dispatch, ordering
 
+    ordering.stamp([t.id for t in tasks])
     events.record(tasks, "task.created")
     queues = sorted({t.queue_id for t in tasks})
-    transaction.on_commit(lambda: dispatch.dispatch(queues))
+    transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
 
 
 def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[Task, bool]:
@@ -113,6 +129,7 @@ def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) ->
     try:
         with transaction.atomic():
             task.save(force_insert=True)
+            _subscribe_webhooks([task], [spec])
             _created([task])
     except IntegrityError:
         if idempotency_key is None:
@@ -131,6 +148,7 @@ def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | No
     try:
         with transaction.atomic():
             Task.objects.bulk_create(tasks)
+            _subscribe_webhooks(tasks, specs)
             _created(tasks)
     except IntegrityError:
         if idempotency_key is None:
@@ -178,12 +196,22 @@ def retry(*, task_id: UUID | str, by: Any) -> Task:
 
 
 @transaction.atomic
-def change_priority(*, task_id: UUID | str, priority: int) -> Task:
-    """New priority for a PENDING/QUEUED task; 409 once it runs."""
+def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Task:
+    """New priority for a PENDING/QUEUED task (``task.priority_changed``); 409 once it runs.
+
+    The task joins the round-robin of its new priority (``queueing.ordering.stamp``); a task pinned
+    by a reorder stays pinned.
+    """
+    from queueing import ordering
+
     done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
-                                 values={"priority": priority}, data={"priority": priority})
+                                 values={"priority": priority},
+                                 data={"priority": priority, "by": getattr(by, "username", None)})
     if done is None:
+        if not Task.objects.filter(id=task_id).exists():
+            raise TaskNotFound("task not found")
         raise InvalidTransition("priority can only change before the task starts")
+    ordering.stamp([done.id])
     return done
 
 
@@ -195,6 +223,7 @@ def claim(*, task_id: UUID | str, worker: str) -> Task | None:
 
     A paused queue holds back tasks already handed to the broker: they go back to PENDING.
     """
+    transitions.relax_commit()
     paused = "EXISTS (SELECT 1 FROM queueing_queue q WHERE q.name = jobs_task.queue AND q.paused)"
     now = timezone.now()
     task = transitions.apply_one(
@@ -251,17 +280,19 @@ def backoff_seconds(attempt: int) -> float:
 
 
 @transaction.atomic
-def finish(*, task_id: UUID | str, outcome: Outcome) -> Task | None:
+def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True) -> Task | None:
     """RUNNING → SUCCEEDED | FAILED | CANCELLED | TIMED_OUT, or back to PENDING with a backoff when a
     retryable failure has retries left. None if the task was no longer RUNNING (reaped, or finished
     by the watchdog)."""
     from queueing import dispatch
 
     now = timezone.now()
-    task = Task.objects.filter(id=task_id).only("attempts", "max_retries", "queue", "progress_stage").first()
-    if task is None:
-        return None
-    if outcome.status == Status.FAILED and outcome.retryable and task.attempts <= task.max_retries:
+    task = None
+    if outcome.status == Status.FAILED and outcome.retryable:  # only a retry decision needs the row first
+        task = Task.objects.filter(id=task_id).only("attempts", "max_retries").first()
+        if task is None:
+            return None
+    if task is not None and task.attempts <= task.max_retries:
         delay = backoff_seconds(task.attempts)
         done = transitions.apply_one(
             task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
@@ -269,7 +300,7 @@ def finish(*, task_id: UUID | str, outcome: Outcome) -> Task | None:
             data={"error": outcome.error, "attempt": task.attempts, "retry_in_seconds": round(delay, 3)},
         )
         if done is not None:
-            transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay))
+            transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay), robust=True)
     else:
         values: dict[str, Any] = {"finished_at": now, "error": outcome.error}
         if outcome.status == Status.SUCCEEDED:
@@ -279,6 +310,6 @@ def finish(*, task_id: UUID | str, outcome: Outcome) -> Task | None:
         data = {"error": outcome.error} if outcome.error else {}
         done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=outcome.status, event=event,
                                      values=values, data=data)
-    if done is not None:
-        transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]))
+    if done is not None and dispatch_next:
+        transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]), robust=True)
     return done

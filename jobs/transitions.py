@@ -70,6 +70,21 @@ def apply(
     return tasks
 
 
+def relax_commit() -> None:
+    """Commit this transaction without waiting for its WAL flush; for transitions the reconciler redoes
+    when they are lost (dispatch, claim), never for a submit or a finish.
+
+    PostgreSQL writes WAL in order, so the next synchronous commit (the task's finish, any submit) makes
+    this one durable too; a crash can lose it only together with everything after it, which leaves the
+    task PENDING or QUEUED again, to be run once more: at-least-once, as after a worker crash. Only in
+    the outermost transaction: ``SET LOCAL`` inside a caller's transaction would relax the caller's commit.
+    """
+    conn = transaction.get_connection()
+    if len(conn.atomic_blocks) == 1:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit TO OFF")
+
+
 def apply_one(task_id: UUID | str, **kwargs: Any) -> Task | None:
     tasks = apply([task_id], **kwargs)
     return tasks[0] if tasks else None

@@ -1,7 +1,8 @@
 """The dispatcher: moves PENDING tasks to QUEUED and hands their ids to the broker.
 
-Per queue, best priority first (then submit order), only up to the queue's concurrency window
-(QUEUED + RUNNING ≤ concurrency), never for a paused queue. The queue row's lock serialises
+Per queue, in the order of ``queueing.ordering`` (pinned by a reorder, then priority, then
+round-robin between owners, then submit time), only up to the queue's concurrency window
+(QUEUED + RUNNING ≤ concurrency) and each owner's cap, never for a paused queue. The queue row's lock serialises
 dispatchers of one queue so two of them cannot both fill the same free slots; ``SKIP LOCKED`` on the
 task rows steps around rows that a cancel or priority change holds at that moment.
 """
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from jobs import transitions
 from jobs.models import Status, Task
+from queueing import ordering
 from queueing.models import Queue
 
 log = logging.getLogger(__name__)
@@ -32,33 +36,58 @@ def dispatch(queue_names: Iterable[str] | None = None) -> int:
 
 def _dispatch_queue(name: str) -> int:
     with transaction.atomic():
+        transitions.relax_commit()  # a lost dispatch leaves the task PENDING: dispatched again
         queue = Queue.objects.select_for_update().filter(name=name).first()
         if queue is None or queue.paused:
             return 0
-        in_flight = Task.objects.filter(queue=name, status__in=[Status.QUEUED, Status.RUNNING]).count()
-        room = queue.concurrency - in_flight
+        busy = dict(
+            Task.objects.filter(queue=name, status__in=[Status.QUEUED, Status.RUNNING])
+            .values_list("owner_id").annotate(n=Count("id")).order_by()
+        )
+        room = queue.concurrency - sum(busy.values())
         if room <= 0:
             return 0
         now = timezone.now()
-        ids = list(
-            Task.objects.filter(queue=name, status=Status.PENDING)
+        cap = queue.user_concurrency
+        # With a per-owner cap some candidates may be skipped, so look a little further ahead.
+        limit = room if not cap else room + settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]
+        candidates = list(
+            ordering.waiting(name)
             .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-            .order_by("-priority", "created_at", "id")
             .select_for_update(skip_locked=True)
-            .values_list("id", flat=True)[:room]
+            .values_list("id", "owner_id")[:limit]
         )
+        ids = _pick(candidates, busy, room=room, cap=cap)
         tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
-                                  values={"queued_at": now, "not_before": None})
+                                  values={"queued_at": now, "not_before": None, "queue_position": None})
         if tasks:
             sent = [str(t.id) for t in tasks]
-            transaction.on_commit(lambda: send(name, sent))
+            transaction.on_commit(lambda: send(name, sent), robust=True)
         return len(tasks)
+
+
+def _pick(candidates: list[tuple[Any, int]], busy: dict[int, int], *, room: int, cap: int) -> list[Any]:
+    """The first ``room`` candidates, in queue order, skipping owners already at their cap."""
+    picked: list[Any] = []
+    for task_id, owner_id in candidates:
+        if len(picked) >= room:
+            break
+        if cap and busy.get(owner_id, 0) >= cap:
+            continue
+        busy[owner_id] = busy.get(owner_id, 0) + 1
+        picked.append(task_id)
+    return picked
 
 
 def send(queue_name: str, task_ids: list[str]) -> None:
     """Hand task ids to the broker (only ever after the QUEUED rows are committed)."""
-    from jobs.tasks import run_task
+    from jobs.tasks import run_task, run_tasks
 
+    size = settings.CONVEYOR["DISPATCH_BATCH"].get(queue_name, 1)
+    if size > 1 and len(task_ids) > 1:
+        for start in range(0, len(task_ids), size):
+            run_tasks.apply_async(args=[task_ids[start:start + size]], queue=queue_name)
+        return
     for task_id in task_ids:
         run_task.apply_async(args=[task_id], queue=queue_name)
 

@@ -23,6 +23,8 @@ class Queue(models.Model):
     concurrency = models.PositiveIntegerField(default=_default_concurrency, validators=[MinValueValidator(1)])
     default_priority = models.PositiveSmallIntegerField(default=5, validators=[MaxValueValidator(9)])
     description = models.CharField(max_length=500, blank=True)
+    # Per-owner cap on this queue's QUEUED + RUNNING tasks; 0 means no cap beyond ``concurrency``.
+    user_concurrency = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -30,3 +32,72 @@ class Queue(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class WorkerRecord(models.Model):
+    """One Celery worker process as it last described itself (queueing/heartbeat.py).
+
+    Written by the worker's own heartbeat thread, so it also remembers workers that died: a row whose
+    ``last_heartbeat`` is older than ``WORKER_STALE_SECONDS`` is shown as dead.
+    """
+
+    hostname = models.CharField(max_length=255, unique=True)
+    queues = models.JSONField(default=list)
+    pool = models.CharField(max_length=50, blank=True)
+    concurrency = models.PositiveIntegerField(default=0)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    version = models.CharField(max_length=100, blank=True)
+    started_at = models.DateTimeField()
+    last_heartbeat = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    # Set once by the liveness check when the heartbeat went stale (``worker.lost`` published then);
+    # cleared by the next heartbeat if the worker comes back.
+    lost_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class QueueCount(models.Model):
+    """Maintained counts of a queue's active tasks (PENDING/QUEUED/RUNNING), so the queue listing
+    never counts a backlog row by row.
+
+    Written only by statement-level triggers on ``jobs_task`` (queueing/migrations/0006): every
+    INSERT, DELETE or status/queue change adds its delta, in the same transaction, so the numbers are
+    exact and roll back with it. Rows are striped by database backend (``stripe``) so concurrent
+    workers rarely wait on one counter row; readers sum the stripes.
+    """
+
+    queue = models.CharField(max_length=64)
+    status = models.CharField(max_length=16)
+    stripe = models.SmallIntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["queue", "status", "stripe"], name="queuecount_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.queue}/{self.status}#{self.stripe}={self.n}"
+
+
+class TaskMinuteCount(models.Model):
+    """Tasks submitted in one minute, by queue, algorithm and *current* status — maintained by the same
+    kind of statement-level triggers as ``QueueCount`` (queueing/migrations/0009), so the statistics
+    of a window read at most (minutes × queues × algorithms × states) rows instead of every task."""
+
+    minute = models.DateTimeField()
+    queue = models.CharField(max_length=64)
+    algorithm = models.CharField(max_length=200)
+    status = models.CharField(max_length=16)
+    stripe = models.SmallIntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["minute", "queue", "algorithm", "status", "stripe"],
+                                               name="taskminutecount_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%H:%M} {self.queue}/{self.algorithm}/{self.status}={self.n}"

@@ -4,6 +4,9 @@
   A duplicate is harmless: the guarded claim lets one message run the task, the other is dropped.
 * RUNNING with a stale heartbeat (its worker was killed) → back to PENDING while attempts remain,
   otherwise FAILED.
+* RUNNING without progress for its algorithm's ``progress_timeout`` while its worker is alive: the
+  worker's own heartbeat thread finds it (``stuck_running``), kills the pool child running it, and only
+  then re-runs or fails it (``give_up_stuck``), so it never runs twice at once.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import transitions
-from jobs.models import Status, Task
+from jobs.models import Status, Task, TaskEvent
 from queueing import dispatch
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ def resend_lost_queued() -> int:
         by_queue: dict[str, list[str]] = {}
         for task_id, queue in rows:
             by_queue.setdefault(queue, []).append(str(task_id))
-        transaction.on_commit(lambda: [dispatch.send(q, ids) for q, ids in by_queue.items()])
+        transaction.on_commit(lambda: [dispatch.send(q, ids) for q, ids in by_queue.items()], robust=True)
     log.warning("re-sent %d QUEUED tasks that no worker claimed", len(rows))
     return len(rows)
 
@@ -58,10 +61,89 @@ def reap_stale_running() -> int:
                                    **guard, data={"error": "worker lost"})
         queues = {t.queue_id for t in rerun + failed}
         if queues:
-            transaction.on_commit(lambda: dispatch.dispatch(sorted(queues)))
+            transaction.on_commit(lambda: dispatch.dispatch(sorted(queues)), robust=True)
     if stale:
         log.warning("reaped %d stale RUNNING tasks (%d re-run, %d failed)", len(stale), len(rerun), len(failed))
     return len(rerun) + len(failed)
+
+
+def hand_back(*, worker: str) -> int:
+    """RUNNING tasks of a worker that is shutting down (its pool children already killed) → PENDING.
+
+    The interrupted attempt does not count against ``max_retries``: the task did nothing wrong.
+    """
+    with transaction.atomic():
+        ids = list(Task.objects.filter(status=Status.RUNNING, worker=worker).values_list("id", flat=True))
+        back = transitions.apply(ids, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
+                                 values={"queued_at": None, "error": "worker shut down before the task finished"},
+                                 sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
+                                 where_sql="worker = %s", where_params=[worker], data={"reason": "worker shutdown"})
+        queues = sorted({t.queue_id for t in back})
+        if queues:
+            transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
+    if back:
+        log.warning("handed back %d tasks of %s, which shut down before they finished", len(back), worker)
+    return len(back)
+
+
+def stuck_running(*, worker: str) -> dict[str, float]:
+    """RUNNING tasks of ``worker`` whose algorithm declares ``progress_timeout`` and that reported no
+    progress (nor started) within it: ``{task_id: timeout}``."""
+    from algorithms import registry
+
+    timeouts = {a.name: a.progress_timeout for a in registry.all_algorithms() if a.progress_timeout}
+    if not timeouts:
+        return {}
+    now = timezone.now()
+    stuck = {}
+    rows = Task.objects.filter(status=Status.RUNNING, worker=worker, algorithm__in=timeouts)
+    for task_id, algorithm, started_at in rows.values_list("id", "algorithm", "started_at"):
+        last = (TaskEvent.objects.filter(task_id=task_id, event="task.progress").order_by("-seq")
+                .values_list("created_at", flat=True).first())
+        since = max(t for t in (started_at, last) if t is not None) if (started_at or last) else now
+        if (now - since).total_seconds() > timeouts[algorithm]:
+            stuck[str(task_id)] = timeouts[algorithm]
+    return stuck
+
+
+def give_up_stuck(*, task_id: str, worker: str, timeout: float) -> bool:
+    """A stuck task whose process was already killed: re-run while attempts remain, else FAILED."""
+    why = f"no progress for {timeout:g}s (progress_timeout); its process was stopped"
+    with transaction.atomic():
+        task = Task.objects.filter(id=task_id).only("attempts", "max_retries", "queue").first()
+        if task is None:
+            return False
+        guard = {"where_sql": "worker = %s", "where_params": [worker]}
+        if task.attempts <= task.max_retries:
+            done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
+                                         values={"queued_at": None, "error": why}, **guard,
+                                         data={"reason": "no progress", "error": why})
+        else:
+            done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=Status.FAILED, event="task.failed",
+                                         values={"finished_at": timezone.now(), "error": why}, **guard,
+                                         data={"error": why})
+        if done is not None:
+            transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]), robust=True)
+    log.warning("task %s stuck (%s): %s", task_id, why, "re-run" if done and done.status == Status.PENDING else "failed")
+    return done is not None
+
+
+def check_workers() -> int:
+    """Liveness: a worker whose heartbeat went stale is marked lost once (``worker.lost``)."""
+    from queueing.events import publish_worker_event
+    from queueing.models import WorkerRecord
+
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"])
+    # Guarded UPDATE: with two beat processes, each lost worker is reported by exactly one of them.
+    lost = list(WorkerRecord.objects.filter(stopped_at__isnull=True, lost_at__isnull=True, last_heartbeat__lt=cutoff)
+                .values_list("hostname", flat=True))
+    reported = [h for h in lost if WorkerRecord.objects.filter(hostname=h, lost_at__isnull=True,
+                                                                last_heartbeat__lt=cutoff).update(lost_at=now)]
+    for hostname in reported:
+        log.warning("worker %s lost: no heartbeat since %s", hostname, cutoff)
+        publish_worker_event(hostname=hostname, event="worker.lost")
+    return len(reported)
 
 
 def reconcile() -> dict[str, int]:
@@ -69,5 +151,6 @@ def reconcile() -> dict[str, int]:
     return {
         "resent": resend_lost_queued(),
         "reaped": reap_stale_running(),
+        "workers_lost": check_workers(),
         "dispatched": dispatch.dispatch(),
     }

@@ -22,3 +22,8 @@ def dispatch_queue(queue_name: str) -> int:
 def reconcile() -> dict[str, int]:
     """Re-send lost QUEUED tasks, re-run tasks of dead workers, dispatch."""
     return reconciler.reconcile()
+
+
+# The worker registry's signal handlers live with the worker-side code; importing them here makes
+# every worker (which autodiscovers this module) register itself.
+from queueing import heartbeat  # noqa: E402,F401

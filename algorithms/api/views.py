@@ -17,6 +17,7 @@ class AlgorithmOut(serializers.Serializer):
     queue = serializers.CharField()
     resources = serializers.DictField(child=serializers.IntegerField())
     timeout_seconds = serializers.IntegerField(allow_null=True)
+    progress_timeout = serializers.FloatField(allow_null=True, help_text="seconds without progress before a run counts as stuck")
     params_schema = serializers.JSONField()
     examples = serializers.ListField(child=serializers.JSONField())
     backend = serializers.CharField()
@@ -26,7 +27,8 @@ def _out(alg: registry.Algorithm) -> dict[str, Any]:
     return {
         "name": alg.name, "version": alg.version, "description": alg.description, "queue": alg.queue,
         "resources": alg.resources, "timeout_seconds": alg.timeout_seconds, "params_schema": alg.params_schema(),
-        "examples": alg.examples, "backend": "python",
+        "examples": alg.examples, "backend": getattr(alg, "backend", "python"),
+        "progress_timeout": getattr(alg, "progress_timeout", None),
     }
 
 

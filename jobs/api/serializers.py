@@ -3,9 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from algorithms import results
+from algorithms.models import Artifact
 from jobs import services
 from jobs.models import Task, TaskEvent
 
@@ -25,6 +27,12 @@ class PriorityField(serializers.Field):
         return value
 
 
+@extend_schema_serializer(examples=[
+    OpenApiExample("hello", request_only=True, value={"algorithm": "demo.hello", "params": {"seconds": 2, "steps": 4}}),
+    OpenApiExample("everything", request_only=True, value={
+        "algorithm": "demo.sleep", "params": {"seconds": 30}, "priority": "high", "queue": "default",
+        "max_retries": 2, "timeout_seconds": 600, "labels": ["nightly", "team-a"]}),
+])
 class TaskSubmitIn(serializers.Serializer):
     algorithm = serializers.CharField(max_length=200)
     params = serializers.JSONField(required=False, default=dict)
@@ -33,8 +41,12 @@ class TaskSubmitIn(serializers.Serializer):
     max_retries = serializers.IntegerField(required=False, min_value=0, max_value=20)
     timeout_seconds = serializers.IntegerField(required=False, min_value=1, max_value=7 * 24 * 3600)
     labels = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20)
+    webhook_url = serializers.URLField(max_length=2000, required=False,
+                                       help_text="POST this task's events here (signed; the secret is in the 201 response)")
 
 
+@extend_schema_serializer(examples=[OpenApiExample("two tasks", request_only=True, value={
+    "tasks": [{"algorithm": "demo.noop"}, {"algorithm": "demo.hello", "params": {"seconds": 1}, "priority": 8}]})])
 class TaskBatchSubmitIn(serializers.Serializer):
     tasks = TaskSubmitIn(many=True, allow_empty=False)
 
@@ -45,6 +57,8 @@ class TaskBatchSubmitIn(serializers.Serializer):
         return value
 
 
+@extend_schema_serializer(examples=[OpenApiExample("by name", request_only=True, value={"priority": "critical"}),
+                                    OpenApiExample("by number", request_only=True, value={"priority": 7})])
 class PriorityIn(serializers.Serializer):
     priority = PriorityField()
 
@@ -56,11 +70,34 @@ class ProgressOut(serializers.Serializer):
     metrics = serializers.JSONField(source="progress_metrics")
 
 
+class ResultMetaOut(serializers.Serializer):
+    storage = serializers.ChoiceField(choices=["inline", "file"])
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    content_type = serializers.CharField()
+    summary = serializers.JSONField()
+    expired = serializers.BooleanField()
+    expired_at = serializers.DateTimeField(allow_null=True)
+
+
+class ArtifactOut(serializers.ModelSerializer):
+    expired = serializers.BooleanField(read_only=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = ["name", "size", "sha256", "content_type", "created_at", "expired", "expired_at", "url"]
+
+    def get_url(self, artifact: Artifact) -> str:
+        return f"/api/v1/tasks/{artifact.task_id}/artifacts/{artifact.name}/"
+
+
 class TaskOut(serializers.ModelSerializer):
     queue = serializers.CharField(source="queue_id")
     owner = serializers.CharField(source="owner.username", read_only=True)
     progress = ProgressOut(source="*")
     retry_of = serializers.UUIDField(source="retry_of_id", allow_null=True)
+    result_meta = serializers.SerializerMethodField()
 
     class Meta:
         model = Task
@@ -68,7 +105,12 @@ class TaskOut(serializers.ModelSerializer):
             "id", "owner", "algorithm", "algorithm_version", "params", "status", "priority", "queue", "labels",
             "progress", "attempts", "max_retries", "timeout_seconds", "not_before", "cancel_requested",
             "created_at", "queued_at", "started_at", "finished_at", "worker", "error", "retry_of",
+            "result_meta",
         ]
+
+    @extend_schema_field(ResultMetaOut(allow_null=True))
+    def get_result_meta(self, task: Task) -> dict[str, Any] | None:
+        return results.describe_result(task)
 
 
 class TaskResultOut(serializers.Serializer):

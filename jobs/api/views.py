@@ -2,25 +2,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from algorithms import downloads, results
+from algorithms.models import Artifact
+from config.schema import errors
 from jobs import selectors, services
 from jobs.api.filters import TaskFilter
 from jobs.api.serializers import (
-    PriorityIn, TaskBatchSubmitIn, TaskEventOut, TaskOut, TaskResultOut, TaskSubmitIn,
+    ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskEventOut, TaskOut, TaskResultOut, TaskSubmitIn,
 )
 from jobs.errors import NoResult
-from jobs.models import Status
+from jobs.models import Status, Task
+from webhooks import selectors as webhook_selectors
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="The same key from the same user returns the same task (alias: X-Request-ID).",
 )
+
+TaskBatchOut = inline_serializer("TaskBatchOut", {"tasks": TaskOut(many=True)})
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -39,65 +46,103 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     serializer_class = TaskOut
     filterset_class = TaskFilter
     pagination_class = NewestFirst
+    rate_limit_scopes = {"batch": "batch"}  # config/ratelimit.py: other writes count as submits
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return selectors.tasks_for(self.request.user).select_related("owner")
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no user, only the model
+            return Task.objects.none()
+        stored_results = Prefetch("artifacts", queryset=Artifact.objects.filter(kind=Artifact.Kind.RESULT))
+        return selectors.tasks_for(self.request.user).select_related("owner").prefetch_related(stored_results)
 
     def get_object(self):  # type: ignore[no-untyped-def]
         return selectors.task_for(self.request.user, self.kwargs["pk"])
 
-    @extend_schema(request=TaskSubmitIn, responses={201: TaskOut, 200: TaskOut}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(request=TaskSubmitIn, responses={201: TaskOut, 200: TaskOut, **errors(409)},
+                   parameters=[IDEMPOTENCY_HEADER])
     def create(self, request: Request) -> Response:
         data = TaskSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)
         spec = services.build_spec(**data.validated_data)
         task, created = services.submit(owner=request.user, spec=spec, idempotency_key=idempotency_key(request))
-        return Response(TaskOut(task).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        body = TaskOut(task).data
+        if created and spec.webhook_url:
+            body["webhook"] = webhook_selectors.task_webhooks([task.id])[task.id]  # its secret, shown once
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=TaskBatchSubmitIn, responses={201: TaskOut(many=True)}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(responses=TaskOut)
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        """The task; while it waits, ``waiting`` says its position, why it waits and when it may start."""
+        return Response(_with_waiting(self.get_object()))
+
+    @extend_schema(request=TaskBatchSubmitIn, responses={201: TaskBatchOut, 200: TaskBatchOut, **errors(409)},
+                   parameters=[IDEMPOTENCY_HEADER])
     @action(detail=False, methods=["post"])
     def batch(self, request: Request) -> Response:
         data = TaskBatchSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)
         specs = [_spec_at(i, item) for i, item in enumerate(data.validated_data["tasks"])]
         tasks, created = services.submit_batch(owner=request.user, specs=specs, idempotency_key=idempotency_key(request))
-        return Response({"tasks": TaskOut(tasks, many=True).data},
+        rows = TaskOut(tasks, many=True).data
+        hooks = webhook_selectors.task_webhooks([t.id for t in tasks]) if created else {}
+        for row, task in zip(rows, tasks):
+            if task.id in hooks:
+                row["webhook"] = hooks[task.id]  # its secret, shown once
+        return Response({"tasks": rows},
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=None, responses=TaskOut)
+    @extend_schema(request=None, responses={200: TaskOut, **errors(409)})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         task = services.cancel(task_id=self.get_object().id, by=request.user)
         return Response(TaskOut(task).data)
 
-    @extend_schema(request=None, responses={201: TaskOut})
+    @extend_schema(request=None, responses={201: TaskOut, **errors(409)})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         task = services.retry(task_id=self.get_object().id, by=request.user)
         return Response(TaskOut(task).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=PriorityIn, responses=TaskOut)
+    @extend_schema(request=PriorityIn, responses={200: TaskOut, **errors(409)})
     @action(detail=True, methods=["patch"])
     def priority(self, request: Request, pk: str | None = None) -> Response:
         data = PriorityIn(data=request.data)
         data.is_valid(raise_exception=True)
-        task = services.change_priority(task_id=self.get_object().id, priority=data.validated_data["priority"])
-        return Response(TaskOut(task).data)
+        task = services.change_priority(task_id=self.get_object().id, priority=data.validated_data["priority"],
+                                        by=request.user)
+        return Response(_with_waiting(task))
 
-    @extend_schema(responses=TaskResultOut)
-    @action(detail=True, methods=["get"])
-    def result(self, request: Request, pk: str | None = None) -> Response:
+    @extend_schema(responses={(200, "application/json"): TaskResultOut, **downloads.SCHEMA_RESPONSES, **errors(409)},
+                   description="Inline results as JSON; a stored (large) result is streamed as its bytes "
+                               "(Range and `Accept-Encoding: zstd` supported). 410 once it expired.")
+    @action(detail=True, methods=["get"], renderer_classes=downloads.DOWNLOAD_RENDERERS)
+    def result(self, request: Request, pk: str | None = None) -> Any:
         task = self.get_object()
         if task.status != Status.SUCCEEDED:
             raise NoResult(f"task is {task.status}; only a SUCCEEDED task has a result"
                            + (f" (error: {task.error})" if task.error else ""))
+        stored = results.stored_result(task)
+        if stored is not None:
+            return downloads.serve(request, stored, filename=f"{task.id}-result")
         return Response({"task_id": task.id, "status": task.status, "result": task.result})
+
+    @extend_schema(responses=ArtifactOut(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])  # a plain list
+    def artifacts(self, request: Request, pk: str | None = None) -> Response:
+        task = self.get_object()
+        return Response(ArtifactOut(results.artifacts_of(task), many=True, context={"request": request}).data)
+
+    @extend_schema(responses=downloads.SCHEMA_RESPONSES)
+    @action(detail=True, methods=["get"], url_path=r"artifacts/(?P<name>[^/]+)",
+            renderer_classes=downloads.DOWNLOAD_RENDERERS)
+    def artifact(self, request: Request, pk: str | None = None, name: str = "") -> Any:
+        row = results.artifact_of(self.get_object(), name)
+        return downloads.serve(request, row, filename=row.name)
 
     @extend_schema(
         responses=TaskEventOut(many=True),
         parameters=[OpenApiParameter("after_seq", int, description="only events after this sequence number")],
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])  # a plain list
     def logs(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
         try:
@@ -106,6 +151,15 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             after = 0
         events = selectors.events_for(task, after_seq=after, include_progress=False)[:5000]
         return Response(TaskEventOut(events, many=True).data)
+
+
+def _with_waiting(task: Any) -> dict[str, Any]:
+    """``TaskOut`` plus ``waiting``: position, reason and estimated start while the task waits."""
+    from queueing.api.serializers import WaitingOut
+    from queueing.selectors import why_waiting
+
+    info = why_waiting(task)
+    return {**TaskOut(task).data, "waiting": WaitingOut(info).data if info else None}
 
 
 def _spec_at(index: int, item: dict[str, Any]) -> services.TaskSpec:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework_simplejwt import views as jwt_views
+
+from accounts import services
+from accounts.api.serializers import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut
+from accounts.models import ApiKey
+from config.schema import errors
+
+
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The caller's own API keys. Managing keys needs a JWT (or admin) login: a leaked key cannot mint more."""
+
+    serializer_class = ApiKeyOut
+    pagination_class = None
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        if getattr(self, "swagger_fake_view", False):
+            return ApiKey.objects.none()
+        return ApiKey.objects.filter(user=self.request.user)
+
+    def initial(self, request: Request, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().initial(request, *args, **kwargs)
+        if isinstance(request.auth, ApiKey):
+            raise PermissionDenied("API keys are managed with a JWT login, not with an API key")
+
+    @extend_schema(request=ApiKeyIn, responses={201: ApiKeyCreatedOut})
+    def create(self, request: Request) -> Response:
+        data = ApiKeyIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, raw = services.create_key(user=request.user, **data.validated_data)
+        return Response({**ApiKeyOut(key).data, "key": raw}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: ApiKeyOut})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        key = services.revoke(key_id=self.get_object().pk, by=request.user)
+        return Response(ApiKeyOut(key).data)
+
+
+TOKEN_EXAMPLES = [
+    OpenApiExample("login", request_only=True, value={"username": "alice", "password": "correct horse battery staple"}),
+    OpenApiExample("tokens", response_only=True, value={"access": "eyJhbGciOiJIUzI1NiIs…", "refresh": "eyJhbGciOi…"}),
+]
+
+
+@extend_schema_view(post=extend_schema(tags=["auth"], examples=TOKEN_EXAMPLES, responses={
+    200: jwt_views.TokenObtainPairView.serializer_class, **errors(401)}))
+class TokenObtainView(jwt_views.TokenObtainPairView):
+    """A JWT pair (access + refresh) from username and password. Limited per client IP."""
+
+
+@extend_schema_view(post=extend_schema(tags=["auth"], responses={
+    200: jwt_views.TokenRefreshView.serializer_class, **errors(401)}, examples=[
+    OpenApiExample("refresh", request_only=True, value={"refresh": "eyJhbGciOi…"}),
+    OpenApiExample("new access token", response_only=True, value={"access": "eyJhbGciOiJIUzI1NiIs…"})]))
+class TokenRefreshView(jwt_views.TokenRefreshView):
+    """A new access token from a refresh token."""

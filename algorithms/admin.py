@@ -1,0 +1,1 @@
+from algorithms.remote import admin as remote_admin  # noqa: F401  (RemoteService, RemoteRun)

@@ -1,0 +1,158 @@
+"""Registering services from the operators' file, discovering their schemes, checking their health.
+
+Discovery asks each enabled service for its schemes and caches the valid ones in
+``RemoteService.schemes`` (that cache is what ``GET /api/v1/algorithms/`` and submit read). A
+scheme with a bad name, an invalid JSON Schema or a name already taken is rejected and explained in
+``discovery_error`` (shown in the admin); the rest of the service still works. An unreachable
+service keeps its last good cache.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+
+from algorithms import registry
+from algorithms.remote import client as c
+from algorithms.remote.models import RemoteService
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+FILE_FIELDS = ("kind", "address", "tls", "auth_token", "queue", "connect_timeout", "call_timeout",
+               "max_concurrent_calls", "enabled")
+
+
+@dataclass
+class Discovery:
+    service: str
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+def sync_file(path: str | os.PathLike[str] | None = None) -> list[str]:
+    """Create/update the services declared in REMOTE_SERVICES_FILE; ones removed from it are disabled.
+
+    ``[[service]] name, kind, address, tls, auth_token | auth_token_env, queue, connect_timeout,
+    call_timeout, max_concurrent_calls, enabled`` — see docs/remote.md.
+    """
+    path = Path(path or settings.REMOTE["SERVICES_FILE"])
+    if not path.exists():
+        return []
+    with path.open("rb") as fh:
+        declared = tomllib.load(fh).get("service", [])
+    names = []
+    with transaction.atomic():
+        for entry in declared:
+            entry = dict(entry)
+            if "auth_token_env" in entry:
+                entry["auth_token"] = os.environ.get(entry.pop("auth_token_env"), "")
+            values = {k: entry[k] for k in FILE_FIELDS if k in entry}
+            RemoteService.objects.update_or_create(name=entry["name"], defaults={**values, "source": "file"})
+            names.append(entry["name"])
+        RemoteService.objects.filter(source="file").exclude(name__in=names).update(enabled=False)
+    return names
+
+
+def check_scheme(scheme: dict[str, Any], *, taken: set[str]) -> str | None:
+    """Why this scheme cannot be offered, or None."""
+    name = scheme.get("name") or ""
+    if not NAME.match(name):
+        return f"invalid scheme name {name!r}"
+    schema = scheme.get("params_schema")
+    if isinstance(schema, Exception):
+        return str(schema)
+    if not isinstance(schema, dict):
+        return "params_schema must be a JSON object"
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as exc:
+        return f"params_schema is not a valid JSON Schema: {exc.message}"
+    if name in taken:
+        return f"name {name!r} is already taken by another algorithm"
+    return None
+
+
+def _taken_by_others(service: RemoteService) -> set[str]:
+    local = {a.name for a in registry._registry.values()}
+    others = RemoteService.objects.filter(enabled=True, name__lt=service.name)  # earlier services win
+    return local | {s["name"] for o in others for s in o.schemes}
+
+
+def refresh(service: RemoteService) -> Discovery:
+    """Ask ``service`` for its schemes and cache the valid ones (never raises for the service's faults)."""
+    report = Discovery(service=service.name)
+    now = timezone.now()
+    try:
+        offered = c.client_for(service).schemes()
+    except c.RemoteError as exc:
+        report.error = f"discovery failed: {exc}"
+        RemoteService.objects.filter(pk=service.pk).update(
+            discovery_error=report.error, health=RemoteService.Health.DOWN, health_error=str(exc), checked_at=now)
+        return report
+    taken = _taken_by_others(service)
+    schemes = []
+    for scheme in offered:
+        why = check_scheme(scheme, taken=taken)
+        if why:
+            report.rejected[str(scheme.get("name"))] = why
+            continue
+        taken.add(scheme["name"])
+        report.accepted.append(scheme["name"])
+        schemes.append(scheme)
+    report.error = "; ".join(f"scheme {n!r} rejected: {why}" for n, why in report.rejected.items())
+    RemoteService.objects.filter(pk=service.pk).update(
+        schemes=schemes, discovered_at=now, discovery_error=report.error,
+        health=RemoteService.Health.UP, health_error="", checked_at=now)
+    if report.rejected:
+        log.warning("remote service %s: %s", service.name, report.error)
+    return report
+
+
+def refresh_all() -> list[Discovery]:
+    try:
+        sync_file()
+    except (OSError, ValueError, KeyError) as exc:  # a broken file must not stop discovery of the rest
+        log.error("cannot read REMOTE_SERVICES_FILE: %s", exc)
+    return [refresh(s) for s in RemoteService.objects.filter(enabled=True)]
+
+
+def check_health(service: RemoteService) -> bool:
+    """Ping the service; record up/down. True when it answered."""
+    try:
+        c.client_for(service).ping()
+        health, error = RemoteService.Health.UP, ""
+    except c.RemoteError as exc:
+        health, error = RemoteService.Health.DOWN, str(exc)
+    if health != service.health:
+        log.warning("remote service %s is %s %s", service.name, health, error)
+    RemoteService.objects.filter(pk=service.pk).update(health=health, health_error=error, checked_at=timezone.now())
+    return health == RemoteService.Health.UP
+
+
+def check_all() -> dict[str, bool]:
+    return {s.name: check_health(s) for s in RemoteService.objects.filter(enabled=True)}
+
+
+def health_report() -> dict[str, Any]:
+    """For ``/api/v1/system/health/`` (reported, not required): each enabled service as its last
+    health check saw it; ``ok`` is false while any of them is down."""
+    services = {
+        s.name: {"kind": s.kind, "health": s.health, "checked_at": s.checked_at.isoformat() if s.checked_at else None,
+                 "schemes": len(s.schemes), **({"error": s.health_error} if s.health_error else {})}
+        for s in RemoteService.objects.filter(enabled=True)
+    }
+    down = sorted(name for name, s in services.items() if s["health"] == RemoteService.Health.DOWN)
+    return {"ok": not down, "services": services, **({"error": f"down: {', '.join(down)}"} if down else {})}

@@ -1,0 +1,89 @@
+"""Remote schemes as registry algorithms: listed with ``backend`` "grpc"/"ws", params checked
+against the service's JSON Schema (``jsonschema``), run by ``bridge.run``.
+
+They come from the discovery cache in the database (``RemoteService.schemes``), so the web process
+and every worker agree without restarting; a local algorithm of the same name always wins.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.validators import validator_for
+from pydantic import BaseModel, ConfigDict
+
+from algorithms import registry
+from config.errors import InvalidInput
+
+
+class RemoteParams(BaseModel):
+    """Whatever the service's schema allowed at submit; the service is the judge of its own params."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True)
+class RemoteAlgorithm(registry.Algorithm):
+    service: str = ""
+    backend: str = "grpc"
+    schema: dict[str, Any] = field(default_factory=dict)
+
+    def params_schema(self) -> dict[str, Any]:
+        return self.schema
+
+    def validate(self, params: Any) -> dict[str, Any]:
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidInput("params must be a JSON object", fields={"params": ["must be a JSON object"]})
+        cls = validator_for(self.schema, default=Draft202012Validator)
+        fields: dict[str, list[str]] = {}
+        for err in sorted(cls(self.schema).iter_errors(params), key=lambda e: list(e.absolute_path)):
+            path = ".".join(["params", *(str(p) for p in err.absolute_path)])
+            fields.setdefault(path, []).append(err.message)
+        if fields:
+            first = next(iter(fields.items()))
+            raise InvalidInput(f"{first[0]}: {first[1][0]}", fields=fields)
+        # Top-level defaults filled in, as for local algorithms, so the task shows what will run.
+        defaults = {k: p["default"] for k, p in (self.schema.get("properties") or {}).items()
+                    if isinstance(p, dict) and "default" in p and k not in params}
+        return {**defaults, **params}
+
+
+def _algorithm(service: Any, scheme: dict[str, Any]) -> RemoteAlgorithm:
+    from algorithms.remote import bridge
+
+    return RemoteAlgorithm(
+        name=scheme["name"], fn=functools.partial(bridge.run, service_name=service.name, scheme=scheme["name"]),
+        params_model=RemoteParams, version=scheme.get("version") or "1.0",
+        description=scheme.get("description") or f"remote scheme of {service.name}", queue=service.queue,
+        timeout_seconds=scheme.get("timeout_seconds") or None, service=service.name, backend=service.kind,
+        schema=scheme.get("params_schema") or {"type": "object"},
+    )
+
+
+def _services() -> Any:
+    from algorithms.remote.models import RemoteService
+
+    return RemoteService.objects.filter(enabled=True).only("name", "kind", "queue", "schemes").order_by("name")
+
+
+def lookup(name: str) -> RemoteAlgorithm | None:
+    for service in _services():  # services are few; the first one (by name) that offers it wins
+        for scheme in service.schemes:
+            if scheme.get("name") == name:
+                return _algorithm(service, scheme)
+    return None
+
+
+def listing() -> list[registry.Algorithm]:
+    seen: dict[str, registry.Algorithm] = {}
+    for service in _services():
+        for scheme in service.schemes:
+            seen.setdefault(scheme["name"], _algorithm(service, scheme))
+    return list(seen.values())
+
+
+registry.add_source(lookup, listing)

@@ -1,0 +1,104 @@
+"""Reading and retiring what tasks produced: the result descriptor in the task detail, the artifact
+list, and retention (``RESULT_TTL_DAYS``), which deletes bytes but keeps what was said about them."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from algorithms.artifacts import RESULT_NAME, delete_file, summarize
+from algorithms.models import Artifact
+from config.errors import ConveyorError, NotFound
+
+if TYPE_CHECKING:
+    from jobs.models import Task
+
+
+class ResultExpired(ConveyorError):
+    status_code = 410
+    code = "result_expired"
+
+
+def stored_result(task: Task) -> Artifact | None:
+    """The task's result row, if its result went to storage (or expired)."""
+    rows = getattr(task, "_prefetched_objects_cache", {}).get("artifacts")
+    if rows is not None:
+        return next((a for a in rows if a.kind == Artifact.Kind.RESULT), None)
+    return Artifact.objects.filter(task=task, kind=Artifact.Kind.RESULT).first()
+
+
+def _inline_bytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def describe_result(task: Task, *, request_path: str = "") -> dict[str, Any] | None:
+    """``{storage, size, sha256, content_type, summary, expired}`` of a SUCCEEDED task's result."""
+    if task.status != "SUCCEEDED":
+        return None
+    row = stored_result(task)
+    if row is not None:
+        return {"storage": "file" if row.storage_name else "inline", "size": row.size, "sha256": row.sha256,
+                "content_type": row.content_type, "summary": row.summary, "expired": row.expired,
+                "expired_at": row.expired_at}
+    if task.result is None:
+        return None
+    raw = _inline_bytes(task.result)
+    return {"storage": "inline", "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+            "content_type": "application/json", "summary": summarize(task.result), "expired": False,
+            "expired_at": None}
+
+
+def artifacts_of(task: Task) -> list[Artifact]:
+    return list(Artifact.objects.filter(task=task, kind=Artifact.Kind.FILE).order_by("name"))
+
+
+def artifact_of(task: Task, name: str) -> Artifact:
+    row = Artifact.objects.filter(task=task, kind=Artifact.Kind.FILE, name=name).first()
+    if row is None:
+        raise NotFound(f"task has no artifact {name!r}")
+    return row
+
+
+def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
+    """Delete results and artifacts older than ``RESULT_TTL_DAYS``; rows stay, marked expired.
+
+    Files are deleted after the row is marked, so a crash in between leaves a row that says expired
+    and a stray file, never a row pointing at a missing file that still claims to be downloadable.
+    """
+    from jobs.models import Task
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.CONVEYOR["RESULT_TTL_DAYS"])
+    files = 0
+    while True:
+        with transaction.atomic():
+            rows = list(Artifact.objects.select_for_update(skip_locked=True)
+                        .filter(expired_at__isnull=True, created_at__lt=cutoff)[:batch])
+            Artifact.objects.filter(id__in=[r.id for r in rows]).update(expired_at=now)
+        for row in rows:
+            delete_file(row)
+        files += len(rows)
+        if len(rows) < batch:
+            break
+    inline = 0
+    while True:
+        with transaction.atomic():
+            tasks = list(Task.objects.select_for_update(skip_locked=True).filter(
+                status="SUCCEEDED", finished_at__lt=cutoff, result__isnull=False).only("id", "result")[:batch])
+            for task in tasks:
+                raw = _inline_bytes(task.result)
+                Artifact.objects.update_or_create(
+                    task=task, kind=Artifact.Kind.RESULT, name=RESULT_NAME,
+                    defaults={"storage_name": "", "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                              "content_type": "application/json", "summary": summarize(task.result),
+                              "expired_at": now})
+            Task.objects.filter(id__in=[t.id for t in tasks]).update(result=None)
+        inline += len(tasks)
+        if len(tasks) < batch:
+            break
+    return {"files": files, "inline_results": inline}

@@ -1,0 +1,113 @@
+"""Database work per task, counted rather than timed (so it holds on a busy machine): statements,
+commits, commits that wait for the WAL flush, and broker messages, for the worker's path of a no-op task
+(claim → run → finish → dispatch of the next one), one id per message and batched.
+
+    python -m bench.bench_costs [--tasks 200] [--batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bench import harness
+
+QUEUE = "bench-costs"  # nobody consumes it: the messages are counted, then deleted
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.statements = self.commits = self.relaxed = 0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.statements += 1
+        if "synchronous_commit" in sql:
+            self.relaxed += 1
+        return execute(sql, params, many, context)
+
+
+def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
+    import redis
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    from jobs import services
+    from jobs.tasks import run_task, run_tasks
+    from queueing.models import Queue
+
+    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with connection.cursor() as cur:
+        cur.execute("TRUNCATE jobs_task CASCADE")
+    r.delete(QUEUE)
+    Queue.objects.update_or_create(name=QUEUE, defaults={"concurrency": 1 if mode == "single" else batch})
+    owner = User.objects.get(username="bench")
+    spec = services.build_spec(algorithm="demo.noop", queue=QUEUE)
+    services.submit_batch(owner=owner, specs=[spec] * (n + batch))  # the first window is dispatched here
+    counter = Counter()
+    commit = connection.commit
+
+    def counting_commit() -> None:
+        counter.commits += 1
+        commit()
+
+    connection.commit = counting_commit  # type: ignore[method-assign]
+    sent_before = r.llen(QUEUE)
+    try:
+        with connection.execute_wrapper(counter):
+            for _ in range(n // (1 if mode == "single" else batch)):
+                # Take the oldest message like a worker would, and run it in this process.
+                body = json.loads(r.rpop(QUEUE))
+                args = json.loads(__import__("base64").b64decode(body["body"]))[0]
+                if body["headers"]["task"] == "jobs.run_tasks":
+                    run_tasks.run(args[0])
+                else:
+                    run_task.run(args[0])
+    finally:
+        connection.commit = commit  # type: ignore[method-assign]
+    done = n if mode == "single" else (n // batch) * batch
+    sent = r.llen(QUEUE) - sent_before + n // (1 if mode == "single" else batch)
+    r.delete(QUEUE)
+    return {
+        "mode": mode, "tasks": done,
+        "statements_per_task": round(counter.statements / done, 2),
+        "commits_per_task": round(counter.commits / done, 2),
+        "flushed_commits_per_task": round((counter.commits - counter.relaxed) / done, 2),
+        "broker_messages_per_task": round(sent / done, 3),
+    }
+
+
+def main(argv: list[str]) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", type=int, default=200)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--no-docs", action="store_true")
+    args = p.parse_args(argv)
+    url = harness.BROKERS["redis"]
+    harness.setup_django(url)
+    from django.conf import settings
+
+    settings.CONVEYOR["DISPATCH_BATCH"] = {QUEUE: args.batch}
+    harness.prepare_database(concurrency=16)
+    rows = [measure("batched", args.tasks, args.batch)]
+    settings.CONVEYOR["DISPATCH_BATCH"] = {}
+    rows.insert(0, measure("single", args.tasks, args.batch))
+    for row in rows:
+        print(json.dumps(row))
+    if not args.no_docs:
+        from bench import report
+
+        lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch}`", "",
+                 "| path | statements/task | commits/task | commits waiting for the WAL flush/task | "
+                 "broker messages/task |", "| --- | ---: | ---: | ---: | ---: |"]
+        for row in rows:
+            name = "one id per message" if row["mode"] == "single" else f"batched dispatch (≤{args.batch} ids)"
+            lines.append(f"| {name} | {row['statements_per_task']} | {row['commits_per_task']} | "
+                         f"{row['flushed_commits_per_task']} | {row['broker_messages_per_task']} |")
+        report.write_section("costs", "\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

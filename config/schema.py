@@ -1,0 +1,91 @@
+"""OpenAPI generation: every operation documents the errors it can return, in the one error shape.
+
+``AutoSchema`` adds, to what views declare with ``@extend_schema``, the error responses that follow
+from the operation itself (any request → 400; authentication → 401/403; a path
+parameter → 404; the rate limiter → 429 with ``Retry-After``). Views declare only what is special
+to them (a 409 from a service, a 503). ``tests/edge/test_openapi.py`` fails when an endpoint is not in
+the schema or the schema generator had to guess.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular import openapi
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_serializer
+from rest_framework import permissions, serializers
+from rest_framework.pagination import CursorPagination
+
+ERROR_DESCRIPTIONS = {
+    400: ("invalid", "The request is invalid; `fields` names each bad field by its path.",
+          {"fields": {"params.seconds": ["must be <= 3600"]}}),
+    401: ("not_authenticated", "No valid credentials: send a JWT (`Authorization: Bearer …`) or an API key "
+          "(`X-API-Key: …`).", {}),
+    403: ("permission_denied", "Authenticated, but not allowed (operators only, or the API key lacks the scope).",
+          {}),
+    404: ("not_found", "No such object, or it belongs to another user.", {}),
+    409: ("conflict", "The object's state does not allow this (e.g. the task is already final).", {}),
+    429: ("throttled", "Rate limit reached; retry after `Retry-After` seconds.", {}),
+    503: ("unavailable", "A dependency is down.", {}),
+}
+
+
+@extend_schema_serializer(component_name="ErrorDetail")
+class ErrorDetailOut(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable machine-readable code, e.g. `invalid`, `task_not_found`.")
+    message = serializers.CharField(help_text="Human-readable explanation.")
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False,
+                                   help_text="Per-field messages, keyed by the field's path.")
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorOut(serializers.Serializer):
+    error = ErrorDetailOut()
+
+
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds until the limit resets."}}
+OPEN_PATHS = ("/api/v1/system/health/",)
+
+
+def error_example(status: int, code: str | None = None, message: str | None = None) -> dict[str, Any]:
+    default_code, description, extra = ERROR_DESCRIPTIONS[status]
+    return {"error": {"code": code or default_code, "message": message or description.split(";")[0], **extra}}
+
+
+class AutoSchema(openapi.AutoSchema):
+    def _error_statuses(self) -> list[int]:
+        # 400 everywhere: besides bad bodies and queries, any request can be malformed at the HTTP level
+        # (a non-numeric Content-Length, a body Django cannot parse).
+        statuses = [400]
+        perms = [p.__class__ for p in self.view.get_permissions()]
+        if permissions.AllowAny not in perms:
+            statuses += [401, 403]
+        if "{" in self.path or isinstance(self._get_paginator(), CursorPagination):
+            statuses.append(404)  # no such object; or DRF's answer to an invalid cursor
+        if self.path not in OPEN_PATHS:
+            statuses.append(429)
+        return statuses
+
+    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+        responses = super()._get_response_bodies(direction)
+        for status in self._error_statuses():
+            if str(status) not in responses:
+                responses[str(status)] = self.error_response(status)
+        for status, response in responses.items():
+            if status == "429":
+                response.setdefault("headers", {}).update(RETRY_AFTER)
+        return responses
+
+    def error_response(self, status: int) -> dict[str, Any]:
+        code, description, _ = ERROR_DESCRIPTIONS[status]
+        response = self._get_response_for_code(ErrorOut, str(status))
+        response["description"] = description
+        response["content"]["application/json"]["examples"] = {
+            code: {"value": error_example(status), "summary": code}}
+        return response
+
+
+def errors(*statuses: int, **examples: str) -> dict[int, Any]:
+    """``responses={**errors(409)}`` for errors a view adds beyond the automatic ones."""
+    return {s: OpenApiResponse(ErrorOut, description=ERROR_DESCRIPTIONS[s][1],
+                               examples=[OpenApiExample(ERROR_DESCRIPTIONS[s][0], value=error_example(s))])
+            for s in statuses}

@@ -1,0 +1,3 @@
+from conveyor_cli.main import main
+
+raise SystemExit(main())

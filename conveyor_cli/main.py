@@ -1,0 +1,212 @@
+"""``conveyor`` command line: login, submit, watch, ls, cancel, logs, result, queues, workers.
+
+Exit status: 0 success (or a task that SUCCEEDED), 1 error or FAILED task, 2 usage, 3 CANCELLED,
+4 TIMED_OUT, 5 not logged in / token refused, 6 server unreachable.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+from conveyor_cli.client import CLIError, Client, NotAvailable
+from conveyor_cli.watch import EXIT_CODES, watch
+
+
+def parse_param(item: str) -> tuple[str, Any]:
+    """``key=value``; the value is JSON when it parses (``n=3``, ``flag=true``, ``xs=[1,2]``), else text."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+def cmd_login(client: Client, args: argparse.Namespace) -> int:
+    username = args.username or input("username: ")
+    password = args.password or os.environ.get("CONVEYOR_PASSWORD") or getpass.getpass("password: ")
+    client.login(username, password)
+    print(f"logged in to {client.url} as {username}")
+    return 0
+
+
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"algorithm": args.algorithm, "params": dict(args.params)}
+    for key in ("priority", "queue"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.label:
+        body["labels"] = args.label
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    task = client.post("/api/v1/tasks/", body, headers=headers)
+    emit(args, task, task["id"])
+    if not args.wait:
+        return 0
+    return watch(client, task["id"], out=sys.stderr if args.json else sys.stdout, quiet=args.json)
+
+
+def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    return watch(client, args.id)
+
+
+def cmd_ls(client: Client, args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("status", args.status), ("queue", args.queue), ("algorithm", args.algorithm),
+                                ("page_size", args.limit)) if v}
+    page = client.get("/api/v1/tasks/", params=params)
+    tasks = page["results"] if isinstance(page, dict) else page
+    rows = [[t["id"], t["algorithm"], t["status"], f"{t['progress']['percent']:.0f}%", t["queue"], t["priority"],
+             t["created_at"][:19].replace("T", " ")] for t in tasks]
+    emit(args, tasks, table(rows, ["ID", "ALGORITHM", "STATUS", "PROGRESS", "QUEUE", "PRIO", "CREATED"]))
+    return 0
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    task = client.post(f"/api/v1/tasks/{args.id}/cancel/")
+    note = " (cancel requested; the worker stops it)" if task["status"] == "RUNNING" else ""
+    emit(args, task, f"{task['id']} {task['status']}{note}")
+    return 0
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    events = client.get(f"/api/v1/tasks/{args.id}/logs/", params={"after_seq": args.after_seq})
+    lines = []
+    for e in events:
+        if e["event"] == "task.log":
+            lines.append(e["data"].get("line", ""))
+        elif not args.lines_only:
+            lines.append(f"# {e['created_at'][:23]} {e['event']} {e['status']}")
+    emit(args, events, "\n".join(lines))
+    return 0
+
+
+def cmd_result(client: Client, args: argparse.Namespace) -> int:
+    response = client.request("GET", f"/api/v1/tasks/{args.id}/result/")
+    is_json = response.headers.get("content-type", "").startswith("application/json")
+    if is_json:
+        body = response.json()
+        data = json.dumps(body.get("result", body), indent=2).encode() + b"\n"
+    else:
+        data = response.content  # a large result streamed as a file
+    if args.output:
+        with open(args.output, "wb") as fh:
+            fh.write(data)
+        print(f"wrote {len(data)} bytes to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+def cmd_queues(client: Client, args: argparse.Namespace) -> int:
+    page = client.get("/api/v1/queues/")
+    queues = page["results"] if isinstance(page, dict) and "results" in page else page
+    rows = []
+    for q in queues:
+        counts = q.get("counts") or {}
+        wait = q.get("oldest_waiting_seconds")
+        rows.append([q.get("name"), "paused" if q.get("paused") else "active", counts.get("PENDING", 0),
+                     counts.get("QUEUED", 0), q.get("running", counts.get("RUNNING", 0)), q.get("concurrency", ""),
+                     "" if wait is None else f"{wait:.0f}", q.get("throughput_per_minute", "")])
+    emit(args, queues, table(rows, ["QUEUE", "STATE", "PENDING", "QUEUED", "RUNNING", "CONCURRENCY",
+                                      "OLDEST WAIT s", "PER MIN"]))
+    return 0
+
+
+def cmd_workers(client: Client, args: argparse.Namespace) -> int:
+    page = client.get("/api/v1/workers/")
+    workers = page["results"] if isinstance(page, dict) and "results" in page else page
+    rows = [[w.get("hostname"), w.get("status", ""), ",".join(w.get("queues") or []), w.get("pool", ""),
+             w.get("concurrency", ""), w.get("running", ""), (w.get("last_heartbeat") or "")[:19].replace("T", " ")]
+            for w in workers]
+    emit(args, workers, table(rows, ["WORKER", "STATUS", "QUEUES", "POOL", "CONCURRENCY", "RUNNING",
+                                     "LAST HEARTBEAT"]))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description="Submit and watch Conveyor tasks.")
+    parser.add_argument("--url", "--server", dest="url", default=os.environ.get("CONVEYOR_URL"),
+                        help="server base URL (env CONVEYOR_URL; default: the one you logged in to)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("login", help="get a token pair and store it in the config dir")
+    p.add_argument("-u", "--username")
+    p.add_argument("-p", "--password", help="prefer the prompt or CONVEYOR_PASSWORD")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("submit", help="submit a task: ALGORITHM key=value …")
+    p.add_argument("algorithm")
+    p.add_argument("params", nargs="*", type=parse_param, metavar="key=value")
+    p.add_argument("--priority", help="0-9 or low/normal/high/critical")
+    p.add_argument("--queue")
+    p.add_argument("--label", action="append", help="repeatable")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--wait", action="store_true", help="watch it; exit with its outcome")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("watch", help="live progress of a task; exits with its outcome")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("ls", help="list your tasks (operators: all)")
+    p.add_argument("--status")
+    p.add_argument("--queue")
+    p.add_argument("--algorithm")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("cancel", help="cancel a task")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("logs", help="a task's log lines and state changes")
+    p.add_argument("id")
+    p.add_argument("--after-seq", type=int, default=0)
+    p.add_argument("--lines-only", action="store_true", help="only the algorithm's log lines")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("result", help="a succeeded task's result")
+    p.add_argument("id")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_result)
+
+    sub.add_parser("queues", help="queues: depth, running, paused").set_defaults(func=cmd_queues)
+    sub.add_parser("workers", help="workers and their heartbeats").set_defaults(func=cmd_workers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = Client(args.url)
+    try:
+        return args.func(client, args)
+    except NotAvailable as exc:
+        print(f"conveyor: {exc}: this server does not offer `{args.command}`", file=sys.stderr)
+        return exc.exit_code
+    except CLIError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["main", "EXIT_CODES"]

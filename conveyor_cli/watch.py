@@ -1,0 +1,132 @@
+"""``conveyor watch``: follow one task over ``/ws/tasks/<id>/`` and draw a progress bar.
+
+The socket authenticates with its first message (the token stays out of URLs and logs). A dropped
+connection is reopened with ``?after_seq=<last seen>`` so nothing is missed or shown twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any, TextIO
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from conveyor_cli.client import CLIError, Client
+
+FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "CANCELLED": 3, "TIMED_OUT": 4}
+BAR_WIDTH = 30
+
+
+class ProgressView:
+    """A redrawn bar on a terminal; one line per change otherwise (logs, CI, tests)."""
+
+    def __init__(self, out: TextIO, *, quiet: bool = False) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.quiet = quiet
+        self.last_line = ""
+        self.error = ""
+
+    def show(self, body: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        percent = float(body.get("percent") or 0.0)
+        filled = int(BAR_WIDTH * percent / 100)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        text = " ".join(x for x in (body.get("stage"), body.get("message")) if x)
+        line = f"[{bar}] {percent:5.1f}% {body.get('status', ''):<9} {text}".rstrip()
+        if line == self.last_line:
+            return
+        self.last_line = line
+        if self.tty:
+            self.out.write("\r\033[K" + line)
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def log(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.out.write("\r\033[K")
+        self.out.write(f"  | {line}\n")
+        if self.tty and self.last_line:
+            self.out.write(self.last_line)
+        self.out.flush()
+
+    def done(self, status: str, error: str = "") -> None:
+        if self.tty and not self.quiet:
+            self.out.write("\n")
+        self.out.write(f"{status}{': ' + error if error else ''}\n")
+        self.out.flush()
+
+
+async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects: int = 30) -> str:
+    """Stream events until the task is final; returns its final status."""
+    last_seq = 0  # the first connect replays the task's history too (its log lines, its progress)
+    failures = 0
+    streamed = False  # got data since the last 4401: an expiry, not a refused login
+    while True:
+        url = client.ws_url(f"/ws/tasks/{task_id}/") + f"?after_seq={last_seq}"
+        try:
+            token = await asyncio.to_thread(client.fresh_access)
+            async with connect(url, open_timeout=10, max_size=2**24) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": token}))
+                async for raw in ws:
+                    failures, streamed = 0, True
+                    body = json.loads(raw)
+                    if body.get("event") == "task.snapshot":
+                        # The replay that follows redraws the way here; the snapshot only tells
+                        # us the error text a final event does not carry.
+                        view.error = (body.get("task") or {}).get("error") or ""
+                        continue
+                    status = _apply(body, view)
+                    if body.get("seq") is not None and body.get("event", "").startswith("task."):
+                        last_seq = max(last_seq, body["seq"])
+                    if status in FINAL:
+                        return status
+                closed = ws.close_code
+        except ConnectionClosed as exc:
+            closed = exc.rcvd.code if exc.rcvd else None
+            problem: Exception = exc
+        except (OSError, InvalidHandshake, InvalidStatus, asyncio.TimeoutError, CLIError) as exc:
+            if isinstance(exc, CLIError) and exc.exit_code != 6:
+                raise  # refused login, not a network problem
+            closed, problem = None, exc
+        else:
+            problem = ConnectionError("the server closed the connection")
+        if closed == 4401:
+            if not streamed:
+                raise CLIError("the server refused the token: run `conveyor login`", exit_code=5)
+            streamed = False  # the access token expired mid-stream: fresh_access() refreshes it
+            continue
+        if closed == 4403:
+            raise CLIError(f"task {task_id} not found", exit_code=1)
+        if failures == 0:
+            sys.stderr.write(f"connection lost ({problem}); reconnecting\n")
+        failures += 1
+        if failures > reconnects:
+            raise CLIError("lost the connection to the server", exit_code=6)
+        await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+
+
+def _apply(body: dict[str, Any], view: ProgressView) -> str | None:
+    event = body.get("event", "")
+    if event == "task.log":
+        view.log(str(body.get("data", {}).get("line", "")))
+        return None
+    if not event.startswith("task."):
+        return None  # ping and friends
+    view.show(body)
+    status = body.get("status")
+    if status in FINAL:
+        view.done(status, str((body.get("data") or {}).get("error") or view.error))
+    return status
+
+
+def watch(client: Client, task_id: str, *, out: TextIO = sys.stdout, quiet: bool = False) -> int:
+    status = asyncio.run(follow(client, task_id, ProgressView(out, quiet=quiet)))
+    return EXIT_CODES.get(status, 1)

@@ -1,0 +1,312 @@
+"""WebSocket consumers: ``/ws/tasks/<id>/`` (one task) and ``/ws/dashboard/`` (every visible task).
+
+The protocol (README, "WebSocket protocol"):
+
+* Authenticate with an access JWT in ``?token=`` or as the first message ``{"type": "auth", "token": …}``.
+  A missing, invalid or expired token closes the socket with 4401, a task that is not the user's (or
+  does not exist) with 4403, before any task data is sent.
+* On connect: ``task.snapshot`` (the current row; its ``seq`` is the last event it reflects). With
+  ``?after_seq=N`` the stored events ``N+1 … snapshot.seq`` follow (``"replay": true``), then the live
+  stream. Every ``task.*`` event after the snapshot has a ``seq`` one above the one before it.
+* When the access token expires the socket is closed with 4401; refresh it and reconnect with
+  ``?after_seq=<last seq>``.
+* The server sends ``{"event": "ping"}`` every ``WS_PING_SECONDS``; ``{"type": "ping"}`` is answered
+  with ``{"event": "pong"}``.
+
+No gaps, no duplicates: the consumer joins the channel-layer group *before* it reads the database,
+and holds live messages back until the snapshot and replay are out (they wait in the channel's queue
+behind the handler that sends them; ``buffer`` catches any that a future Channels dispatches
+concurrently). An event committed before the read is in the rows (its live copy is dropped by
+``seq``); one committed after it is published after the group join (whose SUBSCRIBE was written to
+Redis before the read began), so it arrives live.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
+
+from config.permissions import is_operator
+from jobs import events, selectors
+from jobs.errors import TaskNotFound
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+QUEUES_GROUP = "queues.all"
+WORKERS_GROUP = "workers.all"
+REPLAY_LIMIT = 10_000
+DASHBOARD_SNAPSHOT_TASKS = 100
+
+
+def _queues_group() -> str:
+    """The group queue events go to: queueing/events.py names it when that module exists."""
+    try:
+        from queueing import events as queue_events  # type: ignore[attr-defined]
+    except ImportError:
+        return QUEUES_GROUP
+    return getattr(queue_events, "QUEUES_GROUP", QUEUES_GROUP)
+
+
+def _jsonable(data: Any) -> Any:
+    """DRF serializer output (UUIDs, datetimes) as plain JSON types."""
+    return json.loads(JSONRenderer().render(data))
+
+
+def user_from_token(token: str | None) -> Any | None:
+    """The active user an access JWT names, or None (missing, malformed, expired, refresh token…)."""
+    if not token:
+        return None
+    from rest_framework_simplejwt.authentication import JWTAuthentication
+    from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
+
+    auth = JWTAuthentication()
+    try:
+        validated = auth.get_validated_token(token.encode())
+        user = auth.get_user(validated)
+    except (InvalidToken, TokenError, AuthenticationFailed):
+        return None
+    if not user.is_active:
+        return None
+    is_operator(user)  # cache the group lookup now, while we are on a sync thread
+    user._conveyor_token_exp = validated.get("exp")
+    return user
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    """Authentication, the ping loop, and buffer-then-stream delivery shared by both endpoints."""
+
+    groups_to_join: list[str]
+
+    async def connect(self) -> None:
+        self.user: Any = None
+        self.ready = False
+        self.buffer: list[dict[str, Any]] = []
+        self.joined: list[str] = []
+        self.ping_task: asyncio.Task[None] | None = None
+        self.expiry_task: asyncio.Task[None] | None = None
+        self.auth_timer: asyncio.Task[None] | None = None
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.query = {k: v[-1] for k, v in query.items()}
+        await self.accept()
+        token = self.query.get("token")
+        if token:
+            await self.authenticate(token)
+        else:
+            # The token may come as the first message (keeps it out of access logs and URLs).
+            self.auth_timer = asyncio.create_task(self._auth_deadline())
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(settings.CONVEYOR.get("WS_AUTH_TIMEOUT_SECONDS", 10))
+        if self.user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def authenticate(self, token: str | None) -> None:
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+        self.user = await database_sync_to_async(user_from_token)(token)
+        if self.user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not await self.authorize():
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        # Join first, read second: see the module docstring.
+        for group in self.groups_to_join:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.append(group)
+        await self.send_initial()
+        for message in self.buffer:
+            await self.deliver(message)
+        self.buffer = []
+        self.ready = True
+        self.ping_task = asyncio.create_task(self._ping_loop())
+        self.expiry_task = asyncio.create_task(self._expire(getattr(self.user, "_conveyor_token_exp", None)))
+
+    async def _expire(self, exp: float | None) -> None:
+        """Close with 4401 when the access token expires; the client refreshes it and resumes
+        with ``after_seq``, so a socket never outlives the credentials that opened it."""
+        if exp is None:
+            return
+        await asyncio.sleep(max(0.0, exp - timezone.now().timestamp()))
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        if self.user is None:
+            if kind == "auth":
+                await self.authenticate(content.get("token"))
+            else:
+                await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if kind == "ping":
+            await self.send_json({"event": "pong", "timestamp": events.iso(timezone.now())})
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        try:
+            await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)
+        except ValueError:  # not JSON: before auth that is a failed auth, after it we ignore it
+            if self.user is None:
+                await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _ping_loop(self) -> None:
+        interval = settings.CONVEYOR.get("WS_PING_SECONDS", 20.0)
+        while True:
+            await asyncio.sleep(interval)
+            # A failed send means the peer is gone; daphne's protocol-level ping timeout closes it.
+            await self.send_json({"event": "ping", "timestamp": events.iso(timezone.now())})
+
+    async def disconnect(self, code: int) -> None:
+        for task in (self.ping_task, self.auth_timer, self.expiry_task):
+            if task is not None:
+                task.cancel()
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    # --- channel-layer handlers (``type`` "task.event", "queue.event", "worker.event") ---------
+
+    async def task_event(self, message: dict[str, Any]) -> None:
+        if not self.ready:
+            self.buffer.append(message)
+            return
+        await self.deliver(message)
+
+    async def queue_event(self, message: dict[str, Any]) -> None:
+        if self.ready:
+            await self.send_json(message["payload"])
+
+    worker_event = queue_event
+
+    async def send_initial(self) -> None:
+        raise NotImplementedError
+
+    async def authorize(self) -> bool:
+        raise NotImplementedError
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def _progress_at(task: Any, seq: int) -> dict[str, Any]:
+    """The task's progress fields as they stood at event ``seq``."""
+    from jobs.models import TaskEvent
+
+    progress: dict[str, Any] = {"percent": 0.0, "stage": "", "message": "", "metrics": {}}
+    if seq > 0:
+        row = (TaskEvent.objects.filter(task=task, event="task.progress", seq__lte=seq)
+               .order_by("-seq").only("data").first())
+        if row is not None:
+            progress.update({key: row.data[key] for key in progress if key in row.data})
+    return progress
+
+
+class TaskConsumer(LiveConsumer):
+    """``/ws/tasks/<id>/``: one task's snapshot, the events after ``?after_seq``, then live events."""
+
+    async def authorize(self) -> bool:
+        task_id = self.scope["url_route"]["kwargs"]["task_id"]
+        try:
+            self.task = await database_sync_to_async(selectors.task_for)(self.user, task_id)
+        except TaskNotFound:
+            return False
+        self.groups_to_join = [events.task_group(self.task.id)]
+        self.last_seq = 0
+        return True
+
+    async def send_initial(self) -> None:
+        try:
+            after = max(0, int(self.query.get("after_seq", "")))
+        except ValueError:
+            after = None
+        snapshot, replay = await database_sync_to_async(self._read)(after)
+        await self.send_json(snapshot)
+        for body in replay:
+            await self.send_json(body)
+        self.last_seq = max([snapshot["seq"]] + [b["seq"] for b in replay])
+
+    def _read(self, after: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        from jobs.api.serializers import TaskOut
+
+        task = type(self.task).objects.get(id=self.task.id)
+        snapshot = dict(events.payload(task, "task.snapshot", task.last_seq, None, timezone.now()))
+        snapshot["task"] = _jsonable(TaskOut(task).data)
+        replay: list[dict[str, Any]] = []
+        if after is not None:
+            # A stored state change does not hold the progress of its moment (a live one does): carry
+            # it forward from the progress rows, so a replay reads like the live stream did.
+            progress = _progress_at(task, after)
+            # Rows past the snapshot's seq may already be committed: send them too (the live copy
+            # is dropped by seq), so nothing is skipped between the snapshot and the live stream.
+            for row in selectors.events_for(task, after_seq=after)[:REPLAY_LIMIT]:
+                body = dict(events.from_row(row, task))
+                if row.event == "task.progress":
+                    progress = {key: body[key] for key in progress}  # type: ignore[literal-required]
+                else:
+                    body.update(progress)
+                body["replay"] = True
+                replay.append(body)
+        return snapshot, replay
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        body = message["payload"]
+        if body["seq"] <= self.last_seq:
+            return  # already sent from the database (replay) or reflected in the snapshot
+        self.last_seq = body["seq"]
+        await self.send_json(body)
+
+
+class DashboardConsumer(LiveConsumer):
+    """``/ws/dashboard/``: events of the user's tasks (operators: all tasks, queue and worker events).
+
+    Log lines are left out (the task socket streams them); progress arrives already coalesced.
+    """
+
+    async def authorize(self) -> bool:
+        self.operator = is_operator(self.user)
+        if self.operator:
+            self.groups_to_join = [events.ALL_GROUP, _queues_group(), WORKERS_GROUP]
+        else:
+            self.groups_to_join = [events.user_group(self.user.id)]
+        self.seen: dict[str, int] = {}
+        return True
+
+    async def send_initial(self) -> None:
+        snapshot = await database_sync_to_async(self._read)()
+        self.seen = {t["id"]: t["last_seq"] for t in snapshot["tasks"]}
+        await self.send_json(snapshot)
+
+    def _read(self) -> dict[str, Any]:
+        from jobs.api.serializers import TaskOut
+
+        tasks = list(selectors.tasks_for(self.user).select_related("owner")[:DASHBOARD_SNAPSHOT_TASKS])
+        rows = _jsonable(TaskOut(tasks, many=True).data)
+        for row, task in zip(rows, tasks):
+            row["last_seq"] = task.last_seq
+        return {
+            "event": "dashboard.snapshot",
+            "user": {"username": self.user.get_username(), "operator": self.operator},
+            "tasks": rows,
+            "timestamp": events.iso(timezone.now()),
+        }
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        body = message["payload"]
+        if body["event"] == "task.log":
+            return
+        # Tasks in the snapshot: drop what it already reflects (a message that raced the read).
+        # Other tasks' events pass through; the client orders them by seq per task.
+        known = self.seen.get(body["task_id"])
+        if known is not None:
+            if body["seq"] <= known:
+                return
+            self.seen[body["task_id"]] = body["seq"]
+        await self.send_json(body)

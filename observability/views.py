@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from observability import health
+
+CheckOut = inline_serializer("HealthCheckOut", {
+    "ok": serializers.BooleanField(),
+    "latency_ms": serializers.FloatField(required=False),
+    "error": serializers.CharField(required=False),
+})
+HealthOut = inline_serializer("HealthOut", {
+    "status": serializers.ChoiceField(choices=["ok", "unavailable"]),
+    "checks": serializers.DictField(child=CheckOut),
+    "error": inline_serializer("HealthError", {
+        "code": serializers.CharField(), "message": serializers.CharField(),
+    }, required=False),
+})
+
+
+class SystemHealthView(APIView):
+    """Readiness: database, Redis, broker (required) and workers (reported). Open to probes without auth."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    rate_limit_scopes = None  # probes poll it; never limited
+
+    @extend_schema(
+        operation_id="system_health",
+        tags=["system"],
+        auth=[],
+        responses={200: HealthOut, 503: HealthOut},
+        examples=[
+            OpenApiExample("ready", response_only=True, status_codes=["200"], value={
+                "status": "ok", "checks": {"database": {"ok": True, "latency_ms": 0.8},
+                                           "redis": {"ok": True, "latency_ms": 0.4},
+                                           "broker": {"ok": True, "transport": "redis", "latency_ms": 1.1},
+                                           "workers": {"ok": True, "count": 2, "latency_ms": 500.2}}}),
+            OpenApiExample("database down", response_only=True, status_codes=["503"], value={
+                "status": "unavailable",
+                "error": {"code": "not_ready", "message": "database: OperationalError: connection refused"},
+                "checks": {"database": {"ok": False, "error": "OperationalError: connection refused"}}}),
+        ],
+    )
+    def get(self, request: Request) -> Response:
+        ready, checks = health.readiness()
+        if ready:
+            return Response({"status": "ok", "checks": checks})
+        failed = [f"{name}: {checks[name]['error']}" for name in health.REQUIRED if not checks[name]["ok"]]
+        body = {"status": "unavailable", "checks": checks,
+                "error": {"code": "not_ready", "message": "; ".join(failed)}}
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})

@@ -1,0 +1,60 @@
+"""Admin for operators: queues (pause/resume, concurrency), the worker registry (read-only), and
+tasks with their events (jobs/admin.py). Every action goes through the services, like the API."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from queueing import dispatch, services
+from queueing.models import Queue, WorkerRecord
+
+
+@admin.register(Queue)
+class QueueAdmin(admin.ModelAdmin):
+    list_display = ["name", "paused", "concurrency", "user_concurrency", "default_priority", "description"]
+    list_editable = ["concurrency", "user_concurrency", "default_priority"]
+    list_filter = ["paused"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["paused", "created_at"]
+    actions = ["pause", "resume"]
+
+    @admin.action(description="Pause the selected queues", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
+        for queue in queryset:
+            services.pause(name=queue.name, by=request.user)
+        self.message_user(request, f"paused {queryset.count()} queue(s)", messages.SUCCESS)
+
+    @admin.action(description="Resume the selected queues", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
+        for queue in queryset:
+            services.resume(name=queue.name, by=request.user)
+        self.message_user(request, f"resumed {queryset.count()} queue(s)", messages.SUCCESS)
+
+    def save_model(self, request: HttpRequest, obj: Queue, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # A larger window is filled at once, as with PATCH /api/v1/queues/{name}/.
+        transaction.on_commit(lambda: dispatch.dispatch([obj.name]), robust=True)
+
+
+@admin.register(WorkerRecord)
+class WorkerRecordAdmin(admin.ModelAdmin):
+    list_display = ["hostname", "alive", "queues", "pool", "concurrency", "pid", "version", "last_heartbeat",
+                    "stopped_at"]
+    search_fields = ["hostname"]
+
+    @admin.display(boolean=True)
+    def alive(self, obj: WorkerRecord) -> bool:
+        stale = settings.CONVEYOR["WORKER_STALE_SECONDS"]
+        return obj.stopped_at is None and (timezone.now() - obj.last_heartbeat).total_seconds() <= stale
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

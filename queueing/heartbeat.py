@@ -1,0 +1,202 @@
+"""The worker registry: every Celery worker describes itself in a ``WorkerRecord`` row.
+
+Why a table and not ``celery inspect`` on every request: inspect is a broadcast that waits for its
+whole timeout (a second or more) for replies, and a worker that died simply does not answer, so
+it cannot be shown as dead. A heartbeat row written by each worker's own thread is one indexed read
+for ``GET /api/v1/workers/``, lets the dispatcher and "why is my task waiting" ask "does any live
+worker consume this queue?" cheaply, and keeps dead workers visible (stale ``last_heartbeat``).
+Queues and pool size are read from the running consumer on every beat, so remote-control changes
+(``add_consumer``, ``pool_grow`` …) show up within one heartbeat.
+
+Graceful shutdown lives here too: on a warm shutdown (SIGTERM) Celery stops taking messages and
+waits for running tasks. If they are still running after ``WORKER_SHUTDOWN_GRACE_SECONDS``, the
+pool children are killed first and only then are their tasks handed back to PENDING (another worker
+re-runs them): the order matters, so a task is never running here and elsewhere at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import celery
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from django.conf import settings
+from django.db import close_old_connections, connections
+from django.utils import timezone
+
+from queueing import events
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, Any] = {}
+
+
+def describe(consumer: Any) -> dict[str, Any]:
+    """What the running worker looks like right now (queues consumed, pool size)."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    queues = sorted(q.name for q in task_consumer.queues) if task_consumer is not None else []
+    pool = consumer.pool
+    try:
+        size = int(pool.num_processes)
+    except Exception:  # solo / threads pools have no process count
+        size = int(getattr(pool, "limit", None) or getattr(consumer.controller, "concurrency", 0) or 0)
+    return {
+        "queues": queues, "concurrency": size, "pool": type(pool).__module__.rsplit(".", 1)[-1],
+        "pid": os.getpid(), "version": f"celery {celery.__version__}",
+    }
+
+
+def beat(hostname: str, info: dict[str, Any], *, started_at: Any) -> bool:
+    from queueing.models import WorkerRecord
+
+    _, created = WorkerRecord.objects.update_or_create(
+        hostname=hostname,
+        defaults={**info, "last_heartbeat": timezone.now(), "started_at": started_at, "stopped_at": None,
+                  "lost_at": None},
+    )
+    return created
+
+
+def _loop(consumer: Any, stop: threading.Event) -> None:
+    hostname = consumer.hostname
+    started_at = timezone.now()
+    interval = settings.CONVEYOR["WORKER_HEARTBEAT_SECONDS"]
+    announced = False
+    try:
+        while True:
+            try:
+                close_old_connections()
+                info = describe(consumer)
+                beat(hostname, info, started_at=started_at)
+                _stop_stuck(hostname)
+                if not announced:
+                    events.publish_worker_event(hostname=hostname, event="worker.online", data={"queues": info["queues"]})
+                    announced = True
+            except Exception:  # the database may be down for a moment; the next beat retries
+                log.exception("worker heartbeat failed")
+            if stop.wait(interval):
+                break
+    finally:
+        connections.close_all()
+
+
+@worker_ready.connect
+def _on_ready(sender: Any = None, **kwargs: Any) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=_loop, args=(sender, stop), name="conveyor-worker-heartbeat", daemon=True)
+    _state.update(stop=stop, thread=thread, hostname=sender.hostname, consumer=sender)
+    thread.start()
+
+
+@worker_shutdown.connect
+def _on_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    from queueing.models import WorkerRecord
+
+    if "stop" not in _state:
+        return
+    _state["stop"].set()
+    _state["thread"].join(timeout=5)
+    try:
+        WorkerRecord.objects.filter(hostname=_state["hostname"]).update(stopped_at=timezone.now())
+        events.publish_worker_event(hostname=_state["hostname"], event="worker.offline")
+        events.publisher.flush()
+    except Exception:
+        log.exception("could not mark worker %s stopped", _state["hostname"])
+    finally:
+        connections.close_all()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(sender: Any = None, how: str | None = None, **kwargs: Any) -> None:
+    if how != "Warm" or "consumer" not in _state:
+        return
+    grace = settings.CONVEYOR["WORKER_SHUTDOWN_GRACE_SECONDS"]
+    threading.Thread(target=_hand_back_after, args=(grace,), name="conveyor-shutdown-grace", daemon=True).start()
+
+
+def _pool_children(consumer: Any) -> list[int] | None:
+    """Pids of the prefork pool's children; None for pools without child processes (solo, threads)."""
+    procs = getattr(getattr(consumer.pool, "_pool", None), "_pool", None)
+    return None if procs is None else [p.pid for p in procs if p.pid]
+
+
+def _hand_back_after(grace: float) -> None:
+    from jobs.models import Status, Task
+    from queueing import reconciler
+
+    hostname = _state["hostname"]
+    deadline = time.monotonic() + grace
+    try:
+        while Task.objects.filter(status=Status.RUNNING, worker=hostname).exists():
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        else:
+            return
+        pids = _pool_children(_state["consumer"])
+        if pids is None:  # cannot stop a thread: the reaper re-runs these once the process is gone
+            log.warning("shutdown grace over; non-prefork pool, leaving running tasks to the reaper")
+            return
+        log.warning("shutdown grace of %gs over; killing %d pool children and handing their tasks back",
+                    grace, len(pids))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(pids)  # before anything else may run their tasks
+        reconciler.hand_back(worker=hostname)
+    except Exception:
+        log.exception("handing back the tasks of %s failed; the reaper will re-run them", hostname)
+    finally:
+        connections.close_all()
+
+
+def _request_pids() -> dict[str, int]:
+    """Task id → pid of the pool child running it, from Celery's in-memory active requests."""
+    from celery.worker.state import active_requests
+
+    pids: dict[str, int] = {}
+    for request in list(active_requests):
+        args = request.args or []
+        ids = args[0] if request.name == "jobs.run_tasks" and args else args[:1]
+        for task_id in ids if isinstance(ids, list) else [ids]:
+            if request.worker_pid:
+                pids[str(task_id)] = request.worker_pid
+    return pids
+
+
+def _stop_stuck(hostname: str) -> None:
+    """Tasks past their algorithm's ``progress_timeout``: kill their pool child, then re-run or fail them."""
+    from queueing import reconciler
+
+    stuck = reconciler.stuck_running(worker=hostname)
+    if not stuck:
+        return
+    pids = _request_pids()
+    for task_id, timeout in stuck.items():
+        pid = pids.get(task_id)
+        if pid is None or pid == os.getpid():  # not (yet) in a child of ours, or a solo/threads pool
+            continue
+        log.warning("task %s made no progress for %gs; killing pool child %s", task_id, timeout, pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone([pid])
+        reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout)
+
+
+def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)

@@ -1,0 +1,146 @@
+"""API keys for service accounts: created over the API (shown once, hashed at rest, prefix visible),
+used instead of a JWT, limited by scope, revocable; managed in the admin too."""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+
+
+def keyed(raw: str, *, header: str = "x-api-key") -> APIClient:
+    client = APIClient()
+    if header == "x-api-key":
+        client.credentials(HTTP_X_API_KEY=raw)
+    else:
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return client
+
+
+def new_key(client: APIClient, **body) -> dict:
+    response = client.post("/api/v1/auth/keys/", {"name": "ci", **body}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_key_is_shown_once_and_stored_only_as_a_hash(api, alice):
+    client = api(alice)
+    created = new_key(client)
+    raw = created["key"]
+    assert raw.startswith(f"cvk_{created['prefix']}_") and len(raw) > 40
+    assert created["scopes"] == ["read", "submit"] and created["active"] is True
+
+    row = ApiKey.objects.get(pk=created["id"])
+    assert row.key_hash == hashlib.sha256(raw.encode()).hexdigest()
+    assert raw not in str(ApiKey.objects.filter(pk=row.pk).values().first())
+    listed = client.get("/api/v1/auth/keys/").json()
+    assert [k["prefix"] for k in listed] == [created["prefix"]]
+    assert "key" not in listed[0] and "key" not in client.get(f"/api/v1/auth/keys/{row.pk}/").json()
+
+
+def test_a_key_submits_and_reads_as_its_owner(api, alice, bob):
+    raw = new_key(api(alice))["key"]
+    for client in (keyed(raw), keyed(raw, header="authorization")):
+        response = client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json")
+        assert response.status_code == 201, response.content
+        assert response.json()["owner"] == "alice"
+    assert len(keyed(raw).get("/api/v1/tasks/").json()["results"]) == 2
+    bobs = api(bob).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()
+    assert keyed(raw).get(f"/api/v1/tasks/{bobs['id']}/").status_code == 404
+    assert ApiKey.objects.get(user=alice).last_used_at is not None
+
+
+def test_scopes_are_enforced(api, alice):
+    read_only = new_key(api(alice), scopes=["read"])["key"]
+    assert keyed(read_only).get("/api/v1/tasks/").status_code == 200
+    denied = keyed(read_only).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json")
+    assert denied.status_code == 403
+    assert denied.json()["error"] == {"code": "permission_denied", "message": "this API key lacks the 'submit' scope"}
+
+    submit_only = new_key(api(alice), scopes=["submit"])["key"]
+    assert keyed(submit_only).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").status_code == 201
+    assert keyed(submit_only).get("/api/v1/tasks/").status_code == 403
+
+
+def test_operator_actions_need_the_operate_scope(api, olga):
+    from rest_framework.views import APIView
+
+    from accounts.authentication import required_scope
+    from config.permissions import IsOperator
+
+    class OperatorView(APIView):
+        permission_classes = [IsOperator]
+
+    assert required_scope("GET", OperatorView()) == "operate"
+    assert required_scope("POST", APIView()) == "submit"
+    plain = new_key(api(olga), scopes=["read", "submit"])["key"]
+    operate = new_key(api(olga), scopes=["read", "operate"])["key"]
+    if _has_route("/api/v1/queues/default/pause/"):
+        assert keyed(plain).post("/api/v1/queues/default/pause/").status_code == 403
+        assert keyed(operate).post("/api/v1/queues/default/pause/").status_code == 200
+        keyed(operate).post("/api/v1/queues/default/resume/")
+
+
+def _has_route(path: str) -> bool:
+    from django.urls import Resolver404, resolve
+
+    try:
+        resolve(path)
+        return True
+    except Resolver404:
+        return False
+
+
+def test_revoked_expired_and_wrong_keys_are_401(api, alice):
+    client = api(alice)
+    created = new_key(client)
+    raw = created["key"]
+    assert keyed(raw).get("/api/v1/tasks/").status_code == 200
+
+    revoked = client.post(f"/api/v1/auth/keys/{created['id']}/revoke/")
+    assert revoked.status_code == 200 and revoked.json()["active"] is False
+    response = keyed(raw).get("/api/v1/tasks/")
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "invalid, expired or revoked API key"
+
+    expired = new_key(client, expires_at="2020-01-01T00:00:00Z")["key"]
+    assert keyed(expired).get("/api/v1/tasks/").status_code == 401
+    assert keyed(raw[:-3] + "xyz").get("/api/v1/tasks/").status_code == 401
+    assert keyed("cvk_nothing").get("/api/v1/tasks/").status_code == 401
+
+
+def test_keys_are_private_and_cannot_mint_keys(api, alice, bob):
+    created = new_key(api(alice))
+    assert api(bob).get(f"/api/v1/auth/keys/{created['id']}/").status_code == 404
+    assert api(bob).post(f"/api/v1/auth/keys/{created['id']}/revoke/").status_code == 404
+    assert api(bob).get("/api/v1/auth/keys/").json() == []
+    minted = keyed(created["key"]).post("/api/v1/auth/keys/", {"name": "x"}, format="json")
+    assert minted.status_code == 403
+
+
+def test_bad_scope_is_400(api, alice):
+    response = api(alice).post("/api/v1/auth/keys/", {"name": "x", "scopes": ["root"]}, format="json")
+    assert response.status_code == 400
+    assert "scopes" in next(iter(response.json()["error"]["fields"]))
+
+
+def test_admin_creates_a_key_shows_it_once_and_revokes(admin_client, alice, caplog):
+    caplog.set_level(logging.DEBUG)
+    response = admin_client.post("/admin/accounts/apikey/add/", {
+        "user": alice.pk, "name": "from-admin", "scopes": ["read"], "expires_at_0": "", "expires_at_1": "",
+    }, follow=True)
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    raw = next(m for m in shown if "cvk_" in m).split(": ", 1)[1].split(" ")[0]
+    assert raw not in caplog.text
+    key = ApiKey.objects.get(name="from-admin")
+    assert key.scopes == ["read"] and key.key_hash == hashlib.sha256(raw.encode()).hexdigest()
+    assert keyed(raw).get("/api/v1/tasks/").status_code == 200
+
+    admin_client.post("/admin/accounts/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
+    assert keyed(raw).get("/api/v1/tasks/").status_code == 401

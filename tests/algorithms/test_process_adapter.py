@@ -1,0 +1,173 @@
+"""External programs through the real worker: the JSON-lines protocol, params on stdin / in a file /
+in the argv template, artifacts from $CONVEYOR_OUTPUT_DIR, and no process left behind on cancel,
+time limit or exit."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.algorithms.helpers import body, run, submit, wait_final
+from tests.conftest import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+NATIVE = Path(__file__).resolve().parents[2] / "native" / "build" / "hello"
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return re.search(r"^State:\s+Z", status, re.M) is None
+
+
+def logged_pids(client, task_id: str) -> list[int]:
+    def find() -> list[int] | None:
+        for event in client.get(f"/api/v1/tasks/{task_id}/logs/").json():
+            match = re.match(r"pids ([\d ]+)$", event["data"].get("line") or "")
+            if match:
+                return [int(p) for p in match.group(1).split()]
+        return None
+
+    return wait_until(find, timeout=30, message="the program to log its pids")
+
+
+def log_lines(client, task_id: str) -> list[str]:
+    return [e["data"]["line"] for e in client.get(f"/api/v1/tasks/{task_id}/logs/").json() if e["event"] == "task.log"]
+
+
+@pytest.mark.skipif(not NATIVE.exists(), reason="native/build/hello is built by `make install`")
+def test_native_hello_c_program_reports_progress_result_log_and_artifact(live_worker, alice, api):
+    client = api(alice)
+
+    task = run(client, "native.hello", {"seconds": 0.6, "steps": 3})
+
+    assert task["progress"]["percent"] == 100.0
+    assert client.get(f"/api/v1/tasks/{task['id']}/result/").json()["result"] == {
+        "greeting": "hello world", "completed_steps": 3, "language": "C"}
+    assert "hello world" in log_lines(client, task["id"])
+    artifacts = client.get(f"/api/v1/tasks/{task['id']}/artifacts/").json()
+    assert [a["name"] for a in artifacts] == ["hello.txt"]
+    assert body(client.get(artifacts[0]["url"])) == b"hello world from C after 3 steps\n"
+    algorithm = client.get("/api/v1/algorithms/native.hello/").json()
+    assert algorithm["backend"] == "external"
+    assert set(algorithm["params_schema"]["properties"]) == {"seconds", "steps"}
+
+
+def test_python_example_reads_params_from_stdin_and_writes_an_artifact(live_worker, alice, api):
+    client = api(alice)
+
+    task = run(client, "external.py_stats", {"values": [2, 4, 4, 4, 5, 5, 7, 9]})
+
+    result = client.get(f"/api/v1/tasks/{task['id']}/result/").json()["result"]
+    assert result == {"count": 8, "mean": 5.0, "std": 2.0, "min": 2, "max": 9}
+    assert "computed the statistics of 8 values" in log_lines(client, task["id"])
+    csv = client.get(f"/api/v1/tasks/{task['id']}/artifacts/").json()[0]
+    assert csv["name"] == "values.csv"
+    assert csv["sha256"] == hashlib.sha256(body(client.get(csv["url"]))).hexdigest()
+
+
+def test_shell_example_takes_its_param_from_the_argv_template(live_worker, alice, api):
+    client = api(alice)
+
+    task = run(client, "external.sh_countdown", {"count": 3})
+
+    assert client.get(f"/api/v1/tasks/{task['id']}/result/").json()["result"] == {"counted": 3, "params": {"count": 3}}
+    assert [a["name"] for a in client.get(f"/api/v1/tasks/{task['id']}/artifacts/").json()] == ["countdown.txt"]
+
+
+def test_params_arrive_on_stdin_in_a_file_and_as_whole_arguments_never_through_a_shell(live_worker, alice, api):
+    client = api(alice)
+    word = "$(touch /tmp/pwned); echo {n} `id`"
+
+    task = run(client, "test.echo_params", {"word": word, "n": 2})
+
+    result = client.get(f"/api/v1/tasks/{task['id']}/result/").json()["result"]
+    assert result["argv"] == [word, "2"]
+    assert result["stdin"] == result["file"] == {"word": word, "n": 2}
+    assert "conveyor-" in result["cwd"] and result["cwd"].endswith("/work")
+    assert result["secret_key_set"] is False  # the worker's environment is not passed on by default
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_unknown_param_of_an_external_algorithm_is_a_400(live_worker, alice, api):
+    response = api(alice).post("/api/v1/tasks/", {"algorithm": "test.echo_params",
+                                                  "params": {"word": "x", "argv": ["rm"]}}, format="json")
+    assert response.status_code == 400
+    assert "params.argv" in response.json()["error"]["fields"]
+
+
+def test_cancel_kills_a_program_that_ignores_sigterm_and_its_children(live_worker, alice, api):
+    client = api(alice)
+    task = submit(client, "test.stubborn")
+    pids = logged_pids(client, task["id"])
+    assert all(alive(pid) for pid in pids)
+
+    client.post(f"/api/v1/tasks/{task['id']}/cancel/")
+
+    assert wait_final(client, task["id"], timeout=30)["status"] == "CANCELLED"
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=10, message=f"processes {pids} to be gone")
+
+
+def test_time_limit_terminates_the_program(live_worker, alice, api):
+    client = api(alice)
+    task = submit(client, "test.polite")
+    pids = logged_pids(client, task["id"])
+
+    done = wait_final(client, task["id"], timeout=30)
+
+    assert done["status"] == "TIMED_OUT"
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=10, message=f"processes {pids} to be gone")
+    lines = log_lines(client, task["id"])
+    assert "not json on stdout" in lines and "[stderr] a line on stderr" in lines
+
+
+def test_child_left_behind_by_a_finished_program_is_terminated(live_worker, alice, api):
+    client = api(alice)
+
+    task = run(client, "test.leaves_child")
+
+    child = client.get(f"/api/v1/tasks/{task['id']}/result/").json()["result"]["left_behind"]
+    wait_until(lambda: not alive(child), timeout=10, message=f"child {child} to be gone")
+
+
+def test_non_zero_exit_fails_the_task_with_the_exit_code_and_stderr_in_the_log(live_worker, alice, api):
+    client = api(alice)
+    task = submit(client, "test.fails", max_retries=0)
+
+    done = wait_final(client, task["id"])
+
+    assert done["status"] == "FAILED"
+    assert "exited with code 3" in done["error"]
+    assert "[stderr] about to fail" in log_lines(client, task["id"])
+
+
+def test_result_file_becomes_the_stored_result_and_other_files_artifacts(live_worker, alice, api):
+    client = api(alice)
+
+    task = run(client, "test.big_result")
+
+    meta = task["result_meta"]
+    assert meta["storage"] == "file" and meta["size"] == 600000
+    assert meta["content_type"] == "text/plain" and meta["summary"] == {"bytes": 600000}
+    assert body(client.get(f"/api/v1/tasks/{task['id']}/result/")) == b"x" * 600000
+    assert [a["name"] for a in client.get(f"/api/v1/tasks/{task['id']}/artifacts/").json()] == ["note.txt"]
+
+
+def test_programs_orphaned_by_a_killed_worker_are_stopped_when_a_worker_starts(live_worker, alice, api):
+    client = api(alice)
+    task = submit(client, "test.stubborn", max_retries=0)
+    pids = logged_pids(client, task["id"])
+
+    live_worker.kill()  # SIGKILL to the worker's process group; the program has a group of its own
+    assert all(alive(pid) for pid in pids)
+
+    live_worker.start()
+
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30, message=f"orphans {pids} to be stopped")
+    assert wait_final(client, task["id"], timeout=60)["status"] in {"FAILED", "CANCELLED", "TIMED_OUT"}

@@ -1,0 +1,152 @@
+"""Fault scenarios under a steady load of mixed tasks, on a private stack (tests/chaos/stack.py).
+
+``make test`` runs them reduced; ``make chaos`` (CHAOS_SCALE=full) runs them at full size and on every
+broker in CHAOS_BROKERS (default: redis and rabbitmq there, redis here).
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from tests.chaos.stack import FINAL, Stack
+
+FULL = os.environ.get("CHAOS_SCALE", "reduced") == "full"
+BROKERS = [b.strip() for b in os.environ.get("CHAOS_BROKERS", "redis,rabbitmq" if FULL else "redis").split(",")
+           if b.strip()]
+# What one scenario submits; the tests scale their own numbers with it.
+TASKS = 300 if FULL else 20
+
+# A mix of what users run: instant, progress-reporting, sleeping, and failing-once-then-retried tasks.
+MIX = [
+    {"algorithm": "demo.noop"},
+    {"algorithm": "demo.hello", "params": {"seconds": 0.4, "steps": 4}},
+    {"algorithm": "demo.sleep", "params": {"seconds": 0.8}},
+    {"algorithm": "demo.flaky", "params": {"fail_times": 1}},
+]
+END_OF_RUN = {"task.retrying", "task.requeued", "task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
+FINAL_EVENTS = {"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    s = Stack(broker=request.param)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.destroy()
+
+
+@pytest.fixture
+def fresh(stack: Stack) -> Iterator[Stack]:
+    """The session's stack with no tasks, an empty broker and no workers; cleaned up afterwards."""
+    with stack.db() as conn:
+        conn.execute("TRUNCATE jobs_task CASCADE")
+    if stack.broker == "redis":
+        import redis
+
+        redis.Redis.from_url(stack.redis.url).flushdb()
+    yield stack
+    for worker in list(stack.workers):
+        stack.kill_worker(worker)
+
+
+@dataclass
+class SteadyLoad:
+    """Submits one task of the mix every ``interval`` seconds from a thread until ``total`` were accepted."""
+
+    stack: Stack
+    total: int
+    interval: float = 0.05
+    accepted: list[str] = field(default_factory=list)
+    answers: collections.Counter[str] = field(default_factory=collections.Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> SteadyLoad:
+        self._thread = threading.Thread(target=self._run, name="steady-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        rng = random.Random(8)
+        with self.stack.client(timeout=10) as client:
+            for _ in itertools.count():
+                if self._stop.is_set() or len(self.accepted) >= self.total:
+                    return
+                try:
+                    response = client.post("/api/v1/tasks/", json=rng.choice(MIX))
+                    self.answers[str(response.status_code)] += 1
+                    if response.status_code == 201:
+                        self.accepted.append(response.json()["id"])
+                except httpx.HTTPError as exc:
+                    self.answers[type(exc).__name__] += 1
+                time.sleep(self.interval)
+
+    def wait(self, timeout: float = 300) -> None:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"load did not finish: {len(self.accepted)}/{self.total} accepted"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wait()
+
+    def wait_accepted(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.accepted) < n:
+            assert time.monotonic() < deadline, f"only {len(self.accepted)} of {n} submits accepted: {self.answers}"
+            time.sleep(0.02)
+
+
+def running_count(stack: Stack) -> int:
+    with stack.db() as conn:
+        return conn.execute("SELECT count(*) FROM jobs_task WHERE status = 'RUNNING'").fetchone()[0]
+
+
+def assert_nothing_lost(stack: Stack, accepted: list[str], *, timeout: float = 120) -> dict[str, int]:
+    """Every accepted task reached exactly one final state, no task ran twice at once, nothing is stuck."""
+
+    def unfinished() -> int:
+        with stack.db() as conn:
+            return conn.execute("SELECT count(*) FROM jobs_task WHERE status <> ALL(%s)", [list(FINAL)]).fetchone()[0]
+
+    deadline = time.monotonic() + timeout
+    while unfinished():
+        if time.monotonic() > deadline:
+            with stack.db() as conn:
+                stuck = conn.execute("SELECT status, count(*) FROM jobs_task WHERE status <> ALL(%s) GROUP BY 1",
+                                     [list(FINAL)]).fetchall()
+            pytest.fail(f"tasks stuck after {timeout}s: {stuck}\n{stack.worker_logs()}")
+        time.sleep(0.2)
+
+    with stack.db() as conn:
+        statuses = dict(conn.execute("SELECT id::text, status FROM jobs_task").fetchall())
+        events: dict[str, list[str]] = collections.defaultdict(list)
+        for task_id, name in conn.execute("SELECT task_id::text, event FROM jobs_taskevent ORDER BY task_id, seq"):
+            events[task_id].append(name)
+    missing = [i for i in accepted if i not in statuses]
+    assert not missing, f"{len(missing)} accepted tasks are not in the database: {missing[:5]}"
+    for task_id, status in statuses.items():
+        names = events[task_id]
+        finals = [n for n in names if n in FINAL_EVENTS]
+        assert len(finals) == 1, f"task {task_id} ({status}) has final events {finals}: {names}"
+        assert finals[0] == f"task.{status.lower()}", f"task {task_id} is {status} but ended with {finals[0]}"
+        assert names[-1] in FINAL_EVENTS | {"task.log", "task.progress"}, names
+        running = False
+        for name in names:  # never two task.started without an end or retry in between
+            if name == "task.started":
+                assert not running, f"task {task_id} started twice at once: {names}"
+                running = True
+            elif name in END_OF_RUN:
+                running = False
+    return dict(collections.Counter(statuses.values()))

@@ -1,0 +1,219 @@
+"""Fault scenarios: each one runs a steady mixed load, breaks something, and checks that every accepted
+task reached exactly one final state, none ran twice at once and nothing is stuck."""
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+
+from tests.chaos.conftest import TASKS, SteadyLoad, assert_nothing_lost, running_count
+from tests.conftest import wait_until
+from tests.chaos.stack import Stack
+
+pytestmark = pytest.mark.chaos
+
+
+def test_kill_9_of_a_worker_mid_task_then_a_new_worker_loses_nothing(fresh: Stack) -> None:
+    # given: a steady load on one worker, with tasks running
+    worker = fresh.start_worker()
+    load = SteadyLoad(fresh, total=TASKS).start()
+    wait_until(lambda: running_count(fresh) > 0, timeout=30, message="a running task")
+
+    # when: the whole worker (parent and pool children) is killed, and a new one comes up later
+    fresh.kill_worker(worker)
+    time.sleep(1.0)
+    fresh.start_worker()
+    load.wait()
+
+    # then
+    counts = assert_nothing_lost(fresh, load.accepted)
+    assert counts == {"SUCCEEDED": len(load.accepted)}, counts
+
+
+def test_rolling_sigterm_restart_of_workers_loses_nothing(fresh: Stack) -> None:
+    # given: two workers under a steady load
+    workers = [fresh.start_worker(), fresh.start_worker()]
+    load = SteadyLoad(fresh, total=TASKS).start()
+    wait_until(lambda: running_count(fresh) > 0, timeout=30, message="a running task")
+
+    # when: each worker in turn gets SIGTERM (warm shutdown) and is replaced, as in a deploy
+    for old in workers:
+        fresh.start_worker()
+        old.proc.send_signal(signal.SIGTERM)
+        old.proc.wait(timeout=60)
+        fresh.workers.remove(old)
+    load.wait()
+
+    # then
+    counts = assert_nothing_lost(fresh, load.accepted)
+    assert counts == {"SUCCEEDED": len(load.accepted)}, counts
+
+
+def test_broker_database_flushed_under_load_loses_nothing(fresh: Stack) -> None:
+    if fresh.broker != "redis":
+        pytest.skip("FLUSHDB is a Redis fault; the RabbitMQ variant is the restart test")
+    import redis
+
+    fresh.start_worker()
+    load = SteadyLoad(fresh, total=TASKS).start()
+    load.wait_accepted(TASKS // 3)
+
+    # when: Redis forgets every message (and the cache, and the unacked set)
+    redis.Redis.from_url(fresh.redis.url).flushdb()
+    load.wait()
+
+    counts = assert_nothing_lost(fresh, load.accepted)
+    assert counts == {"SUCCEEDED": len(load.accepted)}, counts
+
+
+def test_redis_restarted_with_its_data_lost_under_load_loses_nothing(fresh: Stack) -> None:
+    fresh.start_worker()
+    load = SteadyLoad(fresh, total=TASKS).start()
+    load.wait_accepted(TASKS // 3)
+
+    # when: the private redis-server dies and comes back empty (broker, cache and channel layer)
+    fresh.redis.kill()
+    time.sleep(1.0)
+    fresh.redis.start()
+    load.wait()
+
+    counts = assert_nothing_lost(fresh, load.accepted)
+    assert counts == {"SUCCEEDED": len(load.accepted)}, counts
+    assert all(code in {"201", "503"} for code in load.answers if code.isdigit()), load.answers
+
+
+def test_postgresql_restarted_mid_run_api_answers_503_then_everything_recovers(fresh: Stack) -> None:
+    fresh.start_worker()
+    load = SteadyLoad(fresh, total=TASKS).start()
+    load.wait_accepted(TASKS // 3)
+
+    # when: the private PostgreSQL goes down mid-run
+    fresh.pg.stop("fast")
+    try:
+        # then, meanwhile: the API says so, clearly and retryably
+        with fresh.client(timeout=15) as client:
+            response = client.post("/api/v1/tasks/", json={"algorithm": "demo.noop"})
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "unavailable"
+        assert response.headers["Retry-After"]
+        time.sleep(1.0)
+    finally:
+        fresh.pg.start()
+    load.wait()
+
+    # and afterwards: web, workers and beat reconnected by themselves and nothing was lost
+    counts = assert_nothing_lost(fresh, load.accepted)
+    assert counts == {"SUCCEEDED": len(load.accepted)}, counts
+    assert all(code in {"201", "503"} for code in load.answers if code.isdigit()), load.answers
+
+
+def test_a_burst_of_submits_is_all_accepted_or_refused_and_nothing_accepted_is_lost(fresh: Stack) -> None:
+    import concurrent.futures
+
+    # given: production's per-user rate limits, and two workers
+    fresh.restart_web(RATE_LIMIT_ENABLED="true")
+    fresh.start_worker()
+    fresh.start_worker()
+    total, batch = (10_000, 500) if TASKS > 100 else (100, 50)
+
+    # when: many clients submit at once, in batches and one by one
+    def submit_batch(_: int) -> tuple[int, list[str]]:
+        with fresh.client(timeout=120) as client:
+            response = client.post("/api/v1/tasks/batch/", json={"tasks": [{"algorithm": "demo.noop"}] * batch})
+            ids = [t["id"] for t in response.json()["tasks"]] if response.status_code == 201 else []
+            return response.status_code, ids
+
+    def submit_one(_: int) -> tuple[int, list[str]]:
+        with fresh.client(timeout=60) as client:
+            response = client.post("/api/v1/tasks/", json={"algorithm": "demo.noop"})
+            return response.status_code, [response.json()["id"]] if response.status_code == 201 else []
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        jobs = [pool.submit(submit_batch, i) for i in range(total // batch - 1)]
+        jobs += [pool.submit(submit_one, i) for i in range(batch)]
+        answers = [job.result() for job in jobs]
+    accepted = [task_id for _, ids in answers for task_id in ids]
+
+    # then: every answer is an acceptance or a clear refusal, and every accepted task runs once
+    assert {code for code, _ in answers} <= {201, 429, 503}, sorted({code for code, _ in answers})
+    assert accepted
+    counts = assert_nothing_lost(fresh, accepted, timeout=900 if TASKS > 100 else 240)
+    assert counts == {"SUCCEEDED": len(accepted)}, counts
+    fresh.restart_web()
+
+
+def test_batched_dispatch_with_a_worker_killed_mid_batch_runs_every_task_once(fresh: Stack) -> None:
+    # given: the default queue hands out several task ids per message (DISPATCH_BATCH)
+    batch = {"DISPATCH_BATCH": "default:4"}
+    fresh.restart_web(**batch)
+    worker = fresh.start_worker(**batch)
+    load = SteadyLoad(fresh, total=TASKS, interval=0.02).start()
+    wait_until(lambda: running_count(fresh) > 0, timeout=30, message="a running task")
+
+    # when: the worker dies in the middle of a batch, and a new one comes up
+    fresh.kill_worker(worker)
+    fresh.start_worker(**batch)
+    load.wait()
+
+    # then: each task was claimed, run and finished on its own, exactly once
+    counts = assert_nothing_lost(fresh, load.accepted)
+    assert counts == {"SUCCEEDED": len(load.accepted)}, counts
+    fresh.restart_web()
+
+
+def test_flapping_webhook_receiver_gets_every_event_at_least_once(fresh: Stack) -> None:
+    import threading
+
+    from tests.webhooks.conftest import Receiver, Reply
+
+    # given: a subscription to final events, a receiver, task and delivery workers, a steady load
+    receiver = Receiver()
+    receiver.start()
+    fresh.start_worker()
+    fresh.start_worker(queues="webhooks", pool="threads", concurrency=8)
+    with fresh.client() as client:
+        response = client.post("/api/v1/webhooks/", json={"url": receiver.url, "events": ["task.succeeded"]})
+        assert response.status_code == 201, response.text
+    load = SteadyLoad(fresh, total=TASKS).start()
+
+    # when: the receiver flaps between down, slower than the read timeout, and up
+    done = threading.Event()
+
+    def flap() -> None:
+        while not done.is_set():
+            receiver.stop()
+            time.sleep(1.5)
+            receiver.default = Reply(delay=3.0)  # WEBHOOK_READ_TIMEOUT is 2 s in tests
+            receiver.start()
+            time.sleep(1.5)
+            receiver.default = Reply()
+            time.sleep(1.5)
+
+    flapper = threading.Thread(target=flap, daemon=True)
+    flapper.start()
+    try:
+        load.wait()
+        assert_nothing_lost(fresh, load.accepted)
+    finally:
+        done.set()
+        flapper.join(10)
+        receiver.default = Reply()
+        if receiver.server is None:
+            receiver.start()
+
+    # then: every delivery ends SUCCEEDED, and the receiver got each webhook-id at least once
+    def undelivered() -> list[tuple[str, str]]:
+        with fresh.db() as conn:
+            return conn.execute("SELECT id::text, status FROM webhooks_delivery WHERE status <> 'SUCCEEDED'").fetchall()
+
+    wait_until(lambda: not undelivered(), timeout=120, message="every webhook delivered", interval=0.5)
+    with fresh.db() as conn:
+        deliveries = [row[0] for row in conn.execute("SELECT id::text FROM webhooks_delivery")]
+        retried = conn.execute("SELECT count(*) FROM webhooks_delivery WHERE attempts > 1").fetchone()[0]
+    assert retried > 0, "the flapping receiver never failed a delivery: the scenario did not bite"
+    assert len(deliveries) == len(load.accepted)
+    received = {str(uuid.UUID(r.headers["webhook-id"].removeprefix("msg_"))) for r in receiver.ok()}
+    assert set(deliveries) <= received, f"{len(set(deliveries) - received)} deliveries never received"
+    receiver.stop()

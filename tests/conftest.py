@@ -1,0 +1,230 @@
+"""The cast and the moving parts every test tier shares.
+
+* alice, bob: plain users; olga: an operator (``operators`` group). ``api(user)`` gives a DRF client
+  holding a real JWT obtained from ``/api/v1/auth/token/``.
+* live_worker: one real ``celery worker`` subprocess (prefork, with embedded beat for the reconciler)
+  per test session, pointed at the pytest database; ``kill()``/``start()`` for fault tests.
+* Services are required, not optional: if PostgreSQL or Redis is unreachable the session fails.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.test import APIClient
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+PASSWORD = "correct horse battery staple"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail loudly (not skip) when a required service is down: ``make test`` starts them first."""
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        pytest.exit(f"Redis at {settings.REDIS_URL} is unreachable ({exc}); run `make services`", returncode=3)
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    try:
+        psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], password=db["PASSWORD"],
+                        dbname="postgres", connect_timeout=3).close()
+    except Exception as exc:
+        pytest.exit(f"PostgreSQL at {db['HOST']}:{db['PORT']} is unreachable ({exc}); run `make services`",
+                    returncode=3)
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; return its value or fail the test with ``message``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message} (last value: {value!r})")
+        time.sleep(interval)
+
+
+# --- database and broker hygiene --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """The pytest database, plus a broker DB with no messages left from an earlier session."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    yield
+
+
+# --- the cast ---------------------------------------------------------------------------------
+
+def _user(username: str, *, operator: bool = False) -> Any:
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(username, email=f"{username}@example.com", password=PASSWORD)
+    if operator:
+        user.groups.add(Group.objects.get_or_create(name="operators")[0])
+    return user
+
+
+@pytest.fixture
+def alice(db: None) -> Any:
+    return _user("alice")
+
+
+@pytest.fixture
+def bob(db: None) -> Any:
+    return _user("bob")
+
+
+@pytest.fixture
+def olga(db: None) -> Any:
+    return _user("olga", operator=True)
+
+
+@pytest.fixture
+def api() -> Callable[[Any], APIClient]:
+    """``api(alice)`` → a client authenticated with a real JWT from the token endpoint."""
+
+    def make(user: Any) -> APIClient:
+        client = APIClient()
+        response = client.post("/api/v1/auth/token/", {"username": user.username, "password": PASSWORD},
+                               format="json")
+        assert response.status_code == 200, response.content
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['access']}")
+        return client
+
+    return make
+
+
+# --- a real ASGI server (daphne) on loopback ---------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a subprocess (web server, worker) on the pytest database."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_daphne(port: int, env: dict[str, str], name: str = "daphne") -> subprocess.Popen[bytes]:
+    """``daphne config.asgi:application`` on 127.0.0.1:port, once ``/health/`` answers."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"{name}-{os.getpid()}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                 "config.asgi:application"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_daphne(proc)
+            raise RuntimeError(f"daphne did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.1)
+
+
+def stop_daphne(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# --- the live worker --------------------------------------------------------------------------
+
+class LiveWorker:
+    """A real ``celery -A config worker -B`` in its own process group, logging to test-artifacts/."""
+
+    def __init__(self, env: dict[str, str], queues: str = "default", concurrency: int = 2) -> None:
+        self.env = env
+        self.queues = queues
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log_path = ARTIFACTS / f"worker-{os.getpid()}.log"
+        self.schedule = ARTIFACTS / f"beat-schedule-{os.getpid()}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_path.write_bytes(b"")
+        name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "-s", str(self.schedule),
+               "-Q", self.queues, "-c", str(self.concurrency), "-n", name, "-l", "info",
+               "--without-mingle", "--without-gossip"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """``kill -9`` of the worker's whole process group (parent, pool children, beat)."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.proc = None
+
+    def ensure_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+
+@pytest.fixture(scope="session")
+def _worker_process(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveWorker]:
+    worker = LiveWorker(subprocess_env())
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def live_worker(_worker_process: LiveWorker, transactional_db: None) -> Iterator[LiveWorker]:
+    """The session's worker, (re)started if a fault test killed it; needs committed data."""
+    _worker_process.ensure_running()
+    yield _worker_process

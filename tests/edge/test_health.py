@@ -1,0 +1,59 @@
+"""Readiness reports every dependency and turns 503, with a clear error, when PostgreSQL is down."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.edge.conftest import closed_port
+
+pytestmark = pytest.mark.django_db
+
+
+def test_liveness_answers_without_touching_dependencies(anon):
+    response = anon.get("/health/")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readiness_is_open_to_probes_and_lists_each_dependency(anon):
+    response = anon.get("/api/v1/system/health/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ok"
+    assert {"database", "redis", "broker", "workers"} <= set(body["checks"])
+    for name in ("database", "redis", "broker"):
+        assert body["checks"][name]["ok"] is True
+    assert body["checks"]["broker"]["transport"] == "redis"
+    assert isinstance(body["checks"]["workers"]["count"], int)
+
+
+def test_readiness_counts_a_live_worker(live_worker, anon):
+    body = anon.get("/api/v1/system/health/").json()
+    assert body["checks"]["workers"]["count"] >= 1
+    assert body["checks"]["workers"]["ok"] is True
+
+
+def test_readiness_is_503_with_a_clear_error_when_postgresql_is_down(web_process):
+    web = web_process("pgdown", DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port()}/conveyor")
+
+    response = httpx.get(f"{web.url}/api/v1/system/health/", timeout=30)
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["error"]["code"] == "not_ready"
+    assert body["error"]["message"].startswith("database: OperationalError")
+    assert body["checks"]["database"]["ok"] is False
+    assert body["checks"]["redis"]["ok"] is True
+    assert response.headers["Retry-After"] == "5"
+    # Liveness stays up: the process is fine, only a dependency is not.
+    assert httpx.get(f"{web.url}/health/").status_code == 200
+
+
+def test_readiness_is_503_when_redis_is_down(web_process):
+    web = web_process("redisdown", REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    body = httpx.get(f"{web.url}/api/v1/system/health/", timeout=30).json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["redis"]["ok"] is False and body["checks"]["broker"]["ok"] is False
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["workers"]["error"].startswith("skipped")

@@ -1,0 +1,126 @@
+"""What an operator sees: /metrics after a small run, X-Request-ID from request to task events, and JSON
+log lines with request_id / task_id / user from web and worker, without secrets."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ARTIFACTS, PASSWORD, wait_until
+from tests.e2e.test_spine import wait_final
+
+
+def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.content.decode()
+    (ARTIFACTS / "metrics-sample.txt").write_text(text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def json_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_after_a_small_run(live_worker, alice, api):
+    client = api(alice)
+    ids = [client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()["id"] for _ in range(3)]
+    ids.append(client.post("/api/v1/tasks/", {"algorithm": "demo.flaky", "params": {"fail_times": 1}},
+                           format="json").json()["id"])
+    for task_id in ids:
+        assert wait_final(client, task_id)["status"] == "SUCCEEDED"
+
+    samples = scrape(client)
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("conveyor_metrics_up") == 1
+    assert value("conveyor_tasks", state="SUCCEEDED", queue="default") == 4
+    assert value("conveyor_queue_depth", queue="default") == 0
+    assert value("conveyor_queue_oldest_wait_seconds", queue="default") == 0
+    assert value("conveyor_task_retries_total", queue="default") == 1
+    assert value("conveyor_task_run_seconds_count", queue="default") == 4
+    assert value("conveyor_task_wait_seconds_count", queue="default") == 4
+    assert value("conveyor_task_wait_seconds_bucket", queue="default", le="+Inf") == 4
+    assert value("conveyor_workers", state="alive") >= 1
+    assert any(name == "django_http_requests_total_by_method_total" for name, _ in samples)
+
+
+@pytest.mark.django_db
+def test_metrics_show_waiting_tasks_and_paused_queues(alice, api):
+    from queueing.models import Queue
+
+    Queue.objects.update_or_create(name="edge-paused", defaults={"paused": True})
+    client = api(alice)
+    client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": "edge-paused"}, format="json")
+    samples = scrape(client)
+    assert samples[("conveyor_queue_depth", (("queue", "edge-paused"),))] == 1
+    assert samples[("conveyor_queue_paused", (("queue", "edge-paused"),))] == 1
+    assert samples[("conveyor_queue_oldest_wait_seconds", (("queue", "edge-paused"),))] >= 0
+    assert samples[("conveyor_tasks", (("queue", "edge-paused"), ("state", "PENDING")))] == 1
+
+
+@pytest.mark.django_db
+def test_request_id_is_echoed_or_made(client):
+    assert client.get("/health/", HTTP_X_REQUEST_ID="trace-abc.123")["X-Request-ID"] == "trace-abc.123"
+    made = client.get("/health/")["X-Request-ID"]
+    assert len(made) == 32 and int(made, 16) >= 0
+    # Anything odd (newlines, quotes, huge) is replaced rather than copied into logs.
+    assert client.get("/health/", HTTP_X_REQUEST_ID='bad"\nid')["X-Request-ID"] != 'bad"\nid'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_request_id_follows_the_task_into_its_events_and_worker_logs(live_worker, alice, api):
+    client = api(alice)
+    request_id = f"edge-{uuid.uuid4().hex[:12]}"
+    response = client.post("/api/v1/tasks/", {"algorithm": "demo.flaky", "params": {"fail_times": 1}},
+                           format="json", HTTP_X_REQUEST_ID=request_id)
+    assert response["X-Request-ID"] == request_id
+    task_id = response.json()["id"]
+    wait_final(client, task_id)
+
+    events = client.get(f"/api/v1/tasks/{task_id}/logs/").json()
+    carried = {e["event"] for e in events if e["data"].get("request_id") == request_id}
+    assert {"task.created", "task.started", "task.succeeded"} <= carried, events
+
+    lines = wait_until(lambda: [line for line in json_lines(live_worker.log_path)
+                                if line.get("task_id") == task_id] or None, timeout=10,
+                       message="worker log lines for the task")
+    assert all(line["request_id"] == request_id for line in lines)
+    assert any(line["logger"] == "celery.app.trace" and "succeeded" in line["event"] for line in lines)
+
+
+def test_web_log_lines_are_json_with_request_id_user_and_no_secrets(web_process, django_user_model):
+    django_user_model.objects.create_user("dana", password=PASSWORD)
+    web = web_process("logs")
+    token = httpx.post(f"{web.url}/api/v1/auth/token/", json={"username": "dana", "password": PASSWORD}).json()
+    httpx.get(f"{web.url}/api/v1/tasks/", headers={"Authorization": f"Bearer {token['access']}",
+                                                   "X-Request-ID": "edge-log-1"})
+    lines = wait_until(lambda: [l for l in json_lines(web.log_path) if l.get("request_id") == "edge-log-1"] or None,
+                       timeout=10, message="the request's log line")
+    access = next(line for line in lines if line["event"] == "request")
+    assert access["user"] == "dana" and access["status"] == 200 and access["path"] == "/api/v1/tasks/"
+    text = web.log_path.read_text()
+    assert PASSWORD not in text and token["access"] not in text
+    for line in json_lines(web.log_path):
+        assert {"request_id", "task_id", "user", "level", "timestamp", "event"} <= set(line)
+
+
+def test_secrets_are_redacted_from_log_lines(capsys):
+    from observability.logs import logging_config
+
+    handler_config = logging_config(level="INFO", fmt="json")["formatters"]["structured"]
+    formatter = handler_config.pop("()")(**handler_config)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "calling %s with %s", (
+        "postgres://u:hunter2@db/x", "Authorization: Bearer abc.def.ghi"), None)
+    record.api_key = "cvk_1234abcd_secretsecret"
+    line = json.loads(formatter.format(record))
+    assert "hunter2" not in line["event"] and "abc.def.ghi" not in line["event"]
+    assert line["api_key"] == "[redacted]"

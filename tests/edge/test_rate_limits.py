@@ -1,0 +1,117 @@
+"""Rate limits by tier on the shared Redis cache: 429 with Retry-After and the error body, per user
+for submits/batches/reads, per IP for anonymous token attempts, and one count across web processes."""
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from rest_framework.test import APIClient
+
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+SUBMIT = {"algorithm": "demo.noop"}
+
+
+@pytest.fixture
+def limits(settings):
+    """Low limits for this test (the test settings' defaults are far above anything a test makes)."""
+    def set_(**values: int) -> None:
+        settings.RATE_LIMITS = {**settings.RATE_LIMITS, **values}
+    return set_
+
+
+def assert_limited(response) -> None:
+    assert response.status_code == 429, response.content
+    assert 1 <= int(response["Retry-After"]) <= 61
+    error = response.json()["error"]
+    assert error["code"] == "throttled" and "throttled" in error["message"]
+
+
+def test_standard_user_gets_429_after_the_submit_limit(api, alice, limits):
+    limits(standard=3)
+    client = api(alice)
+    codes = [client.post("/api/v1/tasks/", SUBMIT, format="json").status_code for _ in range(3)]
+    assert codes == [201, 201, 201]
+    assert_limited(client.post("/api/v1/tasks/", SUBMIT, format="json"))
+    # reads are counted apart and still work
+    assert client.get("/api/v1/tasks/").status_code == 200
+
+
+def test_limits_are_per_user(api, alice, bob, limits):
+    limits(standard=1)
+    assert api(alice).post("/api/v1/tasks/", SUBMIT, format="json").status_code == 201
+    assert api(bob).post("/api/v1/tasks/", SUBMIT, format="json").status_code == 201
+    assert_limited(api(alice).post("/api/v1/tasks/", SUBMIT, format="json"))
+
+
+def test_premium_group_gets_the_higher_tier(api, limits):
+    from django.contrib.auth.models import Group, User
+
+    limits(standard=1, premium=3)
+    pat = User.objects.create_user("pat", password=PASSWORD)
+    pat.groups.add(Group.objects.get_or_create(name="premium")[0])
+    client = api(pat)
+    assert [client.post("/api/v1/tasks/", SUBMIT, format="json").status_code for _ in range(3)] == [201] * 3
+    assert_limited(client.post("/api/v1/tasks/", SUBMIT, format="json"))
+
+
+def test_batch_calls_have_their_own_limit(api, alice, limits):
+    limits(batch=2)
+    client = api(alice)
+    batch = {"tasks": [SUBMIT, SUBMIT]}
+    assert [client.post("/api/v1/tasks/batch/", batch, format="json").status_code for _ in range(2)] == [201, 201]
+    assert_limited(client.post("/api/v1/tasks/batch/", batch, format="json"))
+    assert client.post("/api/v1/tasks/", SUBMIT, format="json").status_code == 201
+
+
+def test_reads_are_limited_too(api, alice, limits):
+    limits(read=2)
+    client = api(alice)
+    assert [client.get("/api/v1/algorithms/").status_code for _ in range(2)] == [200, 200]
+    assert_limited(client.get("/api/v1/algorithms/"))
+
+
+def test_anonymous_token_attempts_are_limited_per_ip(alice, limits):
+    limits(anon=3)
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"
+    client = APIClient(REMOTE_ADDR=ip)
+    wrong = {"username": "alice", "password": "guess"}
+    assert [client.post("/api/v1/auth/token/", wrong, format="json").status_code for _ in range(3)] == [401] * 3
+    # Even the right password waits now: the limit is on attempts from this address.
+    assert_limited(client.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD}, format="json"))
+    other = APIClient(REMOTE_ADDR="10.255.255.1")
+    assert other.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD},
+                      format="json").status_code == 200
+
+
+def test_spoofed_forwarded_for_does_not_escape_the_ip_limit(alice, limits):
+    limits(anon=1)
+    client = APIClient(REMOTE_ADDR="10.254.0.9")
+    wrong = {"username": "alice", "password": "guess"}
+    assert client.post("/api/v1/auth/token/", wrong, format="json", HTTP_X_FORWARDED_FOR="1.1.1.1").status_code == 401
+    assert_limited(client.post("/api/v1/auth/token/", wrong, format="json", HTTP_X_FORWARDED_FOR="2.2.2.2"))
+
+
+def test_readiness_probe_is_never_limited(client, limits):
+    limits(anon=1)
+    assert all(client.get("/api/v1/system/health/").status_code == 200 for _ in range(3))
+
+
+def test_limit_holds_across_two_web_processes(web_process, django_user_model):
+    django_user_model.objects.create_user("carol", password=PASSWORD)
+    env = {"RATE_LIMIT_STANDARD": "4"}
+    one, two = web_process("rl1", **env), web_process("rl2", **env)
+    token = httpx.post(f"{one.url}/api/v1/auth/token/", json={"username": "carol", "password": PASSWORD}).json()
+    headers = {"Authorization": f"Bearer {token['access']}"}
+
+    codes = [httpx.post(f"{web.url}/api/v1/tasks/", json=SUBMIT, headers=headers).status_code
+             for web in (one, two, one, two)]
+    assert codes == [201, 201, 201, 201]
+    for web in (one, two):
+        response = httpx.post(f"{web.url}/api/v1/tasks/", json=SUBMIT, headers=headers)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.json()["error"]["code"] == "throttled"

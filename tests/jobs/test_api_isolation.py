@@ -1,0 +1,84 @@
+"""Users see and touch only their own tasks; operators see all."""
+from __future__ import annotations
+
+import pytest
+
+from jobs.models import Task
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alices_task(alice, api) -> dict:
+    return api(alice).post("/api/v1/tasks/", {"algorithm": "demo.hello"}, format="json").json()
+
+
+@pytest.mark.parametrize("suffix", ["", "result/", "logs/"])
+def test_bob_gets_404_for_alices_task(bob, api, alices_task, suffix):
+    response = api(bob).get(f"/api/v1/tasks/{alices_task['id']}/{suffix}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "task_not_found"
+
+
+@pytest.mark.parametrize("action", ["cancel/", "retry/"])
+def test_bob_cannot_cancel_or_retry_alices_task(bob, api, alices_task, action):
+    response = api(bob).post(f"/api/v1/tasks/{alices_task['id']}/{action}")
+    assert response.status_code == 404
+    assert Task.objects.get(id=alices_task["id"]).status != "CANCELLED"
+
+
+def test_list_shows_only_own_tasks_and_operators_see_all(alice, bob, olga, api, alices_task):
+    api(bob).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json")
+
+    mine = api(alice).get("/api/v1/tasks/").json()["results"]
+    everything = api(olga).get("/api/v1/tasks/").json()["results"]
+
+    assert [t["id"] for t in mine] == [alices_task["id"]]
+    assert {t["owner"] for t in everything} == {"alice", "bob"}
+
+
+def test_unknown_or_malformed_task_id_is_404(alice, api):
+    client = api(alice)
+    assert client.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000/").status_code == 404
+    assert client.get("/api/v1/tasks/not-a-uuid/").status_code == 404
+
+
+def test_list_is_newest_first_with_cursor_pages_and_filters(alice, api):
+    client = api(alice)
+    ids = [client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "labels": ["exp"] if i % 2 else []},
+                       format="json").json()["id"] for i in range(5)]
+
+    page = client.get("/api/v1/tasks/?page_size=2").json()
+    second = client.get(page["next"]).json()
+    labelled = client.get("/api/v1/tasks/?label=exp").json()["results"]
+    by_status = client.get("/api/v1/tasks/?status=SUCCEEDED").json()["results"]
+
+    assert [t["id"] for t in page["results"] + second["results"]] == ids[::-1][:4]
+    assert {t["id"] for t in labelled} == {ids[1], ids[3]}
+    assert by_status == []
+    assert client.get("/api/v1/tasks/?status=BOGUS").status_code == 400
+
+
+def test_jwt_refresh_gives_a_working_access_token(alice, client):
+    pair = client.post("/api/v1/auth/token/", {"username": "alice", "password": "correct horse battery staple"},
+                       content_type="application/json").json()
+    refreshed = client.post("/api/v1/auth/token/refresh/", {"refresh": pair["refresh"]},
+                            content_type="application/json")
+    assert refreshed.status_code == 200
+    response = client.get("/api/v1/tasks/", HTTP_AUTHORIZATION=f"Bearer {refreshed.json()['access']}")
+    assert response.status_code == 200
+
+
+def test_wrong_password_is_401_json(alice, client):
+    response = client.post("/api/v1/auth/token/", {"username": "alice", "password": "nope"},
+                           content_type="application/json")
+    assert response.status_code == 401
+    assert "error" in response.json()
+
+
+def test_algorithms_list_shows_parameter_schemas(alice, api):
+    algorithms = {a["name"]: a for a in api(alice).get("/api/v1/algorithms/").json()}
+    hello = algorithms["demo.hello"]
+    assert hello["params_schema"]["properties"]["seconds"]["default"] == 3
+    assert hello["params_schema"]["properties"]["steps"]["default"] == 10
+    assert "demo.noop" in algorithms

@@ -1,0 +1,101 @@
+"""The state machine's guards under races: two connections, one winner."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from jobs import events, services, transitions
+from jobs.models import Status, Task
+from jobs.services import Outcome
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def queued_task(alice) -> Task:
+    spec = services.build_spec(algorithm="demo.noop")
+    task = services._new_task(alice, spec, None)
+    with transaction.atomic():  # what submit + dispatch do, without handing the id to a broker
+        task.save(force_insert=True)
+        events.record([task], "task.created")
+        transitions.apply([task.id], frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
+                          values={"queued_at": timezone.now()})
+    return task
+
+
+def race(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls at the same moment, each on its own database connection."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - the loser's exception is a result too
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_two_claims_of_the_same_message_start_the_task_once(queued_task):
+    results = race(*[lambda: services.claim(task_id=queued_task.id, worker="w")] * 4)
+
+    assert sum(r is not None for r in results) == 1
+    task = Task.objects.get(id=queued_task.id)
+    assert task.status == Status.RUNNING and task.attempts == 1
+    assert task.events.filter(event="task.started").count() == 1
+
+
+def test_cancel_racing_a_claim_ends_in_exactly_one_consistent_state(queued_task):
+    claimed, cancelled = race(lambda: services.claim(task_id=queued_task.id, worker="w"),
+                              lambda: services.cancel(task_id=queued_task.id))
+
+    task = Task.objects.get(id=queued_task.id)
+    if claimed is not None:  # the claim won: the cancel became a request the worker will see
+        assert task.status == Status.RUNNING and task.cancel_requested
+    else:  # the cancel won: the message will be dropped
+        assert task.status == Status.CANCELLED and task.attempts == 0
+    assert task.events.filter(event__in=["task.started", "task.cancelled"]).count() == 1
+
+
+def test_finish_after_the_task_was_reaped_changes_nothing(queued_task):
+    services.claim(task_id=queued_task.id, worker="w")
+    services.cancel(task_id=queued_task.id)
+    Task.objects.filter(id=queued_task.id).update(status=Status.CANCELLED)
+
+    assert services.finish(task_id=queued_task.id, outcome=Outcome(status=Status.SUCCEEDED, result=1)) is None
+    assert Task.objects.get(id=queued_task.id).result is None
+
+
+def test_claim_in_a_paused_queue_sends_the_task_back_to_pending(queued_task):
+    from queueing.models import Queue
+
+    Queue.objects.filter(name=queued_task.queue_id).update(paused=True)
+
+    assert services.claim(task_id=queued_task.id, worker="w") is None
+    task = Task.objects.get(id=queued_task.id)
+    assert task.status == Status.PENDING and task.attempts == 0
+    assert task.events.order_by("-seq").first().event == "task.requeued"
+
+
+def test_event_sequence_numbers_are_gapless_per_task(queued_task):
+    services.claim(task_id=queued_task.id, worker="w")
+    for i in range(3):
+        services.report_progress(task_id=queued_task.id, percent=i * 10, stage="s", message="", metrics={})
+    services.finish(task_id=queued_task.id, outcome=Outcome(status=Status.SUCCEEDED, result={}))
+
+    seqs = list(Task.objects.get(id=queued_task.id).events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))

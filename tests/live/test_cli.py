@@ -1,0 +1,142 @@
+"""The ``conveyor`` command line against a real daphne server and a real worker, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD, ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def cli(live_web: str, tmp_path: Path):
+    """``cli("ls")`` runs ``python -m conveyor_cli --url <server> ls`` with its own config dir."""
+    env = dict(os.environ, CONVEYOR_CONFIG_DIR=str(tmp_path / "config"), CONVEYOR_URL=live_web)
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "conveyor_cli", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def login(cli, user) -> None:
+    done = cli("login", "-u", user.username, "-p", PASSWORD)
+    assert done.returncode == 0, done.stderr
+    assert f"as {user.username}" in done.stdout
+
+
+def test_submit_wait_draws_progress_to_100_and_exits_0(live_worker, cli, alice, tmp_path):
+    login(cli, alice)
+    config = tmp_path / "config" / "config.json"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+
+    done = cli("submit", "demo.hello", "seconds=1", "steps=5", "--priority", "high", "--wait")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    task_id = lines[0]
+    assert len(task_id) == 36
+    bars = [line for line in lines if line.startswith("[")]
+    percents = [float(line.split("]")[1].split("%")[0]) for line in bars]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert any("step 5/5" in line for line in bars)
+    assert "  | hello world" in lines
+    assert lines[-1] == "SUCCEEDED"
+
+
+def test_watch_exits_3_for_a_cancelled_task_and_ls_logs_result_show_the_rest(live_worker, cli, alice, tmp_path):
+    login(cli, alice)
+    sleeper = cli("submit", "demo.sleep", "seconds=30").stdout.strip()
+    hello = cli("submit", "demo.hello", "seconds=0.2", "steps=2").stdout.strip()
+
+    cancelled = cli("cancel", sleeper)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cli("watch", sleeper).returncode == 3
+    assert cli("watch", hello).returncode == 0
+
+    listing = cli("ls").stdout
+    assert sleeper in listing and hello in listing and "CANCELLED" in listing and "SUCCEEDED" in listing
+    assert json.loads(cli("--json", "ls", "--status", "CANCELLED").stdout)[0]["id"] == sleeper
+
+    logs = cli("logs", hello, "--lines-only")
+    assert logs.stdout.splitlines() == ["hello world"]
+
+    out = tmp_path / "result.json"
+    assert cli("result", hello, "-o", str(out)).returncode == 0
+    assert json.loads(out.read_text()) == {"greeting": "hello world", "completed_steps": 2}
+    refused = cli("result", sleeper)
+    assert refused.returncode == 1 and "CANCELLED" in refused.stderr
+
+
+def test_queues_and_workers_answer_or_say_the_server_lacks_them(live_worker, cli, olga):
+    login(cli, olga)
+    assert cli("submit", "demo.noop", "--wait").returncode == 0  # the default queue exists once used
+    for command, expected in (("queues", "default"), ("workers", "WORKER")):
+        done = cli(command)
+        if done.returncode == 0:
+            assert expected in done.stdout
+        else:  # a server without the queueing API
+            assert "does not offer" in done.stderr, done.stderr
+
+
+def test_without_login_or_with_a_bad_password_exit_5(live_web, cli, alice):
+    assert cli("ls").returncode == 5
+    bad = cli("login", "-u", alice.username, "-p", "wrong")
+    assert bad.returncode == 5 and "login failed" in bad.stderr
+    assert cli("watch", "00000000-0000-0000-0000-000000000000").returncode == 5
+
+
+def test_watch_of_a_task_that_is_not_yours_exits_1(live_web, cli, alice, bob, api):
+    task = api(alice).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()
+    login(cli, bob)
+    done = cli("watch", task["id"])
+    assert done.returncode == 1 and "not found" in done.stderr
+
+
+def test_watch_survives_a_server_restart_and_misses_nothing(live_worker, alice, tmp_path):
+    # given: a server of our own, so that this test may kill it
+    from tests.live.conftest import free_port, start_daphne, stop_daphne, web_env
+
+    env = web_env()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_daphne(port, env, name="daphne-restart")
+    cli_env = dict(os.environ, CONVEYOR_CONFIG_DIR=str(tmp_path / "config"), CONVEYOR_URL=url)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "conveyor_cli", *a], cwd=ROOT, env=cli_env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    try:
+        assert run("login", "-u", alice.username, "-p", PASSWORD).returncode == 0
+        task_id = run("submit", "demo.hello", "seconds=4", "steps=8").stdout.strip()
+        watcher = subprocess.Popen([sys.executable, "-m", "conveyor_cli", "watch", task_id], cwd=ROOT, env=cli_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # when: the server goes away mid-run and comes back on the same port
+        first = ""
+        while "RUNNING" not in first:
+            first += watcher.stdout.readline()
+        stop_daphne(server, signal.SIGKILL)
+        time.sleep(1.0)  # the task goes on meanwhile; its events are only in the database
+        server = start_daphne(port, env, name="daphne-restart")
+        out = watcher.stdout.read()  # the same buffered reader: nothing read ahead is lost
+        err = watcher.stderr.read()
+        watcher.wait(timeout=60)
+    finally:
+        stop_daphne(server)
+
+    # then: the bar went on from where it was, to 100 %, and the exit status says SUCCEEDED
+    assert watcher.returncode == 0, out + err
+    bars = [line for line in (first + out).splitlines() if line.startswith("[")]
+    percents = [float(line.split("]")[1].split("%")[0]) for line in bars]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    steps = [line.rsplit("step ", 1)[1] for line in bars if "step " in line and "RUNNING" in line]
+    assert steps == [f"{n}/8" for n in range(1, 9)], first + out + err  # every step once, none lost
+    assert out.splitlines()[-1] == "SUCCEEDED"
+    assert "reconnecting" in err  # it did lose the server on the way

@@ -1,0 +1,77 @@
+"""Fixtures for queue tests: queues by name, a second live worker, helpers to read the queue."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ARTIFACTS, LiveWorker
+
+
+def make_queue(name: str, **fields: Any) -> Any:
+    from queueing.models import Queue
+
+    queue, _ = Queue.objects.get_or_create(name=name)
+    for key, value in fields.items():
+        setattr(queue, key, value)
+    queue.save()
+    return queue
+
+
+class ExtraWorker(LiveWorker):
+    """A second worker process (no embedded beat: the session worker already runs it)."""
+
+    def __init__(self, env: dict[str, str], queues: str, concurrency: int, tag: str) -> None:
+        super().__init__(env, queues=queues, concurrency=concurrency)
+        self.log_path = ARTIFACTS / f"worker-{os.getpid()}-{tag}.log"
+        self.hostname = f"{tag}-{uuid.uuid4().hex[:6]}@localhost"
+
+    def start(self, timeout: float = 60.0) -> None:
+        import subprocess
+
+        self.log_path.write_bytes(b"")
+        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", self.queues,
+               "-c", str(self.concurrency), "-n", self.hostname, "-l", "info", "--without-mingle", "--without-gossip"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=str(ARTIFACTS.parent))
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.1)
+
+
+    def terminate(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the main process only, as Kubernetes and ``docker stop`` send it; wait for exit."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=timeout)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:  # it already exited (shutdown test)
+            self.proc = None
+        super().stop()
+
+
+@pytest.fixture
+def extra_worker(_worker_process: LiveWorker, transactional_db: None) -> Iterator[Any]:
+    """``extra_worker(queues, concurrency)`` starts one more worker; all are stopped after the test."""
+    started: list[ExtraWorker] = []
+
+    def start(queues: str = "default", concurrency: int = 1, tag: str = "extra") -> ExtraWorker:
+        worker = ExtraWorker(_worker_process.env, queues, concurrency, tag)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,100 @@
+"""Real workers: SIGTERM of a busy worker loses nothing and runs nothing twice at once; one user's
+batch does not starve another user's single task."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jobs.models import Status, Task
+from tests.conftest import wait_until
+from tests.queueing.conftest import make_queue
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def submit(client, queue: str, seconds: float, priority: int = 5) -> str:
+    body = {"algorithm": "demo.sleep", "params": {"seconds": seconds}, "queue": queue, "priority": priority}
+    response = client.post("/api/v1/tasks/", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def running_on(ids: list[str], hostname: str) -> bool:
+    return Task.objects.filter(id__in=ids, status=Status.RUNNING, worker=hostname).count() == len(ids)
+
+
+def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_to_another_worker(live_worker, extra_worker, alice, api):
+    client = api(alice)
+    make_queue("drain", concurrency=4)
+
+    # short tasks finish within the grace period on the worker that got SIGTERM
+    first = extra_worker("drain", 2, tag="drain-a")
+    short = [submit(client, "drain", 1.0) for _ in range(2)]
+    wait_until(lambda: running_on(short, first.hostname), message="short tasks running")
+    first.terminate()
+    for task in Task.objects.filter(id__in=short):
+        assert task.status == Status.SUCCEEDED
+        assert list(task.events.values_list("event", flat=True)).count("task.started") == 1
+
+    # long tasks outlive the grace period (2 s in tests): killed there, re-run elsewhere
+    second = extra_worker("drain", 2, tag="drain-b")
+    long = [submit(client, "drain", 4.0) for _ in range(2)]
+    wait_until(lambda: running_on(long, second.hostname), message="long tasks running")
+    stopped_at = time.monotonic()
+    second.terminate()
+    assert time.monotonic() - stopped_at < 15, "the worker exits soon after its grace period"
+    assert not Task.objects.filter(id__in=long, status=Status.RUNNING).exists()
+
+    third = extra_worker("drain", 2, tag="drain-c")
+    wait_until(lambda: Task.objects.filter(id__in=long, status=Status.SUCCEEDED).count() == 2, timeout=60,
+               message="long tasks re-run and finished")
+    for task in Task.objects.filter(id__in=long):
+        events = list(task.events.order_by("seq"))
+        names = [e.event for e in events]
+        assert names.count("task.started") == 2 and names.count("task.succeeded") == 1, names
+        handed_back = next(e for e in events if e.event == "task.retrying")
+        assert handed_back.data["reason"] == "worker shutdown"
+        restart = [e for e in events if e.event == "task.started"][1]
+        assert restart.created_at >= handed_back.created_at and restart.data["worker"] == third.hostname
+        assert task.attempts == 1, "an interrupted attempt does not use up a retry"
+
+
+def test_a_batch_of_one_user_does_not_starve_another_users_single_task(live_worker, extra_worker, alice, bob, api):
+    make_queue("fair", concurrency=1)
+    extra_worker("fair", 1, tag="fair")
+    batch = {"tasks": [{"algorithm": "demo.sleep", "params": {"seconds": 0.1}, "queue": "fair"}] * 30}
+    alice_ids = [t["id"] for t in api(alice).post("/api/v1/tasks/batch/", batch, format="json").json()["tasks"]]
+    wait_until(lambda: Task.objects.filter(id__in=alice_ids, status=Status.SUCCEEDED).count() >= 3,
+               message="alice's batch under way")
+
+    bob_id = submit(api(bob), "fair", 0.1)
+    bob_task = wait_until(lambda: (t := Task.objects.get(id=bob_id)).status == Status.SUCCEEDED and t,
+                          message="bob's task done")
+    overtook = Task.objects.filter(id__in=alice_ids, started_at__gt=bob_task.created_at,
+                                   started_at__lt=bob_task.started_at).count()
+    # at most the one already handed to the broker when bob submitted, plus one slot
+    assert overtook <= 2, overtook
+    assert Task.objects.filter(id__in=alice_ids, status=Status.PENDING).count() > 10, "bob did not wait for the batch"
+
+
+def test_a_task_without_progress_past_its_progress_timeout_is_stopped_and_rerun_then_failed(
+        live_worker, extra_worker, alice, api):
+    """demo.stall declares progress_timeout=3 s, reports once and hangs while its worker stays alive."""
+    make_queue("stall", concurrency=2)
+    worker = extra_worker("stall", 1, tag="stall")
+    client = api(alice)
+    body = {"algorithm": "demo.stall", "params": {"seconds": 600}, "queue": "stall", "max_retries": 1}
+    task_id = client.post("/api/v1/tasks/", body, format="json").json()["id"]
+
+    task = wait_until(lambda: (t := Task.objects.get(id=task_id)).status == Status.FAILED and t, timeout=60,
+                      message="the stuck task to be re-run once and then failed")
+    assert "no progress for 3s" in task.error
+    names = list(task.events.order_by("seq").values_list("event", flat=True))
+    assert names.count("task.started") == 2 and names.count("task.retrying") == 1, names
+    retrying = task.events.get(event="task.retrying")
+    assert retrying.data["reason"] == "no progress"
+    # the worker itself lives on (only its pool child was replaced) and runs the next task
+    ok = submit(client, "stall", 0.1)
+    wait_until(lambda: Task.objects.get(id=ok).status == Status.SUCCEEDED, message="the next task runs")
+    assert worker.proc.poll() is None

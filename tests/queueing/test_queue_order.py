@@ -1,0 +1,144 @@
+"""The queue order: what the listing shows is what the dispatcher starts (no worker needed)."""
+from __future__ import annotations
+
+import pytest
+
+from jobs.models import Status, Task
+from queueing import dispatch
+from tests.queueing.conftest import make_queue
+
+pytestmark = pytest.mark.django_db
+
+
+def submit(client, label: str, priority, queue: str = "q1", **extra) -> str:
+    body = {"algorithm": "demo.noop", "priority": priority, "queue": queue, "labels": [label], **extra}
+    response = client.post("/api/v1/tasks/", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def listing(client, queue: str = "q1") -> list[str]:
+    response = client.get(f"/api/v1/queues/{queue}/tasks/")
+    assert response.status_code == 200, response.content
+    tasks = response.json()["tasks"]
+    assert [t["waiting"]["position"] for t in tasks] == list(range(1, len(tasks) + 1))
+    return [t["labels"][0] for t in tasks]
+
+
+def start_order(queue: str = "q1") -> list[str]:
+    """Dispatch one task at a time (concurrency 1), finishing each, and record the order."""
+    order = []
+    while True:
+        assert dispatch.dispatch([queue]) in (0, 1)
+        task = Task.objects.filter(queue=queue, status=Status.QUEUED).first()
+        if task is None:
+            return order
+        order.append(task.labels[0])
+        Task.objects.filter(id=task.id).update(status=Status.SUCCEEDED)
+
+
+def test_issue_example_reorder_and_priority_give_start_order_d_b_a_c(olga, api):
+    make_queue("q1", concurrency=1, paused=True)
+    client = api(olga)
+    a = submit(client, "a", 1)
+    submit(client, "b", 9)
+    submit(client, "c", 5)
+    d = submit(client, "d", 5)
+
+    assert client.patch(f"/api/v1/tasks/{a}/priority/", {"priority": 8}, format="json").status_code == 200
+    response = client.post("/api/v1/queues/q1/reorder/", {"task_ids": [d]}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["pinned"] == [d]
+
+    assert listing(client) == ["d", "b", "a", "c"]
+    make_queue("q1", paused=False)
+    assert start_order() == ["d", "b", "a", "c"]
+
+
+def test_priority_names_and_order_without_reorder(alice, api):
+    make_queue("q1", concurrency=1, paused=True)
+    client = api(alice)
+    submit(client, "low", "low")
+    submit(client, "crit", "critical")
+    submit(client, "normal1", "normal")
+    submit(client, "high", "high")
+    submit(client, "normal2", 5)
+    assert listing(client) == ["crit", "high", "normal1", "normal2", "low"]
+    make_queue("q1", paused=False)
+    assert start_order() == ["crit", "high", "normal1", "normal2", "low"]
+
+
+def test_reorder_to_a_position_pins_everything_up_to_it(olga, api):
+    make_queue("q1", concurrency=1, paused=True)
+    client = api(olga)
+    ids = {label: submit(client, label, p) for label, p in [("p9", 9), ("p7", 7), ("p5", 5), ("p3", 3), ("p1", 1)]}
+
+    response = client.post("/api/v1/queues/q1/reorder/", {"task_id": ids["p1"], "position": 2}, format="json")
+    assert response.status_code == 200, response.content
+    assert listing(client) == ["p9", "p1", "p7", "p5", "p3"]
+
+    # A later, higher-priority task still comes after the pinned head.
+    submit(client, "late9", 9)
+    assert listing(client) == ["p9", "p1", "late9", "p7", "p5", "p3"]
+
+    # task_ids go in front of earlier pins, in the given order.
+    client.post("/api/v1/queues/q1/reorder/", {"task_ids": [ids["p3"], ids["p5"]]}, format="json")
+    assert listing(client) == ["p3", "p5", "p9", "p1", "late9", "p7"]
+
+    # Moving a pinned task back keeps the rest of the pinned head in its order.
+    client.post("/api/v1/queues/q1/reorder/", {"task_id": ids["p3"], "position": 4}, format="json")
+    assert listing(client) == ["p5", "p9", "p1", "p3", "late9", "p7"]
+
+    make_queue("q1", paused=False)
+    assert start_order() == ["p5", "p9", "p1", "p3", "late9", "p7"]
+
+
+def test_reorder_rejects_tasks_that_are_not_waiting(olga, alice, api):
+    make_queue("q1", concurrency=1)
+    make_queue("q2", concurrency=1, paused=True)
+    client = api(olga)
+    queued = submit(client, "x", 5)
+    dispatch.dispatch(["q1"])
+    assert Task.objects.get(id=queued).status == Status.QUEUED
+    other = submit(client, "y", 5, queue="q2")
+
+    response = client.post("/api/v1/queues/q1/reorder/", {"task_ids": [queued]}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "not_waiting"
+    response = client.post("/api/v1/queues/q1/reorder/", {"task_ids": [other]}, format="json")
+    assert response.status_code == 400
+    response = client.post("/api/v1/queues/q1/reorder/", {"task_id": other}, format="json")
+    assert response.status_code == 400
+    assert client.post("/api/v1/queues/nope/reorder/", {"task_ids": [other]}, format="json").status_code == 404
+
+
+def test_round_robin_between_owners_within_a_priority(alice, bob, api):
+    make_queue("q1", concurrency=1, paused=True)
+    a_client, b_client = api(alice), api(bob)
+    batch = [{"algorithm": "demo.noop", "queue": "q1", "labels": [f"a{i}"]} for i in range(30)]
+    assert a_client.post("/api/v1/tasks/batch/", {"tasks": batch}, format="json").status_code == 201
+    make_queue("q1", paused=False)
+    # Alice's batch starts running; then Bob submits one task.
+    for _ in range(5):
+        dispatch.dispatch(["q1"])
+        Task.objects.filter(queue="q1", status=Status.QUEUED).update(status=Status.SUCCEEDED)
+    submit(b_client, "bob", 5)
+    order = start_order()
+    assert order.index("bob") <= 1, order[:5]
+    assert len(order) == 26
+
+
+def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob, olga, api):
+    make_queue("q1", concurrency=1, paused=True)
+    a = submit(api(alice), "a", 5)
+    # bob cannot see alice's task; an operator can change it.
+    assert api(bob).patch(f"/api/v1/tasks/{a}/priority/", {"priority": 9}, format="json").status_code == 404
+    response = api(olga).patch(f"/api/v1/tasks/{a}/priority/", {"priority": "critical"}, format="json")
+    assert response.status_code == 200 and response.json()["priority"] == 9
+    bad = api(alice).patch(f"/api/v1/tasks/{a}/priority/", {"priority": 10}, format="json")
+    assert bad.status_code == 400
+
+    Task.objects.filter(id=a).update(status=Status.RUNNING)
+    response = api(alice).patch(f"/api/v1/tasks/{a}/priority/", {"priority": 1}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "invalid_transition"

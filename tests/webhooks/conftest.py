@@ -1,0 +1,168 @@
+"""Webhook fixtures: a real HTTP receiver on 127.0.0.1 and a worker for the ``webhooks`` queue.
+
+* ``receiver``: a threading HTTP/1.1 server recording every request (headers, body, time). Its answers
+  come from ``receiver.respond`` (a list of ``Reply`` consumed in order, then ``receiver.default``);
+  ``receiver.gate`` (a ``threading.Event``) holds replies while cleared; ``stop()``/``start()`` take
+  it down and bring it back on the same port.
+* ``webhooks_worker``: ``celery worker -Q webhooks -P threads`` beside the session's ``live_worker``
+  (whose embedded beat runs ``webhooks.send_due``), the way production runs deliveries on their own
+  worker so a slow receiver never takes a task slot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.conftest import ARTIFACTS, ROOT, LiveWorker
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+    delay: float = 0.0
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    reply: int = 0
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.respond: list[Reply] = []
+        self.default = Reply()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver.lock:
+                    reply = receiver.respond.pop(0) if receiver.respond else receiver.default
+                    item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                    receiver.requests.append(item)
+                receiver.gate.wait(30)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                item.reply = reply.status
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def events(self, ok_only: bool = True) -> list[str]:
+        with self.lock:
+            return [r.json["event"] for r in self.requests if not ok_only or 200 <= r.reply < 300]
+
+    def ok(self) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if 200 <= r.reply < 300]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.start()
+    yield r
+    r.gate.set()
+    r.stop()
+
+
+@pytest.fixture
+def make_receiver() -> Iterator[Any]:
+    made: list[Receiver] = []
+
+    def make() -> Receiver:
+        r = Receiver()
+        r.start()
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.gate.set()
+        r.stop()
+
+
+class WebhooksWorker(LiveWorker):
+    """``celery worker -Q webhooks -P threads``: I/O-bound deliveries on threads, no beat of its own."""
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_path = ARTIFACTS / f"webhooks-worker-{os.getpid()}.log"
+        self.log_path.write_bytes(b"")
+        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "webhooks", "-P", "threads",
+               "-c", str(self.concurrency), "-n", f"test-webhooks-{uuid.uuid4().hex[:8]}@%h", "-l", "info",
+               "--without-mingle", "--without-gossip"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"webhooks worker did not start:\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def _webhooks_worker_process(_worker_process: LiveWorker) -> Iterator[WebhooksWorker]:
+    worker = WebhooksWorker(dict(_worker_process.env), concurrency=8)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def webhooks_worker(_webhooks_worker_process: WebhooksWorker, live_worker: LiveWorker) -> Iterator[WebhooksWorker]:
+    _webhooks_worker_process.ensure_running()
+    yield _webhooks_worker_process

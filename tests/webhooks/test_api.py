@@ -1,0 +1,80 @@
+"""The subscription API: CRUD, the secret shown once, rotation, event names, isolation between users."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+def create(client, receiver, **extra):
+    body = {"url": receiver.url, "events": ["task.*"], **extra}
+    response = client.post("/api/v1/webhooks/", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_create_shows_the_secret_once_then_list_detail_update_delete(alice, api, receiver):
+    client = api(alice)
+    hook = create(client, receiver, description="ci", events=["task.succeeded", "task.failed"])
+    assert hook["secret"].startswith("whsec_")
+    assert hook["events"] == ["task.succeeded", "task.failed"] and hook["active"] is True
+
+    listed = client.get("/api/v1/webhooks/").json()["results"]
+    assert [h["id"] for h in listed] == [hook["id"]]
+    assert "secret" not in listed[0]
+    detail = client.get(f"/api/v1/webhooks/{hook['id']}/").json()
+    assert "secret" not in detail and detail["description"] == "ci"
+
+    patched = client.patch(f"/api/v1/webhooks/{hook['id']}/", {"events": ["task.*"], "active": False},
+                           format="json").json()
+    assert patched["events"] == ["task.*"] and patched["active"] is False and patched["disabled_at"]
+
+    assert client.delete(f"/api/v1/webhooks/{hook['id']}/").status_code == 204
+    assert client.get(f"/api/v1/webhooks/{hook['id']}/").status_code == 404
+
+
+def test_rotate_secret_returns_a_new_secret_and_keeps_the_old_one_for_a_day(alice, api, receiver):
+    from webhooks.models import Subscription
+
+    client = api(alice)
+    hook = create(client, receiver)
+    response = client.post(f"/api/v1/webhooks/{hook['id']}/rotate-secret/")
+    assert response.status_code == 200
+    rotated = response.json()
+    assert rotated["secret"] != hook["secret"] and rotated["secret_rotating_until"]
+    row = Subscription.objects.get(id=hook["id"])
+    assert row.previous_secret == hook["secret"]
+    assert 23.9 * 3600 < (row.previous_secret_expires_at - row.updated_at).total_seconds() <= 24 * 3600
+
+
+@pytest.mark.parametrize("events", [[], ["task.nope"], ["*"], ["task.log"]])
+def test_unknown_or_empty_events_are_400(alice, api, receiver, events):
+    response = api(alice).post("/api/v1/webhooks/", {"url": receiver.url, "events": events}, format="json")
+    assert response.status_code == 400, response.content
+
+
+def test_queue_events_are_for_operators_only(alice, olga, api, receiver):
+    body = {"url": receiver.url, "events": ["queue.*"]}
+    assert api(alice).post("/api/v1/webhooks/", body, format="json").status_code == 403
+    assert api(olga).post("/api/v1/webhooks/", body, format="json").status_code == 201
+
+
+def test_bob_gets_404_for_alices_webhook_and_its_deliveries(alice, bob, api, receiver):
+    hook = create(api(alice), receiver)
+    bob_client = api(bob)
+    assert bob_client.get("/api/v1/webhooks/").json()["results"] == []
+    for method, path in [("get", ""), ("patch", ""), ("delete", ""), ("post", "rotate-secret/"),
+                         ("get", "deliveries/")]:
+        response = getattr(bob_client, method)(f"/api/v1/webhooks/{hook['id']}/{path}", {}, format="json")
+        assert response.status_code == 404, (method, path, response.content)
+    assert api(alice).get(f"/api/v1/webhooks/{hook['id']}/").status_code == 200
+
+
+def test_unknown_ids_are_404_not_500(alice, api):
+    client = api(alice)
+    assert client.get("/api/v1/webhooks/not-a-uuid/").status_code == 404
+    assert client.get("/api/v1/webhooks/00000000-0000-0000-0000-000000000000/deliveries/").status_code == 404
+
+
+def test_anonymous_is_401(client):
+    assert client.get("/api/v1/webhooks/").status_code == 401

@@ -1,0 +1,118 @@
+"""Delivery state on real PostgreSQL without a worker: the claim guard, per-task order, lost attempts,
+the endpoint's failure streak and auto-disable, and what re-enabling does (nothing old is sent)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from webhooks import delivery, services
+from webhooks.models import Delivery, DeliveryAttempt, Subscription
+from webhooks.transport import AttemptResult
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def hook(alice, receiver) -> Subscription:
+    return services.subscribe(owner=alice, url=receiver.url, events=["task.*"])
+
+
+def pending(sub: Subscription, seq: int, task_id: str = "11111111-1111-1111-1111-111111111111") -> Delivery:
+    return Delivery.objects.create(subscription=sub, event="task.progress", payload={"seq": seq}, task_id=task_id,
+                                   seq=seq, next_attempt_at=timezone.now(), sent_at=timezone.now())
+
+
+def due(row: Delivery) -> None:
+    Delivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now())
+
+
+def test_a_claimed_delivery_cannot_be_claimed_twice(hook):
+    row = pending(hook, 1)
+    assert delivery.claim(delivery_id=str(row.id)) is not None
+    assert delivery.claim(delivery_id=str(row.id)) is None  # the duplicate message does nothing
+
+
+def test_a_later_event_of_the_same_task_waits_behind_an_earlier_one(hook):
+    first, second = pending(hook, 1), pending(hook, 2)
+    assert delivery.claim(delivery_id=str(second.id)) is None
+    claimed = delivery.claim(delivery_id=str(first.id))
+    delivery.record(claimed=claimed, result=AttemptResult(status_code=200))
+    assert delivery.claim(delivery_id=str(second.id)) is not None
+
+
+def test_an_attempt_cut_off_mid_send_is_logged_as_lost_and_tried_again(hook):
+    row = pending(hook, 1)
+    delivery.claim(delivery_id=str(row.id))  # the worker dies here: no record()
+    Delivery.objects.filter(id=row.id).update(in_flight_until=timezone.now() - timedelta(seconds=1))
+    assert delivery.send_due() == 0  # its message was sent just now; the beat waits RESEND_SECONDS
+    Delivery.objects.filter(id=row.id).update(sent_at=timezone.now() - timedelta(hours=1))
+    assert delivery.send_due() == 1
+
+    claimed = delivery.claim(delivery_id=str(row.id))
+    delivery.record(claimed=claimed, result=AttemptResult(status_code=204))
+    outcomes = list(DeliveryAttempt.objects.filter(delivery=row).values_list("number", "outcome"))
+    assert outcomes == [(1, "LOST"), (2, "SUCCEEDED")]
+
+
+def test_retries_stop_after_max_attempts(settings, hook):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_ATTEMPTS": 3}
+    row = pending(hook, 1)
+    for _ in range(3):
+        due(row)
+        claimed = delivery.claim(delivery_id=str(row.id))
+        delivery.record(claimed=claimed, result=AttemptResult(error="ConnectError", transient=True))
+    row.refresh_from_db()
+    assert row.status == "FAILED" and row.attempts == 3
+    assert list(row.attempt_log.values_list("outcome", flat=True)) == ["RETRY", "RETRY", "FAILED"]
+
+
+def test_endpoint_failing_too_often_is_disabled_and_reenabling_sends_nothing_old(settings, alice, api, hook):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "DISABLE_AFTER_FAILURES": 3}
+    row, waiting = pending(hook, 1), pending(hook, 2, task_id="22222222-2222-2222-2222-222222222222")
+    for _ in range(3):
+        due(row)
+        claimed = delivery.claim(delivery_id=str(row.id))
+        delivery.record(claimed=claimed, result=AttemptResult(status_code=500))
+
+    hook.refresh_from_db()
+    assert not hook.active and hook.disabled_at and "3 consecutive" in hook.disabled_reason
+    waiting.refresh_from_db()
+    assert waiting.status == "FAILED" and waiting.last_error.startswith("endpoint disabled")
+
+    client = api(alice)
+    body = client.patch(f"/api/v1/webhooks/{hook.id}/", {"active": True}, format="json").json()
+    assert body["active"] and body["consecutive_failures"] == 0 and body["disabled_at"] is None
+    assert not Delivery.objects.filter(subscription=hook, status="PENDING").exists()
+    assert client.post(f"/api/v1/webhooks/{hook.id}/deliveries/{waiting.id}/redeliver/").status_code == 202
+
+
+def test_endpoint_failing_for_days_is_disabled(settings, hook):
+    row = pending(hook, 1)
+    Subscription.objects.filter(id=hook.id).update(consecutive_failures=5,
+                                                   failing_since=timezone.now() - timedelta(days=6))
+    claimed = delivery.claim(delivery_id=str(row.id))
+    delivery.record(claimed=claimed, result=AttemptResult(error="timeout: ReadTimeout", transient=True))
+    hook.refresh_from_db()
+    assert not hook.active and "failing continuously" in hook.disabled_reason
+
+
+def test_a_success_resets_the_failure_streak(hook):
+    row = pending(hook, 1)
+    claimed = delivery.claim(delivery_id=str(row.id))
+    delivery.record(claimed=claimed, result=AttemptResult(status_code=502))
+    hook.refresh_from_db()
+    assert hook.consecutive_failures == 1 and hook.failing_since
+    due(row)
+    claimed = delivery.claim(delivery_id=str(row.id))
+    delivery.record(claimed=claimed, result=AttemptResult(status_code=200))
+    hook.refresh_from_db()
+    assert hook.consecutive_failures == 0 and hook.failing_since is None
+
+
+def test_redeliver_of_a_disabled_endpoint_is_409(alice, api, hook):
+    row = pending(hook, 1)
+    services.update(subscription=hook, active=False)
+    response = api(alice).post(f"/api/v1/webhooks/{hook.id}/deliveries/{row.id}/redeliver/")
+    assert response.status_code == 409

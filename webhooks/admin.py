@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import models
+
+from webhooks import services
+from webhooks.models import Delivery, DeliveryAttempt, Subscription
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["url", "owner", "events", "active", "task", "consecutive_failures", "disabled_at", "created_at"]
+    list_filter = ["active"]
+    search_fields = ["url", "owner__username", "description"]
+    raw_id_fields = ["owner", "task"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ["secret", "previous_secret", "previous_secret_expires_at", "consecutive_failures",
+                       "failing_since", "disabled_at", "disabled_reason", "created_at", "updated_at"]
+
+
+class AttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = ["number", "outcome", "started_at", "duration_ms", "status_code", "response_body", "error"]
+    fields = readonly_fields
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ["id", "event", "subscription", "status", "attempts", "last_status_code", "next_attempt_at",
+                    "created_at"]
+    list_filter = ["status", "event"]
+    search_fields = ["id", "task_id", "subscription__url"]
+    raw_id_fields = ["subscription"]
+    readonly_fields = ["attempts", "sent_at", "in_flight_until", "last_status_code", "last_error", "finished_at"]
+    inlines = [AttemptInline]
+    actions = ["redeliver"]
+
+    @admin.action(description="Redeliver now (same webhook-id)")
+    def redeliver(self, request: Any, queryset: Any) -> None:
+        sent = 0
+        for row in queryset:
+            try:
+                services.redeliver(delivery_row=row)
+                sent += 1
+            except Exception as exc:  # a disabled endpoint: say so, go on with the others
+                self.message_user(request, f"{row.id}: {exc}", level=messages.WARNING)
+        self.message_user(request, f"{sent} deliveries sent again")

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from webhooks.models import Delivery, DeliveryAttempt, Subscription
+
+
+class WebhookIn(serializers.Serializer):
+    url = serializers.URLField(max_length=2000)
+    events = serializers.ListField(child=serializers.CharField(max_length=50), allow_empty=False, max_length=50)
+    description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    active = serializers.BooleanField(required=False, default=True)
+
+
+class WebhookPatchIn(serializers.Serializer):
+    url = serializers.URLField(max_length=2000, required=False)
+    events = serializers.ListField(child=serializers.CharField(max_length=50), allow_empty=False, max_length=50,
+                                   required=False)
+    description = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    active = serializers.BooleanField(required=False)
+
+
+class WebhookOut(serializers.ModelSerializer):
+    task = serializers.UUIDField(source="task_id", allow_null=True)
+    secret_rotating_until = serializers.DateTimeField(source="previous_secret_expires_at", allow_null=True)
+
+    class Meta:
+        model = Subscription
+        fields = ["id", "url", "events", "description", "active", "task", "consecutive_failures", "failing_since",
+                  "disabled_at", "disabled_reason", "secret_rotating_until", "created_at", "updated_at"]
+
+
+class WebhookWithSecretOut(WebhookOut):
+    """Creation and rotation only: the one time the secret is shown."""
+
+    class Meta(WebhookOut.Meta):
+        fields = WebhookOut.Meta.fields + ["secret"]
+
+
+class DeliveryOut(serializers.ModelSerializer):
+    webhook_id = serializers.CharField(read_only=True)
+    webhook = serializers.UUIDField(source="subscription_id")
+
+    class Meta:
+        model = Delivery
+        fields = ["id", "webhook_id", "webhook", "event", "task_id", "seq", "status", "attempts", "next_attempt_at",
+                  "last_status_code", "last_error", "created_at", "finished_at"]
+
+
+class DeliveryAttemptOut(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = ["number", "outcome", "started_at", "finished_at", "duration_ms", "status_code", "response_headers",
+                  "response_body", "error"]
+
+
+class DeliveryDetailOut(DeliveryOut):
+    payload = serializers.JSONField()
+    attempt_log = DeliveryAttemptOut(many=True)
+
+    class Meta(DeliveryOut.Meta):
+        fields = DeliveryOut.Meta.fields + ["payload", "attempt_log"]

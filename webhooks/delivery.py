@@ -1,0 +1,256 @@
+"""Sending one delivery: claim (guarded UPDATE), attempt row, HTTP POST, outcome, endpoint health.
+
+* ``claim`` takes a PENDING, due delivery that no other attempt holds and that no earlier event of the
+  same task waits in front of (per-task order), in one guarded UPDATE: a duplicate Celery message,
+  the beat's re-send and a chain send race, and only one matches.
+* The attempt row is committed *before* the request, so a worker killed mid-send leaves an IN_FLIGHT
+  attempt that the next claim marks LOST (at-least-once: the receiver may see that message twice and
+  dedupes by ``webhook-id``).
+* ``record`` completes the attempt, schedules a retry or ends the delivery, updates the endpoint's
+  failure streak (and disables it past the limits), and sends the task's next waiting event.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from webhooks import outbox, policy, signing, transport
+from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
+
+log = logging.getLogger(__name__)
+Outcome = DeliveryAttempt.Outcome
+
+_CLAIM_SQL = """
+UPDATE webhooks_delivery d
+   SET attempts = d.attempts + 1, in_flight_until = %(lease)s
+  FROM webhooks_subscription s
+ WHERE d.id = %(id)s AND d.status = 'PENDING' AND d.next_attempt_at <= %(now)s
+   AND (d.in_flight_until IS NULL OR d.in_flight_until < %(now)s)
+   AND s.id = d.subscription_id AND s.active
+   AND NOT EXISTS (SELECT 1 FROM webhooks_delivery e
+                    WHERE e.subscription_id = d.subscription_id AND e.task_id = d.task_id
+                      AND e.status = 'PENDING' AND e.seq < d.seq)
+RETURNING d.attempts, d.payload::text, d.subscription_id, d.task_id, s.url, s.secret, s.previous_secret,
+          s.previous_secret_expires_at, s.consecutive_failures > 0 OR s.failing_since IS NOT NULL
+"""
+
+_FINISH_SQL = """
+UPDATE webhooks_delivery SET {sets} WHERE id = %(id)s AND status = 'PENDING'
+RETURNING subscription_id, task_id
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one attempt needs, read by the claiming UPDATE itself."""
+
+    attempt: DeliveryAttempt
+    url: str
+    secrets: list[str]
+    body: bytes
+    subscription_id: Any
+    task_id: Any
+    endpoint_failing: bool
+
+
+def _lease() -> timedelta:
+    conf = settings.WEBHOOKS
+    return timedelta(seconds=2 * (conf["CONNECT_TIMEOUT"] + conf["READ_TIMEOUT"]) + 10)
+
+
+def _no_fsync_wait(cur: Any) -> None:
+    """The delivery's own bookkeeping commits without waiting for the WAL flush (2 commits per attempt
+    dominated the cost). A database crash can forget the last few hundred ms of it: the delivery then
+    counts as not sent and is sent again, which at-least-once allows; the outbox row itself was
+    written durably with the task's state change."""
+    cur.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def attempt(*, delivery_id: str) -> str | None:
+    """Claim, send and record one attempt. Returns the attempt's outcome, None if not claimed."""
+    claimed = claim(delivery_id=delivery_id)
+    if claimed is None:
+        return None
+    msg_id = f"msg_{claimed.attempt.delivery_id.hex}"
+    headers = signing.headers(claimed.secrets, msg_id, int(time.time()), claimed.body)
+    result = transport.send(claimed.url, claimed.body, headers)
+    return record(claimed=claimed, result=result)
+
+
+@transaction.atomic
+def claim(*, delivery_id: str) -> Claimed | None:
+    """PENDING & due & free & endpoint active & first in its task's line → held for one attempt.
+
+    One guarded UPDATE decides (a duplicate message, the beat and a chain send race; one matches) and
+    returns what the request needs; the attempt row commits before the request is made.
+    """
+    now = timezone.now()
+    with connection.cursor() as cur:
+        _no_fsync_wait(cur)
+        cur.execute(_CLAIM_SQL, {"id": delivery_id, "now": now, "lease": now + _lease()})
+        row = cur.fetchone()
+    if row is None:
+        return None  # done, not due, held by another attempt, waiting behind an earlier event, or gone
+    number, payload, sub_id, task_id, url, secret, previous, previous_until, failing = row
+    if number > 1:  # an attempt left IN_FLIGHT belongs to a worker that died mid-send
+        DeliveryAttempt.objects.filter(delivery_id=delivery_id, outcome=Outcome.IN_FLIGHT).update(
+            outcome=Outcome.LOST, finished_at=now, error="worker lost during the attempt")
+    attempt_row = DeliveryAttempt.objects.create(delivery_id=UUID(str(delivery_id)), number=number, started_at=now)
+    secrets = [secret] + ([previous] if previous and previous_until and previous_until > now else [])
+    # The stored JSON re-serialised compactly: the same bytes on every attempt of this delivery.
+    body = json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False).encode()
+    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing))
+
+
+@transaction.atomic
+def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
+    """Complete the attempt and move the delivery on: SUCCEEDED, a retry at ``next_attempt_at``, or FAILED."""
+    now = timezone.now()
+    attempt_row = claimed.attempt
+    number = attempt_row.number
+    if policy.is_success(result.status_code):
+        outcome = Outcome.SUCCEEDED
+    elif policy.is_retryable(result.status_code, transient_error=result.transient) and not policy.gives_up(number):
+        outcome = Outcome.RETRY
+    else:
+        outcome = Outcome.FAILED
+    DeliveryAttempt.objects.filter(id=attempt_row.id).update(
+        outcome=outcome, finished_at=now, duration_ms=result.duration_ms, status_code=result.status_code,
+        response_headers=result.headers, response_body=result.body, error=result.error[:1000])
+    error = result.error or ("" if outcome == Outcome.SUCCEEDED else f"HTTP {result.status_code}")
+    values: dict[str, Any] = {"in_flight_until": None, "last_status_code": result.status_code,
+                              "last_error": error[:1000]}
+    if outcome == Outcome.RETRY:
+        retry_after = policy.parse_retry_after(result.retry_after) if result.status_code in (429, 503) else None
+        values["next_attempt_at"] = now + timedelta(seconds=policy.next_delay(number, retry_after=retry_after))
+    else:
+        done = DeliveryStatus.SUCCEEDED if outcome == Outcome.SUCCEEDED else DeliveryStatus.FAILED
+        values.update(status=done.value, finished_at=now)
+    with connection.cursor() as cur:
+        _no_fsync_wait(cur)
+        # Guarded: a delivery deleted or failed (endpoint disabled) meanwhile stays as it is.
+        cur.execute(_FINISH_SQL.format(sets=", ".join(f"{k} = %({k})s" for k in values)),
+                    {**values, "id": attempt_row.delivery_id})
+        if cur.fetchone() is None:
+            return outcome
+    if outcome != Outcome.SUCCEEDED or claimed.endpoint_failing:
+        _track_health(claimed.subscription_id, ok=outcome == Outcome.SUCCEEDED, now=now)
+    if outcome != Outcome.RETRY and claimed.task_id is not None:
+        _send_next(claimed.subscription_id, claimed.task_id, now)
+    return outcome
+
+
+def _track_health(subscription_id: Any, *, ok: bool, now: Any) -> None:
+    subs = Subscription.objects.filter(id=subscription_id)
+    if ok:
+        subs.filter(Q(consecutive_failures__gt=0) | Q(failing_since__isnull=False)).update(
+            consecutive_failures=0, failing_since=None)
+        return
+    subs.update(consecutive_failures=F("consecutive_failures") + 1, failing_since=Coalesce("failing_since", now))
+    conf = settings.WEBHOOKS
+    sub = subs.filter(active=True).only("consecutive_failures", "failing_since", "owner_id").first()
+    if sub is None:
+        return
+    if sub.consecutive_failures >= conf["DISABLE_AFTER_FAILURES"]:
+        disable(subscription_id=subscription_id, reason=f"{sub.consecutive_failures} consecutive failed attempts")
+    elif sub.failing_since and (now - sub.failing_since).total_seconds() >= conf["DISABLE_AFTER_SECONDS"]:
+        disable(subscription_id=subscription_id, reason=f"failing continuously since {sub.failing_since.isoformat()}")
+
+
+def _send_next(subscription_id: Any, task_id: Any, now: Any) -> None:
+    """The task's next waiting event to this endpoint goes now (it bounced off the order guard)."""
+    nxt = (Delivery.objects.filter(subscription_id=subscription_id, task_id=task_id, status=DeliveryStatus.PENDING)
+           .order_by("seq").values_list("id", flat=True).first())
+    if nxt is not None:
+        Delivery.objects.filter(id=nxt).update(sent_at=now)
+        transaction.on_commit(lambda: outbox.send([str(nxt)]), robust=True)
+
+
+def disable(*, subscription_id: Any, reason: str) -> bool:
+    """Turn an endpoint off and fail what it had waiting, so re-enabling sends nothing old by surprise."""
+    now = timezone.now()
+    with transaction.atomic():
+        done = Subscription.objects.filter(id=subscription_id, active=True).update(
+            active=False, disabled_at=now, disabled_reason=reason[:500])
+        if not done:
+            return False  # someone else disabled it first
+        fail_pending(subscription_id=subscription_id, reason=f"endpoint disabled: {reason}")
+        sub = Subscription.objects.only("owner_id", "url").get(id=subscription_id)
+        body = {"event": "webhook.disabled", "webhook_id": str(subscription_id), "url": sub.url,
+                "reason": reason, "timestamp": now.isoformat()}
+        transaction.on_commit(lambda: _notify_owner(sub.owner_id, body), robust=True)
+    log.warning("webhook %s disabled: %s", subscription_id, reason)
+    return True
+
+
+def fail_pending(*, subscription_id: Any, reason: str) -> int:
+    return Delivery.objects.filter(subscription_id=subscription_id, status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.FAILED, finished_at=timezone.now(), in_flight_until=None, last_error=reason[:1000])
+
+
+def _notify_owner(owner_id: Any, body: dict[str, Any]) -> None:
+    """The owner's dashboard sockets get ``webhook.disabled`` (the consumers' pass-through handler)."""
+    import asyncio
+
+    from jobs.events import publisher, user_group
+
+    async def _send() -> None:
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is not None:
+            await layer.group_send(user_group(owner_id), {"type": "queue.event", "payload": body})
+
+    try:
+        asyncio.run_coroutine_threadsafe(_send(), publisher._ensure_loop())
+    except Exception:  # the subscription row (disabled_at, disabled_reason) is the record
+        log.exception("could not notify the owner of webhook %s", body["webhook_id"])
+
+
+def _broker_backlog() -> int | None:
+    """Messages waiting in the broker's ``webhooks`` queue (None if the broker cannot say)."""
+    from config.celery import app
+
+    try:
+        with app.pool.acquire(block=True, timeout=2) as conn:
+            return conn.default_channel.queue_declare("webhooks", passive=True).message_count
+    except Exception:  # an unknown backlog must not stop retries; it only allows re-sends
+        return None
+
+
+def send_due(*, limit: int = 500) -> int:
+    """Beat: send retries that are due, and re-send deliveries whose message looks lost (heads of their
+    task's line only). A message counts as lost only while the broker's ``webhooks`` queue is empty:
+    a slow-draining backlog is not lost, and re-sending it would only pile up duplicates."""
+    now = timezone.now()
+    resend_before = now - timedelta(seconds=settings.WEBHOOKS["RESEND_SECONDS"])
+    lost = Q(sent_at__isnull=True) | Q(sent_at__lt=resend_before)
+    if _broker_backlog():
+        lost = Q(sent_at__isnull=True)
+    earlier = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), task_id=OuterRef("task_id"),
+                                      status=DeliveryStatus.PENDING, seq__lt=OuterRef("seq"))
+    with transaction.atomic():
+        ids = list(
+            Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+            .filter(lost | Q(sent_at__lt=F("next_attempt_at")))
+            .filter(Q(in_flight_until__isnull=True) | Q(in_flight_until__lt=now))
+            .filter(~Exists(earlier))
+            .order_by("next_attempt_at").select_for_update(skip_locked=True, of=("self",))
+            .values_list("id", flat=True)[:limit]
+        )
+        if ids:
+            Delivery.objects.filter(id__in=ids).update(sent_at=now)
+            sent = [str(i) for i in ids]
+            transaction.on_commit(lambda: outbox.send(sent), robust=True)
+    return len(ids)

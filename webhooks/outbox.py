@@ -1,0 +1,93 @@
+"""Writes ``Delivery`` rows in the transaction of the state change they report (the outbox), and sends
+their Celery messages on commit: a rolled-back change notifies nobody, a committed one is never lost
+(the beat re-sends what a lost message left behind, see ``delivery.send_due``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from webhooks.models import Delivery, Subscription
+
+# Every task event except log lines and snapshots (those stay on the API and the WebSocket).
+TASK_EVENTS = frozenset({
+    "task.created", "task.queued", "task.started", "task.progress", "task.succeeded", "task.failed",
+    "task.cancelled", "task.timed_out", "task.retrying", "task.requeued", "task.priority_changed",
+})
+QUEUE_EVENTS = frozenset({"queue.paused", "queue.resumed"})
+WILDCARDS = frozenset({"task.*", "queue.*"})
+
+
+def enqueue_task_events(tasks: Sequence[Any], event: str, payloads: Sequence[Mapping[str, Any]]) -> list[Delivery]:
+    """One delivery per (task, matching subscription): the owner's ``task.*`` endpoints and the task's own."""
+    if event not in TASK_EVENTS or not tasks:
+        return []
+    owners = {t.owner_id for t in tasks}
+    task_ids = [t.id for t in tasks]
+    subs = list(
+        Subscription.objects.filter(active=True, events__overlap=[event, "task.*"])
+        .filter(Q(task__isnull=True, owner_id__in=owners) | Q(task_id__in=task_ids))
+        .values_list("id", "owner_id", "task_id")
+    )
+    if not subs:
+        return []
+    now = timezone.now()
+    rows = [
+        Delivery(subscription_id=sub_id, event=event, payload=dict(body), task_id=task.id, seq=body.get("seq", 0),
+                 next_attempt_at=now, sent_at=now)
+        for task, body in zip(tasks, payloads)
+        for sub_id, owner_id, sub_task_id in subs
+        if (sub_task_id is None and owner_id == task.owner_id) or sub_task_id == task.id
+    ]
+    return _insert(rows)
+
+
+def enqueue_queue_event(event: str, payload: Mapping[str, Any]) -> list[Delivery]:
+    """One delivery per active ``queue.*`` subscription (only operators may create those)."""
+    if event not in QUEUE_EVENTS:
+        return []
+    now = timezone.now()
+    rows = [
+        Delivery(subscription_id=sub_id, event=event, payload=dict(payload), next_attempt_at=now, sent_at=now)
+        for sub_id in Subscription.objects.filter(active=True, task__isnull=True, events__overlap=[event, "queue.*"])
+        .values_list("id", flat=True)
+    ]
+    return _insert(rows)
+
+
+def _insert(rows: list[Delivery]) -> list[Delivery]:
+    if rows:
+        Delivery.objects.bulk_create(rows)
+        ids = [str(r.id) for r in rows]
+        transaction.on_commit(lambda: send(ids), robust=True)
+    return rows
+
+
+def send(delivery_ids: Iterable[str]) -> None:
+    """Hand delivery ids to the ``webhooks`` Celery queue (after commit only).
+
+    Several ids travel as one ``webhooks.fan_out`` message that the webhooks worker splits into one
+    ``webhooks.deliver`` each: the process that changed the task (a task worker) pays for one send per
+    state change, whatever the number of subscriptions, and deliveries still run in parallel.
+    """
+    from webhooks.tasks import deliver, fan_out
+
+    ids = [str(i) for i in delivery_ids]
+    if len(ids) == 1:
+        deliver.apply_async(args=ids, queue="webhooks")
+    elif ids:
+        fan_out.apply_async(args=[ids], queue="webhooks")
+
+
+def send_each(delivery_ids: Iterable[str]) -> None:
+    """One ``webhooks.deliver`` message per delivery, through one producer connection."""
+    from config.celery import app
+    from webhooks.tasks import deliver
+
+    with app.producer_or_acquire() as producer:
+        for delivery_id in delivery_ids:
+            deliver.apply_async(args=[str(delivery_id)], queue="webhooks", producer=producer)

@@ -1,0 +1,96 @@
+"""Every write to subscriptions from the API and the admin: subscribe, update, rotate_secret,
+unsubscribe, redeliver; plus ``subscribe_task`` for the per-task ``webhook_url`` shortcut at submit."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import Conflict, Forbidden, InvalidInput
+from config.permissions import is_operator
+from webhooks import delivery, outbox, signing, transport
+from webhooks.models import Delivery, DeliveryStatus, Subscription
+
+ALLOWED_EVENTS = outbox.TASK_EVENTS | outbox.QUEUE_EVENTS | outbox.WILDCARDS
+
+
+def clean_events(events: list[str], *, owner: Any) -> list[str]:
+    """Known names or ``task.*``/``queue.*``; queue events only for operators."""
+    events = list(dict.fromkeys(e.strip() for e in events if e and e.strip()))
+    if not events:
+        raise InvalidInput("events: name at least one event", fields={"events": ["name at least one event"]})
+    unknown = [e for e in events if e not in ALLOWED_EVENTS]
+    if unknown:
+        msg = f"unknown events {', '.join(unknown)}; use {', '.join(sorted(ALLOWED_EVENTS))}"
+        raise InvalidInput(f"events: {msg}", fields={"events": [msg]})
+    if any(e.startswith("queue.") for e in events) and not is_operator(owner):
+        raise Forbidden("queue events are for operators only")
+    return events
+
+
+def subscribe(*, owner: Any, url: str, events: list[str], description: str = "", active: bool = True) -> Subscription:
+    """A new endpoint with a fresh ``whsec_`` secret (the caller shows it once)."""
+    transport.validate_url(url)
+    return Subscription.objects.create(owner=owner, url=url, events=clean_events(events, owner=owner),
+                                       description=description, active=active, secret=signing.new_secret())
+
+
+def subscribe_task(*, task: Any, url: str) -> Subscription:
+    """The ``webhook_url`` shortcut: one endpoint for one task's events, created with the task."""
+    transport.validate_url(url, field_name="webhook_url")
+    return Subscription.objects.create(owner_id=task.owner_id, task=task, url=url, events=["task.*"],
+                                       description="webhook_url of one task", secret=signing.new_secret())
+
+
+@transaction.atomic
+def update(*, subscription: Subscription, url: str | None = None, events: list[str] | None = None,
+           description: str | None = None, active: bool | None = None) -> Subscription:
+    """Change an endpoint. Turning it off fails what waits; turning it on starts clean (nothing old is sent)."""
+    sub = Subscription.objects.select_for_update().get(id=subscription.id)
+    if url is not None and url != sub.url:
+        sub.url = transport.validate_url(url)
+    if events is not None:
+        sub.events = clean_events(events, owner=sub.owner)
+    if description is not None:
+        sub.description = description
+    if active is not None and active != sub.active:
+        if active:
+            sub.consecutive_failures, sub.failing_since, sub.disabled_at, sub.disabled_reason = 0, None, None, ""
+        else:
+            delivery.fail_pending(subscription_id=sub.id, reason="endpoint turned off by its owner")
+            sub.disabled_at, sub.disabled_reason = timezone.now(), "turned off by its owner"
+        sub.active = active
+    sub.save()
+    return sub
+
+
+@transaction.atomic
+def rotate_secret(*, subscription: Subscription) -> Subscription:
+    """New secret now; the old one keeps signing too (a second signature) for the grace period."""
+    sub = Subscription.objects.select_for_update().get(id=subscription.id)
+    sub.previous_secret = sub.secret
+    sub.previous_secret_expires_at = timezone.now() + timedelta(seconds=settings.WEBHOOKS["SECRET_GRACE_SECONDS"])
+    sub.secret = signing.new_secret()
+    sub.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
+    return sub
+
+
+def unsubscribe(*, subscription: Subscription) -> None:
+    """Delete the endpoint with its deliveries: what was waiting is never sent (the claim finds no row)."""
+    Subscription.objects.filter(id=subscription.id).delete()
+
+
+@transaction.atomic
+def redeliver(*, delivery_row: Delivery) -> Delivery:
+    """Send a delivery again now, with the same ``webhook-id`` (a new attempt in its log)."""
+    sub = Subscription.objects.only("active").get(id=delivery_row.subscription_id)
+    if not sub.active:
+        raise Conflict("the webhook is disabled; enable it first")
+    now = timezone.now()
+    Delivery.objects.filter(id=delivery_row.id).update(
+        status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None)
+    transaction.on_commit(lambda: outbox.send([str(delivery_row.id)]), robust=True)
+    return Delivery.objects.get(id=delivery_row.id)
