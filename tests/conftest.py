@@ -68,6 +68,32 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
     yield
 
 
+def _flush_retrying_deadlocks(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Transactional tests end with one ``TRUNCATE`` of every table while the session's live worker
+    (and its beat) may be reading a few of them: PostgreSQL can pick the flush as a deadlock victim.
+    The flush runs in one transaction, so a victim loses nothing and is simply run again."""
+    from django.core.management.base import CommandError
+    from django.db import OperationalError
+
+    def teardown(self: Any) -> None:
+        for attempt in range(5):
+            try:
+                return original(self)
+            except (CommandError, OperationalError) as exc:
+                if "deadlock" not in str(exc.__cause__ or exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    return teardown
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.test import TransactionTestCase
+
+    TransactionTestCase._fixture_teardown = _flush_retrying_deadlocks(  # type: ignore[method-assign]
+        TransactionTestCase._fixture_teardown)
+
+
 # --- the cast ---------------------------------------------------------------------------------
 
 def _user(username: str, *, operator: bool = False) -> Any:

@@ -37,7 +37,9 @@ def test_logistic_regression_on_iris_is_accurate_and_saves_a_loadable_model(live
     assert sum(matrix[i][i] for i in range(3)) / result["n_test"] == pytest.approx(metrics["accuracy"], abs=1e-3)
 
     folds = [e for e in progress_events(client, task["id"]) if e.get("stage") == "cross_validate"]
-    assert [e["metrics"]["fold"] for e in folds] == [1, 2, 3]
+    fold_numbers = [e["metrics"]["fold"] for e in folds]
+    # progress is coalesced under load, but a stage's first and last report are always kept, in order
+    assert fold_numbers[0] == 1 and fold_numbers[-1] == 3 and fold_numbers == sorted(set(fold_numbers))
     assert all(0.8 <= e["metrics"]["accuracy"] <= 1 for e in folds)
 
     artifacts = client.get(f"/api/v1/tasks/{task['id']}/artifacts/").json()
@@ -55,7 +57,9 @@ def test_mlp_reports_loss_and_accuracy_per_epoch(live_worker, alice, api):
                 "learning_rate": 0.01})
 
     epochs = [e["metrics"] for e in progress_events(client, task["id"]) if e.get("stage") == "train"]
-    assert epochs[-1]["epoch"] == 15 and len(epochs) >= 3  # coalesced at most to one per interval, last kept
+    numbers = [e["epoch"] for e in epochs]
+    # coalesced to at most one write per interval, but the stage's first and last epochs are always kept
+    assert numbers[0] == 1 and numbers[-1] == 15 and numbers == sorted(set(numbers))
     assert epochs[-1]["loss"] < epochs[0]["loss"]
     assert {"loss", "accuracy", "val_accuracy"} <= set(epochs[-1])
     metrics = client.get(f"/api/v1/tasks/{task['id']}/result/").json()["result"]["metrics"]
