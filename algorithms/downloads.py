@@ -140,7 +140,10 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
     if span is not None and request.headers.get("If-Range") not in (None, f'"{artifact.sha256}"'):
         span = None
     start, end = span or (0, size - 1)
-    fh = default_storage.open(artifact.storage_name, "rb")
+    try:
+        fh = default_storage.open(artifact.storage_name, "rb")
+    except FileNotFoundError:  # deleted behind the row's back (an operator cleaning storage by hand)
+        raise ResultExpired(f"{filename} is no longer in storage") from None
     if start:
         fh.seek(start)
     chunks = _read(fh, end - start + 1)

@@ -47,4 +47,26 @@ class Artifact(models.Model):
         return self.expired_at is not None
 
 
+class StoredFile(models.Model):
+    """A file in ``algorithms.storage.DatabaseStorage`` (the default storage); bytes in ``StoredChunk``."""
+
+    name = models.CharField(max_length=500, unique=True)
+    size = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StoredChunk(models.Model):
+    """``CHUNK`` bytes of a stored file; the column is kept uncompressed out of line (migration 0003)."""
+
+    file = models.ForeignKey(StoredFile, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["file", "index"], name="storedchunk_file_index_uniq")]
+
+
 from algorithms.remote.models import RemoteRun, RemoteService  # noqa: E402,F401  (remote services, docs/remote.md)

@@ -198,11 +198,13 @@ STATICFILES_DIRS = [("dashboard", BASE_DIR / "dashboard" / "dist")]
 WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "media/"
-# Results and artifacts go to the default storage: files under MEDIA_ROOT unless STORAGE_BACKEND names
-# another (e.g. storages.backends.s3.S3Storage with STORAGE_OPTIONS='{"bucket_name": "…"}'; README).
+# Results and artifacts go to the default storage: chunks in PostgreSQL, which web and workers on other
+# hosts already share (algorithms/storage.py), unless STORAGE_BACKEND names another: files under
+# MEDIA_ROOT (django.core.files.storage.FileSystemStorage, one host or a shared volume) or S3
+# (storages.backends.s3.S3Storage with STORAGE_OPTIONS='{"bucket_name": "…"}'; README).
 STORAGES = {
     "default": {
-        "BACKEND": env_str("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+        "BACKEND": env_str("STORAGE_BACKEND", "algorithms.storage.DatabaseStorage"),
         "OPTIONS": json.loads(env_str("STORAGE_OPTIONS", "{}")),
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -77,7 +77,9 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
         if queue:
             raise InvalidInput(f"queue: unknown queue {queue_name!r}",
                                fields={"queue": [f"unknown queue {queue_name!r}"]}) from None
-        q, _ = Queue.objects.get_or_create(name=queue_name)  # an algorithm's declared home queue
+        # An algorithm's declared home queue, created on first use with the resources it declares.
+        q, _ = Queue.objects.get_or_create(name=queue_name, defaults={"resources": dict(alg.resources)})
+    _check_resources(alg, q)
     conf = settings.CONVEYOR
     return TaskSpec(
         algorithm=alg.name,
@@ -90,6 +92,19 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
         labels=list(labels or []),
         webhook_url=webhook_url or None,
     )
+
+
+def _check_resources(alg: Any, queue: Queue) -> None:
+    """An algorithm that needs a resource (``gpu: 1``) runs only on a queue whose workers provide it."""
+    missing = {name: need for name, need in alg.resources.items() if queue.resources.get(name, 0) < need}
+    if not missing:
+        return
+    needs = ", ".join(f"{name}: {need}" for name, need in missing.items())
+    fitting = [q.name for q in Queue.objects.order_by("name")
+               if all(q.resources.get(name, 0) >= need for name, need in alg.resources.items())]
+    hint = f"; queues that provide it: {', '.join(fitting)}" if fitting else "; no queue provides it"
+    reason = f"{alg.name} needs {needs}, which the workers of queue {queue.name!r} do not provide{hint}"
+    raise InvalidInput(f"queue: {reason}", fields={"queue": [reason]})
 
 
 def _new_task(owner: Any, spec: TaskSpec, key: str | None) -> Task:

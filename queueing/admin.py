@@ -17,7 +17,7 @@ from queueing.models import Queue, WorkerRecord
 
 @admin.register(Queue)
 class QueueAdmin(admin.ModelAdmin):
-    list_display = ["name", "paused", "concurrency", "user_concurrency", "default_priority", "description"]
+    list_display = ["name", "paused", "concurrency", "user_concurrency", "default_priority", "resources", "description"]
     list_editable = ["concurrency", "user_concurrency", "default_priority"]
     list_filter = ["paused"]
     search_fields = ["name", "description"]

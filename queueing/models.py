@@ -25,6 +25,9 @@ class Queue(models.Model):
     description = models.CharField(max_length=500, blank=True)
     # Per-owner cap on this queue's QUEUED + RUNNING tasks; 0 means no cap beyond ``concurrency``.
     user_concurrency = models.PositiveIntegerField(default=0)
+    # What every worker consuming this queue provides, e.g. {"gpu": 1}. An algorithm that declares
+    # resource needs is accepted only on a queue that provides them (jobs.services.build_spec).
+    resources = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

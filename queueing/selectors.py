@@ -134,8 +134,9 @@ def _reason(task: Task, state: QueueState, position: int, now: datetime) -> str:
 
 def waiting_info(task: Task, state: QueueState, position: int | None, now: datetime) -> dict[str, Any] | None:
     """``{position, reason, message, estimated_start, not_before}`` for a PENDING or QUEUED task."""
-    if task.status == Status.QUEUED:
-        return {"position": 0, "reason": "queued", "message": REASONS["queued"], "estimated_start": None,
+    if task.status == Status.QUEUED:  # handed to the broker: nothing starts it without a consumer
+        reason = "queued" if state.has_worker else "no_worker"
+        return {"position": 0, "reason": reason, "message": REASONS[reason], "estimated_start": None,
                 "not_before": None}
     if task.status != Status.PENDING or position is None:
         return None

@@ -57,11 +57,12 @@ def resume(*, name: str, by: Any = None) -> Queue:
 
 @transaction.atomic
 def update(*, name: str, concurrency: int | None = None, default_priority: int | None = None,
-           description: str | None = None, user_concurrency: int | None = None) -> Queue:
+           description: str | None = None, user_concurrency: int | None = None,
+           resources: dict[str, int] | None = None) -> Queue:
     """Change a queue's settings; a larger window is filled at once (dispatch on commit)."""
     queue = _locked(name)
     changes = {"concurrency": concurrency, "default_priority": default_priority,
-               "description": description, "user_concurrency": user_concurrency}
+               "description": description, "user_concurrency": user_concurrency, "resources": resources}
     changed = [field for field, value in changes.items() if value is not None]
     for field in changed:
         setattr(queue, field, changes[field])

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -20,6 +20,7 @@ from jobs.api.serializers import (
 )
 from jobs.errors import NoResult
 from jobs.models import Status, Task
+from queueing.api.serializers import WaitingOut
 from webhooks import selectors as webhook_selectors
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -27,7 +28,33 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     description="The same key from the same user returns the same task (alias: X-Request-ID).",
 )
 
-TaskBatchOut = inline_serializer("TaskBatchOut", {"tasks": TaskOut(many=True)})
+
+
+class TaskWebhookOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.URLField()
+    secret = serializers.CharField(help_text="signing secret of this task's webhook; shown once, here")
+
+
+class TaskSubmitOut(TaskOut):
+    """What a submit answers: the task, plus its shortcut webhook subscription when it set ``webhook_url``."""
+
+    webhook = TaskWebhookOut(required=False, help_text="only on the submit that created a task with webhook_url")
+
+    class Meta(TaskOut.Meta):
+        fields = [*TaskOut.Meta.fields, "webhook"]
+
+
+class TaskDetailOut(TaskOut):
+    """``GET /tasks/{id}/``: the task, plus why and where it waits while PENDING or QUEUED."""
+
+    waiting = WaitingOut(allow_null=True, help_text="position, reason and estimated start; null once running")
+
+    class Meta(TaskOut.Meta):
+        fields = [*TaskOut.Meta.fields, "waiting"]
+
+
+TaskBatchOut = inline_serializer("TaskBatchOut", {"tasks": TaskSubmitOut(many=True)})
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -57,7 +84,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def get_object(self):  # type: ignore[no-untyped-def]
         return selectors.task_for(self.request.user, self.kwargs["pk"])
 
-    @extend_schema(request=TaskSubmitIn, responses={201: TaskOut, 200: TaskOut, **errors(409)},
+    @extend_schema(request=TaskSubmitIn, responses={201: TaskSubmitOut, 200: TaskSubmitOut, **errors(409)},
                    parameters=[IDEMPOTENCY_HEADER])
     def create(self, request: Request) -> Response:
         data = TaskSubmitIn(data=request.data)
@@ -69,7 +96,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             body["webhook"] = webhook_selectors.task_webhooks([task.id])[task.id]  # its secret, shown once
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(responses=TaskOut)
+    @extend_schema(responses=TaskDetailOut)
     def retrieve(self, request: Request, pk: str | None = None) -> Response:
         """The task; while it waits, ``waiting`` says its position, why it waits and when it may start."""
         return Response(_with_waiting(self.get_object()))
@@ -155,7 +182,6 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
 
 def _with_waiting(task: Any) -> dict[str, Any]:
     """``TaskOut`` plus ``waiting``: position, reason and estimated start while the task waits."""
-    from queueing.api.serializers import WaitingOut
     from queueing.selectors import why_waiting
 
     info = why_waiting(task)

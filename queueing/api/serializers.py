@@ -15,6 +15,8 @@ class QueueOut(serializers.Serializer):
     concurrency = serializers.IntegerField()
     user_concurrency = serializers.IntegerField(help_text="per-owner cap on QUEUED + RUNNING; 0 = none")
     default_priority = serializers.IntegerField()
+    resources = serializers.DictField(child=serializers.IntegerField(),
+                                      help_text='what the workers of this queue provide, e.g. {"gpu": 1}')
     counts = serializers.DictField(child=serializers.IntegerField(), help_text="tasks now PENDING/QUEUED/RUNNING")
     waiting = serializers.IntegerField()
     running = serializers.IntegerField()
@@ -32,7 +34,7 @@ def queue_out(state: QueueState, now: Any) -> dict[str, Any]:
     oldest = state.oldest_waiting
     return QueueOut({
         "name": q.name, "description": q.description, "paused": q.paused, "concurrency": q.concurrency,
-        "user_concurrency": q.user_concurrency, "default_priority": q.default_priority, "counts": state.counts,
+        "user_concurrency": q.user_concurrency, "default_priority": q.default_priority, "resources": q.resources, "counts": state.counts,
         "waiting": state.counts.get("PENDING", 0), "running": state.counts.get("RUNNING", 0),
         "oldest_waiting_at": oldest, "oldest_waiting_seconds": round((now - oldest).total_seconds(), 3) if oldest else None,
         "finished_recently": state.finished, "throughput_window_seconds": state.window_seconds,
@@ -45,6 +47,9 @@ class QueuePatchIn(serializers.Serializer):
     user_concurrency = serializers.IntegerField(required=False, min_value=0, max_value=100_000)
     default_priority = PriorityField(required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    resources = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=1024), required=False,
+        help_text='replaces what the workers of this queue provide, e.g. {"gpu": 1}; {} for none')
 
 
 class ReorderIn(serializers.Serializer):

@@ -1,0 +1,149 @@
+"""``DatabaseStorage``: Django storage in PostgreSQL, the default for results and artifacts.
+
+Web and workers may run on different hosts that share nothing but PostgreSQL and Redis, so the default
+storage lives in the database they already share: a file is one ``StoredFile`` row and its bytes are
+``StoredChunk`` rows of ``CHUNK`` bytes (``bytea`` kept uncompressed, out of line). Writing streams the
+source chunk by chunk inside one transaction, so a file is stored whole or not at all; reading fetches
+one chunk at a time over a connection of the reader's own (downloads read from a thread pool), so a
+1 GiB file never sits in memory. S3 and compatible stores remain one setting away (README, "Results").
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import psycopg
+from django.core.files import File
+from django.core.files.storage import Storage
+from django.db import connection, transaction
+from django.utils.deconstruct import deconstructible
+
+CHUNK = 1024 * 1024
+
+
+@deconstructible
+class DatabaseStorage(Storage):
+    def _save(self, name: str, content: File) -> str:
+        from algorithms.models import StoredChunk, StoredFile
+
+        with transaction.atomic():
+            stored = StoredFile.objects.create(name=name, size=0)
+            size = 0
+            for index, data in enumerate(_chunks(content)):
+                StoredChunk.objects.create(file=stored, index=index, data=data)
+                size += len(data)
+            StoredFile.objects.filter(pk=stored.pk).update(size=size)
+        return name
+
+    def _open(self, name: str, mode: str = "rb") -> File:
+        if "w" in mode or "a" in mode or "+" in mode:
+            raise ValueError("DatabaseStorage files are written with save(), opened read-only")
+        from algorithms.models import StoredFile
+
+        row = StoredFile.objects.filter(name=name).values_list("pk", "size").first()
+        if row is None:
+            raise FileNotFoundError(name)
+        return File(io.BufferedReader(_ChunkReader(row[0], row[1]), CHUNK), name=name)
+
+    def delete(self, name: str) -> None:
+        from algorithms.models import StoredChunk, StoredFile
+
+        with transaction.atomic():
+            StoredChunk.objects.filter(file__name=name).delete()
+            StoredFile.objects.filter(name=name).delete()
+
+    def exists(self, name: str) -> bool:
+        from algorithms.models import StoredFile
+
+        return StoredFile.objects.filter(name=name).exists()
+
+    def size(self, name: str) -> int:
+        from algorithms.models import StoredFile
+
+        try:
+            return StoredFile.objects.values_list("size", flat=True).get(name=name)
+        except StoredFile.DoesNotExist:
+            raise FileNotFoundError(name) from None
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        from algorithms.models import StoredFile
+
+        prefix = f"{path.rstrip('/')}/" if path else ""
+        dirs: set[str] = set()
+        files: list[str] = []
+        for name in StoredFile.objects.filter(name__startswith=prefix).values_list("name", flat=True):
+            head, _, tail = name[len(prefix):].partition("/")
+            (dirs.add(head) if tail else files.append(head))
+        return sorted(dirs), sorted(files)
+
+    def url(self, name: str | None) -> str:
+        raise NotImplementedError("stored files are served by the API (GET /api/v1/tasks/{id}/result/)")
+
+
+def _chunks(content: File) -> Any:
+    """``content`` in pieces of exactly ``CHUNK`` bytes (the last may be shorter)."""
+    if hasattr(content, "seek"):
+        content.seek(0)
+    pending = bytearray()
+    for piece in content.chunks(CHUNK):
+        pending += piece
+        while len(pending) >= CHUNK:
+            yield bytes(pending[:CHUNK])
+            del pending[:CHUNK]
+    if pending:
+        yield bytes(pending)
+
+
+class _ChunkReader(io.RawIOBase):
+    """Seekable read-only view of one stored file, one chunk fetched at a time."""
+
+    def __init__(self, file_id: int, size: int) -> None:
+        super().__init__()
+        self._file_id, self._size, self._pos = file_id, size, 0
+        self._cached: tuple[int, bytes] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos >= self._size:
+            return 0
+        index, offset = divmod(self._pos, CHUNK)
+        data = self._chunk(index)
+        piece = data[offset:offset + len(buffer)]
+        buffer[:len(piece)] = piece
+        self._pos += len(piece)
+        return len(piece)
+
+    def _chunk(self, index: int) -> bytes:
+        if self._cached is None or self._cached[0] != index:
+            if self._conn is None:
+                params = connection.get_connection_params()
+                params.pop("cursor_factory", None)
+                params.pop("context", None)
+                self._conn = psycopg.connect(**params, autocommit=True)
+            row = self._conn.execute('SELECT data FROM algorithms_storedchunk WHERE file_id = %s AND "index" = %s',
+                                     (self._file_id, index)).fetchone()
+            if row is None:
+                raise OSError(f"stored file {self._file_id} lacks chunk {index}")
+            self._cached = (index, bytes(row[0]))
+        return self._cached[1]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._cached = None
+        super().close()
