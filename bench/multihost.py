@@ -93,7 +93,7 @@ def main() -> dict[str, Any]:
     shared = os.environ.get("MULTIHOST_SHARED_MEDIA") == "1"
     media = {h: tmp / ("media" if shared else f"media-{h}") for h in ("svc", "w1", "w2")}
     procs: list[Process] = []
-    out: dict[str, Any] = {"storage": os.environ.get("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+    out: dict[str, Any] = {"storage": os.environ.get("STORAGE_BACKEND", "algorithms.storage.DatabaseStorage"),
                            "shared_media_root": shared}
     try:
         start_services(tmp)

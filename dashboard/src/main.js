@@ -403,6 +403,25 @@ Alpine.data('dashboard', () => ({
     return `<svg class="bars" viewBox="0 0 600 60" preserveAspectRatio="none">${rects.join('')}</svg>`
   },
 
+  // Wait (submit → start) per minute over the window: p50 and p95 of the tasks that finished in it.
+  waitSvg() {
+    const rows = (this.stats?.throughput || []).filter((r) => r.wait_p95_seconds != null)
+    if (!rows.length) return ''
+    const since = new Date(this.stats.since).getTime()
+    const span = (this.stats.window_seconds || 3600) * 1000
+    const hi = Math.max(...rows.map((r) => r.wait_p95_seconds)) || 1
+    const w = 600 * 60000 / span // one minute wide: a step per minute, visible even for a single minute
+    const line = (key) => rows.map((r) => {
+      const x = 600 * (new Date(r.minute).getTime() - since) / span
+      const y = (58 - 56 * r[key] / hi).toFixed(1)
+      return `${x.toFixed(1)},${y} ${Math.min(600, x + w).toFixed(1)},${y}`
+    }).join(' ')
+    return `<svg class="wait" viewBox="0 0 600 60" preserveAspectRatio="none" data-testid="wait-chart">` +
+      `<polyline class="m0" points="${line('wait_p50_seconds')}"></polyline>` +
+      `<polyline class="m1" points="${line('wait_p95_seconds')}"></polyline></svg>` +
+      `<small>p50 (solid) and p95 (dashed) per minute; top = ${this.fmtSeconds(hi)}</small>`
+  },
+
   throughputBars() {
     const rows = this.stats?.throughput || []
     if (!rows.length) return []

@@ -136,6 +136,8 @@ class PercentilesOut(serializers.Serializer):
 class MinuteOut(serializers.Serializer):
     minute = serializers.DateTimeField()
     finished = serializers.IntegerField()
+    wait_p50_seconds = serializers.FloatField(allow_null=True, help_text="submit → start, of the tasks finished in this minute")
+    wait_p95_seconds = serializers.FloatField(allow_null=True)
 
 
 class TaskStatisticsOut(serializers.Serializer):

@@ -104,6 +104,8 @@ def test_user_watches_progress_to_100_cancels_another_and_operator_pauses_reorde
     log_in(page, live_web, olga)
     card = page.locator("article.queue[data-queue=default]")
     card.wait_for(timeout=TIMEOUT_MS)
+    # the wait-time chart has the minutes in which the tasks above finished
+    page.locator("[data-testid=wait-chart] polyline").first.wait_for(state="attached", timeout=TIMEOUT_MS)
     card.locator("[data-testid=pause]").click()
     card.locator(".badge").filter(has_text="paused").wait_for(timeout=TIMEOUT_MS)
     assert _queue(live_web, olga)["paused"] is True

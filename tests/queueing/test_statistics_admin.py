@@ -43,6 +43,10 @@ def test_statistics_counts_percentiles_and_failure_rate_for_own_tasks(alice, bob
     assert body["wait_seconds"]["p50"] == pytest.approx(4.5, abs=0.6)
     assert body["run_seconds"]["p99"] == pytest.approx(100, abs=2)
     assert sum(m["finished"] for m in body["throughput"]) == 12
+    # wait over time: each minute's p50/p95 of the tasks that finished in it (the dashboard's chart)
+    minutes = [m for m in body["throughput"] if m["wait_p95_seconds"] is not None]
+    assert minutes and max(m["wait_p95_seconds"] for m in minutes) <= 10
+    assert all(m["wait_p50_seconds"] <= m["wait_p95_seconds"] for m in minutes)
     assert body["throughput_per_minute"] == pytest.approx(12 / 60, abs=0.01)
 
     everyone = api(olga).get("/api/v1/statistics/tasks/?window=1h").json()
