@@ -29,16 +29,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 os.environ.setdefault("MEDIA_ROOT", str(ROOT / "bench" / "results" / "remote-media"))
 
 
-def ensure_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'conveyor_remote_bench'").fetchone():
-            conn.execute("CREATE DATABASE conveyor_remote_bench")
-
-
 def main() -> None:
-    ensure_database()
+    from bench.harness import ensure_database
+
+    ensure_database("postgres://postgres@127.0.0.1:5432/conveyor_remote_bench")
     import django
 
     django.setup()

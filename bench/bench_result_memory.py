@@ -47,12 +47,9 @@ def env() -> dict[str, str]:
 
 
 def prepare() -> None:
-    import psycopg
+    from bench.harness import ensure_database
 
-    name = DB_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DB_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    ensure_database(DB_URL, recreate=True)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env(), check=True)
     code = ("from django.contrib.auth.models import User; "
             f"User.objects.create_user('bench', password='{PASSWORD}')")

@@ -160,8 +160,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="webhooks worker threads")
     opts = parser.parse_args()
 
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", ENV["DATABASE_URL"].rsplit("/", 1)[1]],
-                   stderr=subprocess.DEVNULL)
+    from bench.harness import ensure_database
+
+    ensure_database(ENV["DATABASE_URL"])
     os.environ.update(ENV)
     sys.path.insert(0, str(ROOT))
     import django

@@ -91,14 +91,9 @@ def rss_mib(pid: int) -> float:
 # --- setup ----------------------------------------------------------------------------------------
 
 def ensure_database() -> None:
-    import psycopg
-    from django.conf import settings
+    from bench.harness import ensure_database as create_if_missing
 
-    db = settings.DATABASES["default"]
-    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], password=db["PASSWORD"],
-                         dbname="postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone():
-            conn.execute(f'CREATE DATABASE "{db["NAME"]}"')
+    create_if_missing(os.environ["DATABASE_URL"])
 
 
 def prepare(n_tasks: int) -> tuple[str, list[str]]:

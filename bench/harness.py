@@ -42,9 +42,22 @@ def base_env(broker_url: str) -> dict[str, str]:
     return env
 
 
+def ensure_database(url: str, *, recreate: bool = False) -> None:
+    """Create the benchmark's own database when it is missing (a fresh machine), or anew."""
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        if recreate:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
 def setup_django(broker_url: str) -> None:
     """Configure this process like the web server and worker (same database, Redis, broker)."""
     os.environ.update(base_env(broker_url))
+    ensure_database(os.environ["DATABASE_URL"])
     import django
 
     django.setup()

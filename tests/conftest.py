@@ -66,6 +66,22 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
     """The pytest database, plus a broker DB with no messages left from an earlier session."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     yield
+    _end_lingering_sessions(django_db_blocker)
+
+
+def _end_lingering_sessions(django_db_blocker: Any) -> None:
+    """Before the test database is dropped: say which sessions still hold it (a process a test did
+    not stop), and end them, so that the drop does not fail with "being accessed by other users"."""
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cur:
+        cur.execute("SELECT pid, client_port, state, left(query, 120) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        for pid, port, state, query in cur.fetchall():
+            owner = subprocess.run(["ss", "-tnpH", f"sport = :{port}"], capture_output=True, text=True).stdout.strip()
+            print(f"\nlingering session on the test database: backend {pid} ({state}: {query}); client {owner}",
+                  file=sys.stderr)
+            cur.execute("SELECT pg_terminate_backend(%s)", [pid])
 
 
 def _flush_retrying_deadlocks(original: Callable[[Any], None]) -> Callable[[Any], None]:

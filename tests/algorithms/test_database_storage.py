@@ -40,7 +40,8 @@ def test_the_same_name_twice_gets_a_new_name_and_delete_removes_the_bytes():
     assert not storage.exists(first)
     with pytest.raises(FileNotFoundError):
         storage.open(first)
-    assert storage.open(second).read() == b"two"
+    with storage.open(second) as fh:
+        assert fh.read() == b"two"
 
 
 def test_a_source_that_fails_half_way_stores_nothing():

@@ -1,0 +1,53 @@
+"""`make bench` at a tiny size, from a database that does not exist yet (as on a fresh machine): the
+benchmark scripts run end to end and report numbers. The real runs are `make bench` (docs/benchmarks.md)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT
+
+DB = "conveyor_bench_smoke"
+SERVER = "postgres://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def fresh_database():
+    def drop() -> None:
+        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+
+    drop()
+    yield f"{SERVER}/{DB}"
+    drop()
+
+
+def bench(module: str, *args: str, database: str) -> list[str]:
+    env = {**os.environ, "BENCH_DATABASE_URL": database}
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def test_work_per_task_is_counted_on_a_fresh_database(fresh_database):
+    rows = [json.loads(line) for line in bench("bench.bench_costs", "--tasks", "8", "--batch", "4", "--no-docs",
+                                                database=fresh_database) if line.startswith("{")]
+    assert [r["mode"] for r in rows] == ["single", "batched"]
+    single, batched = rows
+    assert single["broker_messages_per_task"] == 1.0 and batched["broker_messages_per_task"] < 1.0
+    assert batched["commits_per_task"] < single["commits_per_task"]
+
+
+def test_throughput_against_raw_celery_runs_end_to_end(fresh_database):
+    out = bench("bench.bench_throughput", "--brokers", "redis", "--tasks", "30", "--rounds", "1", "--batch", "10",
+                "--latency-tasks", "5", "--levels", "1", "--submit-seconds", "1", "--no-docs",
+                database=fresh_database)
+    ratios = [json.loads(line.split("] ", 1)[1]) for line in out if line.startswith("[redis] {")]
+    assert len(ratios) == 1, out
+    assert ratios[0]["ratio"] > 0 and ratios[0]["ratio_batched"] > 0  # Conveyor / raw Celery, same run
