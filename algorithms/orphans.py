@@ -2,8 +2,9 @@
 
 Each program runs in a process group of its own, so it outlives a worker killed that way. The adapter
 records every running group in a small file (``<tmp>/conveyor-programs/<pgid>.json``: owner pid, task
-id) and removes it when the program is stopped. When a worker starts on the machine, ``reap()`` kills
-the groups whose owner is gone. A process counts as a member only if its environment still says
+id) and removes it when the program is stopped. When a worker starts on the machine, and at each of its
+heartbeats after that (queueing/heartbeat.py), ``reap()`` kills the groups whose owner is gone (exited,
+a zombie, or its pid now another process's). A process counts as a member only if its environment still says
 ``CONVEYOR_TASK_ID=<that task>``, so a recycled group id never hits an unrelated process.
 """
 from __future__ import annotations
@@ -22,21 +23,36 @@ RUNTIME_DIR = Path(tempfile.gettempdir()) / "conveyor-programs"
 
 def record(pgid: int, task_id: str) -> None:
     RUNTIME_DIR.mkdir(mode=0o700, exist_ok=True)
-    (RUNTIME_DIR / f"{pgid}.json").write_text(json.dumps({"owner": os.getpid(), "task_id": task_id}))
+    owner = os.getpid()
+    (RUNTIME_DIR / f"{pgid}.json").write_text(json.dumps(
+        {"owner": owner, "owner_started": _started(owner), "task_id": task_id}))
 
 
 def forget(pgid: int) -> None:
     (RUNTIME_DIR / f"{pgid}.json").unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "pid (comm)": state, ppid, pgrp, …; None when gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _started(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None  # starttime, in clock ticks since boot
+
+
+def _alive(pid: int, started: int | None) -> bool:
+    """The worker process that recorded a group still runs: not gone, not a zombie (a killed pool child
+    whose parent died with it waits for init to reap it), and not another process that got its pid."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in {"Z", "X"}:
         return False
-    except PermissionError:
-        return True
-    return True
+    return started is None or int(fields[19]) == started
 
 
 def _members(pgid: int, task_id: str) -> list[int]:
@@ -46,9 +62,8 @@ def _members(pgid: int, task_id: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp …
-            if int(fields[2]) != pgid or fields[0] == "Z":
+            fields = _stat(int(entry.name))
+            if fields is None or int(fields[2]) != pgid or fields[0] == "Z":
                 continue
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 pids.append(int(entry.name))
@@ -64,10 +79,11 @@ def reap() -> list[int]:
         try:
             record_ = json.loads(path.read_text())
             pgid, owner, task_id = int(path.stem), int(record_["owner"]), str(record_["task_id"])
+            started = record_.get("owner_started")
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)
             continue
-        if _alive(owner):
+        if _alive(owner, started):
             continue
         for pid in _members(pgid, task_id):
             try:

@@ -73,6 +73,7 @@ def _loop(consumer: Any, stop: threading.Event) -> None:
                 info = describe(consumer)
                 beat(hostname, info, started_at=started_at)
                 _stop_stuck(hostname)
+                _reap_orphaned_programs()
                 if not announced:
                     events.publish_worker_event(hostname=hostname, event="worker.online", data={"queues": info["queues"]})
                     announced = True
@@ -82,6 +83,15 @@ def _loop(consumer: Any, stop: threading.Event) -> None:
                 break
     finally:
         connections.close_all()
+
+
+def _reap_orphaned_programs() -> None:
+    """Stop external programs left running on this machine by a worker killed outright (algorithms/orphans.py)."""
+    from algorithms import orphans
+
+    killed = orphans.reap()
+    if killed:
+        log.warning("stopped %d process(es) of external programs whose worker had died", len(killed))
 
 
 @worker_ready.connect

@@ -171,3 +171,37 @@ def test_programs_orphaned_by_a_killed_worker_are_stopped_when_a_worker_starts(l
 
     wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30, message=f"orphans {pids} to be stopped")
     assert wait_final(client, task["id"], timeout=60)["status"] in {"FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+def test_a_program_whose_worker_is_a_zombie_or_a_recycled_pid_counts_as_orphaned(tmp_path, monkeypatch):
+    """The pool child that ran a program dies with its parent and waits, a zombie, for init to reap it;
+    or its pid is taken by an unrelated process. Either way its programs are orphans."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from algorithms import orphans
+
+    monkeypatch.setattr(orphans, "RUNTIME_DIR", tmp_path)
+    zombie = os.fork()
+    if zombie == 0:
+        os._exit(0)
+    wait_until(lambda: "Z" in Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1][:3], message="a zombie")
+    programs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+                                 env={**os.environ, "CONVEYOR_TASK_ID": f"task-{i}"}) for i in range(3)]
+    try:
+        (tmp_path / f"{programs[0].pid}.json").write_text(json.dumps({"owner": zombie, "task_id": "task-0"}))
+        (tmp_path / f"{programs[1].pid}.json").write_text(json.dumps(  # its pid now belongs to someone else
+            {"owner": os.getpid(), "owner_started": orphans._started(os.getpid()) - 1, "task_id": "task-1"}))
+        kept = tmp_path / f"{programs[2].pid}.json"  # its worker (this process) is alive: left alone
+        kept.write_text(json.dumps({"owner": os.getpid(), "owner_started": orphans._started(os.getpid()),
+                                    "task_id": "task-2"}))
+
+        assert sorted(orphans.reap()) == sorted(p.pid for p in programs[:2])
+        assert all(p.wait(timeout=5) == -9 for p in programs[:2])
+        assert programs[2].poll() is None and list(tmp_path.iterdir()) == [kept]
+    finally:
+        os.waitpid(zombie, 0)
+        for p in programs:
+            p.kill()
