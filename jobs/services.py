@@ -96,12 +96,14 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
 
 def _check_resources(alg: Any, queue: Queue) -> None:
     """An algorithm that needs a resource (``gpu: 1``) runs only on a queue whose workers provide it."""
-    missing = {name: need for name, need in alg.resources.items() if queue.resources.get(name, 0) < need}
+    def lacking(q: Queue) -> dict[str, int]:
+        return {name: need for name, need in alg.resources.items() if q.resources.get(name, 0) < need}
+
+    missing = lacking(queue)
     if not missing:
         return
     needs = ", ".join(f"{name}: {need}" for name, need in missing.items())
-    fitting = [q.name for q in Queue.objects.order_by("name")
-               if all(q.resources.get(name, 0) >= need for name, need in alg.resources.items())]
+    fitting = [q.name for q in Queue.objects.order_by("name") if not lacking(q)]
     hint = f"; queues that provide it: {', '.join(fitting)}" if fitting else "; no queue provides it"
     reason = f"{alg.name} needs {needs}, which the workers of queue {queue.name!r} do not provide{hint}"
     raise InvalidInput(f"queue: {reason}", fields={"queue": [reason]})

@@ -26,6 +26,18 @@ def is_final(body: dict) -> bool:
     return body.get("event") in FINAL_EVENTS
 
 
+def stream_until_final(path: str) -> list[dict]:
+    """Connect to ``path`` and collect every message up to the task's final event."""
+    async def scenario() -> list[dict]:
+        comm = communicator(path)
+        await comm.connect()
+        messages = await receive_until(comm, is_final)
+        await comm.disconnect()
+        return messages
+
+    return async_to_sync(scenario)()
+
+
 def assert_gapless(events: list[dict], *, after: int) -> None:
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(after + 1, after + 1 + len(seqs))), seqs
@@ -138,14 +150,7 @@ def test_task_socket_streams_every_event_in_order_until_100_percent(live_worker,
     task = submit(api(alice), seconds=1.0, steps=10)
     jwt = token(alice)
 
-    async def scenario():
-        comm = communicator(f"/ws/tasks/{task['id']}/?token={jwt}")
-        await comm.connect()
-        messages = await receive_until(comm, is_final)
-        await comm.disconnect()
-        return messages
-
-    messages = async_to_sync(scenario)()
+    messages = stream_until_final(f"/ws/tasks/{task['id']}/?token={jwt}")
     snapshot, events = messages[0], task_events(messages)
     assert snapshot["event"] == "task.snapshot"
     assert_gapless(events, after=snapshot["seq"])
@@ -263,14 +268,7 @@ def test_a_chatty_algorithm_is_coalesced_and_its_final_event_still_arrives(live_
     task = submit(api(alice), seconds=1.0, steps=10_000)
     jwt = token(alice)
 
-    async def scenario():
-        comm = communicator(f"/ws/tasks/{task['id']}/?token={jwt}&after_seq=0")
-        await comm.connect()
-        messages = await receive_until(comm, is_final)
-        await comm.disconnect()
-        return messages
-
-    events = task_events(async_to_sync(scenario)())
+    events = task_events(stream_until_final(f"/ws/tasks/{task['id']}/?token={jwt}&after_seq=0"))
     progress = [e for e in events if e["event"] == "task.progress"]
     assert events[-1]["event"] == "task.succeeded"
     assert progress[-1]["percent"] == 100.0 and progress[-1]["message"] == "step 10000/10000"
