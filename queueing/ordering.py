@@ -25,6 +25,8 @@ from django.db.models import F, QuerySet
 from jobs.models import Status, Task
 
 ORDER = (F("queue_position").asc(nulls_last=True), F("priority").desc(), "fair_seq", "created_at", "id")
+# The same order in SQL, for the dispatcher's hot path (tests/queueing/test_queue_order.py checks they agree).
+ORDER_SQL = "queue_position ASC NULLS LAST, priority DESC, fair_seq ASC, created_at ASC, id ASC"
 
 _STAMP_SQL = """
 WITH new AS (
