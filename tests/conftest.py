@@ -270,3 +270,19 @@ def live_worker(_worker_process: LiveWorker, transactional_db: None) -> Iterator
     """The session's worker, (re)started if a fault test killed it; needs committed data."""
     _worker_process.ensure_running()
     yield _worker_process
+
+
+# --- a real ASGI server (daphne) on loopback: downloads, the CLI and the browser -----------------
+
+@pytest.fixture(scope="session")
+def _web_process(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    port = free_port()
+    proc = start_daphne(port, subprocess_env())
+    yield f"http://127.0.0.1:{port}"
+    stop_daphne(proc)
+
+
+@pytest.fixture
+def live_web(_web_process: str, transactional_db: None) -> str:
+    """Base URL of a daphne server (HTTP + WebSocket) on the pytest database; needs committed data."""
+    return _web_process

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from rest_framework.test import APIClient
 
-from tests.conftest import PASSWORD, free_port, start_daphne, stop_daphne  # noqa: F401  (test_cli uses them)
-from tests.conftest import subprocess_env as web_env
+from tests.conftest import PASSWORD
 
 FINAL_EVENTS = {"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
 
@@ -56,19 +55,3 @@ async def receive_until(comm: WebsocketCommunicator, stop: Callable[[dict[str, A
 
 def task_events(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m.get("event", "").startswith("task.") and m["event"] != "task.snapshot"]
-
-
-# --- a real ASGI server (daphne) on loopback, for the CLI and the browser -----------------------
-
-@pytest.fixture(scope="session")
-def _web_process(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
-    port = free_port()
-    proc = start_daphne(port, web_env())
-    yield f"http://127.0.0.1:{port}"
-    stop_daphne(proc)
-
-
-@pytest.fixture
-def live_web(_web_process: str, transactional_db: None) -> str:
-    """Base URL of a daphne server (HTTP + WebSocket) on the pytest database; needs committed data."""
-    return _web_process

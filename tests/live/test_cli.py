@@ -104,9 +104,9 @@ def test_watch_of_a_task_that_is_not_yours_exits_1(live_web, cli, alice, bob, ap
 
 def test_watch_survives_a_server_restart_and_misses_nothing(live_worker, alice, tmp_path):
     # given: a server of our own, so that this test may kill it
-    from tests.live.conftest import free_port, start_daphne, stop_daphne, web_env
+    from tests.conftest import free_port, start_daphne, stop_daphne, subprocess_env
 
-    env = web_env()
+    env = subprocess_env()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_daphne(port, env, name="daphne-restart")
