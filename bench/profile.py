@@ -1,7 +1,7 @@
 """Where Conveyor's time goes: py-spy records the worker (parent and pool children) and the web server
 while a throughput round runs, and prints the hottest Conveyor/Django/Celery frames (inclusive %).
 
-    python -m bench.profile --tasks 2000 [--broker redis]
+    python -m bench.profile --tasks 2000 [--broker redis] [--batched]
 
 Raw collapsed stacks are kept in bench/results/profile-<who>.txt (open them in speedscope).
 """
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--tasks", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--batched", action="store_true", help="use the batched-dispatch queue (several ids per message)")
     args = p.parse_args(argv)
     url = harness.BROKERS[args.broker]
     harness.setup_django(url)
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> None:
                  "--idle", "-r", str(args.rate), "-f", "raw", "-o", str(outs[who]), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.0)
-        result = bt.conveyor_throughput(client, args.tasks, 500)
+        result = bt.conveyor_throughput(client, args.tasks, 500, harness.BATCH_QUEUE if args.batched else harness.QUEUE)
         print(result)
     finally:
         for spy in spies:

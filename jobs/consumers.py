@@ -172,13 +172,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    # --- channel-layer handlers (``type`` "task.event", "queue.event", "worker.event") ---------
+    # --- channel-layer handlers (``type`` "task.event", "task.events", "queue.event", "worker.event") ---------
 
     async def task_event(self, message: dict[str, Any]) -> None:
         if not self.ready:
             self.buffer.append(message)
             return
         await self.deliver(message)
+
+    async def task_events(self, message: dict[str, Any]) -> None:
+        """Several events committed together (a batch), in order."""
+        for body in message["payloads"]:
+            await self.task_event({"type": "task.event", "payload": body})
 
     async def queue_event(self, message: dict[str, Any]) -> None:
         if self.ready:

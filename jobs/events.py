@@ -144,10 +144,11 @@ class _Publisher:
         layer = get_channel_layer()
         if layer is None:
             return
-        for owner_id, body in items:
-            message = {"type": "task.event", "payload": body}
-            for group in (task_group(body["task_id"]), user_group(owner_id), ALL_GROUP):
-                await layer.group_send(group, message)
+        for group, bodies in _by_group(items).items():
+            if len(bodies) == 1:
+                await layer.group_send(group, {"type": "task.event", "payload": bodies[0]})
+            else:  # the events of one commit (a batch) reach a dashboard as one channel message
+                await layer.group_send(group, {"type": "task.events", "payloads": bodies})
 
     def flush(self, timeout: float = 2.0) -> None:
         """Wait until everything sent so far has left (used before a worker child kills itself)."""
@@ -162,6 +163,15 @@ class _Publisher:
 def _log_failure(fut: Any) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("publishing task events failed: %s", fut.exception())
+
+
+def _by_group(items: list[tuple[int, TaskEventPayload]]) -> dict[str, list[TaskEventPayload]]:
+    """Each event goes to its task's group, its owner's group and the operators' group, in order."""
+    groups: dict[str, list[TaskEventPayload]] = {}
+    for owner_id, body in items:
+        for group in (task_group(body["task_id"]), user_group(owner_id), ALL_GROUP):
+            groups.setdefault(group, []).append(body)
+    return groups
 
 
 publisher = _Publisher()

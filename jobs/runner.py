@@ -1,9 +1,12 @@
-"""Runs one claimed task inside a worker: the algorithm in this thread, a watchdog beside it.
+"""Runs claimed tasks inside a worker: the algorithm in the calling thread, watched by one watchdog
+thread per process.
 
-The watchdog beats the heartbeat, turns a cancel request or the time limit into ``ctx.cancelled()``,
-and — when the algorithm ignores that for the grace period — records the final state itself and
-terminates this pool child (prefork). With ``acks_late`` + ``reject_on_worker_lost`` the message comes
-back once, and the guarded claim drops it because the task is already final.
+The watchdog beats the heartbeat of every task running in this process (and of the claimed rest of a
+batch), turns a cancel request or the time limit into ``ctx.cancelled()``, and — when the algorithm
+ignores that for the grace period — records the final state itself and terminates this pool child
+(prefork). With ``acks_late`` + ``reject_on_worker_lost`` the message comes back once, and the guarded
+claim drops it because the task is already final. One thread for the life of the process, not one
+per task: starting a thread cost more than a short task itself.
 """
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 from algorithms import artifacts, registry
 from algorithms.context import RunContext
@@ -48,38 +52,32 @@ def _in_pool_child() -> bool:
     return current_process().name.startswith("ForkPoolWorker")
 
 
-class Watchdog(threading.Thread):
+_BEAT_SQL = ("UPDATE jobs_task SET heartbeat_at = now() WHERE id = ANY(%s::uuid[]) AND status = 'RUNNING' "
+             "RETURNING id::text, cancel_requested")
+
+
+class Watch:
+    """The watchdog's view of one running task: its cancel flag, time limit and grace period."""
+
     def __init__(self, task: Task, main: threading.Thread) -> None:
-        super().__init__(name=f"watchdog-{task.id}", daemon=True)
-        conf = settings.CONVEYOR
         self.task_id = str(task.id)
         self.main = main
-        self.interval = conf["HEARTBEAT_SECONDS"]
-        self.grace = conf["CANCEL_GRACE_SECONDS"]
+        self.grace = settings.CONVEYOR["CANCEL_GRACE_SECONDS"]
         self.deadline = time.monotonic() + task.timeout_seconds
         self.cancel = threading.Event()
         self.timed_out = threading.Event()
         self.lost = threading.Event()  # the row is no longer RUNNING (reaped, or cancelled by the reaper)
-        self._halt = threading.Event()
         self._cancel_at: float | None = None
+        self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
+        self.lock = threading.Lock()
 
-    def stop(self) -> None:
-        self._halt.set()
-
-    def run(self) -> None:
-        try:
-            while not self._halt.wait(self.interval):
-                self._tick()
-        finally:
-            connections.close_all()
-
-    def _tick(self) -> None:
-        flag = services.heartbeat(task_id=self.task_id)
-        now = time.monotonic()
+    def tick(self, flag: bool | None, now: float) -> bool:
+        """One heartbeat's answer (``flag``: cancel requested; None: no longer RUNNING). True when the
+        algorithm ignored cancel or its time limit for the grace period and must be terminated."""
         if flag is None:
             self.lost.set()
             self.cancel.set()
-            return
+            return False
         if flag and not self.cancel.is_set():
             self._cancel_at = now
             self.cancel.set()
@@ -88,22 +86,154 @@ class Watchdog(threading.Thread):
             self.cancel.set()
             self._cancel_at = now
             _raise_in(self.main, TaskTimeout)
-        if self._cancel_at is not None and now - self._cancel_at >= self.grace:
-            self._terminate()
+        return self._cancel_at is not None and now - self._cancel_at >= self.grace
 
-    def _terminate(self) -> None:
-        status = Status.TIMED_OUT if self.timed_out.is_set() else Status.CANCELLED
+
+class Watchdog(threading.Thread):
+    """The process's one watchdog thread (created on first use, again after a fork)."""
+
+    _instance: Watchdog | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__(name="conveyor-watchdog", daemon=True)
+        self.pid = os.getpid()
+        self.interval = settings.CONVEYOR["HEARTBEAT_SECONDS"]
+        self.watches: set[Watch] = set()
+        self.batches: set[Batch] = set()
+        self.guard = threading.Lock()
+
+    @classmethod
+    def get(cls) -> Watchdog:
+        with cls._lock:
+            if cls._instance is None or cls._instance.pid != os.getpid():
+                cls._instance = cls()
+                cls._instance.start()
+            return cls._instance
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self.guard:
+                watches, batches = list(self.watches), list(self.batches)
+            if not watches and not batches:
+                continue
+            try:
+                self._tick(watches, batches)
+            except Exception:  # the database may be away for a moment: beat again next time
+                log.exception("task heartbeat failed")
+                connections.close_all()
+
+    def _tick(self, watches: list[Watch], batches: list[Batch]) -> None:
+        ids = [w.task_id for w in watches] + [i for b in batches for i in b.waiting_ids()]
+        with connection.cursor() as cur:
+            cur.execute(_BEAT_SQL, [ids])
+            flags = dict(cur.fetchall())
+        now = time.monotonic()
+        for batch in batches:
+            batch.beaten(flags)
+            batch.flush(older_than=batch.flush_every)  # finished tasks behind a long one: record them now
+        for watch in watches:
+            with watch.lock:
+                if watch.stopped or not watch.tick(flags.get(watch.task_id), now):
+                    continue
+                watch.stopped = True
+            self._terminate(watch, batches)
+
+    def _terminate(self, watch: Watch, batches: list[Batch]) -> None:
+        status = Status.TIMED_OUT if watch.timed_out.is_set() else Status.CANCELLED
         why = "time limit reached" if status == Status.TIMED_OUT else "cancelled"
-        services.finish(task_id=self.task_id, outcome=Outcome(
-            status=status, error=f"{why}; the algorithm did not stop within {self.grace:g}s and was terminated",
+        services.finish(task_id=watch.task_id, outcome=Outcome(
+            status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and was terminated",
             retryable=False))
-        self._halt.set()
         if _in_pool_child():
-            log.warning("task %s ignored %s; terminating pool child %s", self.task_id, why, os.getpid())
+            for batch in batches:  # its finished tasks recorded, its unstarted ones handed back
+                batch.settle()
+            log.warning("task %s ignored %s; terminating pool child %s", watch.task_id, why, os.getpid())
             publisher.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         else:  # solo/threads pool: cannot kill a thread; the state is final and its later finish is a no-op
-            log.warning("task %s ignored %s; left running in a non-prefork pool", self.task_id, why)
+            log.warning("task %s ignored %s; left running in a non-prefork pool", watch.task_id, why)
+
+    def add(self, item: Watch | Batch) -> None:
+        with self.guard:
+            (self.watches if isinstance(item, Watch) else self.batches).add(item)  # type: ignore[arg-type]
+
+    def remove(self, item: Watch | Batch) -> None:
+        with self.guard:
+            (self.watches if isinstance(item, Watch) else self.batches).discard(item)  # type: ignore[arg-type]
+
+
+class Batch:
+    """The tasks of one multi-id message (``DISPATCH_BATCH``), claimed together and run one after another.
+
+    While they wait their turn (and once run, until their outcome is recorded) the watchdog beats their
+    heartbeats too, so the reaper leaves them alone, and notes a cancel (→ CANCELLED without running) or
+    a task taken away (→ skipped). Outcomes are recorded together (``services.finish_many``) at the end,
+    or once ``FINISH_FLUSH_SECONDS`` have passed since the last record — by the watchdog too, so a long
+    task in a batch does not hide its batch-mates' results.
+    """
+
+    def __init__(self, tasks: list[Task], worker: str) -> None:
+        self.worker = worker
+        self.waiting = {str(t.id): t for t in tasks}
+        self.cancelled: set[str] = set()
+        self.lost: set[str] = set()
+        self.outcomes: list[tuple[str, Outcome]] = []
+        self.lock = threading.Lock()
+        self.flush_every = settings.CONVEYOR["FINISH_FLUSH_SECONDS"]
+        self.flushed_at = time.monotonic()
+
+    def __enter__(self) -> Batch:
+        Watchdog.get().add(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Watchdog.get().remove(self)
+        self.flush()
+
+    def waiting_ids(self) -> list[str]:
+        """Claimed and not yet recorded as finished: still RUNNING, so their heartbeats are ours to beat."""
+        with self.lock:
+            return [*self.waiting, *(task_id for task_id, _ in self.outcomes)]
+
+    def beaten(self, flags: dict[str, bool]) -> None:
+        with self.lock:
+            for task_id in list(self.waiting):
+                if task_id not in flags:
+                    self.lost.add(task_id)
+                elif flags[task_id]:
+                    self.cancelled.add(task_id)
+
+    def run(self, task: Task) -> None:
+        task_id = str(task.id)
+        with self.lock:
+            self.waiting.pop(task_id, None)
+            lost, cancelled = task_id in self.lost, task_id in self.cancelled
+        if lost:  # reaped or cancelled while waiting: no longer ours
+            return
+        outcome = Outcome(status=Status.CANCELLED, error="cancelled", retryable=False) if cancelled else run(task)
+        with self.lock:
+            self.outcomes.append((task_id, outcome))
+        self.flush(older_than=self.flush_every)
+
+    def flush(self, older_than: float = 0.0) -> None:
+        """Record the finished tasks (when the last record is at least ``older_than`` seconds old)."""
+        with self.lock:
+            if time.monotonic() - self.flushed_at < older_than:
+                return
+            outcomes, self.outcomes = self.outcomes, []
+            if outcomes:
+                services.finish_many(outcomes=outcomes, dispatch_next=False)
+            self.flushed_at = time.monotonic()
+
+    def settle(self) -> None:
+        """Before this process is killed: record what finished, hand back what never started."""
+        self.flush()
+        with self.lock:
+            waiting, self.waiting = list(self.waiting), {}
+        if waiting:
+            services.release(task_ids=waiting, worker=self.worker, reason="its batch's worker process was terminated")
 
 
 def run(task: Task) -> Outcome:
@@ -114,19 +244,20 @@ def run(task: Task) -> Outcome:
     except Exception as exc:  # not installed on this worker, or params no longer valid
         return Outcome(status=Status.FAILED, error=f"cannot start: {exc}", retryable=False)
 
-    watchdog = Watchdog(task, threading.current_thread())
+    watch = Watch(task, threading.current_thread())
     scratch = Path(tempfile.mkdtemp(prefix=f"conveyor-{task.id}-"))
     conf = settings.CONVEYOR
     store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch)
     if task.attempts > 1:
         artifacts.discard_earlier_attempts(task_id=str(task.id), attempt=task.attempts)
     ctx = RunContext(
-        task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch, cancel_event=watchdog.cancel,
+        task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch, cancel_event=watch.cancel,
         write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m, metrics=x),
         write_logs=lambda lines: services.append_log(task_id=task.id, lines=lines),
         min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store,
     )
-    watchdog.start()
+    watchdog = Watchdog.get()
+    watchdog.add(watch)
     try:
         try:
             returned = alg.fn(ctx, params)
@@ -135,12 +266,13 @@ def run(task: Task) -> Outcome:
             # Large results are encoded into storage here, while the scratch directory still exists.
             result = artifacts.finalize_result(store, ctx.result_or(returned))
         finally:
-            watchdog.stop()
-            watchdog.join()
+            with watch.lock:
+                watch.stopped = True
+            watchdog.remove(watch)
     except TaskTimeout:
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
     except Exception as exc:
-        if watchdog.timed_out.is_set():
+        if watch.timed_out.is_set():
             return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
         tb = traceback.format_exc(limit=20)
         services.append_log(task_id=task.id, lines=[tb])
@@ -148,8 +280,8 @@ def run(task: Task) -> Outcome:
     finally:
         store.abort_open()
         shutil.rmtree(scratch, ignore_errors=True)
-    if watchdog.timed_out.is_set():
+    if watch.timed_out.is_set():
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
-    if watchdog.cancel.is_set():
+    if watch.cancel.is_set():
         return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
     return Outcome(status=Status.SUCCEEDED, result=result)

@@ -62,8 +62,12 @@ class TaskSpec:
 
 def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queue: str | None = None,
                max_retries: int | None = None, timeout_seconds: int | None = None,
-               labels: list[str] | None = None, webhook_url: str | None = None) -> TaskSpec:
-    """Validate one submit (params against the algorithm's schema, the queue, the priority)."""
+               labels: list[str] | None = None, webhook_url: str | None = None,
+               queues: dict[str, Queue] | None = None) -> TaskSpec:
+    """Validate one submit (params against the algorithm's schema, the queue, the priority).
+
+    ``queues`` caches the queue rows across the items of one batch (one read per queue, not per item).
+    """
     if webhook_url:
         from webhooks.transport import validate_url
 
@@ -71,14 +75,18 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
     alg = registry.get_for_submit(algorithm)
     clean = alg.validate(params)
     queue_name = queue or alg.queue
-    try:
-        q = Queue.objects.get(name=queue_name)
-    except Queue.DoesNotExist:
-        if queue:
-            raise InvalidInput(f"queue: unknown queue {queue_name!r}",
-                               fields={"queue": [f"unknown queue {queue_name!r}"]}) from None
-        # An algorithm's declared home queue, created on first use with the resources it declares.
-        q, _ = Queue.objects.get_or_create(name=queue_name, defaults={"resources": dict(alg.resources)})
+    cache = {} if queues is None else queues
+    q = cache.get(queue_name)
+    if q is None:
+        try:
+            q = Queue.objects.get(name=queue_name)
+        except Queue.DoesNotExist:
+            if queue:
+                raise InvalidInput(f"queue: unknown queue {queue_name!r}",
+                                   fields={"queue": [f"unknown queue {queue_name!r}"]}) from None
+            # An algorithm's declared home queue, created on first use with the resources it declares.
+            q, _ = Queue.objects.get_or_create(name=queue_name, defaults={"resources": dict(alg.resources)})
+        cache[queue_name] = q
     _check_resources(alg, q)
     conf = settings.CONVEYOR
     return TaskSpec(
@@ -234,24 +242,48 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
 
 # --- worker side -------------------------------------------------------------------------------
 
-@transaction.atomic
 def claim(*, task_id: UUID | str, worker: str) -> Task | None:
-    """QUEUED → RUNNING for exactly one message; None for a duplicate, cancelled or paused task.
+    """QUEUED → RUNNING for exactly one message; None for a duplicate, cancelled or paused task."""
+    tasks = claim_many(task_ids=[task_id], worker=worker)
+    return tasks[0] if tasks else None
+
+
+@transaction.atomic(savepoint=False)
+def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
+    """QUEUED → RUNNING for the tasks of one message, in one statement (each task still gets its own
+    guarded transition and ``task.started`` event). Duplicates and cancelled tasks are left out.
 
     A paused queue holds back tasks already handed to the broker: they go back to PENDING.
     """
     transitions.relax_commit()
     paused = "EXISTS (SELECT 1 FROM queueing_queue q WHERE q.name = jobs_task.queue AND q.paused)"
     now = timezone.now()
-    task = transitions.apply_one(
-        task_id, frm=[Status.QUEUED], to=Status.RUNNING, event="task.started",
+    tasks = transitions.apply(
+        task_ids, frm=[Status.QUEUED], to=Status.RUNNING, event="task.started",
         values={"started_at": now, "heartbeat_at": now, "worker": worker[:255], "cancel_requested": False},
         sql_values={"attempts": "attempts + 1"}, where_sql=f"NOT {paused}", data={"worker": worker},
     )
-    if task is None:
-        transitions.apply_one(task_id, frm=[Status.QUEUED], to=Status.PENDING, event="task.requeued",
-                              values={"queued_at": None}, where_sql=paused, data={"reason": "queue paused"})
-    return task
+    if len(tasks) < len(task_ids):
+        claimed = {str(t.id) for t in tasks}
+        transitions.apply([i for i in task_ids if str(i) not in claimed], frm=[Status.QUEUED], to=Status.PENDING,
+                          event="task.requeued", values={"queued_at": None}, where_sql=paused,
+                          data={"reason": "queue paused"})
+    return tasks
+
+
+@transaction.atomic(savepoint=False)
+def release(*, task_ids: list[UUID | str], worker: str, reason: str) -> list[Task]:
+    """RUNNING → PENDING for claimed tasks this worker will not run after all (the rest of a batch whose
+    pool child is about to be killed); the claim does not count as an attempt. Dispatched again on commit."""
+    from queueing import dispatch
+
+    back = transitions.apply(task_ids, frm=[Status.RUNNING], to=Status.PENDING, event="task.requeued",
+                             values={"queued_at": None}, sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
+                             where_sql="worker = %s", where_params=[worker[:255]], data={"reason": reason})
+    queues = sorted({t.queue_id for t in back})
+    if queues:
+        transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
+    return back
 
 
 def heartbeat(*, task_id: UUID | str) -> bool | None:
@@ -296,37 +328,61 @@ def backoff_seconds(attempt: int) -> float:
     return raw * (0.5 + random.random())
 
 
-@transaction.atomic
+_FINAL_EVENTS = {Status.SUCCEEDED: "task.succeeded", Status.FAILED: "task.failed",
+                 Status.CANCELLED: "task.cancelled", Status.TIMED_OUT: "task.timed_out"}
+
+
+@transaction.atomic(savepoint=False)
 def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True) -> Task | None:
     """RUNNING → SUCCEEDED | FAILED | CANCELLED | TIMED_OUT, or back to PENDING with a backoff when a
     retryable failure has retries left. None if the task was no longer RUNNING (reaped, or finished
     by the watchdog)."""
+    return finish_many(outcomes=[(task_id, outcome)], dispatch_next=dispatch_next)[0]
+
+
+@transaction.atomic(savepoint=False)
+def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bool = True) -> list[Task | None]:
+    """``finish`` for several tasks in one transaction: all the successes in one statement (each row
+    its own result) and one bulk insert of their events; failures, cancels and timeouts one by one."""
     from queueing import dispatch
 
     now = timezone.now()
-    task = None
-    if outcome.status == Status.FAILED and outcome.retryable:  # only a retry decision needs the row first
-        task = Task.objects.filter(id=task_id).only("attempts", "max_retries").first()
-        if task is None:
-            return None
-    if task is not None and task.attempts <= task.max_retries:
-        delay = backoff_seconds(task.attempts)
-        done = transitions.apply_one(
-            task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
-            values={"not_before": now + timedelta(seconds=delay), "error": outcome.error, "queued_at": None},
-            data={"error": outcome.error, "attempt": task.attempts, "retry_in_seconds": round(delay, 3)},
+    done: dict[str, Task | None] = {}
+    succeeded = [(str(i), o) for i, o in outcomes if o.status == Status.SUCCEEDED]
+    if succeeded:
+        tasks = transitions.apply(
+            [i for i, _ in succeeded], frm=[Status.RUNNING], to=Status.SUCCEEDED, event="task.succeeded",
+            values={"finished_at": now, "error": "", "progress_percent": 100.0},
+            row_values={"result": [o.result for _, o in succeeded]},
         )
-        if done is not None:
-            transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay), robust=True)
-    else:
-        values: dict[str, Any] = {"finished_at": now, "error": outcome.error}
-        if outcome.status == Status.SUCCEEDED:
-            values.update(result=outcome.result, progress_percent=100.0)
-        event = {Status.SUCCEEDED: "task.succeeded", Status.FAILED: "task.failed",
-                 Status.CANCELLED: "task.cancelled", Status.TIMED_OUT: "task.timed_out"}[outcome.status]
-        data = {"error": outcome.error} if outcome.error else {}
-        done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=outcome.status, event=event,
-                                     values=values, data=data)
-    if done is not None and dispatch_next:
-        transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]), robust=True)
-    return done
+        done.update((str(t.id), t) for t in tasks)
+    for task_id, outcome in outcomes:
+        if outcome.status != Status.SUCCEEDED:
+            done[str(task_id)] = _finish_other(str(task_id), outcome, now)
+    finished = [done.get(str(i)) for i, _ in outcomes]
+    queues = sorted({t.queue_id for t in finished if t is not None})
+    if queues and dispatch_next:
+        transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
+    return finished
+
+
+def _finish_other(task_id: str, outcome: Outcome, now: Any) -> Task | None:
+    from queueing import dispatch
+
+    if outcome.status == Status.FAILED and outcome.retryable:  # only a retry decision needs the row first
+        row = Task.objects.filter(id=task_id).only("attempts", "max_retries").first()
+        if row is None:
+            return None
+        if row.attempts <= row.max_retries:
+            delay = backoff_seconds(row.attempts)
+            done = transitions.apply_one(
+                task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
+                values={"not_before": now + timedelta(seconds=delay), "error": outcome.error, "queued_at": None},
+                data={"error": outcome.error, "attempt": row.attempts, "retry_in_seconds": round(delay, 3)},
+            )
+            if done is not None:
+                transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay), robust=True)
+            return done
+    return transitions.apply_one(task_id, frm=[Status.RUNNING], to=outcome.status, event=_FINAL_EVENTS[outcome.status],
+                                 values={"finished_at": now, "error": outcome.error},
+                                 data={"error": outcome.error} if outcome.error else {})

@@ -24,6 +24,11 @@ def _prep(column: str, value: Any) -> Any:
     return field.get_db_prep_save(value, connection)
 
 
+def _db_type(column: str) -> str:
+    field = next(f for f in Task._meta.concrete_fields if f.column == column)
+    return field.db_type(connection).split("(")[0]
+
+
 def apply(
     ids: Iterable[UUID | str],
     *,
@@ -35,11 +40,14 @@ def apply(
     where_sql: str = "",
     where_params: list[Any] | None = None,
     data: dict[str, Any] | None = None,
+    row_values: Mapping[str, list[Any]] | None = None,
 ) -> list[Task]:
     """Move the rows still in ``frm`` to ``to`` (``None`` keeps the status) and record ``event``.
 
     ``values`` are plain column values, ``sql_values`` SQL expressions (``"attempts + 1"``),
-    ``where_sql`` an extra guard (with ``where_params``). Returns the updated tasks, in the order of ``ids``.
+    ``row_values`` a value per id for each column (aligned with ``ids``: every task its own result, in
+    the same one statement), ``where_sql`` an extra guard (with ``where_params``). Returns the updated
+    tasks, in the order of ``ids``.
     """
     assert transaction.get_connection().in_atomic_block, "transitions run inside a transaction"
     ids = [str(i) for i in ids]
@@ -54,15 +62,28 @@ def apply(
         sets.append(f"{column} = %s")
         params.append(_prep(column, value))
     sets.extend(f"{column} = {expr}" for column, expr in (sql_values or {}).items())
-    sql = f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ANY(%s::uuid[])"
-    params.append(ids)
+    if row_values:
+        # UPDATE … FROM unnest(ids, col1[], col2[] …): one statement, each row its own values.
+        columns = list(row_values)
+        sets.extend(f"{column} = v.v_{column}" for column in columns)
+        arrays = ", ".join(["%s::uuid[]"] + [f"%s::{_db_type(column)}[]" for column in columns])
+        names = ", ".join(["v_id"] + [f"v_{column}" for column in columns])
+        sql = (f"UPDATE {_TABLE} SET {', '.join(sets)} FROM unnest({arrays}) AS v({names}) "
+               f"WHERE {_TABLE}.id = v.v_id")
+        params.append(ids)
+        for column in columns:
+            assert len(row_values[column]) == len(ids), f"row_values[{column!r}] must align with ids"
+            params.append([_prep(column, value) for value in row_values[column]])
+    else:
+        sql = f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ANY(%s::uuid[])"
+        params.append(ids)
     if frm is not None:
         sql += " AND status = ANY(%s)"
         params.append(list(frm))
     if where_sql:
         sql += f" AND ({where_sql})"
         params.extend(where_params or [])
-    sql += " RETURNING *"
+    sql += f" RETURNING {_TABLE}.*"
     rows = {str(t.id): t for t in Task.objects.raw(sql, params)}
     tasks = [rows[i] for i in ids if i in rows]
     if tasks:

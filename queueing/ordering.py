@@ -35,12 +35,13 @@ WITH new AS (
     FROM jobs_task WHERE id = ANY(%(ids)s::uuid[]) AND status = 'PENDING'
 ), grp AS (
     SELECT DISTINCT queue, owner_id, priority FROM new
-), base AS (
+), base AS MATERIALIZED (  -- once per (queue, owner, priority), not once per new row
     SELECT g.queue, g.owner_id, g.priority, GREATEST(
-        COALESCE((SELECT max(t.fair_seq) FROM jobs_task t
+        COALESCE((SELECT t.fair_seq FROM jobs_task t
                   WHERE t.queue = g.queue AND t.owner_id = g.owner_id AND t.priority = g.priority
                     AND t.status = 'PENDING' AND t.queue_position IS NULL
-                    AND t.id <> ALL(%(ids)s::uuid[])), 0),
+                    AND t.id <> ALL(%(ids)s::uuid[])
+                  ORDER BY t.fair_seq DESC LIMIT 1), 0),
         COALESCE((SELECT t.fair_seq - 1 FROM jobs_task t
                   WHERE t.queue = g.queue AND t.priority = g.priority
                     AND t.status = 'PENDING' AND t.queue_position IS NULL

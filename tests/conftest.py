@@ -259,7 +259,7 @@ class LiveWorker:
 
 @pytest.fixture(scope="session")
 def _worker_process(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveWorker]:
-    worker = LiveWorker(subprocess_env())
+    worker = LiveWorker(subprocess_env(), queues="default,batched")
     worker.start()
     yield worker
     worker.stop()

@@ -107,7 +107,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def batch(self, request: Request) -> Response:
         data = TaskBatchSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)
-        specs = [_spec_at(i, item) for i, item in enumerate(data.validated_data["tasks"])]
+        queues: dict[str, Any] = {}  # each queue read once for the whole batch
+        specs = [_spec_at(i, item, queues) for i, item in enumerate(data.validated_data["tasks"])]
         tasks, created = services.submit_batch(owner=request.user, specs=specs, idempotency_key=idempotency_key(request))
         rows = TaskOut(tasks, many=True).data
         hooks = webhook_selectors.task_webhooks([t.id for t in tasks]) if created else {}
@@ -188,12 +189,12 @@ def _with_waiting(task: Any) -> dict[str, Any]:
     return {**TaskOut(task).data, "waiting": WaitingOut(info).data if info else None}
 
 
-def _spec_at(index: int, item: dict[str, Any]) -> services.TaskSpec:
+def _spec_at(index: int, item: dict[str, Any], queues: dict[str, Any]) -> services.TaskSpec:
     """Validate one batch item; errors name the item (``tasks[3].params.seconds``)."""
     from config.errors import InvalidInput
 
     try:
-        return services.build_spec(**item)
+        return services.build_spec(**item, queues=queues)
     except InvalidInput as exc:
         fields = {f"tasks[{index}].{k}": v for k, v in (exc.fields or {}).items()}
         raise InvalidInput(f"tasks[{index}].{exc.message}", fields=fields) from None

@@ -99,3 +99,63 @@ def test_event_sequence_numbers_are_gapless_per_task(queued_task):
 
     seqs = list(Task.objects.get(id=queued_task.id).events.order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def _queued(owner: Any, n: int) -> list[Task]:
+    spec = services.build_spec(algorithm="demo.noop")
+    tasks = [services._new_task(owner, spec, None) for _ in range(n)]
+    with transaction.atomic():
+        Task.objects.bulk_create(tasks)
+        events.record(tasks, "task.created")
+        transitions.apply([t.id for t in tasks], frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
+                          values={"queued_at": timezone.now()})
+    return tasks
+
+
+def test_finishing_a_batch_in_one_statement_keeps_each_tasks_own_result_and_outcome(alice):
+    a, b, c, d = _queued(alice, 4)
+    assert len(services.claim_many(task_ids=[a.id, b.id, c.id, d.id], worker="w")) == 4
+
+    done = services.finish_many(outcomes=[
+        (a.id, Outcome(status=Status.SUCCEEDED, result={"n": 1})),
+        (b.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
+        (c.id, Outcome(status=Status.SUCCEEDED, result=[2, "two"])),
+        (d.id, Outcome(status=Status.SUCCEEDED, result=None)),
+    ])
+
+    assert [t.status for t in done] == [Status.SUCCEEDED, Status.FAILED, Status.SUCCEEDED, Status.SUCCEEDED]
+    rows = {t.id: t for t in Task.objects.filter(id__in=[a.id, b.id, c.id, d.id])}
+    assert rows[a.id].result == {"n": 1} and rows[c.id].result == [2, "two"] and rows[d.id].result is None
+    assert rows[b.id].error == "boom" and rows[b.id].result is None
+    for task, final in ((a, "task.succeeded"), (b, "task.failed"), (c, "task.succeeded"), (d, "task.succeeded")):
+        names = list(rows[task.id].events.order_by("seq").values_list("event", flat=True))
+        assert names == ["task.created", "task.queued", "task.started", final]
+
+
+def test_two_workers_claiming_overlapping_batches_start_each_task_once(alice):
+    tasks = _queued(alice, 6)
+    ids = [t.id for t in tasks]
+
+    first, second = race(lambda: services.claim_many(task_ids=ids[:4], worker="w1"),
+                         lambda: services.claim_many(task_ids=ids[2:], worker="w2"))
+
+    claimed = [t.id for t in first] + [t.id for t in second]
+    assert sorted(claimed) == sorted(ids)  # each exactly once, between them
+    assert all(t.events.filter(event="task.started").count() == 1 for t in Task.objects.filter(id__in=ids))
+
+
+def test_a_batch_cut_short_records_the_finished_task_and_hands_back_the_unstarted_ones(alice):
+    from jobs import runner
+
+    tasks = _queued(alice, 3)
+    claimed = services.claim_many(task_ids=[t.id for t in tasks], worker="w")
+    batch = runner.Batch(claimed, "w")
+    batch.run(claimed[0])  # a no-op: its outcome waits for the batch's next record
+
+    batch.settle()  # what the watchdog does before it kills a pool child
+
+    first, *rest = (Task.objects.get(id=t.id) for t in tasks)
+    assert first.status == Status.SUCCEEDED and first.result == {"ok": True}
+    for task in rest:  # back in the queue (and dispatched again at once), the claim not counted
+        assert task.status in {Status.PENDING, Status.QUEUED} and task.attempts == 0
+        assert list(task.events.order_by("seq").values_list("event", flat=True))[2:4] == ["task.started", "task.requeued"]

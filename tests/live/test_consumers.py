@@ -215,6 +215,34 @@ def test_dashboard_shows_a_user_only_their_own_tasks_and_an_operator_all(live_wo
     assert {m["task_id"] for m in task_events(ops_saw)} >= {alices["id"], bobs["id"]}
 
 
+def test_dashboard_gets_every_event_of_a_batch_one_by_one_and_in_order(live_worker, alice, api, token):
+    # A batch submit, and a batched queue's claim and finish, commit the events of several tasks at once;
+    # they travel as one channel message per group and reach the socket as separate events.
+    from queueing.models import Queue
+
+    Queue.objects.create(name="batched", concurrency=8)
+    alice_jwt, client = token(alice), api(alice)
+
+    async def scenario():
+        comm = communicator(f"/ws/dashboard/?token={alice_jwt}")
+        await comm.connect()
+        await comm.receive_json_from(timeout=5)
+        response = await asyncio.to_thread(lambda: client.post(
+            "/api/v1/tasks/batch/", {"tasks": [{"algorithm": "demo.noop", "queue": "batched"}] * 6}, format="json"))
+        ids = {t["id"] for t in response.json()["tasks"]}
+        waiting = set(ids)
+        saw = await receive_until(comm, lambda m: is_final(m) and not waiting.difference_update({m["task_id"]})
+                                  and not waiting)
+        await comm.disconnect()
+        return ids, saw
+
+    ids, saw = async_to_sync(scenario)()
+    for task_id in ids:
+        mine = [m for m in task_events(saw) if m["task_id"] == task_id]
+        assert [m["event"] for m in mine] == ["task.created", "task.queued", "task.started", "task.succeeded"]
+        assert_gapless(mine, after=0)
+
+
 def test_operator_dashboard_receives_queue_pause_and_resume_and_users_do_not(alice, olga, api, token):
     from queueing.models import Queue
 
