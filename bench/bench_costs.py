@@ -82,15 +82,18 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--deep", type=int, default=32, help="ids per message of the deep-queue row")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args(argv)
     url = harness.BROKERS["redis"]
     harness.setup_django(url)
     from django.conf import settings
 
-    settings.CONVEYOR["DISPATCH_BATCH"] = {QUEUE: args.batch}
     harness.prepare_database(concurrency=16)
-    rows = [measure("batched", args.tasks, args.batch)]
+    rows = []
+    for size in (args.batch, args.deep):
+        settings.CONVEYOR["DISPATCH_BATCH"] = {QUEUE: size}
+        rows.append({**measure("batched", args.tasks, size), "batch": size})
     settings.CONVEYOR["DISPATCH_BATCH"] = {}
     rows.insert(0, measure("single", args.tasks, args.batch))
     for row in rows:
@@ -98,11 +101,11 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     if not args.no_docs:
         from bench import report
 
-        lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch}`", "",
+        lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch} --deep {args.deep}`", "",
                  "| path | statements/task | commits/task | commits waiting for the WAL flush/task | "
                  "broker messages/task |", "| --- | ---: | ---: | ---: | ---: |"]
         for row in rows:
-            name = "one id per message" if row["mode"] == "single" else f"batched dispatch (≤{args.batch} ids)"
+            name = "one id per message" if row["mode"] == "single" else f"batched dispatch (≤{row['batch']} ids)"
             lines.append(f"| {name} | {row['statements_per_task']} | {row['commits_per_task']} | "
                          f"{row['flushed_commits_per_task']} | {row['broker_messages_per_task']} |")
         report.write_section("costs", "\n".join(lines))

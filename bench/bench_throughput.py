@@ -141,19 +141,22 @@ def conveyor_throughput(client: Any, n: int, batch: int, queue: str = harness.QU
 
 
 def throughput(broker: Broker, client: Any, *, n: int, batch: int, rounds: int) -> dict[str, Any]:
-    raw, conv, batched = [], [], []
+    runs: dict[str, list[dict[str, Any]]] = {"raw_celery": [], "conveyor": [], "conveyor_batched": [], "conveyor_deep": []}
     for _ in range(rounds):  # interleaved, so a noisy neighbour hurts all sides alike
-        raw.append(raw_throughput(broker, n))
-        conv.append(conveyor_throughput(client, n, batch))
-        batched.append(conveyor_throughput(client, n, batch, harness.BATCH_QUEUE))
-    best = {name: max(runs, key=lambda x: x["tasks_per_second"])
-            for name, runs in (("raw_celery", raw), ("conveyor", conv), ("conveyor_batched", batched))}
+        runs["raw_celery"].append(raw_throughput(broker, n))
+        runs["conveyor"].append(conveyor_throughput(client, n, batch))
+        runs["conveyor_batched"].append(conveyor_throughput(client, n, batch, harness.BATCH_QUEUE))
+        runs["conveyor_deep"].append(conveyor_throughput(client, n, batch, harness.DEEP_QUEUE))
+    best = {name: max(r, key=lambda x: x["tasks_per_second"]) for name, r in runs.items()}
+    raw = best["raw_celery"]["tasks_per_second"]
     return {
         **best,
-        "ratio": round(best["conveyor"]["tasks_per_second"] / best["raw_celery"]["tasks_per_second"], 3),
-        "ratio_batched": round(best["conveyor_batched"]["tasks_per_second"] / best["raw_celery"]["tasks_per_second"], 3),
+        "ratio": round(best["conveyor"]["tasks_per_second"] / raw, 3),
+        "ratio_batched": round(best["conveyor_batched"]["tasks_per_second"] / raw, 3),
+        "ratio_deep": round(best["conveyor_deep"]["tasks_per_second"] / raw, 3),
         "dispatch_batch": harness.DISPATCH_BATCH,
-        "rounds": {"raw_celery": raw, "conveyor": conv, "conveyor_batched": batched},
+        "deep_batch": harness.DEEP_BATCH, "deep_window": harness.DEEP_WINDOW,
+        "rounds": runs,
     }
 
 
@@ -253,7 +256,7 @@ def run_broker(name: str, args: argparse.Namespace, *, with_submit: bool) -> dic
         with harness.PeakRss({"web": web, "worker": worker}) as peak:
             out["throughput"] = throughput(broker, client, n=args.tasks, batch=args.batch, rounds=args.rounds)
         out["rss_mb"] = {"idle": idle, "peak_under_load": peak.peak}
-        print(f"[{name}] {json.dumps({k: out['throughput'][k] for k in ('ratio', 'ratio_batched')})}", flush=True)
+        print(f"[{name}] {json.dumps({k: out['throughput'][k] for k in ('ratio', 'ratio_batched', 'ratio_deep')})}", flush=True)
         print(f"[{name}] dispatch latency: {args.latency_tasks} tasks", flush=True)
         out["latency"] = latency(broker, client, n=args.latency_tasks)
         if with_submit:

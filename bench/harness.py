@@ -22,6 +22,11 @@ QUEUE = "bench"          # the Conveyor queue (and Celery queue) the throughput 
 BATCH_QUEUE = "bench-batch"   # the same, with several task ids per message (DISPATCH_BATCH)
 SUBMIT_QUEUE = "bench-submit"  # submit benchmark: accepted, dispatched up to its window, never consumed
 DISPATCH_BATCH = int(os.environ.get("BENCH_DISPATCH_BATCH", "8"))
+# A deep queue of short tasks as an operator would set it up: more ids per message, and a window
+# (queue concurrency) of pool size × ids per message, so each pool child always has its next message.
+DEEP_QUEUE = "bench-deep"
+DEEP_BATCH = int(os.environ.get("BENCH_DEEP_BATCH", "32"))
+DEEP_WINDOW = int(os.environ.get("BENCH_DEEP_WINDOW", "64"))
 
 BROKERS = {
     "redis": "redis://127.0.0.1:6379/8",
@@ -36,7 +41,7 @@ def base_env(broker_url: str) -> dict[str, str]:
         DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/conveyor_bench"),
         REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
         CELERY_BROKER_URL=broker_url,
-        DISPATCH_BATCH=f"{BATCH_QUEUE}:{DISPATCH_BATCH}",
+        DISPATCH_BATCH=f"{BATCH_QUEUE}:{DISPATCH_BATCH},{DEEP_QUEUE}:{DEEP_BATCH}",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -79,6 +84,7 @@ def prepare_database(*, concurrency: int) -> None:
         User.objects.create_user("bench", password="bench-password")
     for name in (QUEUE, BATCH_QUEUE):
         Queue.objects.update_or_create(name=name, defaults={"concurrency": concurrency, "paused": False})
+    Queue.objects.update_or_create(name=DEEP_QUEUE, defaults={"concurrency": DEEP_WINDOW, "paused": False})
     Queue.objects.update_or_create(name=SUBMIT_QUEUE, defaults={"concurrency": 8, "paused": False})
 
 
@@ -139,7 +145,7 @@ class Process:
 def worker(broker_url: str, *, concurrency: int, pool: str = "prefork", beat: bool = True) -> Process:
     name = f"bench-{uuid.uuid4().hex[:6]}"
     cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-I", "bench.tasks",
-           "-Q", f"{QUEUE},{BATCH_QUEUE},default", "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h",
+           "-Q", f"{QUEUE},{BATCH_QUEUE},{DEEP_QUEUE},default", "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h",
            "-l", "warning", "--without-mingle", "--without-gossip", "--without-heartbeat"]
     if beat:
         cmd += ["-B", "-s", str(LOGS / f"beat-{name}")]

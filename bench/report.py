@@ -38,14 +38,16 @@ def throughput_markdown(results: dict[str, Any], command: str) -> str:
         "**End-to-end throughput** (`demo.noop` through `POST /api/v1/tasks/batch/` until every task is "
         "SUCCEEDED, vs raw Celery no-op tasks on the same broker and worker):",
         "",
-        "| broker | raw Celery tasks/s | Conveyor, 1 id/message | ratio | Conveyor, batched dispatch | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| broker | raw Celery tasks/s | Conveyor, 1 id/message | ratio | Conveyor, batched dispatch | ratio "
+        "| Conveyor, deep queue | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, b in results["brokers"].items():
         t = b["throughput"]
         lines.append(f"| {name} | {t['raw_celery']['tasks_per_second']} | {t['conveyor']['tasks_per_second']} | "
                      f"**{t['ratio']}** | {t['conveyor_batched']['tasks_per_second']} (≤{t['dispatch_batch']} ids) | "
-                     f"**{t['ratio_batched']}** |")
+                     f"**{t['ratio_batched']}** | {t['conveyor_deep']['tasks_per_second']} (≤{t['deep_batch']} ids, "
+                     f"window {t['deep_window']}) | **{t['ratio_deep']}** |")
     lines += ["", "**Dispatch latency** on an idle worker, ms (Conveyor: submit → RUNNING; raw Celery: send → "
               "task start):", "",
               "| broker | n | raw p50 | raw p99 | Conveyor p50 | Conveyor p99 |",

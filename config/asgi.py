@@ -19,3 +19,7 @@ application = ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": URLRouter(websocket_urlpatterns),
 })
+
+from config.startup import freeze_imported_objects  # noqa: E402
+
+freeze_imported_objects()

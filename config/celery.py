@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.signals import task_prerun, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -13,6 +13,15 @@ app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["jobs", "queueing", "webhooks", "algorithms"])
 app.autodiscover_tasks(["algorithms.remote"])
+
+
+@worker_process_init.connect
+@worker_ready.connect
+def _freeze_imported_objects(**kwargs: object) -> None:
+    """A pool child after the fork, and the worker process itself (which runs tasks in the solo pool)."""
+    from config.startup import freeze_imported_objects
+
+    freeze_imported_objects()
 
 
 @task_prerun.connect

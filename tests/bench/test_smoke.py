@@ -36,12 +36,13 @@ def bench(module: str, *args: str, database: str) -> list[str]:
 
 
 def test_work_per_task_is_counted_on_a_fresh_database(fresh_database):
-    rows = [json.loads(line) for line in bench("bench.bench_costs", "--tasks", "8", "--batch", "4", "--no-docs",
+    rows = [json.loads(line) for line in bench("bench.bench_costs", "--tasks", "8", "--batch", "4", "--deep", "8", "--no-docs",
                                                 database=fresh_database) if line.startswith("{")]
-    assert [r["mode"] for r in rows] == ["single", "batched"]
-    single, batched = rows
-    assert single["broker_messages_per_task"] == 1.0 and batched["broker_messages_per_task"] < 1.0
-    assert batched["commits_per_task"] < single["commits_per_task"]
+    assert [r["mode"] for r in rows] == ["single", "batched", "batched"]
+    single, batched, deep = rows
+    assert single["broker_messages_per_task"] == 1.0 and batched["broker_messages_per_task"] == 0.25
+    assert deep["broker_messages_per_task"] == 0.125
+    assert deep["statements_per_task"] < batched["statements_per_task"] < single["statements_per_task"]
 
 
 def test_throughput_against_raw_celery_runs_end_to_end(fresh_database):
@@ -50,4 +51,4 @@ def test_throughput_against_raw_celery_runs_end_to_end(fresh_database):
                 database=fresh_database)
     ratios = [json.loads(line.split("] ", 1)[1]) for line in out if line.startswith("[redis] {")]
     assert len(ratios) == 1, out
-    assert ratios[0]["ratio"] > 0 and ratios[0]["ratio_batched"] > 0  # Conveyor / raw Celery, same run
+    assert ratios[0]["ratio"] > 0 and ratios[0]["ratio_batched"] > 0 and ratios[0]["ratio_deep"] > 0  # Conveyor / raw Celery, same run
