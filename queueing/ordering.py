@@ -41,12 +41,12 @@ WITH new AS (
                   WHERE t.queue = g.queue AND t.owner_id = g.owner_id AND t.priority = g.priority
                     AND t.status = 'PENDING' AND t.queue_position IS NULL
                     AND t.id <> ALL(%(ids)s::uuid[])
-                  ORDER BY t.fair_seq DESC LIMIT 1), 0),
+                  ORDER BY t.queue_position DESC NULLS FIRST, t.priority ASC, t.fair_seq DESC LIMIT 1), 0),
         COALESCE((SELECT t.fair_seq - 1 FROM jobs_task t
                   WHERE t.queue = g.queue AND t.priority = g.priority
                     AND t.status = 'PENDING' AND t.queue_position IS NULL
                     AND t.id <> ALL(%(ids)s::uuid[])
-                  ORDER BY t.fair_seq LIMIT 1), 0)
+                  ORDER BY t.queue_position ASC NULLS LAST, t.priority DESC, t.fair_seq ASC LIMIT 1), 0)
     ) AS b
     FROM grp g
 )
