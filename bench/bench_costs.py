@@ -1,6 +1,7 @@
 """Database work per task, counted rather than timed (so it holds on a busy machine): statements,
 commits, commits that wait for the WAL flush, and broker messages, for the worker's path of a no-op task
-(claim → run → finish → dispatch of the next one), one id per message and batched.
+(claim → run → finish → dispatch of the next one), one id per message and batched; plus the CPU time the
+worker's process spent per task (timed, so it moves with the machine's load).
 
     python -m bench.bench_costs [--tasks 200] [--batch 8]
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from bench import harness
@@ -54,6 +56,7 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
 
     connection.commit = counting_commit  # type: ignore[method-assign]
     sent_before = r.llen(QUEUE)
+    cpu = time.process_time()
     try:
         with connection.execute_wrapper(counter):
             for _ in range(n // (1 if mode == "single" else batch)):
@@ -66,6 +69,7 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
                     run_task.run(args[0])
     finally:
         connection.commit = commit  # type: ignore[method-assign]
+    cpu = time.process_time() - cpu
     done = n if mode == "single" else (n // batch) * batch
     sent = r.llen(QUEUE) - sent_before + n // (1 if mode == "single" else batch)
     r.delete(QUEUE)
@@ -75,6 +79,8 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
         "commits_per_task": round(counter.commits / done, 2),
         "flushed_commits_per_task": round((counter.commits - counter.relaxed) / done, 2),
         "broker_messages_per_task": round(sent / done, 3),
+        # CPU of this process (every thread: the channel publisher too), timed, so it varies with the machine
+        "cpu_ms_per_task": round(cpu * 1000 / done, 2),
     }
 
 
@@ -103,11 +109,12 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
 
         lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch} --deep {args.deep}`", "",
                  "| path | statements/task | commits/task | commits waiting for the WAL flush/task | "
-                 "broker messages/task |", "| --- | ---: | ---: | ---: | ---: |"]
+                 "broker messages/task | worker CPU ms/task (timed) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for row in rows:
             name = "one id per message" if row["mode"] == "single" else f"batched dispatch (≤{row['batch']} ids)"
             lines.append(f"| {name} | {row['statements_per_task']} | {row['commits_per_task']} | "
-                         f"{row['flushed_commits_per_task']} | {row['broker_messages_per_task']} |")
+                         f"{row['flushed_commits_per_task']} | {row['broker_messages_per_task']} | "
+                         f"{row['cpu_ms_per_task']} |")
         report.write_section("costs", "\n".join(lines))
     return rows
 

@@ -1,6 +1,6 @@
 """The one place the task state machine lives.
 
-``apply()`` is a guarded UPDATE (``… WHERE id = ANY(%s) AND status = ANY(%s) RETURNING *``) that also
+``apply()`` is a guarded UPDATE (``… WHERE id = ANY(%s) AND status = ANY(%s) RETURNING …``) that also
 bumps ``last_seq``, followed by one ``TaskEvent`` per row it matched, in the caller's transaction.
 A row that did not match was changed by another process first (cancel vs claim, two dispatchers,
 a redelivered message): the caller gets it back as missing and does nothing.
@@ -22,6 +22,37 @@ _TABLE = Task._meta.db_table
 def _prep(column: str, value: Any) -> Any:
     field = next(f for f in Task._meta.concrete_fields if f.column == column)
     return field.get_db_prep_save(value, connection)
+
+
+# The updated rows come back as Task instances built directly (``Model.from_db``): a RawQuerySet
+# re-derives its column-to-field mapping on every query, which cost more than the UPDATE itself.
+_FIELDS = Task._meta.concrete_fields
+_RETURNING = ", ".join(f'{_TABLE}."{f.column}"' for f in _FIELDS)
+_ATTNAMES = [f.attname for f in _FIELDS]
+
+
+def _converters() -> list[tuple[int, list[Any], Any]]:
+    found = []
+    for i, field in enumerate(_FIELDS):
+        col = field.get_col(_TABLE)
+        funcs = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
+        if funcs:
+            found.append((i, funcs, col))
+    return found
+
+
+_CONVERTERS: list[tuple[int, list[Any], Any]] | None = None
+
+
+def _task_from_row(row: tuple[Any, ...]) -> Task:
+    global _CONVERTERS
+    if _CONVERTERS is None:
+        _CONVERTERS = _converters()
+    values = list(row)
+    for i, funcs, col in _CONVERTERS:
+        for func in funcs:
+            values[i] = func(values[i], col, connection)
+    return Task.from_db(connection.alias, _ATTNAMES, values)
 
 
 def _db_type(column: str) -> str:
@@ -83,8 +114,10 @@ def apply(
     if where_sql:
         sql += f" AND ({where_sql})"
         params.extend(where_params or [])
-    sql += f" RETURNING {_TABLE}.*"
-    rows = {str(t.id): t for t in Task.objects.raw(sql, params)}
+    sql += f" RETURNING {_RETURNING}"
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        rows = {str(t.id): t for t in map(_task_from_row, cur.fetchall())}
     tasks = [rows[i] for i in ids if i in rows]
     if tasks:
         events.record(tasks, event, data)
