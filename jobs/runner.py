@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 
 from algorithms import artifacts, registry
 from algorithms.context import RunContext
@@ -50,10 +50,6 @@ def _in_pool_child() -> bool:
     except ImportError:  # pragma: no cover
         return False
     return current_process().name.startswith("ForkPoolWorker")
-
-
-_BEAT_SQL = ("UPDATE jobs_task SET heartbeat_at = now() WHERE id = ANY(%s::uuid[]) AND status = 'RUNNING' "
-             "RETURNING id::text, cancel_requested")
 
 
 class Watch:
@@ -126,9 +122,7 @@ class Watchdog(threading.Thread):
 
     def _tick(self, watches: list[Watch], batches: list[Batch]) -> None:
         ids = [w.task_id for w in watches] + [i for b in batches for i in b.waiting_ids()]
-        with connection.cursor() as cur:
-            cur.execute(_BEAT_SQL, [ids])
-            flags = dict(cur.fetchall())
+        flags = services.heartbeat(task_ids=ids)
         now = time.monotonic()
         for batch in batches:
             batch.beaten(flags)

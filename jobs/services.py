@@ -286,13 +286,13 @@ def release(*, task_ids: list[UUID | str], worker: str, reason: str) -> list[Tas
     return back
 
 
-def heartbeat(*, task_id: UUID | str) -> bool | None:
-    """Mark the running task alive; returns its cancel flag, or None if it is no longer RUNNING."""
+def heartbeat(*, task_ids: list[str]) -> dict[str, bool]:
+    """Mark running tasks alive (one statement for all a worker process watches); returns each one's
+    cancel flag by id. A task missing from the answer is no longer RUNNING."""
     with connection.cursor() as cur:
-        cur.execute("UPDATE jobs_task SET heartbeat_at = now() WHERE id = %s AND status = 'RUNNING' "
-                    "RETURNING cancel_requested", [str(task_id)])
-        row = cur.fetchone()
-    return None if row is None else bool(row[0])
+        cur.execute("UPDATE jobs_task SET heartbeat_at = now() WHERE id = ANY(%s::uuid[]) AND status = 'RUNNING' "
+                    "RETURNING id::text, cancel_requested", [task_ids])
+        return {task_id: bool(flag) for task_id, flag in cur.fetchall()}
 
 
 @transaction.atomic
