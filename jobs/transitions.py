@@ -7,6 +7,7 @@ a redelivered message): the caller gets it back as missing and does nothing.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
@@ -19,19 +20,27 @@ from jobs.models import Task
 _TABLE = Task._meta.db_table
 
 
+_FIELDS = Task._meta.concrete_fields
+_BY_COLUMN = {f.column: f for f in _FIELDS}
+
+
 def _prep(column: str, value: Any) -> Any:
-    field = next(f for f in Task._meta.concrete_fields if f.column == column)
-    return field.get_db_prep_save(value, connection)
+    return _BY_COLUMN[column].get_db_prep_save(value, connection)
+
+
+def _db_type(column: str) -> str:
+    return _BY_COLUMN[column].db_type(connection).split("(")[0]
 
 
 # The updated rows come back as Task instances built directly (``Model.from_db``): a RawQuerySet
 # re-derives its column-to-field mapping on every query, which cost more than the UPDATE itself.
-_FIELDS = Task._meta.concrete_fields
 _RETURNING = ", ".join(f'{_TABLE}."{f.column}"' for f in _FIELDS)
 _ATTNAMES = [f.attname for f in _FIELDS]
 
 
+@functools.cache
 def _converters() -> list[tuple[int, list[Any], Any]]:
+    """(position, the field's from-database converters, its column expression), for fields that have any."""
     found = []
     for i, field in enumerate(_FIELDS):
         col = field.get_col(_TABLE)
@@ -41,23 +50,12 @@ def _converters() -> list[tuple[int, list[Any], Any]]:
     return found
 
 
-_CONVERTERS: list[tuple[int, list[Any], Any]] | None = None
-
-
 def _task_from_row(row: tuple[Any, ...]) -> Task:
-    global _CONVERTERS
-    if _CONVERTERS is None:
-        _CONVERTERS = _converters()
     values = list(row)
-    for i, funcs, col in _CONVERTERS:
+    for i, funcs, col in _converters():
         for func in funcs:
             values[i] = func(values[i], col, connection)
     return Task.from_db(connection.alias, _ATTNAMES, values)
-
-
-def _db_type(column: str) -> str:
-    field = next(f for f in Task._meta.concrete_fields if f.column == column)
-    return field.db_type(connection).split("(")[0]
 
 
 def apply(
