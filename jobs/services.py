@@ -272,13 +272,18 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
 
 
 @transaction.atomic(savepoint=False)
-def release(*, task_ids: list[UUID | str], worker: str, reason: str) -> list[Task]:
-    """RUNNING → PENDING for claimed tasks this worker will not run after all (the rest of a batch whose
-    pool child is about to be killed); the claim does not count as an attempt. Dispatched again on commit."""
+def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str = "task.requeued",
+            error: str | None = None) -> list[Task]:
+    """RUNNING → PENDING for claimed tasks of ``worker`` that it will not finish (the rest of a batch whose
+    pool child is about to be killed; everything of a worker shutting down); the interrupted claim does
+    not count as an attempt. Dispatched again on commit."""
     from queueing import dispatch
 
-    back = transitions.apply(task_ids, frm=[Status.RUNNING], to=Status.PENDING, event="task.requeued",
-                             values={"queued_at": None}, sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
+    values: dict[str, Any] = {"queued_at": None}
+    if error is not None:
+        values["error"] = error
+    back = transitions.apply(task_ids, frm=[Status.RUNNING], to=Status.PENDING, event=event, values=values,
+                             sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
                              where_sql="worker = %s", where_params=[worker[:255]], data={"reason": reason})
     queues = sorted({t.queue_id for t in back})
     if queues:

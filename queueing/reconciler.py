@@ -72,15 +72,12 @@ def hand_back(*, worker: str) -> int:
 
     The interrupted attempt does not count against ``max_retries``: the task did nothing wrong.
     """
+    from jobs import services
+
     with transaction.atomic():
         ids = list(Task.objects.filter(status=Status.RUNNING, worker=worker).values_list("id", flat=True))
-        back = transitions.apply(ids, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
-                                 values={"queued_at": None, "error": "worker shut down before the task finished"},
-                                 sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
-                                 where_sql="worker = %s", where_params=[worker], data={"reason": "worker shutdown"})
-        queues = sorted({t.queue_id for t in back})
-        if queues:
-            transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
+        back = services.release(task_ids=ids, worker=worker, reason="worker shutdown", event="task.retrying",
+                                error="worker shut down before the task finished")
     if back:
         log.warning("handed back %d tasks of %s, which shut down before they finished", len(back), worker)
     return len(back)
