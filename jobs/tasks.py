@@ -21,8 +21,9 @@ def run_tasks(self, task_ids: list[str]) -> None:  # type: ignore[no-untyped-def
     another, finished together (``runner.Batch``); their queue is dispatched once at the end."""
     from queueing import dispatch
 
-    tasks = services.claim_many(task_ids=task_ids, worker=self.request.hostname or "unknown")
-    with runner.Batch(tasks, self.request.hostname or "unknown") as batch:
+    worker = self.request.hostname or "unknown"
+    tasks = services.claim_many(task_ids=task_ids, worker=worker)
+    with runner.Batch(tasks, worker) as batch:
         for task in tasks:
             batch.run(task)
     if tasks:
