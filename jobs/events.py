@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs.models import Task, TaskEvent
-from observability.logs import current_request_id
+from observability.logs import current_request, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +84,38 @@ _INSERT_SQL = (
 
 
 def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None) -> list[TaskEventPayload]:
-    """Append one event per task (its ``last_seq`` was already bumped by the guarded UPDATE)."""
+    """Append one event per task (its ``last_seq`` was already bumped by the guarded UPDATE), and its
+    webhook outbox rows; the rows and the subscription lookup go in one statement."""
+    from webhooks import outbox
+
     now = timezone.now()
     tasks = list(tasks)
     rows = []
-    request_id = current_request_id()  # X-Request-ID of this request, or in a worker of the submit's
+    # In a request, its X-Request-ID (the request that touched the tasks); elsewhere (workers, beat) the
+    # request id each task was submitted with.
+    request_id = current_request_id() if current_request.get() is not None else None
     for task in tasks:
         row_data = dict(data or {})
-        if request_id and event != "task.progress":
-            row_data.setdefault("request_id", request_id)
         if event == "task.progress":
             row_data.update(percent=task.progress_percent, stage=task.progress_stage,
                             message=task.progress_message, metrics=task.progress_metrics)
+        elif request_id or task.request_id:
+            row_data.setdefault("request_id", request_id or task.request_id)
         rows.append((task.id, task.last_seq, json.dumps(row_data, cls=DjangoJSONEncoder)))
+    sql = _INSERT_SQL
+    params: list[Any] = [[r[0] for r in rows], [r[1] for r in rows], [event] * len(rows), [t.status for t in tasks],
+                         [r[2] for r in rows], [now] * len(rows)]
+    matching = outbox.matching_subscriptions(tasks, event)
+    if matching is not None:  # the insert as a CTE in front of the lookup: one round trip for both
+        sql = f"WITH inserted AS ({_INSERT_SQL}) {matching[0]}"
+        params += matching[1]
     with connection.cursor() as cur:  # on every state change: plain SQL, a fraction of bulk_create's cost
-        cur.execute(_INSERT_SQL, [[r[0] for r in rows], [r[1] for r in rows], [event] * len(rows),
-                                  [t.status for t in tasks], [r[2] for r in rows], [now] * len(rows)])
+        cur.execute(sql, params)
+        subscriptions = cur.fetchall() if matching is not None else []
     out = [payload(t, event, t.last_seq, data, now) for t in tasks]
     by_owner = [(t.owner_id, body) for t, body in zip(tasks, out)]
     transaction.on_commit(lambda: publisher.publish(by_owner), robust=True)
-    from webhooks import outbox  # webhook deliveries: outbox rows in this same transaction, sent on commit
-
-    outbox.enqueue_task_events(tasks, event, out)
+    outbox.enqueue_task_events(tasks, event, out, subscriptions)  # in this same transaction, sent on commit
     return out
 
 

@@ -43,6 +43,9 @@ class Task(models.Model):
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     request_hash = models.CharField(max_length=64, blank=True)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    # The X-Request-ID of the request that submitted it: the worker binds it to its log lines and writes
+    # it into the task's events (read from the claimed row, so the worker looks nothing up per task).
+    request_id = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     queued_at = models.DateTimeField(null=True, blank=True)

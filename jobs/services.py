@@ -20,6 +20,7 @@ from config.errors import InvalidInput
 from jobs import transitions
 from jobs.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from jobs.models import FINAL, NOT_STARTED, Status, Task
+from observability.logs import current_request_id
 from queueing.models import Queue
 
 PRIORITY_NAMES = {"low": 2, "normal": 5, "high": 8, "critical": 9}
@@ -121,7 +122,8 @@ def _new_task(owner: Any, spec: TaskSpec, key: str | None) -> Task:
     return Task(owner=owner, algorithm=spec.algorithm, algorithm_version=spec.algorithm_version,
                 params=spec.params, queue_id=spec.queue, priority=spec.priority,
                 max_retries=spec.max_retries, timeout_seconds=spec.timeout_seconds, labels=spec.labels,
-                idempotency_key=key, request_hash=spec.request_hash(), last_seq=1)
+                idempotency_key=key, request_hash=spec.request_hash(), request_id=current_request_id() or "",
+                last_seq=1)
 
 
 def _subscribe_webhooks(tasks: list[Task], specs: list[TaskSpec]) -> None:
@@ -255,13 +257,13 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
 
     A paused queue holds back tasks already handed to the broker: they go back to PENDING.
     """
-    transitions.relax_commit()
     paused = "EXISTS (SELECT 1 FROM queueing_queue q WHERE q.name = jobs_task.queue AND q.paused)"
     now = timezone.now()
     tasks = transitions.apply(
         task_ids, frm=[Status.QUEUED], to=Status.RUNNING, event="task.started",
         values={"started_at": now, "heartbeat_at": now, "worker": worker[:255], "cancel_requested": False},
         sql_values={"attempts": "attempts + 1"}, where_sql=f"NOT {paused}", data={"worker": worker},
+        relax=True,  # a lost claim leaves the task QUEUED: the reconciler requeues it
     )
     if len(tasks) < len(task_ids):
         claimed = {str(t.id) for t in tasks}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from jobs import runner, services
+from observability.worker import bind_task
 
 
 @shared_task(name="jobs.run_task", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -12,6 +13,7 @@ def run_task(self, task_id: str) -> None:  # type: ignore[no-untyped-def]
     task = services.claim(task_id=task_id, worker=self.request.hostname or "unknown")
     if task is None:
         return
+    bind_task(task.id, task.request_id)
     services.finish(task_id=task_id, outcome=runner.run(task))
 
 
@@ -25,6 +27,7 @@ def run_tasks(self, task_ids: list[str]) -> None:  # type: ignore[no-untyped-def
     tasks = services.claim_many(task_ids=task_ids, worker=worker)
     with runner.Batch(tasks, worker) as batch:
         for task in tasks:
+            bind_task(task.id, task.request_id)
             batch.run(task)
     if tasks:
         dispatch.dispatch(sorted({t.queue_id for t in tasks}))

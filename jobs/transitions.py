@@ -70,13 +70,14 @@ def apply(
     where_params: list[Any] | None = None,
     data: dict[str, Any] | None = None,
     row_values: Mapping[str, list[Any]] | None = None,
+    relax: bool = False,
 ) -> list[Task]:
     """Move the rows still in ``frm`` to ``to`` (``None`` keeps the status) and record ``event``.
 
     ``values`` are plain column values, ``sql_values`` SQL expressions (``"attempts + 1"``),
     ``row_values`` a value per id for each column (aligned with ``ids``: every task its own result, in
-    the same one statement), ``where_sql`` an extra guard (with ``where_params``). Returns the updated
-    tasks, in the order of ``ids``.
+    the same one statement), ``where_sql`` an extra guard (with ``where_params``), ``relax`` an
+    asynchronous commit (``execute``). Returns the updated tasks, in the order of ``ids``.
     """
     assert transaction.get_connection().in_atomic_block, "transitions run inside a transaction"
     ids = [str(i) for i in ids]
@@ -114,7 +115,7 @@ def apply(
         params.extend(where_params or [])
     sql += f" RETURNING {_RETURNING}"
     with connection.cursor() as cur:
-        cur.execute(sql, params)
+        execute(cur, sql, params, relax=relax)
         rows = {str(t.id): t for t in map(_task_from_row, cur.fetchall())}
     tasks = [rows[i] for i in ids if i in rows]
     if tasks:
@@ -122,19 +123,22 @@ def apply(
     return tasks
 
 
-def relax_commit() -> None:
-    """Commit this transaction without waiting for its WAL flush; for transitions the reconciler redoes
-    when they are lost (dispatch, claim), never for a submit or a finish.
+def execute(cur: Any, sql: str, params: Any, *, relax: bool = False) -> None:
+    """``cur.execute(sql, params)``; with ``relax``, preceded in the same round trip by ``SET LOCAL
+    synchronous_commit TO OFF``, so this transaction commits without waiting for its WAL flush: for
+    transitions the reconciler redoes when they are lost (dispatch, claim), never for a submit or a finish.
 
     PostgreSQL writes WAL in order, so the next synchronous commit (the task's finish, any submit) makes
     this one durable too; a crash can lose it only together with everything after it, which leaves the
     task PENDING or QUEUED again, to be run once more: at-least-once, as after a worker crash. Only in
     the outermost transaction: ``SET LOCAL`` inside a caller's transaction would relax the caller's commit.
+    (Two statements in one execute: Django's psycopg cursors bind parameters client-side.)
     """
-    conn = transaction.get_connection()
-    if len(conn.atomic_blocks) == 1:
-        with conn.cursor() as cur:
-            cur.execute("SET LOCAL synchronous_commit TO OFF")
+    if relax and len(transaction.get_connection().atomic_blocks) == 1:
+        cur.execute("SET LOCAL synchronous_commit TO OFF; " + sql, params)
+        cur.nextset()  # past the SET, to the statement's own result
+    else:
+        cur.execute(sql, params)
 
 
 def apply_one(task_id: UUID | str, **kwargs: Any) -> Task | None:

@@ -10,23 +10,16 @@ from celery import signals
 RUN_TASK = "jobs.run_task"
 
 
-def _submitted_by_request(task_id: str) -> str | None:
-    from jobs.models import TaskEvent
-
-    # task.created is always seq 1 (jobs.services inserts it with the row): one unique-index lookup.
-    return (TaskEvent.objects.filter(task_id=task_id, seq=1)
-            .values_list("data__request_id", flat=True).first())
-
-
 def bind(sender: Any = None, args: Any = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()
     if getattr(sender, "name", None) == RUN_TASK and args:
-        task_id = str(args[0])
-        try:
-            request_id = _submitted_by_request(task_id)
-        except Exception:  # context for logs must never stop a task from running
-            request_id = None
-        structlog.contextvars.bind_contextvars(task_id=task_id, request_id=request_id)
+        structlog.contextvars.bind_contextvars(task_id=str(args[0]), request_id=None)
+
+
+def bind_task(task_id: Any, request_id: str) -> None:
+    """The task a worker runs now, and the request that submitted it (``Task.request_id``, read with the
+    claim): bound once the task is claimed, and per task in a multi-id message."""
+    structlog.contextvars.bind_contextvars(task_id=str(task_id), request_id=request_id or None)
 
 
 def unbind(**_: Any) -> None:

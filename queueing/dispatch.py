@@ -33,33 +33,42 @@ def dispatch(queue_names: Iterable[str] | None = None) -> int:
 
 
 # It runs after every submit and every finish: plain SQL (the ORM's query building cost more than the
-# queries themselves). The candidates come in ``ordering.waiting()``'s order.
-_LOCK_SQL = "SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %s FOR UPDATE"
-_BUSY_SQL = "SELECT owner_id, count(*) FROM jobs_task WHERE queue = %s AND status = ANY(%s) GROUP BY owner_id"
-_CANDIDATES_SQL = (
-    "SELECT id, owner_id FROM jobs_task WHERE queue = %s AND status = %s AND (not_before IS NULL OR not_before <= %s) "
-    f"ORDER BY {ordering.ORDER_SQL} LIMIT %s FOR UPDATE SKIP LOCKED"
+# queries themselves), and its three reads in one round trip: the queue row's lock, then (each statement
+# with its own snapshot, taken once the lock is held) what is busy and the candidates, in
+# ``ordering.waiting()``'s order, as many as the free room (plus the scan-ahead when owners are capped).
+_LOCK_SQL = "SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %(queue)s FOR UPDATE"
+_BUSY_SQL = "SELECT owner_id, count(*) FROM jobs_task WHERE queue = %(queue)s AND status = ANY(%(busy)s) GROUP BY owner_id"
+_ROOM_SQL = (
+    "SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 THEN q.room + %(ahead)s "
+    "ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - (SELECT count(*) FROM jobs_task "
+    "WHERE queue = %(queue)s AND status = ANY(%(busy)s)) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
 )
+_CANDIDATES_SQL = (
+    "SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = %(pending)s "
+    f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
+    f"LIMIT COALESCE(({_ROOM_SQL}), 0) FOR UPDATE SKIP LOCKED"
+)
+_READ_SQL = f"{_LOCK_SQL}; {_BUSY_SQL}; {_CANDIDATES_SQL}"
 
 
 def _dispatch_queue(name: str) -> int:
     with transaction.atomic(), connection.cursor() as cur:
-        transitions.relax_commit()  # a lost dispatch leaves the task PENDING: dispatched again
-        cur.execute(_LOCK_SQL, [name])
+        now = timezone.now()
+        # relaxed commit: a lost dispatch leaves the task PENDING, dispatched again
+        transitions.execute(cur, _READ_SQL, {
+            "queue": name, "busy": [Status.QUEUED, Status.RUNNING], "pending": Status.PENDING, "now": now,
+            "ahead": settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]}, relax=True)
         queue = cur.fetchone()
+        cur.nextset()
+        busy = dict(cur.fetchall())
+        cur.nextset()
+        candidates = cur.fetchall()
         if queue is None or queue[0]:  # no such queue, or paused
             return 0
         _, concurrency, cap = queue
-        cur.execute(_BUSY_SQL, [name, [Status.QUEUED, Status.RUNNING]])
-        busy = dict(cur.fetchall())
         room = concurrency - sum(busy.values())
         if room <= 0:
             return 0
-        now = timezone.now()
-        # With a per-owner cap some candidates may be skipped, so look a little further ahead.
-        limit = room if not cap else room + settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]
-        cur.execute(_CANDIDATES_SQL, [name, Status.PENDING, now, limit])
-        candidates = cur.fetchall()
         ids = _pick(candidates, busy, room=room, cap=cap)
         tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
                                   values={"queued_at": now, "not_before": None, "queue_position": None})

@@ -97,6 +97,34 @@ def test_request_id_follows_the_task_into_its_events_and_worker_logs(live_worker
     assert any(line["logger"] == "celery.app.trace" and "succeeded" in line["event"] for line in lines)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_events_written_by_workers_carry_each_tasks_own_request_id(live_worker, alice, api):
+    """A task queued by another task's finish (in the worker) and the tasks of a multi-id message get the
+    request id they were submitted with, not the one of the task the worker happened to be running."""
+    from tests.queueing.conftest import make_queue
+
+    client = api(alice)
+    make_queue("default", concurrency=1)
+    make_queue("batched", concurrency=4)
+    first, second = (f"edge-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    ids = [client.post("/api/v1/tasks/", {"algorithm": "demo.sleep", "params": {"seconds": 0.3}}, format="json",
+                       HTTP_X_REQUEST_ID=rid).json()["id"] for rid in (first, second)]
+    batch_rid = f"edge-{uuid.uuid4().hex[:12]}"
+    batch = client.post("/api/v1/tasks/batch/", {"tasks": [{"algorithm": "demo.noop", "queue": "batched"}] * 3},
+                        format="json", HTTP_X_REQUEST_ID=batch_rid).json()
+    batch_ids = [t["id"] for t in batch["tasks"]]
+    for task_id in ids + batch_ids:
+        assert wait_final(client, task_id)["status"] == "SUCCEEDED"
+
+    for task_id, rid in [(ids[0], first), (ids[1], second)] + [(i, batch_rid) for i in batch_ids]:
+        events = client.get(f"/api/v1/tasks/{task_id}/logs/").json()
+        carried = {e["event"]: e["data"].get("request_id") for e in events}
+        assert carried["task.started"] == rid and carried["task.succeeded"] == rid, events
+    # the second task waited for the first (concurrency 1): queued by the worker as the first finished
+    queued = [e for e in client.get(f"/api/v1/tasks/{ids[1]}/logs/").json() if e["event"] == "task.queued"]
+    assert queued and queued[0]["data"]["request_id"] == second
+
+
 def test_web_log_lines_are_json_with_request_id_user_and_no_secrets(web_process, django_user_model):
     django_user_model.objects.create_user("dana", password=PASSWORD)
     web = web_process("logs")
