@@ -23,20 +23,28 @@ from queueing import ordering
 log = logging.getLogger(__name__)
 
 
-def dispatch(queue_names: Iterable[str] | None = None) -> int:
-    """Dispatch every named queue (all queues with waiting tasks when None). Returns tasks queued."""
+def dispatch(queue_names: Iterable[str] | None = None, *, unless_full: bool = False) -> int:
+    """Dispatch every named queue (all queues with waiting tasks when None). Returns tasks queued.
+
+    ``unless_full`` (after a submit): first look, without a lock, whether the queue is paused or its
+    window full, and if so stop there. A deep queue's submits then neither wait for each other on the
+    queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes after the
+    submit's commit, so a slot it sees taken is freed by a commit that comes later, and every transition
+    that frees a slot dispatches after its own commit, when it sees the new task.
+    """
     if queue_names is None:
         queue_names = (
             Task.objects.filter(status=Status.PENDING).values_list("queue", flat=True).distinct().order_by()
         )
-    return sum(_dispatch_queue(name) for name in list(queue_names))
+    return sum(_dispatch_queue(name) for name in list(queue_names) if not (unless_full and _full(name)))
 
 
 # It runs after every submit and every finish: plain SQL (the ORM's query building cost more than the
 # queries themselves), and its three reads in one round trip: the queue row's lock, then (each statement
 # with its own snapshot, taken once the lock is held) what is busy and the candidates, in
 # ``ordering.waiting()``'s order, as many as the free room (plus the scan-ahead when owners are capped).
-_LOCK_SQL = "SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %(queue)s FOR UPDATE"
+_LOCK_SQL = ("SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %(queue)s "
+             "FOR NO KEY UPDATE")  # not FOR UPDATE: it would block submits' foreign-key checks (FOR KEY SHARE)
 _BUSY_SQL = "SELECT owner_id, count(*) FROM jobs_task WHERE queue = %(queue)s AND status = ANY(%(busy)s) GROUP BY owner_id"
 _ROOM_SQL = (
     "SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 THEN q.room + %(ahead)s "
@@ -51,12 +59,24 @@ _CANDIDATES_SQL = (
 _READ_SQL = f"{_LOCK_SQL}; {_BUSY_SQL}; {_CANDIDATES_SQL}"
 
 
+_BUSY = [Status.QUEUED, Status.RUNNING]
+_FULL_SQL = ("SELECT paused OR concurrency <= (SELECT count(*) FROM jobs_task WHERE queue = %s AND status = ANY(%s)) "
+             "FROM queueing_queue WHERE name = %s")
+
+
+def _full(name: str) -> bool:
+    with connection.cursor() as cur:
+        cur.execute(_FULL_SQL, [name, _BUSY, name])
+        row = cur.fetchone()
+    return row is None or bool(row[0])
+
+
 def _dispatch_queue(name: str) -> int:
     with transaction.atomic(), connection.cursor() as cur:
         now = timezone.now()
         # relaxed commit: a lost dispatch leaves the task PENDING, dispatched again
         transitions.execute(cur, _READ_SQL, {
-            "queue": name, "busy": [Status.QUEUED, Status.RUNNING], "pending": Status.PENDING, "now": now,
+            "queue": name, "busy": _BUSY, "pending": Status.PENDING, "now": now,
             "ahead": settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]}, relax=True)
         queue = cur.fetchone()
         cur.nextset()

@@ -1,7 +1,9 @@
 """Operator writes on queues: pause, resume, update (concurrency, default priority, caps), reorder.
 
-Each takes the queue row's lock (``SELECT … FOR UPDATE``), the same lock the dispatcher holds while
-it picks, so a reorder or a pause never interleaves with a half-done dispatch of that queue.
+Each takes the queue row's lock (``SELECT … FOR NO KEY UPDATE``), the same lock the dispatcher holds
+while it picks, so a reorder or a pause never interleaves with a half-done dispatch of that queue. (Not
+``FOR UPDATE``: that one also blocks every submit to the queue, whose INSERT checks its foreign key with
+``FOR KEY SHARE``.)
 Task rows change only through ``jobs.transitions.apply`` (the event trail); ``queue_position`` is an
 ordering key, written in one bulk UPDATE, with a ``task.reordered`` event for each moved task.
 """
@@ -21,7 +23,7 @@ from queueing.models import Queue
 
 
 def _locked(name: str) -> Queue:
-    queue = Queue.objects.select_for_update().filter(name=name).first()
+    queue = Queue.objects.select_for_update(no_key=True).filter(name=name).first()
     if queue is None:
         raise QueueNotFound(f"queue {name!r} not found")
     return queue

@@ -12,6 +12,7 @@ from django.utils import timezone
 from jobs import events, services, transitions
 from jobs.models import Status, Task
 from jobs.services import Outcome
+from queueing.models import Queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,7 +103,9 @@ def test_event_sequence_numbers_are_gapless_per_task(queued_task):
 
 
 def _queued(owner: Any, n: int) -> list[Task]:
-    spec = services.build_spec(algorithm="demo.noop")
+    """``n`` QUEUED tasks of a queue no worker consumes (the session's worker may be running): what they
+    become is up to the test."""
+    spec = services.build_spec(algorithm="demo.noop", queue=Queue.objects.get_or_create(name="unconsumed")[0].name)
     tasks = [services._new_task(owner, spec, None) for _ in range(n)]
     with transaction.atomic():
         Task.objects.bulk_create(tasks)
@@ -159,3 +162,46 @@ def test_a_batch_cut_short_records_the_finished_task_and_hands_back_the_unstarte
     for task in rest:  # back in the queue (and dispatched again at once), the claim not counted
         assert task.status in {Status.PENDING, Status.QUEUED} and task.attempts == 0
         assert list(task.events.order_by("seq").values_list("event", flat=True))[2:4] == ["task.started", "task.requeued"]
+
+
+def test_a_submit_into_a_full_queue_does_not_wait_for_a_dispatcher_and_the_next_finish_starts_it(alice):
+    Queue.objects.create(name="full", concurrency=1)
+    spec = services.build_spec(algorithm="demo.noop", queue="full")
+    first, _ = services.submit(owner=alice, spec=spec)
+    assert services.claim(task_id=first.id, worker="w") is not None  # the window (1) is taken
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_queue_lock() -> None:  # a dispatcher of this queue in the middle of its transaction
+        try:
+            with transaction.atomic():
+                list(Queue.objects.select_for_update(no_key=True).filter(name="full"))
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    submitted: list[Task] = []
+
+    def submit_second() -> None:
+        try:
+            submitted.append(services.submit(owner=alice, spec=spec)[0])
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_queue_lock)
+    holder.start()
+    assert locked.wait(10)
+    submitter = threading.Thread(target=submit_second)
+    submitter.start()
+    submitter.join(10)
+    blocked = submitter.is_alive()
+    release.set()
+    holder.join()
+    submitter.join()
+    assert not blocked, "the submit waited for the dispatcher's lock on the queue row although the queue was full"
+    second = Task.objects.get(id=submitted[0].id)
+    assert second.status == Status.PENDING
+
+    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))  # frees the slot, dispatches
+    assert Task.objects.get(id=second.id).status == Status.QUEUED
