@@ -76,24 +76,45 @@ def from_row(row: TaskEvent, task: Task) -> TaskEventPayload:
     return body
 
 
+_TABLE = TaskEvent._meta.db_table
 _INSERT_SQL = (
-    f"INSERT INTO {TaskEvent._meta.db_table} (task_id, seq, event, status, data, created_at) "
+    f"INSERT INTO {_TABLE} (task_id, seq, event, status, data, created_at) "
     "SELECT * FROM unnest(%s::uuid[], %s::integer[], %s::varchar[], %s::varchar[], %s::text[]::jsonb[], "
     "%s::timestamptz[])"
 )
 
 
+def _request_id_here() -> str | None:
+    """In a request, its X-Request-ID (the request that touched the tasks). Elsewhere (workers, beat)
+    None: the events carry the request id each task was submitted with."""
+    return current_request_id() if current_request.get() is not None else None
+
+
+def insert_sql(rows: str, event: str, data: dict[str, Any] | None, at: datetime) -> tuple[str, list[Any]]:
+    """For ``transitions.apply``: the INSERT of ``event`` for every row of ``rows`` (the CTE of the rows
+    its UPDATE returned, with their bumped ``last_seq``), to run in the same statement. Not for
+    ``task.progress`` (see ``in_sql``)."""
+    sql = (f"INSERT INTO {_TABLE} (task_id, seq, event, status, data, created_at) "
+           f"SELECT {rows}.id, {rows}.last_seq, %s, {rows}.status, jsonb_strip_nulls(jsonb_build_object('request_id', "
+           f"COALESCE(%s::text, NULLIF({rows}.request_id, '')))) || %s::jsonb, %s FROM {rows}")
+    return sql, [event, _request_id_here(), json.dumps(data or {}, cls=DjangoJSONEncoder), at]
+
+
+def in_sql(event: str) -> bool:
+    """Whether ``insert_sql`` can write ``event``: a progress event's data are the row's progress
+    columns, written from Python (``record``)."""
+    return event != "task.progress"
+
+
 def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None) -> list[TaskEventPayload]:
-    """Append one event per task (its ``last_seq`` was already bumped by the guarded UPDATE), and its
-    webhook outbox rows; the rows and the subscription lookup go in one statement."""
+    """Append one event per task (its ``last_seq`` was already bumped by the guarded UPDATE, or set at
+    insert), and its webhook outbox rows: the event rows and the subscription lookup in one statement."""
     from webhooks import outbox
 
     now = timezone.now()
     tasks = list(tasks)
     rows = []
-    # In a request, its X-Request-ID (the request that touched the tasks); elsewhere (workers, beat) the
-    # request id each task was submitted with.
-    request_id = current_request_id() if current_request.get() is not None else None
+    request_id = _request_id_here()
     for task in tasks:
         row_data = dict(data or {})
         if event == "task.progress":
@@ -105,14 +126,24 @@ def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None
     sql = _INSERT_SQL
     params: list[Any] = [[r[0] for r in rows], [r[1] for r in rows], [event] * len(rows), [t.status for t in tasks],
                          [r[2] for r in rows], [now] * len(rows)]
-    matching = outbox.matching_subscriptions(tasks, event)
+    matching = outbox.matching_sql(event, "t")
     if matching is not None:  # the insert as a CTE in front of the lookup: one round trip for both
-        sql = f"WITH inserted AS ({_INSERT_SQL}) {matching[0]}"
-        params += matching[1]
+        sql = (f"WITH inserted AS ({_INSERT_SQL}) SELECT {matching[0]} FROM unnest(%s::uuid[], %s::integer[]) "
+               "WITH ORDINALITY AS t(id, owner_id, n) ORDER BY t.n")
+        params += [*matching[1], [t.id for t in tasks], [t.owner_id for t in tasks]]
     with connection.cursor() as cur:  # on every state change: plain SQL, a fraction of bulk_create's cost
         cur.execute(sql, params)
-        subscriptions = cur.fetchall() if matching is not None else []
-    out = [payload(t, event, t.last_seq, data, now) for t in tasks]
+        subscriptions = [r[0] for r in cur.fetchall()] if matching is not None else []
+    return recorded(tasks, event, data, now, subscriptions)
+
+
+def recorded(tasks: list[Task], event: str, data: dict[str, Any] | None, at: datetime,
+             subscriptions: list[list[Any]]) -> list[TaskEventPayload]:
+    """After the event rows are written: their channel messages (on commit) and webhook outbox rows
+    (``subscriptions``: each task's matching subscription ids)."""
+    from webhooks import outbox
+
+    out = [payload(t, event, t.last_seq, data, at) for t in tasks]
     by_owner = [(t.owner_id, body) for t, body in zip(tasks, out)]
     transaction.on_commit(lambda: publisher.publish(by_owner), robust=True)
     outbox.enqueue_task_events(tasks, event, out, subscriptions)  # in this same transaction, sent on commit

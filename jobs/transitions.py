@@ -1,7 +1,8 @@
 """The one place the task state machine lives.
 
 ``apply()`` is a guarded UPDATE (``… WHERE id = ANY(%s) AND status = ANY(%s) RETURNING …``) that also
-bumps ``last_seq``, followed by one ``TaskEvent`` per row it matched, in the caller's transaction.
+bumps ``last_seq``, and one ``TaskEvent`` per row it matched, in the caller's transaction: one statement
+(the UPDATE and the event INSERT as CTEs, returning the rows and their webhook subscriptions).
 A row that did not match was changed by another process first (cancel vs claim, two dispatchers,
 a redelivered message): the caller gets it back as missing and does nothing.
 """
@@ -13,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from jobs import events
 from jobs.models import Task
@@ -114,12 +116,32 @@ def apply(
         sql += f" AND ({where_sql})"
         params.extend(where_params or [])
     sql += f" RETURNING {_RETURNING}"
+    if not events.in_sql(event):
+        with connection.cursor() as cur:
+            execute(cur, sql, params, relax=relax)
+            rows = {str(t.id): t for t in map(_task_from_row, cur.fetchall())}
+        tasks = [rows[i] for i in ids if i in rows]
+        if tasks:
+            events.record(tasks, event, data)
+        return tasks
+    # One statement: the guarded UPDATE, the event rows of the rows it changed, and each one's
+    # matching webhook subscriptions.
+    from webhooks import outbox
+
+    now = timezone.now()
+    insert, insert_params = events.insert_sql("changed", event, data, now)
+    matching = outbox.matching_sql(event, "changed") or ("'{}'::uuid[]", [])
     with connection.cursor() as cur:
-        execute(cur, sql, params, relax=relax)
-        rows = {str(t.id): t for t in map(_task_from_row, cur.fetchall())}
-    tasks = [rows[i] for i in ids if i in rows]
+        execute(cur, f"WITH changed AS ({sql}), recorded AS ({insert}) SELECT changed.*, {matching[0]} FROM changed",
+                params + insert_params + matching[1], relax=relax)
+        found = {}
+        for row in cur.fetchall():
+            task = _task_from_row(row[:-1])
+            found[str(task.id)] = (task, row[-1])
+    hits = [found[i] for i in ids if i in found]
+    tasks = [task for task, _ in hits]
     if tasks:
-        events.record(tasks, event, data)
+        events.recorded(tasks, event, data, now, [subs for _, subs in hits])
     return tasks
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from webhooks.models import Delivery, Subscription
@@ -19,35 +19,34 @@ TASK_EVENTS = frozenset({
 })
 QUEUE_EVENTS = frozenset({"queue.paused", "queue.resumed"})
 WILDCARDS = frozenset({"task.*", "queue.*"})
-# The active subscriptions wanting ``event``: the owners' endpoints for all their tasks, and the tasks' own.
-_MATCHING_SQL = (
-    f"SELECT id, owner_id, task_id FROM {Subscription._meta.db_table} WHERE active AND events && %s::varchar[] "
-    "AND ((task_id IS NULL AND owner_id = ANY(%s)) OR task_id = ANY(%s))"
-)
 
 
-def matching_subscriptions(tasks: Sequence[Any], event: str) -> tuple[str, list[Any]] | None:
-    """The lookup of the subscriptions that want ``event`` of ``tasks`` (SQL and parameters, rows of
-    ``(id, owner_id, task_id)``), for ``jobs.events.record`` to run with its insert; None when the event
-    is never delivered."""
-    if event not in TASK_EVENTS or not tasks:
+def matching_sql(event: str, rows: str) -> tuple[str, list[Any]] | None:
+    """An SQL expression for one row of ``rows`` (an alias with the task's ``id`` and ``owner_id``): the
+    ids of the active subscriptions that want ``event`` of that task — its owner's endpoints for all their
+    tasks, and the task's own. ``jobs`` writes it into the statement that records the events, so the
+    lookup costs no round trip of its own. None when the event is never delivered."""
+    if event not in TASK_EVENTS:
         return None
-    return _MATCHING_SQL, [[event, "task.*"], list({t.owner_id for t in tasks}), [t.id for t in tasks]]
+    table = Subscription._meta.db_table
+    wanted = [event, "task.*"]
+    return (f"ARRAY(SELECT s.id FROM {table} s WHERE s.active AND s.task_id IS NULL AND s.owner_id = {rows}.owner_id "
+            f"AND s.events && %s::varchar[]) || ARRAY(SELECT s.id FROM {table} s WHERE s.active "
+            f"AND s.task_id = {rows}.id AND s.events && %s::varchar[])"), [wanted, wanted]
 
 
 def enqueue_task_events(tasks: Sequence[Any], event: str, payloads: Sequence[Mapping[str, Any]],
-                        subscriptions: Sequence[tuple[Any, Any, Any]]) -> list[Delivery]:
-    """One delivery per (task, matching subscription): the owner's ``task.*`` endpoints and the task's own.
-    ``subscriptions`` are the rows of ``matching_subscriptions``."""
-    if not subscriptions:
+                        subscriptions: Sequence[Sequence[Any]]) -> list[Delivery]:
+    """One delivery per (task, matching subscription); ``subscriptions`` holds each task's matching
+    subscription ids (``matching_sql``), aligned with ``tasks``."""
+    if not any(subscriptions):
         return []
     now = timezone.now()
     rows = [
         Delivery(subscription_id=sub_id, event=event, payload=dict(body), task_id=task.id, seq=body.get("seq", 0),
                  next_attempt_at=now, sent_at=now)
-        for task, body in zip(tasks, payloads)
-        for sub_id, owner_id, sub_task_id in subscriptions
-        if (sub_task_id is None and owner_id == task.owner_id) or sub_task_id == task.id
+        for task, body, subs in zip(tasks, payloads, subscriptions)
+        for sub_id in subs
     ]
     return _insert(rows)
 
