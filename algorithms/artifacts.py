@@ -24,6 +24,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.utils.text import get_valid_filename
 
+from algorithms.context import Scratch
 from algorithms.models import Artifact
 
 RESULT_NAME = "result"
@@ -86,10 +87,14 @@ class ArtifactWriter(io.BufferedIOBase):
 class ArtifactStore:
     """Artifacts of one attempt of one task."""
 
-    def __init__(self, *, task_id: str, attempt: int, scratch_dir: Path) -> None:
-        self.task_id, self.attempt, self.scratch_dir = task_id, attempt, scratch_dir
+    def __init__(self, *, task_id: str, attempt: int, scratch: Scratch) -> None:
+        self.task_id, self.attempt, self._scratch = task_id, attempt, scratch
         self._open: list[ArtifactWriter] = []
         self.result: Artifact | None = None
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self._scratch.path
 
     def open(self, name: str, mode: str = "wb", *, content_type: str | None = None,
              summary: dict[str, Any] | None = None, kind: str = Artifact.Kind.FILE) -> Any:

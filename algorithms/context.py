@@ -3,6 +3,8 @@
 directory removed afterwards."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -10,6 +12,29 @@ from typing import IO, TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from algorithms.artifacts import ArtifactStore
+
+
+class Scratch:
+    """A run's scratch directory, made on first use (most tasks never touch it: a no-op task paid a
+    mkdtemp and an rmtree each) and removed after the run."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._path: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        with self._lock:
+            if self._path is None:
+                self._path = Path(tempfile.mkdtemp(prefix=self._prefix))
+            return self._path
+
+    def remove(self) -> None:
+        with self._lock:
+            if self._path is not None:
+                shutil.rmtree(self._path, ignore_errors=True)
+                self._path = None
 
 
 class RunContext:
@@ -22,7 +47,7 @@ class RunContext:
         *,
         task_id: str,
         attempt: int,
-        scratch_dir: Path,
+        scratch: Scratch,
         cancel_event: threading.Event,
         write_progress: Callable[[float, str, str, dict[str, Any]], None],
         write_logs: Callable[[list[str]], None],
@@ -31,7 +56,7 @@ class RunContext:
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
-        self.scratch_dir = scratch_dir
+        self._scratch = scratch
         self._cancel = cancel_event
         self._write_progress = write_progress
         self._write_logs = write_logs
@@ -42,6 +67,11 @@ class RunContext:
         self._result: Any = None
         self._has_result = False
         self.artifacts = artifacts
+
+    @property
+    def scratch_dir(self) -> Path:
+        """A directory of this run's own, removed when it ends."""
+        return self._scratch.path
 
     def progress(self, percent: float, stage: str | None = None, message: str | None = None,
                  metrics: dict[str, Any] | None = None) -> None:

@@ -13,20 +13,17 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connections
 
 from algorithms import artifacts, registry
-from algorithms.context import RunContext
+from algorithms.context import RunContext, Scratch
 from jobs import services
 from jobs.events import publisher
 from jobs.models import Status, Task
@@ -239,13 +236,13 @@ def run(task: Task) -> Outcome:
         return Outcome(status=Status.FAILED, error=f"cannot start: {exc}", retryable=False)
 
     watch = Watch(task, threading.current_thread())
-    scratch = Path(tempfile.mkdtemp(prefix=f"conveyor-{task.id}-"))
+    scratch = Scratch(prefix=f"conveyor-{task.id}-")
     conf = settings.CONVEYOR
-    store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch)
+    store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, scratch=scratch)
     if task.attempts > 1:
         artifacts.discard_earlier_attempts(task_id=str(task.id), attempt=task.attempts)
     ctx = RunContext(
-        task_id=str(task.id), attempt=task.attempts, scratch_dir=scratch, cancel_event=watch.cancel,
+        task_id=str(task.id), attempt=task.attempts, scratch=scratch, cancel_event=watch.cancel,
         write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m, metrics=x),
         write_logs=lambda lines: services.append_log(task_id=task.id, lines=lines),
         min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store,
@@ -273,7 +270,7 @@ def run(task: Task) -> Outcome:
         return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", retryable=True)
     finally:
         store.abort_open()
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
     if watch.timed_out.is_set():
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
     if watch.cancel.is_set():

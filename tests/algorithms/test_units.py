@@ -68,3 +68,22 @@ def test_a_broken_declaration_file_is_skipped_not_fatal(tmp_path, settings, capl
     external.load()
 
     assert "could not be loaded" in caplog.text
+
+
+def test_a_runs_scratch_directory_exists_only_once_used_and_is_removed_after():
+    import tempfile
+    import uuid
+
+    from algorithms.context import Scratch
+
+    prefix = f"conveyor-test-{uuid.uuid4().hex}-"
+    unused = Scratch(prefix=prefix)
+    assert not list(Path(tempfile.gettempdir()).glob(f"{prefix}*"))  # a task that never asks makes none
+    unused.remove()
+
+    used = Scratch(prefix=prefix)
+    path = used.path
+    assert path.is_dir() and used.path == path  # made once, on first use
+    (path / "work").mkdir()
+    used.remove()
+    assert not path.exists()
