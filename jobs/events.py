@@ -76,9 +76,9 @@ def from_row(row: TaskEvent, task: Task) -> TaskEventPayload:
     return body
 
 
-_TABLE = TaskEvent._meta.db_table
+_INSERT_INTO = f"INSERT INTO {TaskEvent._meta.db_table} (task_id, seq, event, status, data, created_at) "
 _INSERT_SQL = (
-    f"INSERT INTO {_TABLE} (task_id, seq, event, status, data, created_at) "
+    f"{_INSERT_INTO}"
     "SELECT * FROM unnest(%s::uuid[], %s::integer[], %s::varchar[], %s::varchar[], %s::text[]::jsonb[], "
     "%s::timestamptz[])"
 )
@@ -94,9 +94,9 @@ def insert_sql(rows: str, event: str, data: dict[str, Any] | None, at: datetime)
     """For ``transitions.apply``: the INSERT of ``event`` for every row of ``rows`` (the CTE of the rows
     its UPDATE returned, with their bumped ``last_seq``), to run in the same statement. Not for
     ``task.progress`` (see ``in_sql``)."""
-    sql = (f"INSERT INTO {_TABLE} (task_id, seq, event, status, data, created_at) "
-           f"SELECT {rows}.id, {rows}.last_seq, %s, {rows}.status, jsonb_strip_nulls(jsonb_build_object('request_id', "
-           f"COALESCE(%s::text, NULLIF({rows}.request_id, '')))) || %s::jsonb, %s FROM {rows}")
+    sql = (f"{_INSERT_INTO}SELECT {rows}.id, {rows}.last_seq, %s, {rows}.status, "
+           f"jsonb_strip_nulls(jsonb_build_object('request_id', COALESCE(%s::text, NULLIF({rows}.request_id, '')))) "
+           f"|| %s::jsonb, %s FROM {rows}")
     return sql, [event, _request_id_here(), json.dumps(data or {}, cls=DjangoJSONEncoder), at]
 
 

@@ -57,18 +57,14 @@ _CANDIDATES_SQL = (
     f"LIMIT COALESCE(({_ROOM_SQL}), 0) FOR UPDATE SKIP LOCKED"
 )
 _READ_SQL = f"{_LOCK_SQL}; {_BUSY_SQL}; {_CANDIDATES_SQL}"
-
-
 _BUSY = [Status.QUEUED, Status.RUNNING]
-_FULL_SQL = ("SELECT paused OR concurrency <= (SELECT count(*) FROM jobs_task WHERE queue = %s AND status = ANY(%s)) "
-             "FROM queueing_queue WHERE name = %s")
 
 
 def _full(name: str) -> bool:
+    """No room (paused, window full, or no such queue), read without the lock."""
     with connection.cursor() as cur:
-        cur.execute(_FULL_SQL, [name, _BUSY, name])
-        row = cur.fetchone()
-    return row is None or bool(row[0])
+        cur.execute(f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0", {"queue": name, "busy": _BUSY, "ahead": 0})
+        return bool(cur.fetchone()[0])
 
 
 def _dispatch_queue(name: str) -> int:
