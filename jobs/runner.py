@@ -59,7 +59,6 @@ class Watch:
         self.deadline = time.monotonic() + task.timeout_seconds
         self.cancel = threading.Event()
         self.timed_out = threading.Event()
-        self.lost = threading.Event()  # the row is no longer RUNNING (reaped, or cancelled by the reaper)
         self._cancel_at: float | None = None
         self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
         self.lock = threading.Lock()
@@ -67,8 +66,7 @@ class Watch:
     def tick(self, flag: bool | None, now: float) -> bool:
         """One heartbeat's answer (``flag``: cancel requested; None: no longer RUNNING). True when the
         algorithm ignored cancel or its time limit for the grace period and must be terminated."""
-        if flag is None:
-            self.lost.set()
+        if flag is None:  # no longer RUNNING (reaped, or cancelled by the reaper): stop the algorithm
             self.cancel.set()
             return False
         if flag and not self.cancel.is_set():

@@ -339,7 +339,6 @@ _FINAL_EVENTS = {Status.SUCCEEDED: "task.succeeded", Status.FAILED: "task.failed
                  Status.CANCELLED: "task.cancelled", Status.TIMED_OUT: "task.timed_out"}
 
 
-@transaction.atomic(savepoint=False)
 def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True) -> Task | None:
     """RUNNING → SUCCEEDED | FAILED | CANCELLED | TIMED_OUT, or back to PENDING with a backoff when a
     retryable failure has retries left. None if the task was no longer RUNNING (reaped, or finished
