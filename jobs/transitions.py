@@ -13,7 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils import timezone
 
 from jobs import events
@@ -131,9 +133,11 @@ def apply(
     now = timezone.now()
     insert, insert_params = events.insert_sql("changed", event, data, now)
     matching = outbox.matching_sql(event, "changed") or ("'{}'::uuid[]", [])
-    with connection.cursor() as cur:
-        execute(cur, f"WITH changed AS ({sql}), recorded AS ({insert}) SELECT changed.*, {matching[0]} FROM changed",
-                params + insert_params + matching[1], relax=relax)
+    statement = f"WITH changed AS ({sql}), recorded AS ({insert}) SELECT changed.*, {matching[0]} FROM changed"
+    with _prepared_cursor() as cur:
+        if relax and _outermost():  # SET LOCAL as a function: a prepared statement is one statement
+            statement += " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"
+        cur.execute(statement, params + insert_params + matching[1])
         found = {}
         for row in cur.fetchall():
             task = _task_from_row(row[:-1])
@@ -143,6 +147,34 @@ def apply(
     if tasks:
         events.recorded(tasks, event, data, now, [subs for _, subs in hits])
     return tasks
+
+
+def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bool = False) -> list[list[tuple[Any, ...]]]:
+    """Run ``statements`` in order (each with its own snapshot, as always in READ COMMITTED) in one round
+    trip, and return each one's rows: prepared, in a psycopg pipeline (the transaction's ``BEGIN``
+    travels with them); as one client-bound string of them all when ``DB_PREPARED_STATEMENTS`` is off.
+    ``relax`` as in ``execute``. The statements share ``params`` (named placeholders)."""
+    if not settings.DB_PREPARED_STATEMENTS:
+        with connection.cursor() as cur:
+            execute(cur, "; ".join(statements), params, relax=relax)
+            found = [cur.fetchall()]
+            while len(found) < len(statements) and cur.nextset():
+                found.append(cur.fetchall())
+            return found
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        if relax and _outermost():
+            connection._prepare_cursor(ServerBindingCursor(connection.connection)).execute(
+                "SET LOCAL synchronous_commit TO OFF")
+        cursors = []
+        for sql in statements:
+            cur = _prepared_cursor()
+            cur.execute(sql, params)
+            cursors.append(cur)
+    found = [cur.fetchall() for cur in cursors]
+    for cur in cursors:
+        cur.close()
+    return found
 
 
 def execute(cur: Any, sql: str, params: Any, *, relax: bool = False) -> None:
@@ -156,11 +188,34 @@ def execute(cur: Any, sql: str, params: Any, *, relax: bool = False) -> None:
     the outermost transaction: ``SET LOCAL`` inside a caller's transaction would relax the caller's commit.
     (Two statements in one execute: Django's psycopg cursors bind parameters client-side.)
     """
-    if relax and len(transaction.get_connection().atomic_blocks) == 1:
+    if relax and _outermost():
         cur.execute("SET LOCAL synchronous_commit TO OFF; " + sql, params)
         cur.nextset()  # past the SET, to the statement's own result
     else:
         cur.execute(sql, params)
+
+
+def _outermost() -> bool:
+    return len(transaction.get_connection().atomic_blocks) == 1
+
+
+class _Prepared(ServerBindingCursor):
+    """Binds parameters on the server and prepares each statement on its first use in a connection."""
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any) -> Any:
+        return super().execute(query, params, prepare=True, **kwargs)
+
+
+def _prepared_cursor() -> Any:
+    """A Django cursor (its execute wrappers and query log included) whose statements PostgreSQL parses
+    and plans once per connection: a transition's statement is long (two CTEs, every column returned)
+    and its parse and plan cost more than running it. Django's ordinary client-binding cursor when
+    ``DB_PREPARED_STATEMENTS`` is off."""
+    if not settings.DB_PREPARED_STATEMENTS:
+        return connection.cursor()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(_Prepared(connection.connection))
 
 
 def apply_one(task_id: UUID | str, **kwargs: Any) -> Task | None:

@@ -40,45 +40,43 @@ def dispatch(queue_names: Iterable[str] | None = None, *, unless_full: bool = Fa
 
 
 # It runs after every submit and every finish: plain SQL (the ORM's query building cost more than the
-# queries themselves), and its three reads in one round trip: the queue row's lock, then (each statement
-# with its own snapshot, taken once the lock is held) what is busy and the candidates, in
-# ``ordering.waiting()``'s order, as many as the free room (plus the scan-ahead when owners are capped).
+# queries themselves), and its three reads in one round trip (``transitions.read_together``, prepared):
+# the queue row's lock, then (each statement with its own snapshot, taken once the lock is held) what is
+# busy and the candidates, in ``ordering.waiting()``'s order, as many as the free room (plus the
+# scan-ahead when owners are capped). The statuses are literals, not parameters, so that a prepared
+# (generic) plan can still use the partial indexes on them.
+_BUSY_STATUSES = "status IN ('QUEUED', 'RUNNING')"
 _LOCK_SQL = ("SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %(queue)s "
              "FOR NO KEY UPDATE")  # not FOR UPDATE: it would block submits' foreign-key checks (FOR KEY SHARE)
-_BUSY_SQL = "SELECT owner_id, count(*) FROM jobs_task WHERE queue = %(queue)s AND status = ANY(%(busy)s) GROUP BY owner_id"
+_BUSY_SQL = f"SELECT owner_id, count(*) FROM jobs_task WHERE queue = %(queue)s AND {_BUSY_STATUSES} GROUP BY owner_id"
 _ROOM_SQL = (
     "SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 THEN q.room + %(ahead)s "
     "ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - (SELECT count(*) FROM jobs_task "
-    "WHERE queue = %(queue)s AND status = ANY(%(busy)s)) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
+    f"WHERE queue = %(queue)s AND {_BUSY_STATUSES}) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
 )
 _CANDIDATES_SQL = (
-    "SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = %(pending)s "
+    f"SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = '{Status.PENDING}' "
     f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
     f"LIMIT COALESCE(({_ROOM_SQL}), 0) FOR UPDATE SKIP LOCKED"
 )
-_READ_SQL = f"{_LOCK_SQL}; {_BUSY_SQL}; {_CANDIDATES_SQL}"
-_BUSY = [Status.QUEUED, Status.RUNNING]
 
 
 def _full(name: str) -> bool:
     """No room (paused, window full, or no such queue), read without the lock."""
     with connection.cursor() as cur:
-        cur.execute(f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0", {"queue": name, "busy": _BUSY, "ahead": 0})
+        cur.execute(f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0", {"queue": name, "ahead": 0})
         return bool(cur.fetchone()[0])
 
 
 def _dispatch_queue(name: str) -> int:
-    with transaction.atomic(), connection.cursor() as cur:
+    with transaction.atomic():
         now = timezone.now()
         # relaxed commit: a lost dispatch leaves the task PENDING, dispatched again
-        transitions.execute(cur, _READ_SQL, {
-            "queue": name, "busy": _BUSY, "pending": Status.PENDING, "now": now,
-            "ahead": settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]}, relax=True)
-        queue = cur.fetchone()
-        cur.nextset()
-        busy = dict(cur.fetchall())
-        cur.nextset()
-        candidates = cur.fetchall()
+        locked, busy_rows, candidates = transitions.read_together(
+            [_LOCK_SQL, _BUSY_SQL, _CANDIDATES_SQL],
+            {"queue": name, "now": now, "ahead": settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]}, relax=True)
+        queue = locked[0] if locked else None
+        busy = dict(busy_rows)
         if queue is None or queue[0]:  # no such queue, or paused
             return 0
         _, concurrency, cap = queue

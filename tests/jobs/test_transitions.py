@@ -205,3 +205,41 @@ def test_a_submit_into_a_full_queue_does_not_wait_for_a_dispatcher_and_the_next_
 
     services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))  # frees the slot, dispatches
     assert Task.objects.get(id=second.id).status == Status.QUEUED
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-bound"])
+def test_a_task_goes_through_dispatch_claim_and_finish_with_and_without_prepared_statements(alice, settings, prepared):
+    settings.DB_PREPARED_STATEMENTS = prepared
+    connection.close()  # a new connection: no statement prepared by an earlier test
+    Queue.objects.create(name="prep", concurrency=1)
+    spec = services.build_spec(algorithm="demo.noop", queue="prep")
+    first, _ = services.submit(owner=alice, spec=spec)
+    second, _ = services.submit(owner=alice, spec=spec)  # waits: the window is 1
+    assert Task.objects.get(id=second.id).status == Status.PENDING
+
+    assert services.claim(task_id=first.id, worker="w") is not None
+    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED, result={"n": 1}))
+
+    done, next_up = Task.objects.get(id=first.id), Task.objects.get(id=second.id)
+    assert done.status == Status.SUCCEEDED and done.result == {"n": 1}
+    assert list(done.events.order_by("seq").values_list("event", flat=True)) == [
+        "task.created", "task.queued", "task.started", "task.succeeded"]
+    assert next_up.status == Status.QUEUED  # the finish dispatched the next one
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%UPDATE jobs_task%"])
+        assert (cur.fetchone()[0] > 0) is prepared
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-bound"])
+def test_relaxed_reads_turn_off_the_wal_wait_only_for_their_own_outermost_transaction(settings, prepared):
+    settings.DB_PREPARED_STATEMENTS = prepared
+    setting = ["SELECT current_setting('synchronous_commit')"]
+    with transaction.atomic():
+        assert transitions.read_together(setting, {}, relax=True) == [[("off",)]]
+    with transaction.atomic():
+        assert transitions.read_together(setting, {}) == [[("on",)]]
+        with transaction.atomic():  # inside a caller's transaction: the caller's commit stays synchronous
+            assert transitions.read_together(setting, {}, relax=True) == [[("on",)]]
+    with transaction.atomic():  # several statements, each one's rows
+        assert transitions.read_together(["SELECT 1", "SELECT %(a)s UNION ALL SELECT %(b)s"], {"a": 2, "b": 3}) == [
+            [(1,)], [(2,), (3,)]]
