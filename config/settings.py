@@ -156,16 +156,15 @@ DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env
 # A connection pool per process (psycopg_pool). Use it for the ASGI web server: there every request runs
 # in a new thread, so persistent connections (DB_CONN_MAX_AGE) pile up until PostgreSQL refuses more
 # ("too many clients" at 16 concurrent submits in bench/). Pooling replaces DB_CONN_MAX_AGE.
-# Server-prepared statements for the state transitions (jobs/transitions.py asks for them by name; every
-# other query stays client-bound and unprepared): PostgreSQL parses and plans each of those long
-# statements once per connection instead of on every call. DB_PREPARED_STATEMENTS=false behind a pooler
-# that cannot keep prepared statements (PgBouncer before 1.21 in transaction mode).
+# Server-prepared statements for the state transitions and the dispatcher's reads (jobs/transitions.py
+# asks for them by name; every other query stays client-bound and unprepared): PostgreSQL parses and
+# plans each of those long statements once per connection instead of on every call, with a generic plan
+# (their plans do not depend on the values: ids, results, a queue's name; a custom plan per call cost as
+# much as the parse it saves). Only prepared statements — those, and PL/pgSQL's, which the statistics
+# triggers' parameterless statements do not change — use the plan cache. DB_PREPARED_STATEMENTS=false
+# behind a pooler that cannot keep prepared statements (PgBouncer before 1.21 in transaction mode).
 DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
-if DB_PREPARED_STATEMENTS:  # a threshold no query reaches: only what asks with prepare=True is prepared
-    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
-    # and planned once: their plans do not depend on the values (ids, results, a queue's name), and a
-    # custom plan per call cost as much as the parse it saves. (Only prepared statements — those, and
-    # PL/pgSQL's, which these triggers' parameterless statements do not change — use the plan cache.)
+if DB_PREPARED_STATEMENTS:
     DATABASES["default"]["OPTIONS"]["options"] = " ".join(
         filter(None, [DATABASES["default"]["OPTIONS"].get("options"), "-c plan_cache_mode=force_generic_plan"]))
 if env_int("DB_POOL_MAX_SIZE", 0) > 0:

@@ -199,11 +199,26 @@ def _outermost() -> bool:
     return len(transaction.get_connection().atomic_blocks) == 1
 
 
+_EXPLICIT_ONLY = 2**31 - 1  # a psycopg prepare threshold no statement reaches: only prepare=True prepares
+
+
 class _Prepared(ServerBindingCursor):
-    """Binds parameters on the server and prepares each statement on its first use in a connection."""
+    """Binds parameters on the server and prepares each statement on its first use in a connection.
+
+    psycopg prepares nothing while the connection's ``prepare_threshold`` is None (Django's default), and
+    with any threshold it counts every statement, keyed by its text, to prepare the frequent ones — with
+    Django's client-side binding that text holds the parameters, so a 1 MB result chunk would be kept as a
+    key (a worker's memory grew by 220 MB in tests/remote). So the threshold is set only while one of
+    these statements is sent.
+    """
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any) -> Any:
-        return super().execute(query, params, prepare=True, **kwargs)
+        conn = self.connection
+        conn.prepare_threshold = _EXPLICIT_ONLY
+        try:
+            return super().execute(query, params, prepare=True, **kwargs)
+        finally:
+            conn.prepare_threshold = None
 
 
 def _prepared_cursor() -> Any:
