@@ -30,7 +30,9 @@ class Task(models.Model):
     algorithm = models.CharField(max_length=200)
     algorithm_version = models.CharField(max_length=50, blank=True)
     params = models.JSONField(default=dict)
-    queue = models.ForeignKey("queueing.Queue", to_field="name", db_column="queue", on_delete=models.PROTECT)
+    # Indexed by (queue, status) below, not on its own: jobs/migrations/0006 says why.
+    queue = models.ForeignKey("queueing.Queue", to_field="name", db_column="queue", on_delete=models.PROTECT,
+                              db_index=False)
     priority = models.PositiveSmallIntegerField(default=5)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     labels = ArrayField(models.CharField(max_length=100), default=list, blank=True)
@@ -97,6 +99,8 @@ class Task(models.Model):
             models.Index(fields=["created_at"], name="task_created_cover_idx",
                          include=["status", "queue", "algorithm", "owner"]),
             models.Index(fields=["status", "queue"], name="task_status_queue_idx"),
+            # A queue's tasks (foreign-key checks, the list's queue filter) and its busy count.
+            models.Index(fields=["queue", "status"], name="task_queue_status_idx"),
             models.Index(fields=["owner", "-created_at"], name="task_owner_created_idx"),
             GinIndex(fields=["labels"], name="task_labels_gin"),
         ]
