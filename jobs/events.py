@@ -15,9 +15,10 @@ from datetime import datetime, timezone as dt_timezone
 from typing import Any, Literal, TypedDict
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
+from jobs import prepared
 from jobs.models import Task, TaskEvent
 from observability.logs import current_request, current_request_id
 
@@ -131,7 +132,7 @@ def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None
         sql = (f"WITH inserted AS ({_INSERT_SQL}) SELECT {matching[0]} FROM unnest(%s::uuid[], %s::integer[]) "
                "WITH ORDINALITY AS t(id, owner_id, n) ORDER BY t.n")
         params += [*matching[1], [t.id for t in tasks], [t.owner_id for t in tasks]]
-    with connection.cursor() as cur:  # on every state change: plain SQL, a fraction of bulk_create's cost
+    with prepared.cursor() as cur:  # on every state change: plain SQL, a fraction of bulk_create's cost
         cur.execute(sql, params)
         subscriptions = [r[0] for r in cur.fetchall()] if matching is not None else []
     return recorded(tasks, event, data, now, subscriptions)

@@ -15,10 +15,9 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils import timezone
 
-from jobs import events
+from jobs import events, prepared
 from jobs.models import Task
 
 _TABLE = Task._meta.db_table
@@ -134,7 +133,7 @@ def apply(
     insert, insert_params = events.insert_sql("changed", event, data, now)
     matching = outbox.matching_sql(event, "changed") or ("'{}'::uuid[]", [])
     statement = f"WITH changed AS ({sql}), recorded AS ({insert}) SELECT changed.*, {matching[0]} FROM changed"
-    with _prepared_cursor() as cur:
+    with prepared.cursor() as cur:
         if relax and _outermost():  # SET LOCAL as a function: a prepared statement is one statement
             statement += " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"
         cur.execute(statement, params + insert_params + matching[1])
@@ -164,11 +163,10 @@ def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bo
     connection.ensure_connection()
     with connection.wrap_database_errors, connection.connection.pipeline():
         if relax and _outermost():
-            connection._prepare_cursor(ServerBindingCursor(connection.connection)).execute(
-                "SET LOCAL synchronous_commit TO OFF")
+            prepared.cursor(prepare=False).execute("SET LOCAL synchronous_commit TO OFF")
         cursors = []
         for sql in statements:
-            cur = _prepared_cursor()
+            cur = prepared.cursor()
             cur.execute(sql, params)
             cursors.append(cur)
     found = [cur.fetchall() for cur in cursors]
@@ -197,40 +195,6 @@ def execute(cur: Any, sql: str, params: Any, *, relax: bool = False) -> None:
 
 def _outermost() -> bool:
     return len(transaction.get_connection().atomic_blocks) == 1
-
-
-_EXPLICIT_ONLY = 2**31 - 1  # a psycopg prepare threshold no statement reaches: only prepare=True prepares
-
-
-class _Prepared(ServerBindingCursor):
-    """Binds parameters on the server and prepares each statement on its first use in a connection.
-
-    psycopg prepares nothing while the connection's ``prepare_threshold`` is None (Django's default), and
-    with any threshold it counts every statement, keyed by its text, to prepare the frequent ones — with
-    Django's client-side binding that text holds the parameters, so a 1 MB result chunk would be kept as a
-    key (a worker's memory grew by 220 MB in tests/remote). So the threshold is set only while one of
-    these statements is sent.
-    """
-
-    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any) -> Any:
-        conn = self.connection
-        conn.prepare_threshold = _EXPLICIT_ONLY
-        try:
-            return super().execute(query, params, prepare=True, **kwargs)
-        finally:
-            conn.prepare_threshold = None
-
-
-def _prepared_cursor() -> Any:
-    """A Django cursor (its execute wrappers and query log included) whose statements PostgreSQL parses
-    and plans once per connection: a transition's statement is long (two CTEs, every column returned)
-    and its parse and plan cost more than running it. Django's ordinary client-binding cursor when
-    ``DB_PREPARED_STATEMENTS`` is off."""
-    if not settings.DB_PREPARED_STATEMENTS:
-        return connection.cursor()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        return connection._prepare_cursor(_Prepared(connection.connection))
 
 
 def apply_one(task_id: UUID | str, **kwargs: Any) -> Task | None:

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from jobs import transitions
+from jobs import prepared, transitions
 from jobs.models import Status, Task
 from queueing import ordering
 
@@ -54,6 +54,7 @@ _ROOM_SQL = (
     "ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - (SELECT count(*) FROM jobs_task "
     f"WHERE queue = %(queue)s AND {_BUSY_STATUSES}) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
 )
+_FULL_SQL = f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0"
 _CANDIDATES_SQL = (
     f"SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = '{Status.PENDING}' "
     f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
@@ -63,8 +64,8 @@ _CANDIDATES_SQL = (
 
 def _full(name: str) -> bool:
     """No room (paused, window full, or no such queue), read without the lock."""
-    with connection.cursor() as cur:
-        cur.execute(f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0", {"queue": name, "ahead": 0})
+    with prepared.cursor() as cur:
+        cur.execute(_FULL_SQL, {"queue": name, "ahead": 0})
         return bool(cur.fetchone()[0])
 
 

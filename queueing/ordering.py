@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from django.db import connection
 from django.db.models import F, QuerySet
 
+from jobs import prepared
 from jobs.models import Status, Task
 
 ORDER = (F("queue_position").asc(nulls_last=True), F("priority").desc(), "fair_seq", "created_at", "id")
@@ -60,7 +60,7 @@ def stamp(task_ids: Iterable[UUID | str]) -> None:
     """Give new (or re-prioritised) PENDING tasks their round-robin number (see module docstring)."""
     ids = [str(i) for i in task_ids]
     if ids:
-        with connection.cursor() as cur:
+        with prepared.cursor() as cur:
             cur.execute(_STAMP_SQL, {"ids": ids})
 
 
