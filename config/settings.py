@@ -153,11 +153,8 @@ DATABASES = {
 }
 # A database that does not answer fails a request (and the readiness probe) quickly instead of hanging.
 DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
-# A connection pool per process (psycopg_pool). Use it for the ASGI web server: there every request runs
-# in a new thread, so persistent connections (DB_CONN_MAX_AGE) pile up until PostgreSQL refuses more
-# ("too many clients" at 16 concurrent submits in bench/). Pooling replaces DB_CONN_MAX_AGE.
-# Server-prepared statements for the state transitions and the dispatcher's reads (jobs/transitions.py
-# asks for them by name; every other query stays client-bound and unprepared): PostgreSQL parses and
+# Server-prepared statements for the statements on every task's path (jobs/prepared.py asks for them
+# by name; every other query stays client-bound and unprepared): PostgreSQL parses and
 # plans each of those long statements once per connection instead of on every call, with a generic plan
 # (their plans do not depend on the values: ids, results, a queue's name; a custom plan per call cost as
 # much as the parse it saves). Only prepared statements — those, and PL/pgSQL's, which the statistics
@@ -167,6 +164,9 @@ DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
 if DB_PREPARED_STATEMENTS:
     DATABASES["default"]["OPTIONS"]["options"] = " ".join(
         filter(None, [DATABASES["default"]["OPTIONS"].get("options"), "-c plan_cache_mode=force_generic_plan"]))
+# A connection pool per process (psycopg_pool). Use it for the ASGI web server: there every request runs
+# in a new thread, so persistent connections (DB_CONN_MAX_AGE) pile up until PostgreSQL refuses more
+# ("too many clients" at 16 concurrent submits in bench/). Pooling replaces DB_CONN_MAX_AGE.
 if env_int("DB_POOL_MAX_SIZE", 0) > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": env_int("DB_POOL_MAX_SIZE", 0),
