@@ -7,8 +7,11 @@ import os
 from celery import Celery
 from celery.signals import task_prerun, worker_process_init, worker_ready
 
+from config import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+broker.register()  # redis:// through config.broker's transport: a closed channel raises a connection error
 app = Celery("conveyor")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["jobs", "queueing", "webhooks", "algorithms"])
