@@ -6,9 +6,10 @@ hijacking) and no Origin check is needed; non-browser clients (the CLI) send no 
 """
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from config.handlers import get_asgi_application  # noqa: E402 - Django's, with a sync middleware chain
+
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
