@@ -250,7 +250,7 @@ def claim(*, task_id: UUID | str, worker: str) -> Task | None:
     return tasks[0] if tasks else None
 
 
-@transaction.atomic(savepoint=False)
+@transitions.atomic_retrying_deadlocks
 def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
     """QUEUED → RUNNING for the tasks of one message, in one statement (each task still gets its own
     guarded transition and ``task.started`` event). Duplicates and cancelled tasks are left out.
@@ -273,7 +273,7 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
     return tasks
 
 
-@transaction.atomic(savepoint=False)
+@transitions.atomic_retrying_deadlocks
 def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str = "task.requeued",
             error: str | None = None) -> list[Task]:
     """RUNNING → PENDING for claimed tasks of ``worker`` that it will not finish (the rest of a batch whose
@@ -346,7 +346,7 @@ def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True)
     return finish_many(outcomes=[(task_id, outcome)], dispatch_next=dispatch_next)[0]
 
 
-@transaction.atomic(savepoint=False)
+@transitions.atomic_retrying_deadlocks
 def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bool = True) -> list[Task | None]:
     """``finish`` for several tasks in one transaction: all the successes in one statement (each row
     its own result) and one bulk insert of their events; failures, cancels and timeouts one by one."""

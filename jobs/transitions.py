@@ -9,18 +9,24 @@ a redelivered message): the caller gets it back as missing and does nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
-from typing import Any
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from jobs import events, prepared
 from jobs.models import Task
 
 _TABLE = Task._meta.db_table
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 _FIELDS = Task._meta.concrete_fields
@@ -200,3 +206,39 @@ def _outermost() -> bool:
 def apply_one(task_id: UUID | str, **kwargs: Any) -> Task | None:
     tasks = apply([task_id], **kwargs)
     return tasks[0] if tasks else None
+
+
+DEADLOCK_ATTEMPTS = 3
+_DEADLOCK = "40P01"
+
+
+def atomic_retrying_deadlocks(fn: Callable[P, R]) -> Callable[P, R]:
+    """``transaction.atomic`` for a transaction that changes statuses in more than one statement, run
+    again (up to ``DEADLOCK_ATTEMPTS`` times) when PostgreSQL ends it as a deadlock's victim.
+
+    Each status-changing statement adds its deltas to the statistics counters (queueing/migrations/0007
+    and 0009), in a fixed order within the statement but not across two statements; the counter rows
+    are striped by ``pg_backend_pid() % 8``, so two backends of one stripe whose transactions each make
+    two such statements in opposite orders (a batch finish mixing successes and failures; a claim into
+    a queue paused a moment before) can deadlock. Before, the victim's tasks stayed RUNNING until the
+    reaper handed them back and they ran again; the transaction is all database work (side effects are
+    ``on_commit``, dropped with the rollback), so it is simply run again. Inside a caller's transaction
+    it is only a part of that transaction, and the caller decides.
+    """
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic(savepoint=False):
+                return fn(*args, **kwargs)
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                with transaction.atomic():
+                    return fn(*args, **kwargs)
+            except OperationalError as exc:
+                if getattr(exc.__cause__, "sqlstate", None) != _DEADLOCK or attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                log.warning("deadlock, running the transaction again", extra={"function": fn.__qualname__,
+                                                                               "attempt": attempt})
+                time.sleep(random.uniform(0, 0.02 * attempt))  # out of step with the other backend
+        raise AssertionError("unreachable")
+    return run

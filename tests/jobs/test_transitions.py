@@ -243,3 +243,90 @@ def test_relaxed_reads_turn_off_the_wal_wait_only_for_their_own_outermost_transa
     with transaction.atomic():  # several statements, each one's rows
         assert transitions.read_together(["SELECT 1", "SELECT %(a)s UNION ALL SELECT %(b)s"], {"a": 2, "b": 3}) == [
             [(1,)], [(2,), (3,)]]
+
+
+def _backend_of_the_same_stripe() -> Any:
+    """A second PostgreSQL session whose statistics-counter stripe (``pg_backend_pid() % 8``) is this
+    test connection's, as two worker connections' can be."""
+    import psycopg
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (mine,) = cur.fetchone()
+    params = connection.get_connection_params()
+    for _ in range(64):
+        other = psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
+                                port=params.get("port"), password=params.get("password"), autocommit=True)
+        if other.info.backend_pid % 8 == mine % 8:
+            return other
+        other.close()
+    raise AssertionError("no backend of the same stripe in 64 connections")
+
+
+def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every_outcome(alice, monkeypatch):
+    """A worker's finish of a success and a failure, and another backend of the same stripe changing
+    statuses in the opposite order: the statistics counters' row locks form a cycle and PostgreSQL ends
+    one transaction. The worker's finish runs its transaction again instead of leaving its tasks
+    RUNNING for the reaper to hand back and run a second time."""
+    mine_ok, mine_failed, theirs_failed, theirs_ok = _queued(alice, 4)
+    assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id, theirs_ok.id], worker="w")) == 3
+    other = _backend_of_the_same_stripe()
+    other.execute("SET deadlock_timeout = '60s'")  # so that the worker's side is the one PostgreSQL ends
+    other_moved = threading.Event()
+    other_done: list[Any] = []
+
+    def the_other_backend() -> None:
+        try:
+            with other.transaction():
+                # counters (…, FAILED) and (…, QUEUED): free; then (…, RUNNING), held by the finish below
+                other.execute("UPDATE jobs_task SET status = 'FAILED', finished_at = now() WHERE id = %s",
+                              [theirs_failed.id])
+                other_moved.set()
+                other.execute("UPDATE jobs_task SET status = 'SUCCEEDED', finished_at = now() WHERE id = %s",
+                              [theirs_ok.id])
+            other_done.append("committed")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            other_done.append(exc)
+
+    thread = threading.Thread(target=the_other_backend)
+    original = services._finish_other
+    attempts: list[int] = []
+
+    def finish_other_once_the_other_backend_waits(*args: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:  # the successes' statement holds (…, RUNNING) and (…, SUCCEEDED) now
+            thread.start()
+            assert other_moved.wait(10)
+            wait_for_lock_wait(other.info.backend_pid)
+        return original(*args)  # wants (…, FAILED), which the other backend holds
+
+    monkeypatch.setattr(services, "_finish_other", finish_other_once_the_other_backend_waits)
+    try:
+        done = services.finish_many(outcomes=[
+            (mine_ok.id, Outcome(status=Status.SUCCEEDED, result={"ok": True})),
+            (mine_failed.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
+        ])
+    finally:
+        if thread.is_alive():
+            thread.join(30)
+        other.close()
+
+    assert other_done == ["committed"]
+    assert len(attempts) == 2  # ended once as the deadlock's victim, then run again
+    assert [t.status for t in done] == [Status.SUCCEEDED, Status.FAILED]
+    rows = {t.id: t for t in Task.objects.filter(id__in=[mine_ok.id, mine_failed.id])}
+    assert rows[mine_ok.id].status == Status.SUCCEEDED and rows[mine_ok.id].result == {"ok": True}
+    assert rows[mine_failed.id].status == Status.FAILED and rows[mine_failed.id].error == "boom"
+    for task, final in ((mine_ok, "task.succeeded"), (mine_failed, "task.failed")):
+        assert rows[task.id].events.filter(event=final).count() == 1
+
+
+def wait_for_lock_wait(pid: int) -> None:
+    with connection.cursor() as cur:
+        for _ in range(200):
+            cur.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+            row = cur.fetchone()
+            if row and row[0] == "Lock":
+                return
+            threading.Event().wait(0.02)
+    raise AssertionError(f"backend {pid} never waited on a lock")
