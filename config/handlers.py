@@ -4,8 +4,8 @@ Every HTTP view here is synchronous, and so are some of the middlewares (ours, W
 in async mode, as Django's ``ASGIHandler`` does, the chain switches between the event loop and the
 request's thread at every boundary between a sync and an async middleware, for the ``process_request``
 and ``process_response`` halves of every ``MiddlewareMixin`` run in async mode, for every
-``process_view`` and for the view itself: a dozen thread handoffs per request, each a wake-up of
-another thread. This handler loads the chain in sync mode and enters it once, with
+``process_view`` and for the view itself: 20 ``sync_to_async`` and 1 ``async_to_sync`` for a submit,
+each a wake-up of another thread. This handler loads the chain in sync mode and enters it once, with
 ``sync_to_async(thread_sensitive=True)`` as Django does for a sync view. Reading the body, sending the
 response (streamed downloads included: ``algorithms.downloads`` hands Django an async iterator) and
 the request signals stay asynchronous, as in Django's own handler.

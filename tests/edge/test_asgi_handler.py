@@ -2,8 +2,8 @@
 
 Django's own ``ASGIHandler`` loads the chain in async mode and, with this project's mix of sync-only
 and sync-and-async middlewares, hands each request back and forth between the event loop and its
-thread a dozen times (``config/handlers.py``); at 16 concurrent requests that halved what one daphne
-process served (docs/benchmarks.md). This sends real requests through ``config.asgi.application``
+thread 21 times for a submit (``config/handlers.py``); at 16 concurrent requests one daphne process
+served about half as many requests as with one handoff (docs/benchmarks.md). This sends real requests through ``config.asgi.application``
 and counts the handoffs.
 """
 from __future__ import annotations

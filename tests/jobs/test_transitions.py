@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -328,5 +329,5 @@ def wait_for_lock_wait(pid: int) -> None:
             row = cur.fetchone()
             if row and row[0] == "Lock":
                 return
-            threading.Event().wait(0.02)
+            time.sleep(0.02)
     raise AssertionError(f"backend {pid} never waited on a lock")
