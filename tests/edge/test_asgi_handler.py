@@ -15,16 +15,8 @@ from typing import Any
 
 import pytest
 from asgiref import sync
-from asgiref.testing import ApplicationCommunicator
+from channels.testing import HttpCommunicator
 from rest_framework_simplejwt.tokens import AccessToken
-
-
-def http_scope(method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in
-                        {**headers, "Content-Length": str(len(body))}.items()],
-            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
 
 
 def call(method: str, path: str, *, headers: dict[str, str], body: dict[str, Any] | None = None
@@ -32,6 +24,8 @@ def call(method: str, path: str, *, headers: dict[str, str], body: dict[str, Any
     from config.asgi import application
 
     data = json.dumps(body).encode() if body is not None else b""
+    sent = {"Host": "127.0.0.1", **headers, "Content-Length": str(len(data))}
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in sent.items()]
     handoffs: Counter[str] = Counter()
     to_thread, to_loop = sync.SyncToAsync.__call__, sync.AsyncToSync.__call__
 
@@ -43,26 +37,19 @@ def call(method: str, path: str, *, headers: dict[str, str], body: dict[str, Any
         handoffs["async_to_sync"] += 1
         return to_loop(self, *args, **kwargs)
 
-    async def run() -> tuple[dict[str, Any], bytes]:
-        comm = ApplicationCommunicator(application, http_scope(method, path, headers, data))
-        await comm.send_input({"type": "http.request", "body": data, "more_body": False})
-        start = await comm.receive_output(30)
-        chunks = []
-        while True:
-            message = await comm.receive_output(30)
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        await comm.wait(5)
-        return start, b"".join(chunks)
+    async def run() -> dict[str, Any]:
+        comm = HttpCommunicator(application, method, path, body=data, headers=raw_headers)
+        response = await comm.get_response(timeout=30)
+        await comm.wait(5)  # the handler's end of the request (the response's close()) included
+        return response
 
     sync.SyncToAsync.__call__, sync.AsyncToSync.__call__ = counting_to_thread, counting_to_loop
     try:
-        start, content = asyncio.run(run())
+        response = asyncio.run(run())
     finally:
         sync.SyncToAsync.__call__, sync.AsyncToSync.__call__ = to_thread, to_loop
-    response_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    return start["status"], response_headers, json.loads(content), handoffs
+    response_headers = {k.decode().lower(): v.decode() for k, v in response["headers"]}
+    return response["status"], response_headers, json.loads(response["body"]), handoffs
 
 
 @pytest.mark.django_db(transaction=True)

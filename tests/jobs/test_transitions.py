@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from jobs import events, services, transitions
 from jobs.models import Status, Task
 from jobs.services import Outcome
 from queueing.models import Queue
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -298,7 +298,8 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
         if len(attempts) == 1:  # the successes' statement holds (…, RUNNING) and (…, SUCCEEDED) now
             thread.start()
             assert other_moved.wait(10)
-            wait_for_lock_wait(other.info.backend_pid)
+            wait_until(lambda: waits_on_a_lock(other.info.backend_pid), timeout=4, interval=0.02,
+                       message="the other backend to wait on a counter row")
         return original(*args)  # wants (…, FAILED), which the other backend holds
 
     monkeypatch.setattr(services, "_finish_other", finish_other_once_the_other_backend_waits)
@@ -322,12 +323,8 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
         assert rows[task.id].events.filter(event=final).count() == 1
 
 
-def wait_for_lock_wait(pid: int) -> None:
+def waits_on_a_lock(pid: int) -> bool:
     with connection.cursor() as cur:
-        for _ in range(200):
-            cur.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
-            row = cur.fetchone()
-            if row and row[0] == "Lock":
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"backend {pid} never waited on a lock")
+        cur.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cur.fetchone()
+    return bool(row and row[0])
