@@ -1,4 +1,5 @@
-"""Django's ASGI handler, with its middleware chain and views run synchronously in one thread hop.
+"""Django's ASGI handler, with its middleware chain and views run synchronously in one thread hop, in
+threads that are used again by later requests.
 
 Every HTTP view here is synchronous, and so are some of the middlewares (ours, WhiteNoise's). Loaded
 in async mode, as Django's ``ASGIHandler`` does, the chain switches between the event loop and the
@@ -9,20 +10,71 @@ each a wake-up of another thread. This handler loads the chain in sync mode and 
 ``sync_to_async(thread_sensitive=True)`` as Django does for a sync view. Reading the body, sending the
 response (streamed downloads included: ``algorithms.downloads`` hands Django an async iterator) and
 the request signals stay asynchronous, as in Django's own handler.
+
+Django runs each request's synchronous parts (the ``request_started`` signal, the chain, the response's
+``close``) in one thread of the request's own, a new one per request: everything a library keeps per
+thread was built again for every request (Celery's result backend and its ``AsyncResult`` on every
+send, Django's database wrapper, the thread itself). Here each request still gets a thread to itself
+for its whole life (asgiref's ``ThreadSensitiveContext`` with an executor of one thread, the pooled
+use asgiref documents), taken from the threads earlier requests left idle; more are started while
+more requests run at once, and up to ``IDLE_THREADS`` are kept. Reusing a thread between requests is
+what every threaded WSGI server does; Django closes or returns the request's database connection at
+``request_finished`` as before. A thread still running a request's work when the request ends (its
+client went away and the view was abandoned, which asgiref allows) is not used again: it finishes that
+work alone and stops.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
 import django
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
+
+IDLE_THREADS = 32
+
+
+class RequestThread(ThreadPoolExecutor):
+    """One thread, for one request at a time; ``idle`` once all the work given to it is done."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="request")
+        self._last: Future[Any] | None = None
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._last = super().submit(fn, *args, **kwargs)
+        return self._last
+
+    @property
+    def idle(self) -> bool:
+        return self._last is None or self._last.done()  # one worker: the last item is done after the rest
 
 
 class SyncChainASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         base.BaseHandler.__init__(self)
         self.load_middleware(is_async=False)
+        self._idle: list[RequestThread] = []  # touched only on the event loop: no lock
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        thread = self._idle.pop() if self._idle else RequestThread()
+        try:
+            async with ThreadSensitiveContext(executor=thread):
+                await self.handle(scope, receive, send)
+        finally:
+            self.park(thread)
+
+    def park(self, thread: RequestThread) -> None:
+        """After its request: keep the thread for the next one, or let it stop when its work is done."""
+        if thread.idle and len(self._idle) < IDLE_THREADS:
+            self._idle.append(thread)
+        else:
+            thread.shutdown(wait=False)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)

@@ -164,9 +164,11 @@ DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
 if DB_PREPARED_STATEMENTS:
     DATABASES["default"]["OPTIONS"]["options"] = " ".join(
         filter(None, [DATABASES["default"]["OPTIONS"].get("options"), "-c plan_cache_mode=force_generic_plan"]))
-# A connection pool per process (psycopg_pool). Use it for the ASGI web server: there every request runs
-# in a new thread, so persistent connections (DB_CONN_MAX_AGE) pile up until PostgreSQL refuses more
-# ("too many clients" at 16 concurrent submits in bench/). Pooling replaces DB_CONN_MAX_AGE.
+# A connection pool per process (psycopg_pool). Use it for the ASGI web server: there each request runs
+# in a thread of its own (config/handlers.py; idle ones are used again), so persistent connections
+# (DB_CONN_MAX_AGE) number as many as the most requests ever at once, each thread keeping its own
+# ("too many clients" at 16 concurrent submits in bench/ when every request had a new thread). The
+# pool bounds them and shares them between threads. Pooling replaces DB_CONN_MAX_AGE.
 if env_int("DB_POOL_MAX_SIZE", 0) > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": env_int("DB_POOL_MAX_SIZE", 0),
@@ -297,6 +299,9 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _kombu_redis_url(REDIS_URL))
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
+# One result-backend object per process, not per thread: every apply_async builds an AsyncResult, which
+# asks for it, and daphne runs each request in a thread of its own.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
