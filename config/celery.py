@@ -54,6 +54,8 @@ app.conf.beat_schedule = {
     # what those triggers missed (a crash between commit and send, a backoff that ended).
     "dispatch-tick": {"task": "queueing.dispatch_tick", "schedule": _every("DISPATCH_TICK_SECONDS", 2.0)},
     "reconcile": {"task": "queueing.reconcile", "schedule": _every("RECONCILE_EVERY_SECONDS", 5.0)},
+    # The statistics counters' rows of ended database backends, folded into one (queueing/counters.py).
+    "fold-counters": {"task": "queueing.fold_counters", "schedule": _every("COUNTER_FOLD_SECONDS", 300.0)},
     # Webhooks: retries that are due and deliveries whose Celery message looks lost (webhooks/delivery.py).
     "webhooks-send-due": {"task": "webhooks.send_due", "schedule": _every("WEBHOOK_SEND_DUE_SECONDS", 5.0),
                           "options": {"queue": "webhooks"}},

@@ -216,14 +216,15 @@ def atomic_retrying_deadlocks(fn: Callable[P, R]) -> Callable[P, R]:
     """``transaction.atomic`` for a transaction that changes statuses in more than one statement, run
     again (up to ``DEADLOCK_ATTEMPTS`` times) when PostgreSQL ends it as a deadlock's victim.
 
-    Each status-changing statement adds its deltas to the statistics counters (queueing/migrations/0007
-    and 0009), in a fixed order within the statement but not across two statements; the counter rows
-    are striped by ``pg_backend_pid() % 8``, so two backends of one stripe whose transactions each make
-    two such statements in opposite orders (a batch finish mixing successes and failures; a claim into
-    a queue paused a moment before) can deadlock. Before, the victim's tasks stayed RUNNING until the
-    reaper handed them back and they ran again; the transaction is all database work (side effects are
-    ``on_commit``, dropped with the rollback), so it is simply run again. Inside a caller's transaction
-    it is only a part of that transaction, and the caller decides.
+    Two such statements lock their task rows one after the other, and another session can lock the same
+    rows in the opposite order: the watchdog's heartbeat of a batch (its own connection) against the
+    batch's finish of successes, then failures. (The statistics counters once made this far likelier:
+    with 8 stripes shared by all sessions, any two of one stripe changing statuses in opposite orders
+    could deadlock; each session has counter rows of its own now, ``queueing/counters.py``.) The
+    transaction is all database work (side effects are ``on_commit``, dropped with the rollback), so it
+    is simply run again instead of leaving its tasks RUNNING for the reaper to hand back and run a
+    second time. Inside a caller's transaction it is only a part of that transaction, and the caller
+    decides.
     """
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -70,13 +70,14 @@ class QueueCount(models.Model):
 
     Written only by statement-level triggers on ``jobs_task`` (queueing/migrations/0006): every
     INSERT, DELETE or status/queue change adds its delta, in the same transaction, so the numbers are
-    exact and roll back with it. Rows are striped by database backend (``stripe``) so concurrent
-    workers rarely wait on one counter row; readers sum the stripes.
+    exact and roll back with it. Each database backend writes rows of its own (``stripe`` = its pid;
+    0 holds the rows of ended backends, ``queueing.counters.fold``), so no two transactions wait on one
+    counter row; readers sum the stripes.
     """
 
     queue = models.CharField(max_length=64)
     status = models.CharField(max_length=16)
-    stripe = models.SmallIntegerField()
+    stripe = models.IntegerField()
     n = models.BigIntegerField(default=0)
 
     class Meta:
@@ -95,7 +96,7 @@ class TaskMinuteCount(models.Model):
     queue = models.CharField(max_length=64)
     algorithm = models.CharField(max_length=200)
     status = models.CharField(max_length=16)
-    stripe = models.SmallIntegerField()
+    stripe = models.IntegerField()  # as QueueCount's
     n = models.BigIntegerField(default=0)
 
     class Meta:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from queueing import dispatch, reconciler
+from queueing import counters, dispatch, reconciler
 
 
 @shared_task(name="queueing.dispatch_tick", ignore_result=True)
@@ -22,6 +22,12 @@ def dispatch_queue(queue_name: str) -> int:
 def reconcile() -> dict[str, int]:
     """Re-send lost QUEUED tasks, re-run tasks of dead workers, dispatch."""
     return reconciler.reconcile()
+
+
+@shared_task(name="queueing.fold_counters", ignore_result=True)
+def fold_counters() -> int:
+    """Move the statistics counter rows of ended database backends into stripe 0."""
+    return counters.fold()
 
 
 # The worker registry's signal handlers live with the worker-side code; importing them here makes

@@ -246,9 +246,10 @@ def test_relaxed_reads_turn_off_the_wal_wait_only_for_their_own_outermost_transa
             [(1,)], [(2,), (3,)]]
 
 
-def _backend_of_the_same_stripe() -> Any:
-    """A second PostgreSQL session whose statistics-counter stripe (``pg_backend_pid() % 8``) is this
-    test connection's, as two worker connections' can be."""
+def _backend_of_the_old_stripe() -> Any:
+    """A second PostgreSQL session whose ``pg_backend_pid() % 8`` is this test connection's: until the
+    counters had a stripe per backend (queueing/counters.py), the two shared their counter rows, as two
+    worker connections' could."""
     import psycopg
 
     with connection.cursor() as cur:
@@ -261,17 +262,51 @@ def _backend_of_the_same_stripe() -> Any:
         if other.info.backend_pid % 8 == mine % 8:
             return other
         other.close()
-    raise AssertionError("no backend of the same stripe in 64 connections")
+    raise AssertionError("no backend of the same old stripe in 64 connections")
+
+
+def test_two_backends_changing_statuses_in_opposite_orders_never_wait_on_each_others_counters(alice):
+    """A worker's finish of a success and a failure while another backend, in an open transaction, has
+    moved other tasks of the queue to the opposite states: with counter rows shared by stripe (pid % 8)
+    the finish waited for that transaction, and with the other backend's next statement the two
+    deadlocked. Each backend counts on rows of its own now: the finish goes through at once."""
+    mine_ok, mine_failed, theirs_failed, theirs_ok = _queued(alice, 4)
+    assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id, theirs_ok.id], worker="w")) == 3
+    other = _backend_of_the_old_stripe()
+    try:
+        other.execute("BEGIN")
+        other.execute("UPDATE jobs_task SET status = 'FAILED', finished_at = now() WHERE id = %s", [theirs_failed.id])
+        with connection.cursor() as cur:
+            cur.execute("SET lock_timeout = '5s'")  # a wait fails the test instead of hanging it
+        done = services.finish_many(outcomes=[
+            (mine_ok.id, Outcome(status=Status.SUCCEEDED, result={"ok": True})),
+            (mine_failed.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
+        ])
+        other.execute("UPDATE jobs_task SET status = 'SUCCEEDED', finished_at = now() WHERE id = %s", [theirs_ok.id])
+        other.execute("COMMIT")
+    finally:
+        other.close()
+        with connection.cursor() as cur:
+            cur.execute("RESET lock_timeout")
+    assert [t.status for t in done] == [Status.SUCCEEDED, Status.FAILED]
+    from queueing.selectors import queue_state
+
+    assert queue_state("unconsumed").counts == {"PENDING": 0, "QUEUED": 0, "RUNNING": 0}
 
 
 def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every_outcome(alice, monkeypatch):
-    """A worker's finish of a success and a failure, and another backend of the same stripe changing
-    statuses in the opposite order: the statistics counters' row locks form a cycle and PostgreSQL ends
-    one transaction. The worker's finish runs its transaction again instead of leaving its tasks
-    RUNNING for the reaper to hand back and run a second time."""
-    mine_ok, mine_failed, theirs_failed, theirs_ok = _queued(alice, 4)
-    assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id, theirs_ok.id], worker="w")) == 3
-    other = _backend_of_the_same_stripe()
+    """A worker's finish of a success and a failure (two statements), and another backend touching the
+    same two task rows in the opposite order (as the watchdog's heartbeat of a batch, on its own
+    connection, can): the row locks form a cycle and PostgreSQL ends one transaction. The worker's finish
+    runs its transaction again instead of leaving its tasks RUNNING for the reaper to hand back and run
+    a second time."""
+    mine_ok, mine_failed = _queued(alice, 2)
+    assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id], worker="w")) == 2
+    import psycopg
+
+    params = connection.get_connection_params()
+    other = psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
+                            port=params.get("port"), password=params.get("password"), autocommit=True)
     other.execute("SET deadlock_timeout = '60s'")  # so that the worker's side is the one PostgreSQL ends
     other_moved = threading.Event()
     other_done: list[Any] = []
@@ -279,12 +314,10 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
     def the_other_backend() -> None:
         try:
             with other.transaction():
-                # counters (…, FAILED) and (…, QUEUED): free; then (…, RUNNING), held by the finish below
-                other.execute("UPDATE jobs_task SET status = 'FAILED', finished_at = now() WHERE id = %s",
-                              [theirs_failed.id])
+                other.execute("UPDATE jobs_task SET heartbeat_at = now() WHERE id = %s", [mine_failed.id])
                 other_moved.set()
-                other.execute("UPDATE jobs_task SET status = 'SUCCEEDED', finished_at = now() WHERE id = %s",
-                              [theirs_ok.id])
+                # held by the finish's first statement (the successes) below
+                other.execute("UPDATE jobs_task SET heartbeat_at = now() WHERE id = %s", [mine_ok.id])
             other_done.append("committed")
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             other_done.append(exc)
@@ -295,12 +328,12 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
 
     def finish_other_once_the_other_backend_waits(*args: Any) -> Any:
         attempts.append(1)
-        if len(attempts) == 1:  # the successes' statement holds (…, RUNNING) and (…, SUCCEEDED) now
+        if len(attempts) == 1:  # the successes' statement holds mine_ok's row now
             thread.start()
             assert other_moved.wait(10)
             wait_until(lambda: waits_on_a_lock(other.info.backend_pid), timeout=4, interval=0.02,
-                       message="the other backend to wait on a counter row")
-        return original(*args)  # wants (…, FAILED), which the other backend holds
+                       message="the other backend to wait on a task row")
+        return original(*args)  # wants mine_failed's row, which the other backend holds
 
     monkeypatch.setattr(services, "_finish_other", finish_other_once_the_other_backend_waits)
     try:
