@@ -368,7 +368,9 @@ def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bo
     finished = [done.get(str(i)) for i, _ in outcomes]
     queues = sorted({t.queue_id for t in finished if t is not None})
     if queues and dispatch_next:
-        transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
+        # In this transaction (dispatch.dispatch_within). It waits for the queue row's lock while
+        # holding only the rows finished above, which nobody holding that lock ever waits for.
+        dispatch.dispatch_within(queues)
     return finished
 
 

@@ -30,13 +30,35 @@ def dispatch(queue_names: Iterable[str] | None = None, *, unless_full: bool = Fa
     window full, and if so stop there. A deep queue's submits then neither wait for each other on the
     queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes after the
     submit's commit, so a slot it sees taken is freed by a commit that comes later, and every transition
-    that frees a slot dispatches after its own commit, when it sees the new task.
+    that frees a slot dispatches after its own commit, when it sees the new task (a finish, which
+    dispatches inside its transaction: see ``dispatch_within``).
     """
     if queue_names is None:
         queue_names = (
             Task.objects.filter(status=Status.PENDING).values_list("queue", flat=True).distinct().order_by()
         )
-    return sum(_dispatch_queue(name) for name in list(queue_names) if not (unless_full and _full(name)))
+    return sum(_dispatch_queue(name)[0] for name in list(queue_names) if not (unless_full and _full(name)))
+
+
+def dispatch_within(queue_names: Iterable[str]) -> int:
+    """Dispatch inside the caller's transaction (a finish's): the next tasks become QUEUED in its commit,
+    one transaction fewer per task, and are sent after it. Returns tasks queued.
+
+    Where room is left (fewer tasks waited than the slots free), look again after the commit, as
+    ``dispatch(unless_full=True)``: a task submitted meanwhile was not visible here, and its submit's
+    own look saw the slot still taken, because this transaction had not committed yet; without the
+    second look it would wait for the beat's tick. With a backlog the room is filled here and nothing
+    runs after the commit.
+    """
+    queued, short = 0, []
+    for name in queue_names:
+        n, room_left = _dispatch_queue(name)
+        queued += n
+        if room_left:
+            short.append(name)
+    if short:
+        transaction.on_commit(lambda: dispatch(short, unless_full=True), robust=True)
+    return queued
 
 
 # It runs after every submit and every finish: plain SQL (the ORM's query building cost more than the
@@ -69,8 +91,9 @@ def _full(name: str) -> bool:
         return bool(cur.fetchone()[0])
 
 
-def _dispatch_queue(name: str) -> int:
-    with transaction.atomic():
+def _dispatch_queue(name: str) -> tuple[int, bool]:
+    """(tasks queued, whether room is left after them)."""
+    with transaction.atomic(savepoint=False):  # inside a finish's transaction: a part of it
         now = timezone.now()
         # relaxed commit: a lost dispatch leaves the task PENDING, dispatched again
         locked, busy_rows, candidates = transitions.read_together(
@@ -79,18 +102,18 @@ def _dispatch_queue(name: str) -> int:
         queue = locked[0] if locked else None
         busy = dict(busy_rows)
         if queue is None or queue[0]:  # no such queue, or paused
-            return 0
+            return 0, False
         _, concurrency, cap = queue
         room = concurrency - sum(busy.values())
         if room <= 0:
-            return 0
+            return 0, False
         ids = _pick(candidates, busy, room=room, cap=cap)
         tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
                                   values={"queued_at": now, "not_before": None, "queue_position": None})
         if tasks:
             sent = [str(t.id) for t in tasks]
             transaction.on_commit(lambda: send(name, sent), robust=True)
-        return len(tasks)
+        return len(tasks), len(tasks) < room
 
 
 def _pick(candidates: list[tuple[Any, int]], busy: dict[int, int], *, room: int, cap: int) -> list[Any]:

@@ -208,6 +208,67 @@ def test_a_submit_into_a_full_queue_does_not_wait_for_a_dispatcher_and_the_next_
     assert Task.objects.get(id=second.id).status == Status.QUEUED
 
 
+def test_a_finish_queues_the_next_task_in_its_own_commit_and_sends_it_only_after(alice, monkeypatch):
+    """One transaction for both: a finish that does not commit leaves the next task waiting, and its id
+    reaches the broker only once both are committed."""
+    from queueing import dispatch
+
+    Queue.objects.create(name="one-txn", concurrency=1)
+    spec = services.build_spec(algorithm="demo.noop", queue="one-txn")
+    first, _ = services.submit(owner=alice, spec=spec)
+    second, _ = services.submit(owner=alice, spec=spec)
+    assert services.claim(task_id=first.id, worker="w") is not None
+    sent: list[tuple[str, list[str], bool]] = []
+    monkeypatch.setattr(dispatch, "send", lambda name, ids: sent.append(
+        (name, ids, connection.in_atomic_block)))
+
+    with pytest.raises(RuntimeError), transaction.atomic():  # e.g. the commit never happens
+        services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+        assert Task.objects.get(id=second.id).status == Status.QUEUED  # inside the finish's transaction
+        raise RuntimeError("rolled back")
+    assert Task.objects.get(id=first.id).status == Status.RUNNING
+    assert Task.objects.get(id=second.id).status == Status.PENDING
+    assert sent == []
+
+    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+    assert Task.objects.get(id=first.id).status == Status.SUCCEEDED
+    assert Task.objects.get(id=second.id).status == Status.QUEUED
+    assert sent == [("one-txn", [str(second.id)], False)]  # after the commit
+
+
+def test_a_task_submitted_while_a_finish_commits_is_queued_by_that_finish_not_the_beat_tick(alice, monkeypatch):
+    """The finish dispatches inside its transaction and finds nothing waiting; meanwhile a submit commits
+    a task, and its own look sees the slot still taken (the finish has not committed). The finish looks
+    again after its commit, so the new task starts now rather than at the next safety-net tick."""
+    from queueing import dispatch
+
+    Queue.objects.create(name="meanwhile", concurrency=1)
+    spec = services.build_spec(algorithm="demo.noop", queue="meanwhile")
+    first, _ = services.submit(owner=alice, spec=spec)
+    assert services.claim(task_id=first.id, worker="w") is not None
+    monkeypatch.setattr(dispatch, "send", lambda name, ids: None)  # no broker: only the rows matter here
+    submitted: list[Task] = []
+    original = dispatch._dispatch_queue
+
+    def then_a_submit_commits(name: str) -> tuple[int, bool]:
+        found = original(name)
+        if not submitted:  # inside the finish's transaction, which has found nothing to queue
+
+            def submit() -> None:
+                submitted.append(services.submit(owner=alice, spec=spec)[0])
+                connection.close()
+
+            thread = threading.Thread(target=submit)
+            thread.start()
+            thread.join(10)
+            assert submitted and Task.objects.get(id=submitted[0].id).status == Status.PENDING
+        return found
+
+    monkeypatch.setattr(dispatch, "_dispatch_queue", then_a_submit_commits)
+    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+    assert Task.objects.get(id=submitted[0].id).status == Status.QUEUED
+
+
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-bound"])
 def test_a_task_goes_through_dispatch_claim_and_finish_with_and_without_prepared_statements(alice, settings, prepared):
     settings.DB_PREPARED_STATEMENTS = prepared
