@@ -143,7 +143,7 @@ def _created(tasks: list[Task]) -> None:
     ordering.stamp([t.id for t in tasks])
     events.record(tasks, "task.created")
     queues = sorted({t.queue_id for t in tasks})
-    transaction.on_commit(lambda: dispatch.dispatch(queues, unless_full=True), robust=True)
+    transaction.on_commit(lambda: dispatch.dispatch(queues, look_first=True), robust=True)
 
 
 def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[Task, bool]:

@@ -23,12 +23,12 @@ from queueing import ordering
 log = logging.getLogger(__name__)
 
 
-def dispatch(queue_names: Iterable[str] | None = None, *, unless_full: bool = False) -> int:
+def dispatch(queue_names: Iterable[str] | None = None, *, look_first: bool = False) -> int:
     """Dispatch every named queue (all queues with waiting tasks when None). Returns tasks queued.
 
-    ``unless_full`` (after a submit): first look, without a lock, whether the queue is paused or its
-    window full, and if so stop there. A deep queue's submits then neither wait for each other on the
-    queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes after the
+    ``look_first`` (after a submit): first look, without a lock, whether the queue is paused, its window
+    full or nothing in it waits, and if so stop there. A deep queue's submits then neither wait for each
+    other on the queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes after the
     submit's commit, so a slot it sees taken is freed by a commit that comes later, and every transition
     that frees a slot dispatches after its own commit, when it sees the new task (a finish, which
     dispatches inside its transaction: see ``dispatch_within``).
@@ -37,7 +37,7 @@ def dispatch(queue_names: Iterable[str] | None = None, *, unless_full: bool = Fa
         queue_names = (
             Task.objects.filter(status=Status.PENDING).values_list("queue", flat=True).distinct().order_by()
         )
-    return sum(_dispatch_queue(name)[0] for name in list(queue_names) if not (unless_full and _full(name)))
+    return sum(_dispatch_queue(name)[0] for name in list(queue_names) if not (look_first and _nothing_to_start(name)))
 
 
 def dispatch_within(queue_names: Iterable[str]) -> int:
@@ -45,7 +45,7 @@ def dispatch_within(queue_names: Iterable[str]) -> int:
     one transaction fewer per task, and are sent after it. Returns tasks queued.
 
     Where room is left (fewer tasks waited than the slots free), look again after the commit, as
-    ``dispatch(unless_full=True)``: a task submitted meanwhile was not visible here, and its submit's
+    ``dispatch(look_first=True)``: a task submitted meanwhile was not visible here, and its submit's
     own look saw the slot still taken, because this transaction had not committed yet; without the
     second look it would wait for the beat's tick. With a backlog the room is filled here and nothing
     runs after the commit.
@@ -57,7 +57,7 @@ def dispatch_within(queue_names: Iterable[str]) -> int:
         if room_left:
             short.append(name)
     if short:
-        transaction.on_commit(lambda: dispatch(short, unless_full=True), robust=True)
+        transaction.on_commit(lambda: dispatch(short, look_first=True), robust=True)
     return queued
 
 
@@ -76,7 +76,8 @@ _ROOM_SQL = (
     "ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - (SELECT count(*) FROM jobs_task "
     f"WHERE queue = %(queue)s AND {_BUSY_STATUSES}) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
 )
-_FULL_SQL = f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0"
+_NOTHING_TO_START_SQL = (f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0 OR NOT EXISTS (SELECT 1 FROM jobs_task "
+                         f"WHERE queue = %(queue)s AND status = '{Status.PENDING}')")
 _CANDIDATES_SQL = (
     f"SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = '{Status.PENDING}' "
     f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
@@ -84,10 +85,10 @@ _CANDIDATES_SQL = (
 )
 
 
-def _full(name: str) -> bool:
-    """No room (paused, window full, or no such queue), read without the lock."""
+def _nothing_to_start(name: str) -> bool:
+    """No room (paused, window full, or no such queue) or no task waiting, read without the lock."""
     with prepared.cursor() as cur:
-        cur.execute(_FULL_SQL, {"queue": name, "ahead": 0})
+        cur.execute(_NOTHING_TO_START_SQL, {"queue": name, "ahead": 0})
         return bool(cur.fetchone()[0])
 
 

@@ -269,6 +269,23 @@ def test_a_task_submitted_while_a_finish_commits_is_queued_by_that_finish_not_th
     assert Task.objects.get(id=submitted[0].id).status == Status.QUEUED
 
 
+def test_a_finish_in_a_queue_with_nothing_waiting_takes_the_queue_lock_once(alice, monkeypatch):
+    """Its look after the commit sees nothing waiting and stops: no second dispatcher transaction."""
+    Queue.objects.create(name="drained", concurrency=2)
+    first, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="demo.noop", queue="drained"))
+    assert services.claim(task_id=first.id, worker="w") is not None
+    locks: list[str] = []
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if "FOR NO KEY UPDATE" in sql:
+            locks.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+    assert len(locks) == 1
+
+
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-bound"])
 def test_a_task_goes_through_dispatch_claim_and_finish_with_and_without_prepared_statements(alice, settings, prepared):
     settings.DB_PREPARED_STATEMENTS = prepared
