@@ -76,8 +76,11 @@ _ROOM_SQL = (
     "ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - (SELECT count(*) FROM jobs_task "
     f"WHERE queue = %(queue)s AND {_BUSY_STATUSES}) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
 )
-_NOTHING_TO_START_SQL = (f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0 OR NOT EXISTS (SELECT 1 FROM jobs_task "
-                         f"WHERE queue = %(queue)s AND status = '{Status.PENDING}')")
+# "Nothing waits" as the queue's oldest PENDING task, not EXISTS: with a generic plan, EXISTS was planned
+# as a sequential scan expecting to stop early (177 ms with 1M rows, a queue with nothing waiting);
+# ORDER BY created_at LIMIT 1 follows the partial index on PENDING tasks (queue, created_at).
+_NOTHING_TO_START_SQL = (f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0 OR (SELECT id FROM jobs_task WHERE queue = %(queue)s "
+                         f"AND status = '{Status.PENDING}' ORDER BY created_at LIMIT 1) IS NULL")
 _CANDIDATES_SQL = (
     f"SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = '{Status.PENDING}' "
     f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
