@@ -28,16 +28,17 @@ def dispatch(queue_names: Iterable[str] | None = None, *, look_first: bool = Fal
 
     ``look_first`` (after a submit): first look, without a lock, whether the queue is paused, its window
     full or nothing in it waits, and if so stop there. A deep queue's submits then neither wait for each
-    other on the queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes after the
-    submit's commit, so a slot it sees taken is freed by a commit that comes later, and every transition
-    that frees a slot dispatches after its own commit, when it sees the new task (a finish, which
-    dispatches inside its transaction: see ``dispatch_within``).
+    other on the queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes
+    after the submit's commit, so a slot it sees taken is freed by a commit that comes later, and every
+    transition that frees a slot dispatches after its own commit, when it sees the new task (a finish,
+    which dispatches inside its transaction, looks again after it: see ``dispatch_within``).
     """
     if queue_names is None:
         queue_names = (
             Task.objects.filter(status=Status.PENDING).values_list("queue", flat=True).distinct().order_by()
         )
-    return sum(_dispatch_queue(name)[0] for name in list(queue_names) if not (look_first and _nothing_to_start(name)))
+    names = [name for name in queue_names if not (look_first and _nothing_to_start(name))]
+    return sum(_dispatch_queue(name)[0] for name in names)
 
 
 def dispatch_within(queue_names: Iterable[str]) -> int:
@@ -61,7 +62,7 @@ def dispatch_within(queue_names: Iterable[str]) -> int:
     return queued
 
 
-# It runs after every submit and every finish: plain SQL (the ORM's query building cost more than the
+# It runs after every submit and in every finish: plain SQL (the ORM's query building cost more than the
 # queries themselves), and its three reads in one round trip (``transitions.read_together``, prepared):
 # the queue row's lock, then (each statement with its own snapshot, taken once the lock is held) what is
 # busy and the candidates, in ``ordering.waiting()``'s order, as many as the free room (plus the
