@@ -59,6 +59,17 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+
+def another_session() -> Any:
+    """A second PostgreSQL session (autocommit) on the test database, beside Django's connection: what
+    another process's connection would do, step by step."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    return psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
+                           port=params.get("port"), password=params.get("password"), autocommit=True)
+
 # --- database and broker hygiene --------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from jobs import events, services, transitions
 from jobs.models import Status, Task
 from jobs.services import Outcome
 from queueing.models import Queue
-from tests.conftest import wait_until
+from tests.conftest import another_session, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -328,15 +328,11 @@ def _backend_of_the_old_stripe() -> Any:
     """A second PostgreSQL session whose ``pg_backend_pid() % 8`` is this test connection's: until the
     counters had a stripe per backend (queueing/counters.py), the two shared their counter rows, as two
     worker connections' could."""
-    import psycopg
-
     with connection.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         (mine,) = cur.fetchone()
-    params = connection.get_connection_params()
     for _ in range(64):
-        other = psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
-                                port=params.get("port"), password=params.get("password"), autocommit=True)
+        other = another_session()
         if other.info.backend_pid % 8 == mine % 8:
             return other
         other.close()
@@ -380,11 +376,7 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
     a second time."""
     mine_ok, mine_failed = _queued(alice, 2)
     assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id], worker="w")) == 2
-    import psycopg
-
-    params = connection.get_connection_params()
-    other = psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
-                            port=params.get("port"), password=params.get("password"), autocommit=True)
+    other = another_session()
     other.execute("SET deadlock_timeout = '60s'")  # so that the worker's side is the one PostgreSQL ends
     other_moved = threading.Event()
     other_done: list[Any] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import connection
 from django.db.models import Count, Sum
@@ -14,16 +13,10 @@ from jobs.models import Status, Task
 from queueing import counters
 from queueing.models import QueueCount, TaskMinuteCount
 from queueing.selectors import queue_state
-from tests.conftest import wait_until
+from tests.conftest import another_session, wait_until
 from tests.queueing.conftest import make_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def another_backend() -> psycopg.Connection[Any]:
-    params = connection.get_connection_params()
-    return psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
-                           port=params.get("port"), password=params.get("password"), autocommit=True)
 
 
 def my_pid() -> int:
@@ -54,7 +47,7 @@ def submit(owner: Any, queue: str, n: int) -> list[str]:
 def test_each_backend_counts_on_counter_rows_of_its_own(alice):
     make_queue("c1", paused=True)  # nothing dispatched: the tasks stay where the test puts them
     ids = submit(alice, "c1", 3)
-    with another_backend() as other:
+    with another_session() as other:
         other.execute("UPDATE jobs_task SET status = 'QUEUED' WHERE id = %s", [ids[0]])
         theirs = other.info.backend_pid
         rows = {(status, stripe): n for status, stripe, n in
@@ -66,7 +59,7 @@ def test_each_backend_counts_on_counter_rows_of_its_own(alice):
 def test_the_rows_of_ended_backends_fold_into_stripe_0_and_every_count_stays_exact(alice):
     make_queue("c2", paused=True)
     ids = submit(alice, "c2", 4)
-    other = another_backend()
+    other = another_session()
     gone = other.info.backend_pid
     other.execute("UPDATE jobs_task SET status = 'RUNNING' WHERE id = ANY(%s::uuid[])", [ids[:2]])
     other.execute("UPDATE jobs_task SET status = 'SUCCEEDED' WHERE id = %s", [ids[0]])
@@ -88,12 +81,12 @@ def test_the_rows_of_ended_backends_fold_into_stripe_0_and_every_count_stays_exa
 def test_a_fold_steps_around_a_locked_row_instead_of_waiting_and_moves_it_later(alice):
     make_queue("c3", paused=True)
     ids = submit(alice, "c3", 2)
-    other = another_backend()
+    other = another_session()
     gone = other.info.backend_pid
     other.execute("UPDATE jobs_task SET status = 'QUEUED' WHERE id = %s", [ids[0]])
     other.close()
     wait_until(lambda: not _alive(gone), timeout=10, message="the other backend to end")
-    holder = another_backend()  # as a new backend given the ended one's pid would, writing its rows
+    holder = another_session()  # as a new backend given the ended one's pid would, writing its rows
     holder.execute("BEGIN")
     holder.execute("SELECT n FROM queueing_queuecount WHERE stripe = %s AND status = 'QUEUED' FOR UPDATE", [gone])
     try:
