@@ -136,18 +136,20 @@ def _subscribe_webhooks(tasks: list[Task], specs: list[TaskSpec]) -> None:
 
 
 def _created(tasks: list[Task]) -> None:
-    """``task.created`` (seq 1, set at insert) for new rows, and a dispatch once they are committed."""
+    """``task.created`` (seq 1, set at insert) for new rows, and their dispatch in the same transaction
+    where their queue has room (sent after the commit; ``dispatch.dispatch_submitted``)."""
     from jobs import events
     from queueing import dispatch, ordering
 
     ordering.stamp([t.id for t in tasks])
     events.record(tasks, "task.created")
     queues = sorted({t.queue_id for t in tasks})
-    transaction.on_commit(lambda: dispatch.dispatch(queues, look_first=True), robust=True)
+    dispatch.dispatch_submitted(queues)
 
 
 def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[Task, bool]:
-    """Insert a PENDING task (``task.created``), dispatch on commit. Returns (task, created).
+    """Insert a PENDING task (``task.created``), dispatched in the same transaction where its queue has
+    room. Returns (task, created).
 
     The same ``idempotency_key`` from the same owner returns the first task; the unique constraint,
     not a read-then-write, decides between concurrent duplicates. A different body is a 409.
@@ -295,11 +297,23 @@ def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str 
 
 def heartbeat(*, task_ids: list[str]) -> dict[str, bool]:
     """Mark running tasks alive (one statement for all a worker process watches); returns each one's
-    cancel flag by id. A task missing from the answer is no longer RUNNING."""
+    cancel flag by id. A task missing from the answer is no longer RUNNING.
+
+    It never waits for a row another transaction holds (``SKIP LOCKED``): that row is being changed by a
+    finish, a cancel or the reaper, and is beaten next time if it is still RUNNING then. Waiting would
+    let it deadlock with a transaction that changes the same rows in two statements (a batch's finish of
+    successes, then of failures), locking them in the opposite order. The answer is read from the
+    statement's snapshot, so a skipped task still counts as RUNNING, with its committed cancel flag."""
     with connection.cursor() as cur:
-        cur.execute("UPDATE jobs_task SET heartbeat_at = now() WHERE id = ANY(%s::uuid[]) AND status = 'RUNNING' "
-                    "RETURNING id::text, cancel_requested", [task_ids])
+        cur.execute(_HEARTBEAT_SQL, {"ids": task_ids})
         return {task_id: bool(flag) for task_id, flag in cur.fetchall()}
+
+
+_HEARTBEAT_SQL = (
+    "WITH beaten AS (UPDATE jobs_task SET heartbeat_at = now() WHERE id IN (SELECT id FROM jobs_task "
+    "WHERE id = ANY(%(ids)s::uuid[]) AND status = 'RUNNING' FOR NO KEY UPDATE SKIP LOCKED)) "
+    "SELECT id::text, cancel_requested FROM jobs_task WHERE id = ANY(%(ids)s::uuid[]) AND status = 'RUNNING'"
+)
 
 
 @transaction.atomic

@@ -26,12 +26,13 @@ log = logging.getLogger(__name__)
 def dispatch(queue_names: Iterable[str] | None = None, *, look_first: bool = False) -> int:
     """Dispatch every named queue (all queues with waiting tasks when None). Returns tasks queued.
 
-    ``look_first`` (after a submit): first look, without a lock, whether the queue is paused, its window
-    full or nothing in it waits, and if so stop there. A deep queue's submits then neither wait for each
-    other on the queue row's lock nor pay its transaction. Nothing waits longer for it: the look comes
-    after the submit's commit, so a slot it sees taken is freed by a commit that comes later, and every
-    transition that frees a slot dispatches after its own commit, when it sees the new task (a finish,
-    which dispatches inside its transaction, looks again after it: see ``dispatch_within``).
+    ``look_first`` (after the commit of a submit into a queue without room, or of a finish that left
+    room): first look, without a lock, whether the queue is paused, its window full or nothing in it
+    waits, and if so stop there. A deep queue's submits then neither wait for each other on the queue
+    row's lock nor pay its transaction. Nothing waits longer for it: the look comes after the submit's
+    commit, so a slot it sees taken is freed by a commit that comes later, and every transition that
+    frees a slot dispatches after its own commit, when it sees the new task (a finish, which dispatches
+    inside its transaction, looks again after it: see ``dispatch_within``).
     """
     if queue_names is None:
         queue_names = (
@@ -41,7 +42,27 @@ def dispatch(queue_names: Iterable[str] | None = None, *, look_first: bool = Fal
     return sum(_dispatch_queue(name)[0] for name in names)
 
 
-def dispatch_within(queue_names: Iterable[str]) -> int:
+def dispatch_submitted(queue_names: Iterable[str]) -> int:
+    """After a submit's INSERT, inside its transaction: where the queue has room, dispatch there
+    (``dispatch_within``), so the new tasks become QUEUED in the submit's own commit and are sent after
+    it, one transaction fewer; where it has none (paused, window full), look again after the commit,
+    without the lock (``dispatch(look_first=True)``), as before. Returns tasks queued.
+
+    The first look is also lock-free, and sees this transaction's new tasks. Its answer can go stale
+    before the commit, and both ways are covered: a slot freed meanwhile by a finish that saw nothing
+    waiting (these tasks were not committed yet) is found by the look after the commit; a slot taken
+    meanwhile is seen under the queue row's lock, which the dispatch takes and then reads again. Unlike
+    a finish's, a submit's dispatch needs no look after its commit for others: a task submitted
+    concurrently either was dispatched under the lock by its own submit, or looks after its own commit.
+    """
+    names = list(queue_names)
+    full = [name for name in names if _nothing_to_start(name)]
+    if full:
+        transaction.on_commit(lambda: dispatch(full, look_first=True), robust=True)
+    return dispatch_within([name for name in names if name not in full], look_after=False)
+
+
+def dispatch_within(queue_names: Iterable[str], *, look_after: bool = True) -> int:
     """Dispatch inside the caller's transaction (a finish's): the next tasks become QUEUED in its commit,
     one transaction fewer per task, and are sent after it. Returns tasks queued.
 
@@ -57,7 +78,7 @@ def dispatch_within(queue_names: Iterable[str]) -> int:
         queued += n
         if room_left:
             short.append(name)
-    if short:
+    if short and look_after:
         transaction.on_commit(lambda: dispatch(short, look_first=True), robust=True)
     return queued
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -236,6 +237,32 @@ def test_a_finish_queues_the_next_task_in_its_own_commit_and_sends_it_only_after
     assert sent == [("one-txn", [str(second.id)], False)]  # after the commit
 
 
+def test_a_submit_into_a_queue_with_room_queues_its_task_in_its_own_commit_and_sends_it_only_after(alice, monkeypatch):
+    """One transaction for the INSERT and the dispatch: the task is QUEUED by the submit's one commit, its
+    id reaches the broker after it, and a submit that is rolled back leaves nothing and sends nothing."""
+    from queueing import dispatch
+
+    Queue.objects.create(name="room", concurrency=2)
+    spec = services.build_spec(algorithm="demo.noop", queue="room")
+    sent: list[tuple[str, list[str], bool]] = []
+    monkeypatch.setattr(dispatch, "send", lambda name, ids: sent.append((name, ids, connection.in_atomic_block)))
+    commits: list[int] = []
+    commit = connection.commit
+    monkeypatch.setattr(connection, "commit", lambda: (commits.append(1), commit())[1])
+
+    task, _ = services.submit(owner=alice, spec=spec)
+    assert len(commits) == 1
+    assert Task.objects.get(id=task.id).status == Status.QUEUED
+    assert sent == [("room", [str(task.id)], False)]
+
+    with pytest.raises(RuntimeError), transaction.atomic():  # the submit's commit never happens
+        undone, _ = services.submit(owner=alice, spec=spec)
+        assert Task.objects.get(id=undone.id).status == Status.QUEUED  # inside the submit's transaction
+        raise RuntimeError("rolled back")
+    assert not Task.objects.filter(id=undone.id).exists()
+    assert sent == [("room", [str(task.id)], False)]
+
+
 def test_a_task_submitted_while_a_finish_commits_is_queued_by_that_finish_not_the_beat_tick(alice, monkeypatch):
     """The finish dispatches inside its transaction and finds nothing waiting; meanwhile a submit commits
     a task, and its own look sees the slot still taken (the finish has not committed). The finish looks
@@ -370,8 +397,8 @@ def test_two_backends_changing_statuses_in_opposite_orders_never_wait_on_each_ot
 
 def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every_outcome(alice, monkeypatch):
     """A worker's finish of a success and a failure (two statements), and another backend touching the
-    same two task rows in the opposite order (as the watchdog's heartbeat of a batch, on its own
-    connection, can): the row locks form a cycle and PostgreSQL ends one transaction. The worker's finish
+    same two task rows in the opposite order (the watchdog's heartbeat could, before it stepped around
+    held rows: the test above): the row locks form a cycle and PostgreSQL ends one transaction. The worker's finish
     runs its transaction again instead of leaving its tasks RUNNING for the reaper to hand back and run
     a second time."""
     mine_ok, mine_failed = _queued(alice, 2)
@@ -424,6 +451,32 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
     assert rows[mine_failed.id].status == Status.FAILED and rows[mine_failed.id].error == "boom"
     for task, final in ((mine_ok, "task.succeeded"), (mine_failed, "task.failed")):
         assert rows[task.id].events.filter(event=final).count() == 1
+
+
+def test_a_heartbeat_steps_around_a_row_another_transaction_holds_and_still_answers_for_it(alice):
+    """The watchdog's heartbeat never waits for a task row another session holds (which could close a
+    lock cycle with a batch's finish): it beats the other rows, leaves that one for next time, and still
+    reports it RUNNING with its committed cancel flag, so the watchdog does not take it for gone."""
+    free, held = _queued(alice, 2)
+    assert len(services.claim_many(task_ids=[free.id, held.id], worker="w")) == 2
+    Task.objects.filter(id=held.id).update(cancel_requested=True)
+    Task.objects.filter(id__in=[free.id, held.id]).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    other = another_session()
+    try:
+        other.execute("BEGIN")
+        other.execute("UPDATE jobs_task SET progress_message = 'busy' WHERE id = %s", [held.id])
+        with connection.cursor() as cur:
+            cur.execute("SET lock_timeout = '5s'")  # a wait fails the test instead of hanging it
+        flags = services.heartbeat(task_ids=[str(free.id), str(held.id)])
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        with connection.cursor() as cur:
+            cur.execute("RESET lock_timeout")
+    assert flags == {str(free.id): False, str(held.id): True}
+    beaten = dict(Task.objects.filter(id__in=[free.id, held.id]).values_list("id", "heartbeat_at"))
+    assert beaten[free.id] > timezone.now() - timedelta(minutes=1)  # beaten
+    assert beaten[held.id] < timezone.now() - timedelta(minutes=4)  # left for the next beat
 
 
 def waits_on_a_lock(pid: int) -> bool:
