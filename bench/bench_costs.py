@@ -1,16 +1,19 @@
 """Database work per task, counted rather than timed (so it holds on a busy machine): statements,
-commits, commits that wait for the WAL flush, and broker messages, for the worker's path of a no-op task
-(claim → run → finish → dispatch of the next one), one id per message and batched; plus the CPU time the
-worker's process spent per task (timed, so it moves with the machine's load).
+commits, commits that wait for the WAL flush, broker messages and channel-layer sends of task events,
+for the worker's path of a no-op task (claim → run → finish → dispatch of the next one), one id per
+message and batched, and for a single submit into a queue with room (INSERT → dispatch → send); plus
+the CPU time the process spent per task (timed, so it moves with the machine's load).
 
     python -m bench.bench_costs [--tasks 200] [--batch 8]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench import harness
@@ -58,7 +61,7 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
     sent_before = r.llen(QUEUE)
     cpu = time.process_time()
     try:
-        with connection.execute_wrapper(counter):
+        with connection.execute_wrapper(counter), counting_event_sends() as event_sends:
             for _ in range(n // (1 if mode == "single" else batch)):
                 # Take the oldest message like a worker would, and run it in this process.
                 body = json.loads(r.rpop(QUEUE))
@@ -73,15 +76,82 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
     done = n if mode == "single" else (n // batch) * batch
     sent = r.llen(QUEUE) - sent_before + n // (1 if mode == "single" else batch)
     r.delete(QUEUE)
+    return row(mode, done, counter, sent, event_sends, cpu)
+
+
+def measure_submit(n: int) -> dict[str, Any]:
+    """A single submit (the service the REST view calls) into a queue with room, as on an idle worker:
+    the INSERT, its dispatch and the broker send. The tasks are finished behind its back (uncounted), so
+    the queue keeps its room."""
+    import redis
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    from jobs import services
+    from queueing.models import Queue
+
+    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with connection.cursor() as cur:
+        cur.execute("TRUNCATE jobs_task CASCADE")
+    r.delete(QUEUE)
+    Queue.objects.update_or_create(name=QUEUE, defaults={"concurrency": 4})
+    owner = User.objects.get(username="bench")
+    spec = services.build_spec(algorithm="demo.noop", queue=QUEUE)
+    counter, cpu, commit = Counter(), 0.0, connection.commit
+
+    def counting_commit() -> None:
+        counter.commits += 1
+        commit()
+
+    with counting_event_sends() as event_sends:
+        for _ in range(n):
+            connection.commit = counting_commit  # type: ignore[method-assign]
+            start = time.process_time()
+            with connection.execute_wrapper(counter):
+                services.submit(owner=owner, spec=spec)
+            cpu += time.process_time() - start
+            connection.commit = commit  # type: ignore[method-assign]
+            with connection.cursor() as cur:
+                cur.execute("UPDATE jobs_task SET status = 'SUCCEEDED' WHERE queue = %s AND status = 'QUEUED'", [QUEUE])
+    sent = r.llen(QUEUE)
+    r.delete(QUEUE)
+    return row("submit", n, counter, sent, event_sends, cpu)
+
+
+def row(mode: str, done: int, counter: Counter, sent: int, event_sends: list[int], cpu: float) -> dict[str, Any]:
     return {
         "mode": mode, "tasks": done,
         "statements_per_task": round(counter.statements / done, 2),
         "commits_per_task": round(counter.commits / done, 2),
         "flushed_commits_per_task": round((counter.commits - counter.relaxed) / done, 2),
         "broker_messages_per_task": round(sent / done, 3),
+        "event_sends_per_task": round(len(event_sends) / done, 3),
         # CPU of this process (every thread: the channel publisher too), timed, so it varies with the machine
         "cpu_ms_per_task": round(cpu * 1000 / done, 2),
     }
+
+
+@contextlib.contextmanager
+def counting_event_sends() -> Iterator[list[int]]:
+    """The channel layer's sends of task events (each one pipelined Redis round trip), counted once
+    everything published so far has left."""
+    from jobs import events
+
+    sends: list[int] = []
+    original = events.publisher._send
+
+    async def send(items: Any) -> None:
+        sends.append(len(items))
+        await original(items)
+
+    events.publisher._send = send  # type: ignore[method-assign]
+    try:
+        yield sends
+        time.sleep(0.2)
+        events.publisher.flush()
+    finally:
+        events.publisher._send = original  # type: ignore[method-assign]
 
 
 def main(argv: list[str]) -> list[dict[str, Any]]:
@@ -102,6 +172,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         rows.append({**measure("batched", args.tasks, size), "batch": size})
     settings.CONVEYOR["DISPATCH_BATCH"] = {}
     rows.insert(0, measure("single", args.tasks, args.batch))
+    rows.insert(0, measure_submit(args.tasks))
     for row in rows:
         print(json.dumps(row))
     if not args.no_docs:
@@ -109,12 +180,14 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
 
         lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch} --deep {args.deep}`", "",
                  "| path | statements/task | commits/task | commits waiting for the WAL flush/task | "
-                 "broker messages/task | worker CPU ms/task (timed) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for row in rows:
-            name = "one id per message" if row["mode"] == "single" else f"batched dispatch (≤{row['batch']} ids)"
-            lines.append(f"| {name} | {row['statements_per_task']} | {row['commits_per_task']} | "
-                         f"{row['flushed_commits_per_task']} | {row['broker_messages_per_task']} | "
-                         f"{row['cpu_ms_per_task']} |")
+                 "broker messages/task | event sends/task | CPU ms/task (timed) |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        names = {"submit": "submit (web: one task, queue with room)", "single": "worker: one id per message"}
+        for found in rows:
+            name = names.get(found["mode"]) or f"worker: batched dispatch (≤{found['batch']} ids)"
+            lines.append(f"| {name} | {found['statements_per_task']} | {found['commits_per_task']} | "
+                         f"{found['flushed_commits_per_task']} | {found['broker_messages_per_task']} | "
+                         f"{found['event_sends_per_task']} | {found['cpu_ms_per_task']} |")
         report.write_section("costs", "\n".join(lines))
     return rows
 

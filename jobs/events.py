@@ -168,27 +168,41 @@ class _Publisher:
     One event loop thread per process keeps the channel layer's Redis connections alive between
     sends (``async_to_sync`` would open new ones every time); it is created lazily per pid, so a
     prefork child never inherits its parent's loop.
+
+    Events published before the loop thread gets to them leave together, in order: the events of one
+    commit with several transitions (a submit's ``task.created`` and ``task.queued``, a finish's and
+    the next task's ``task.queued``) are one pipelined round trip, not one per transition.
     """
 
     def __init__(self) -> None:
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[int, TaskEventPayload]] = []  # under ``_lock``, for the next ``_flush``
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._pid != os.getpid() or self._loop is None:
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="conveyor-publisher", daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
+                self._loop, self._pid, self._pending = loop, os.getpid(), []
             return self._loop
 
     def publish(self, items: list[tuple[int, TaskEventPayload]]) -> None:
         try:
-            fut = asyncio.run_coroutine_threadsafe(self._send(items), self._ensure_loop())
-            fut.add_done_callback(_log_failure)
+            loop = self._ensure_loop()
+            with self._lock:
+                first = not self._pending
+                self._pending.extend(items)
+            if first:  # else a flush is already on its way to the loop and takes these too
+                asyncio.run_coroutine_threadsafe(self._flush(), loop).add_done_callback(_log_failure)
         except Exception:  # the database holds the events; clients replay what they missed
             log.exception("could not publish %d task events", len(items))
+
+    async def _flush(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        await self._send(items)
 
     async def _send(self, items: list[tuple[int, TaskEventPayload]]) -> None:
         from channels.layers import get_channel_layer
