@@ -38,8 +38,10 @@ def bench(module: str, *args: str, database: str) -> list[str]:
 def test_work_per_task_is_counted_on_a_fresh_database(fresh_database):
     rows = [json.loads(line) for line in bench("bench.bench_costs", "--tasks", "8", "--batch", "4", "--deep", "8", "--no-docs",
                                                 database=fresh_database) if line.startswith("{")]
-    assert [r["mode"] for r in rows] == ["single", "batched", "batched"]
-    single, batched, deep = rows
+    assert [r["mode"] for r in rows] == ["submit", "single", "batched", "batched"]
+    submit, single, batched, deep = rows
+    assert submit["commits_per_task"] == 1.0 and submit["broker_messages_per_task"] == 1.0  # dispatched in its commit
+    assert 1.0 <= submit["event_sends_per_task"] <= 2.0  # task.created and task.queued, together when coalesced
     assert single["broker_messages_per_task"] == 1.0 and batched["broker_messages_per_task"] == 0.25
     assert deep["broker_messages_per_task"] == 0.125
     assert deep["statements_per_task"] < batched["statements_per_task"] < single["statements_per_task"]
