@@ -1,8 +1,9 @@
 """The state machine's guards under races: two connections, one winner."""
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -373,22 +374,14 @@ def test_two_backends_changing_statuses_in_opposite_orders_never_wait_on_each_ot
     deadlocked. Each backend counts on rows of its own now: the finish goes through at once."""
     mine_ok, mine_failed, theirs_failed, theirs_ok = _queued(alice, 4)
     assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id, theirs_ok.id], worker="w")) == 3
-    other = _backend_of_the_old_stripe()
-    try:
-        other.execute("BEGIN")
+    with _in_a_transaction_beside(_backend_of_the_old_stripe()) as other:
         other.execute("UPDATE jobs_task SET status = 'FAILED', finished_at = now() WHERE id = %s", [theirs_failed.id])
-        with connection.cursor() as cur:
-            cur.execute("SET lock_timeout = '5s'")  # a wait fails the test instead of hanging it
         done = services.finish_many(outcomes=[
             (mine_ok.id, Outcome(status=Status.SUCCEEDED, result={"ok": True})),
             (mine_failed.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
         ])
         other.execute("UPDATE jobs_task SET status = 'SUCCEEDED', finished_at = now() WHERE id = %s", [theirs_ok.id])
         other.execute("COMMIT")
-    finally:
-        other.close()
-        with connection.cursor() as cur:
-            cur.execute("RESET lock_timeout")
     assert [t.status for t in done] == [Status.SUCCEEDED, Status.FAILED]
     from queueing.selectors import queue_state
 
@@ -461,22 +454,29 @@ def test_a_heartbeat_steps_around_a_row_another_transaction_holds_and_still_answ
     assert len(services.claim_many(task_ids=[free.id, held.id], worker="w")) == 2
     Task.objects.filter(id=held.id).update(cancel_requested=True)
     Task.objects.filter(id__in=[free.id, held.id]).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    other = another_session()
-    try:
-        other.execute("BEGIN")
+    with _in_a_transaction_beside(another_session()) as other:
         other.execute("UPDATE jobs_task SET progress_message = 'busy' WHERE id = %s", [held.id])
-        with connection.cursor() as cur:
-            cur.execute("SET lock_timeout = '5s'")  # a wait fails the test instead of hanging it
         flags = services.heartbeat(task_ids=[str(free.id), str(held.id)])
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
-        with connection.cursor() as cur:
-            cur.execute("RESET lock_timeout")
     assert flags == {str(free.id): False, str(held.id): True}
     beaten = dict(Task.objects.filter(id__in=[free.id, held.id]).values_list("id", "heartbeat_at"))
     assert beaten[free.id] > timezone.now() - timedelta(minutes=1)  # beaten
     assert beaten[held.id] < timezone.now() - timedelta(minutes=4)  # left for the next beat
+
+
+@contextlib.contextmanager
+def _in_a_transaction_beside(other: Any) -> Iterator[Any]:
+    """``other`` (a second session) in an open transaction, rolled back at the end unless the test
+    commits it; meanwhile this connection waits at most 5 s for a lock, so that a wait fails the test
+    instead of hanging it."""
+    try:
+        other.execute("BEGIN")
+        with connection.cursor() as cur:
+            cur.execute("SET lock_timeout = '5s'")
+        yield other
+    finally:
+        other.close()
+        with connection.cursor() as cur:
+            cur.execute("RESET lock_timeout")
 
 
 def waits_on_a_lock(pid: int) -> bool:
