@@ -32,25 +32,29 @@ class Counter:
         return execute(sql, params, many, context)
 
 
-def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
+def fresh_queue(concurrency: int) -> tuple[Any, Any, Any]:
+    """An empty task table and benchmark queue with ``concurrency``: (the broker's Redis, the owner, a
+    no-op task's spec)."""
     import redis
     from django.conf import settings
     from django.contrib.auth.models import User
     from django.db import connection
 
     from jobs import services
-    from jobs.tasks import run_task, run_tasks
     from queueing.models import Queue
 
     r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     with connection.cursor() as cur:
         cur.execute("TRUNCATE jobs_task CASCADE")
     r.delete(QUEUE)
-    Queue.objects.update_or_create(name=QUEUE, defaults={"concurrency": 1 if mode == "single" else batch})
-    owner = User.objects.get(username="bench")
-    spec = services.build_spec(algorithm="demo.noop", queue=QUEUE)
-    services.submit_batch(owner=owner, specs=[spec] * (n + batch))  # the first window is dispatched here
-    counter = Counter()
+    Queue.objects.update_or_create(name=QUEUE, defaults={"concurrency": concurrency})
+    return r, User.objects.get(username="bench"), services.build_spec(algorithm="demo.noop", queue=QUEUE)
+
+
+@contextlib.contextmanager
+def counting_commits(counter: Counter) -> Iterator[None]:
+    from django.db import connection
+
     commit = connection.commit
 
     def counting_commit() -> None:
@@ -58,20 +62,32 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
         commit()
 
     connection.commit = counting_commit  # type: ignore[method-assign]
-    sent_before = r.llen(QUEUE)
-    cpu = time.process_time()
     try:
-        with connection.execute_wrapper(counter), counting_event_sends() as event_sends:
-            for _ in range(n // (1 if mode == "single" else batch)):
-                # Take the oldest message like a worker would, and run it in this process.
-                body = json.loads(r.rpop(QUEUE))
-                args = json.loads(__import__("base64").b64decode(body["body"]))[0]
-                if body["headers"]["task"] == "jobs.run_tasks":
-                    run_tasks.run(args[0])
-                else:
-                    run_task.run(args[0])
+        yield
     finally:
         connection.commit = commit  # type: ignore[method-assign]
+
+
+def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
+    from django.db import connection
+
+    from jobs import services
+    from jobs.tasks import run_task, run_tasks
+
+    r, owner, spec = fresh_queue(1 if mode == "single" else batch)
+    services.submit_batch(owner=owner, specs=[spec] * (n + batch))  # the first window is dispatched here
+    counter = Counter()
+    sent_before = r.llen(QUEUE)
+    cpu = time.process_time()
+    with counting_commits(counter), connection.execute_wrapper(counter), counting_event_sends() as event_sends:
+        for _ in range(n // (1 if mode == "single" else batch)):
+            # Take the oldest message like a worker would, and run it in this process.
+            body = json.loads(r.rpop(QUEUE))
+            args = json.loads(__import__("base64").b64decode(body["body"]))[0]
+            if body["headers"]["task"] == "jobs.run_tasks":
+                run_tasks.run(args[0])
+            else:
+                run_task.run(args[0])
     cpu = time.process_time() - cpu
     done = n if mode == "single" else (n // batch) * batch
     sent = r.llen(QUEUE) - sent_before + n // (1 if mode == "single" else batch)
@@ -81,37 +97,20 @@ def measure(mode: str, n: int, batch: int) -> dict[str, Any]:
 
 def measure_submit(n: int) -> dict[str, Any]:
     """A single submit (the service the REST view calls) into a queue with room, as on an idle worker:
-    the INSERT, its dispatch and the broker send. The tasks are finished behind its back (uncounted), so
-    the queue keeps its room."""
-    import redis
-    from django.conf import settings
-    from django.contrib.auth.models import User
+    the INSERT, its dispatch and the broker send. The tasks are finished behind its back (uncounted: an
+    autocommit statement outside the wrappers), so the queue keeps its room."""
     from django.db import connection
 
     from jobs import services
-    from queueing.models import Queue
 
-    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    with connection.cursor() as cur:
-        cur.execute("TRUNCATE jobs_task CASCADE")
-    r.delete(QUEUE)
-    Queue.objects.update_or_create(name=QUEUE, defaults={"concurrency": 4})
-    owner = User.objects.get(username="bench")
-    spec = services.build_spec(algorithm="demo.noop", queue=QUEUE)
-    counter, cpu, commit = Counter(), 0.0, connection.commit
-
-    def counting_commit() -> None:
-        counter.commits += 1
-        commit()
-
-    with counting_event_sends() as event_sends:
+    r, owner, spec = fresh_queue(4)
+    counter, cpu = Counter(), 0.0
+    with counting_commits(counter), counting_event_sends() as event_sends:
         for _ in range(n):
-            connection.commit = counting_commit  # type: ignore[method-assign]
             start = time.process_time()
             with connection.execute_wrapper(counter):
                 services.submit(owner=owner, spec=spec)
             cpu += time.process_time() - start
-            connection.commit = commit  # type: ignore[method-assign]
             with connection.cursor() as cur:
                 cur.execute("UPDATE jobs_task SET status = 'SUCCEEDED' WHERE queue = %s AND status = 'QUEUED'", [QUEUE])
     sent = r.llen(QUEUE)

@@ -59,7 +59,6 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
-
 def another_session() -> Any:
     """A second PostgreSQL session (autocommit) on the test database, beside Django's connection: what
     another process's connection would do, step by step."""
@@ -69,6 +68,7 @@ def another_session() -> Any:
     params = connection.get_connection_params()
     return psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
                            port=params.get("port"), password=params.get("password"), autocommit=True)
+
 
 # --- database and broker hygiene --------------------------------------------------------------
 
