@@ -147,6 +147,21 @@ def _created(tasks: list[Task]) -> None:
     dispatch.dispatch_submitted(queues)
 
 
+def _create_one(task: Task, spec: TaskSpec) -> Task:
+    """One new task in one statement: its INSERT with its round-robin number (``ordering.new_seq_sql``),
+    ``task.created`` with its webhook outbox rows, and the look whether its queue has room; then its
+    dispatch (``dispatch.dispatch_submitted``). A ``webhook_url`` subscription is written first, so that
+    ``task.created`` already finds it (its foreign key to the task is checked at commit)."""
+    from queueing import dispatch, ordering
+
+    _subscribe_webhooks([task], [spec])
+    created, room = transitions.create(task, event="task.created",
+                                       sql_values={"fair_seq": ordering.new_seq_sql(task)},
+                                       also=dispatch.room_sql(task.queue_id))
+    dispatch.dispatch_submitted([task.queue_id], full=[] if room else [task.queue_id])
+    return created
+
+
 def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[Task, bool]:
     """Insert a PENDING task (``task.created``), dispatched in the same transaction where its queue has
     room. Returns (task, created).
@@ -157,9 +172,7 @@ def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) ->
     task = _new_task(owner, spec, idempotency_key)
     try:
         with transaction.atomic():
-            task.save(force_insert=True)
-            _subscribe_webhooks([task], [spec])
-            _created([task])
+            created = _create_one(task, spec)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -167,7 +180,7 @@ def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) ->
         if existing.request_hash != task.request_hash:
             raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
         return existing, False
-    return task, True
+    return created, True
 
 
 def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | None = None) -> tuple[list[Task], bool]:
@@ -219,9 +232,7 @@ def retry(*, task_id: UUID | str, by: Any) -> Task:
     new = _new_task(old.owner, spec, None)
     new.retry_of = old
     with transaction.atomic():
-        new.save(force_insert=True)
-        _created([new])
-    return new
+        return _create_one(new, spec)
 
 
 @transaction.atomic

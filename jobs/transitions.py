@@ -44,6 +44,7 @@ def _db_type(column: str) -> str:
 # The updated rows come back as Task instances built directly (``Model.from_db``): a RawQuerySet
 # re-derives its column-to-field mapping on every query, which cost more than the UPDATE itself.
 _RETURNING = ", ".join(f'{_TABLE}."{f.column}"' for f in _FIELDS)
+_COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS)
 _ATTNAMES = [f.attname for f in _FIELDS]
 
 
@@ -133,25 +134,56 @@ def apply(
         return tasks
     # One statement: the guarded UPDATE, the event rows of the rows it changed, and each one's
     # matching webhook subscriptions.
+    return [task for task, _ in _recording(sql, params, event, data, relax=relax, order=ids)]
+
+
+def create(task: Task, *, event: str, sql_values: Mapping[str, tuple[str, list[Any]]] | None = None,
+           also: tuple[str, list[Any]] | None = None) -> tuple[Task, Any]:
+    """INSERT a new task and record ``event`` (its ``last_seq`` is already set) in one statement, as
+    ``apply`` does for an UPDATE. ``sql_values``: columns computed by SQL (expression, parameters)
+    instead of taken from ``task``; ``also``: one more expression evaluated in the same statement (its
+    snapshot: without the new row). Returns (the task as inserted, the value of ``also``)."""
+    assert transaction.get_connection().in_atomic_block, "transitions run inside a transaction"
+    computed = sql_values or {}
+    values, params = [], []
+    for field in _FIELDS:
+        if field.column in computed:
+            expr, expr_params = computed[field.column]
+            values.append(f"({expr})")
+            params.extend(expr_params)
+        else:
+            values.append("%s")
+            params.append(field.get_db_prep_save(field.pre_save(task, True), connection))
+    sql = f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES ({', '.join(values)}) RETURNING {_RETURNING}"
+    [(created, extra)] = _recording(sql, params, event, None, also=also)
+    return created, extra
+
+
+def _recording(sql: str, params: list[Any], event: str, data: dict[str, Any] | None, *, relax: bool = False,
+               also: tuple[str, list[Any]] | None = None, order: list[str] | None = None) -> list[tuple[Task, Any]]:
+    """Run ``sql`` (an UPDATE or INSERT returning every column) with the INSERT of ``event`` for each row
+    it returned and each row's matching webhook subscriptions, in one statement; then the events'
+    channel messages and outbox rows (``events.recorded``). Returns (task, ``also``'s value) per row,
+    in the order of the ids in ``order`` when given."""
     from webhooks import outbox
 
     now = timezone.now()
     insert, insert_params = events.insert_sql("changed", event, data, now)
     matching = outbox.matching_sql(event, "changed") or ("'{}'::uuid[]", [])
-    statement = f"WITH changed AS ({sql}), recorded AS ({insert}) SELECT changed.*, {matching[0]} FROM changed"
+    extra, extra_params = also or ("NULL", [])
+    statement = (f"WITH changed AS ({sql}), recorded AS ({insert}) "
+                 f"SELECT changed.*, {matching[0]}, {extra} FROM changed")
     with prepared.cursor() as cur:
         if relax and _outermost():  # SET LOCAL as a function: a prepared statement is one statement
             statement += " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"
-        cur.execute(statement, params + insert_params + matching[1])
-        found = {}
-        for row in cur.fetchall():
-            task = _task_from_row(row[:-1])
-            found[str(task.id)] = (task, row[-1])
-    hits = [found[i] for i in ids if i in found]
-    tasks = [task for task, _ in hits]
-    if tasks:
-        events.recorded(tasks, event, data, now, [subs for _, subs in hits])
-    return tasks
+        cur.execute(statement, params + insert_params + matching[1] + extra_params)
+        hits = [(_task_from_row(row[:-2]), row[-2], row[-1]) for row in cur.fetchall()]
+    if order is not None:
+        by_id = {str(hit[0].id): hit for hit in hits}
+        hits = [by_id[i] for i in order if i in by_id]
+    if hits:
+        events.recorded([task for task, _, _ in hits], event, data, now, [subs for _, subs, _ in hits])
+    return [(task, extra) for task, _, extra in hits]
 
 
 def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bool = False) -> list[list[tuple[Any, ...]]]:

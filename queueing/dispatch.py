@@ -42,7 +42,7 @@ def dispatch(queue_names: Iterable[str] | None = None, *, look_first: bool = Fal
     return sum(_dispatch_queue(name)[0] for name in names)
 
 
-def dispatch_submitted(queue_names: Iterable[str]) -> int:
+def dispatch_submitted(queue_names: Iterable[str], *, full: Iterable[str] | None = None) -> int:
     """After a submit's INSERT, inside its transaction: where the queue has room, dispatch there
     (``dispatch_within``), so the new tasks become QUEUED in the submit's own commit and are sent after
     it, one transaction fewer; where it has none (paused, window full), look again after the commit,
@@ -54,9 +54,11 @@ def dispatch_submitted(queue_names: Iterable[str]) -> int:
     meanwhile is seen under the queue row's lock, which the dispatch takes and then reads again. Unlike
     a finish's, a submit's dispatch needs no look after its commit for others: a task submitted
     concurrently either was dispatched under the lock by its own submit, or looks after its own commit.
+
+    ``full``: the queues without room, when the submit already looked (``room_sql`` in its INSERT).
     """
     names = list(queue_names)
-    full = [name for name in names if _nothing_to_start(name)]
+    full = [name for name in names if _nothing_to_start(name)] if full is None else list(full)
     if full:
         transaction.on_commit(lambda: dispatch(full, look_first=True), robust=True)
     return dispatch_within([name for name in names if name not in full], look_after=False)
@@ -93,11 +95,16 @@ _BUSY_STATUSES = "status IN ('QUEUED', 'RUNNING')"
 _LOCK_SQL = ("SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %(queue)s "
              "FOR NO KEY UPDATE")  # not FOR UPDATE: it would block submits' foreign-key checks (FOR KEY SHARE)
 _BUSY_SQL = f"SELECT owner_id, count(*) FROM jobs_task WHERE queue = %(queue)s AND {_BUSY_STATUSES} GROUP BY owner_id"
-_ROOM_SQL = (
-    "SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 THEN q.room + %(ahead)s "
-    "ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - (SELECT count(*) FROM jobs_task "
-    f"WHERE queue = %(queue)s AND {_BUSY_STATUSES}) AS room FROM queueing_queue WHERE name = %(queue)s) AS q"
-)
+
+
+def _room(queue: str, ahead: str) -> str:
+    return ("SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 "
+            f"THEN q.room + {ahead} ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - "
+            f"(SELECT count(*) FROM jobs_task WHERE queue = {queue} AND {_BUSY_STATUSES}) AS room "
+            f"FROM queueing_queue WHERE name = {queue}) AS q")
+
+
+_ROOM_SQL = _room("%(queue)s", "%(ahead)s")
 # "Nothing waits" as the queue's oldest PENDING task, not EXISTS: with a generic plan, EXISTS was planned
 # as a sequential scan expecting to stop early (177 ms with 1M rows, a queue with nothing waiting);
 # ORDER BY created_at LIMIT 1 follows the partial index on PENDING tasks (queue, created_at).
@@ -108,6 +115,13 @@ _CANDIDATES_SQL = (
     f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
     f"LIMIT COALESCE(({_ROOM_SQL}), 0) FOR UPDATE SKIP LOCKED"
 )
+
+
+def room_sql(name: str) -> tuple[str, list[str]]:
+    """Whether queue ``name`` has room (not paused, window not full), as an SQL expression with its
+    parameters, for a submit to look inside its INSERT (``transitions.create``): that task waits, so
+    room is all ``dispatch_submitted`` needs to know."""
+    return f"COALESCE(({_room('%s::varchar', '0')}), 0) > 0", [name, name]
 
 
 def _nothing_to_start(name: str) -> bool:

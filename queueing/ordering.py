@@ -28,7 +28,24 @@ ORDER = (F("queue_position").asc(nulls_last=True), F("priority").desc(), "fair_s
 # The same order in SQL, for the dispatcher's hot path (tests/queueing/test_queue_order.py checks they agree).
 ORDER_SQL = "queue_position ASC NULLS LAST, priority DESC, fair_seq ASC, created_at ASC, id ASC"
 
-_STAMP_SQL = """
+
+def _base_sql(queue: str, owner: str, priority: str, *, besides: str = "") -> str:
+    """The number new tasks of one (queue, owner, priority) count on from: the owner's last waiting
+    unpinned task's there, never less than the head's minus one (module docstring). ``besides`` leaves
+    rows out (the tasks being stamped)."""
+    return f"""GREATEST(
+        COALESCE((SELECT t.fair_seq FROM jobs_task t
+                  WHERE t.queue = {queue} AND t.owner_id = {owner} AND t.priority = {priority}
+                    AND t.status = 'PENDING' AND t.queue_position IS NULL{besides}
+                  ORDER BY t.queue_position DESC NULLS FIRST, t.priority ASC, t.fair_seq DESC LIMIT 1), 0),
+        COALESCE((SELECT t.fair_seq - 1 FROM jobs_task t
+                  WHERE t.queue = {queue} AND t.priority = {priority}
+                    AND t.status = 'PENDING' AND t.queue_position IS NULL{besides}
+                  ORDER BY t.queue_position ASC NULLS LAST, t.priority DESC, t.fair_seq ASC LIMIT 1), 0)
+    )"""
+
+
+_STAMP_SQL = f"""
 WITH new AS (
     SELECT id, queue, owner_id, priority,
            row_number() OVER (PARTITION BY queue, owner_id, priority ORDER BY created_at, id) AS n
@@ -36,24 +53,22 @@ WITH new AS (
 ), grp AS (
     SELECT DISTINCT queue, owner_id, priority FROM new
 ), base AS MATERIALIZED (  -- once per (queue, owner, priority), not once per new row
-    SELECT g.queue, g.owner_id, g.priority, GREATEST(
-        COALESCE((SELECT t.fair_seq FROM jobs_task t
-                  WHERE t.queue = g.queue AND t.owner_id = g.owner_id AND t.priority = g.priority
-                    AND t.status = 'PENDING' AND t.queue_position IS NULL
-                    AND t.id <> ALL(%(ids)s::uuid[])
-                  ORDER BY t.queue_position DESC NULLS FIRST, t.priority ASC, t.fair_seq DESC LIMIT 1), 0),
-        COALESCE((SELECT t.fair_seq - 1 FROM jobs_task t
-                  WHERE t.queue = g.queue AND t.priority = g.priority
-                    AND t.status = 'PENDING' AND t.queue_position IS NULL
-                    AND t.id <> ALL(%(ids)s::uuid[])
-                  ORDER BY t.queue_position ASC NULLS LAST, t.priority DESC, t.fair_seq ASC LIMIT 1), 0)
-    ) AS b
+    SELECT g.queue, g.owner_id, g.priority,
+           {_base_sql("g.queue", "g.owner_id", "g.priority", besides=" AND t.id <> ALL(%(ids)s::uuid[])")} AS b
     FROM grp g
 )
 UPDATE jobs_task t SET fair_seq = base.b + new.n
 FROM new JOIN base USING (queue, owner_id, priority)
 WHERE t.id = new.id
 """
+_NEW_SQL = "1 + " + _base_sql("%s::varchar", "%s::integer", "%s::integer")
+
+
+def new_seq_sql(task: Task) -> tuple[str, list[object]]:
+    """The ``fair_seq`` of one task about to be inserted, as an SQL expression with its parameters:
+    what ``stamp`` would give it, computed inside its INSERT (``transitions.create``) instead of by an
+    UPDATE after it."""
+    return _NEW_SQL, [task.queue_id, task.owner_id, task.priority, task.queue_id, task.priority]
 
 
 def stamp(task_ids: Iterable[UUID | str]) -> None:

@@ -128,6 +128,21 @@ def test_round_robin_between_owners_within_a_priority(alice, bob, api):
     assert len(order) == 26
 
 
+def test_single_submits_take_turns_between_owners_as_a_batch_does(alice, bob, olga, api):
+    """A single submit gets its round-robin number inside its own INSERT, a batch by a stamp after its
+    INSERT: the same turns either way."""
+    for queue, single in (("q1", True), ("q2", False)):
+        make_queue(queue, concurrency=1, paused=True)
+        for client, name, n in ((api(alice), "a", 3), (api(bob), "b", 2)):
+            if single:
+                for i in range(n):
+                    submit(client, f"{name}{i}", 5, queue=queue)
+            else:
+                batch = [{"algorithm": "demo.noop", "queue": queue, "labels": [f"{name}{i}"]} for i in range(n)]
+                assert client.post("/api/v1/tasks/batch/", {"tasks": batch}, format="json").status_code == 201
+        assert listing(api(olga), queue) == ["a0", "b0", "a1", "b1", "a2"], queue
+
+
 def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob, olga, api):
     make_queue("q1", concurrency=1, paused=True)
     a = submit(api(alice), "a", 5)
