@@ -156,6 +156,7 @@ def create(task: Task, *, event: str, sql_values: Mapping[str, tuple[str, list[A
             params.append(field.get_db_prep_save(field.pre_save(task, True), connection))
     sql = f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES ({', '.join(values)}) RETURNING {_RETURNING}"
     [(created, extra)] = _recording(sql, params, event, None, also=also)
+    created._state.fields_cache.update(task._state.fields_cache)  # its owner, as given: not read again
     return created, extra
 
 

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from jobs.models import Task
@@ -90,6 +91,18 @@ def test_submit_fills_defaults_from_the_schema_and_names_priorities(alice, api):
     assert task["params"] == {"seconds": 3.0, "steps": 10}
     assert task["priority"] == 8
     assert task["queue"] == "default"
+
+
+def test_a_submit_reads_its_owner_once_and_answers_with_it(alice, api):
+    """The task is written by one statement of the submit's own (``transitions.create``); its answer
+    names the owner from the request's user, not from another read of the user table."""
+    client = api(alice)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["owner"] == alice.username
+    user_reads = [q["sql"] for q in queries.captured_queries if 'FROM "auth_user"' in str(q["sql"])]
+    assert len(user_reads) == 1, user_reads  # the JWT's user lookup
 
 
 def test_same_idempotency_key_returns_the_same_task(alice, api):
