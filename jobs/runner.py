@@ -265,6 +265,8 @@ def run(task: Task) -> Outcome:
             return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
         tb = traceback.format_exc(limit=20)
         services.append_log(task_id=task.id, lines=[tb])
+        if watch.cancel.is_set():  # it was cancelled and failed on the way out: cancelled, never retried
+            return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
         return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", retryable=True)
     finally:
         store.abort_open()

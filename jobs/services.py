@@ -297,13 +297,34 @@ def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str 
     values: dict[str, Any] = {"queued_at": None}
     if error is not None:
         values["error"] = error
-    back = transitions.apply(task_ids, frm=[Status.RUNNING], to=Status.PENDING, event=event, values=values,
-                             sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
-                             where_sql="worker = %s", where_params=[worker[:255]], data={"reason": reason})
+    back = back_to_pending(task_ids, event=event, values=values, sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
+                           where_sql="worker = %s", where_params=[worker[:255]], data={"reason": reason})
     queues = sorted({t.queue_id for t in back})
     if queues:
         transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
     return back
+
+
+def back_to_pending(task_ids: list[UUID | str], *, event: str, values: dict[str, Any], data: dict[str, Any],
+                    sql_values: dict[str, str] | None = None, where_sql: str = "",
+                    where_params: list[Any] | None = None) -> list[Task]:
+    """RUNNING → PENDING, to run again (a retry, a hand-back, a reaped or stuck task), except a task whose
+    cancel was requested while it ran: that one ends CANCELLED, as its user asked, and never runs again
+    (the next claim would clear the flag). Returns the tasks changed, PENDING or CANCELLED, in the order
+    of ``task_ids``; ``where_sql`` guards both."""
+    guard = f" AND ({where_sql})" if where_sql else ""
+    back = transitions.apply(task_ids, frm=[Status.RUNNING], to=Status.PENDING, event=event, values=values,
+                             sql_values=sql_values, where_sql="NOT cancel_requested" + guard,
+                             where_params=where_params, data=data)
+    if len(back) == len(task_ids):
+        return back
+    moved = {str(t.id) for t in back}
+    cancelled = transitions.apply(
+        [i for i in task_ids if str(i) not in moved], frm=[Status.RUNNING], to=Status.CANCELLED,
+        event="task.cancelled", values={"finished_at": timezone.now(), "error": "cancelled"},
+        where_sql="cancel_requested" + guard, where_params=where_params, data={"reason": "cancelled by user"})
+    order = {str(i): n for n, i in enumerate(task_ids)}
+    return sorted(back + cancelled, key=lambda t: order[str(t.id)])
 
 
 def heartbeat(*, task_ids: list[str]) -> dict[str, bool]:
@@ -408,12 +429,12 @@ def _finish_other(task_id: str, outcome: Outcome, now: Any) -> Task | None:
             return None
         if row.attempts <= row.max_retries:
             delay = backoff_seconds(row.attempts)
-            done = transitions.apply_one(
-                task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
+            done = next(iter(back_to_pending(
+                [task_id], event="task.retrying",
                 values={"not_before": now + timedelta(seconds=delay), "error": outcome.error, "queued_at": None},
                 data={"error": outcome.error, "attempt": row.attempts, "retry_in_seconds": round(delay, 3)},
-            )
-            if done is not None:
+            )), None)
+            if done is not None and done.status == Status.PENDING:
                 transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay), robust=True)
             return done
     return transitions.apply_one(task_id, frm=[Status.RUNNING], to=outcome.status, event=_FINAL_EVENTS[outcome.status],

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import transitions
+from jobs import services, transitions
 from jobs.models import Status, Task, TaskEvent
 from queueing import dispatch
 
@@ -53,9 +53,9 @@ def reap_stale_running() -> int:
     with transaction.atomic():
         # Heartbeat guard repeated in SQL: a worker that came back to life in between keeps its task.
         guard = {"where_sql": "heartbeat_at < %s", "where_params": [cutoff]}
-        rerun = transitions.apply(retry, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
-                                  values={"queued_at": None, "error": "worker lost (heartbeat stale)"},
-                                  **guard, data={"reason": "worker lost"})
+        rerun = services.back_to_pending(retry, event="task.retrying",
+                                         values={"queued_at": None, "error": "worker lost (heartbeat stale)"},
+                                         **guard, data={"reason": "worker lost"})
         failed = transitions.apply(fail, frm=[Status.RUNNING], to=Status.FAILED, event="task.failed",
                                    values={"finished_at": timezone.now(), "error": "worker lost (heartbeat stale); no retries left"},
                                    **guard, data={"error": "worker lost"})
@@ -63,7 +63,9 @@ def reap_stale_running() -> int:
         if queues:
             transaction.on_commit(lambda: dispatch.dispatch(sorted(queues)), robust=True)
     if stale:
-        log.warning("reaped %d stale RUNNING tasks (%d re-run, %d failed)", len(stale), len(rerun), len(failed))
+        log.warning("reaped %d stale RUNNING tasks (%d re-run, %d cancelled as asked, %d failed)", len(stale),
+                    sum(t.status == Status.PENDING for t in rerun), sum(t.status == Status.CANCELLED for t in rerun),
+                    len(failed))
     return len(rerun) + len(failed)
 
 
@@ -72,8 +74,6 @@ def hand_back(*, worker: str) -> int:
 
     The interrupted attempt does not count against ``max_retries``: the task did nothing wrong.
     """
-    from jobs import services
-
     with transaction.atomic():
         ids = list(Task.objects.filter(status=Status.RUNNING, worker=worker).values_list("id", flat=True))
         back = services.release(task_ids=ids, worker=worker, reason="worker shutdown", event="task.retrying",
@@ -112,9 +112,9 @@ def give_up_stuck(*, task_id: str, worker: str, timeout: float) -> bool:
             return False
         guard = {"where_sql": "worker = %s", "where_params": [worker]}
         if task.attempts <= task.max_retries:
-            done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=Status.PENDING, event="task.retrying",
-                                         values={"queued_at": None, "error": why}, **guard,
-                                         data={"reason": "no progress", "error": why})
+            done = next(iter(services.back_to_pending([task_id], event="task.retrying",
+                                                      values={"queued_at": None, "error": why}, **guard,
+                                                      data={"reason": "no progress", "error": why})), None)
         else:
             done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=Status.FAILED, event="task.failed",
                                          values={"finished_at": timezone.now(), "error": why}, **guard,

@@ -84,6 +84,51 @@ def test_finish_after_the_task_was_reaped_changes_nothing(queued_task):
     assert Task.objects.get(id=queued_task.id).result is None
 
 
+def _fail_retryably(task: Task) -> None:
+    services.finish(task_id=task.id, outcome=Outcome(status=Status.FAILED, error="boom", retryable=True))
+
+
+def _reap(task: Task) -> None:
+    from queueing import reconciler
+
+    Task.objects.filter(id=task.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    reconciler.reap_stale_running()
+
+
+def _hand_back(task: Task) -> None:
+    services.release(task_ids=[task.id], worker="w", reason="worker shutdown", event="task.retrying")
+
+
+@pytest.mark.parametrize("back", [_fail_retryably, _reap, _hand_back], ids=["retry", "reaped", "handed-back"])
+def test_a_running_task_cancelled_before_it_would_run_again_ends_cancelled_and_never_runs_again(alice, back):
+    queued_task = _queued(alice, 1)[0]
+    Task.objects.filter(id=queued_task.id).update(max_retries=3)
+    services.claim(task_id=queued_task.id, worker="w")
+    assert services.cancel(task_id=queued_task.id).cancel_requested  # the user is told it will stop
+
+    back(queued_task)  # it failed, its worker died or shut down, before the worker saw the cancel
+
+    task = Task.objects.get(id=queued_task.id)
+    assert task.status == Status.CANCELLED and task.finished_at is not None
+    last = task.events.order_by("-seq").first()
+    assert last.event == "task.cancelled" and last.data["reason"] == "cancelled by user"
+    assert not task.events.filter(event="task.retrying").exists()
+    assert services.claim(task_id=queued_task.id, worker="w2") is None  # a late message finds nothing to run
+
+
+@pytest.mark.parametrize("back", [_fail_retryably, _reap, _hand_back], ids=["retry", "reaped", "handed-back"])
+def test_a_running_task_nobody_cancelled_goes_back_to_pending_to_run_again(alice, back):
+    queued_task = _queued(alice, 1)[0]
+    Task.objects.filter(id=queued_task.id).update(max_retries=3)
+    services.claim(task_id=queued_task.id, worker="w")
+
+    back(queued_task)
+
+    task = Task.objects.get(id=queued_task.id)  # PENDING, or already dispatched again (nobody consumes it)
+    assert task.status in (Status.PENDING, Status.QUEUED) and task.finished_at is None
+    assert task.events.filter(event="task.retrying").exists() and not task.events.filter(event="task.cancelled").exists()
+
+
 def test_claim_in_a_paused_queue_sends_the_task_back_to_pending(queued_task):
     from queueing.models import Queue
 
