@@ -61,6 +61,7 @@ class Watch:
         self.timed_out = threading.Event()
         self._cancel_at: float | None = None
         self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
+        self.terminating = False  # under ``lock``: the watchdog is recording and terminating it
         self.lock = threading.Lock()
 
     def tick(self, flag: bool | None, now: float) -> bool:
@@ -124,10 +125,16 @@ class Watchdog(threading.Thread):
             batch.flush(older_than=batch.flush_every)  # finished tasks behind a long one: record them now
         for watch in watches:
             with watch.lock:
-                if watch.stopped or not watch.tick(flags.get(watch.task_id), now):
+                if watch.stopped or watch.terminating or not watch.tick(flags.get(watch.task_id), now):
                     continue
-                watch.stopped = True
-            self._terminate(watch, batches)
+                watch.terminating = True
+            try:
+                self._terminate(watch, batches)
+            except Exception:  # its final state not recorded (the database away): again at the next beat
+                log.exception("could not terminate task %s; trying again", watch.task_id)
+                connections.close_all()
+                with watch.lock:
+                    watch.terminating = False
 
     def _terminate(self, watch: Watch, batches: list[Batch]) -> None:
         status = Status.TIMED_OUT if watch.timed_out.is_set() else Status.CANCELLED
@@ -178,8 +185,20 @@ class Batch:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        Watchdog.get().remove(self)
-        self.flush()
+        # Recorded before the watchdog lets go of them: until then their heartbeats go on, so a database
+        # blip here is waited out instead of leaving them to the reaper, which would run them again.
+        try:
+            for pause in (0.5, 1.0, 2.0):
+                try:
+                    self.flush()
+                    return
+                except Exception:
+                    log.exception("could not record a batch's finished tasks; trying again")
+                    connections.close_all()
+                    time.sleep(pause)
+            self.flush()
+        finally:
+            Watchdog.get().remove(self)
 
     def waiting_ids(self) -> list[str]:
         """Claimed and not yet recorded as finished: still RUNNING, so their heartbeats are ours to beat."""
@@ -213,7 +232,11 @@ class Batch:
                 return
             outcomes, self.outcomes = self.outcomes, []
             if outcomes:
-                services.finish_many(outcomes=outcomes, dispatch_next=False)
+                try:
+                    services.finish_many(outcomes=outcomes, dispatch_next=False)
+                except Exception:  # kept (and their heartbeats beaten) for the next record
+                    self.outcomes = outcomes + self.outcomes
+                    raise
             self.flushed_at = time.monotonic()
 
     def settle(self) -> None:

@@ -212,6 +212,67 @@ def test_a_batch_cut_short_records_the_finished_task_and_hands_back_the_unstarte
         assert list(task.events.order_by("seq").values_list("event", flat=True))[2:4] == ["task.started", "task.requeued"]
 
 
+def _connection_lost_in_the_first(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The first call of ``services.<name>`` finds its database connection gone (its backend terminated,
+    as by a PostgreSQL restart), the later ones a fresh connection."""
+    real, calls = getattr(services, name), []
+
+    def first_fails(*args: Any, **kwargs: Any) -> Any:
+        if not calls:
+            calls.append(name)
+            with connection.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                pid = cur.fetchone()[0]
+            with another_session() as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+                wait_until(lambda: not other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
+                           message="the backend to end")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, name, first_fails)
+
+
+def test_a_batch_whose_record_fails_keeps_its_finished_tasks_beaten_and_records_them_next_time(alice, monkeypatch):
+    from django.db import DatabaseError
+
+    from jobs import runner
+
+    tasks = _queued(alice, 2)
+    claimed = services.claim_many(task_ids=[t.id for t in tasks], worker="w")
+    batch = runner.Batch(claimed, "w")
+    batch.flush_every = 3600  # recorded only when asked below
+    batch.run(claimed[0])
+    _connection_lost_in_the_first(monkeypatch, "finish_many")
+
+    with pytest.raises(DatabaseError):
+        batch.flush()
+    connection.close()  # what the watchdog does after a failed beat
+
+    assert str(claimed[0].id) in batch.waiting_ids()  # still beaten: the reaper does not run it again
+    assert Task.objects.get(id=claimed[0].id).status == Status.RUNNING
+    batch.flush()
+    assert Task.objects.get(id=claimed[0].id).status == Status.SUCCEEDED
+
+
+def test_a_watchdog_that_cannot_record_a_terminated_task_tries_again_at_the_next_beat(alice, monkeypatch):
+    from jobs import runner
+
+    task = _queued(alice, 1)[0]
+    claimed = services.claim(task_id=task.id, worker="w")
+    services.cancel(task_id=task.id)  # and the algorithm ignores it
+    watch = runner.Watch(claimed, threading.current_thread())
+    watch.grace = 0
+    watchdog = runner.Watchdog()  # not started: its beats are run here, one by one
+    _connection_lost_in_the_first(monkeypatch, "finish")
+
+    watchdog._tick([watch], [])  # the grace is over; recording CANCELLED fails with the connection
+    assert Task.objects.get(id=task.id).status == Status.RUNNING
+    watchdog._tick([watch], [])
+
+    done = Task.objects.get(id=task.id)
+    assert done.status == Status.CANCELLED and "did not stop" in done.error
+
+
 def test_a_submit_into_a_full_queue_does_not_wait_for_a_dispatcher_and_the_next_finish_starts_it(alice):
     Queue.objects.create(name="full", concurrency=1)
     spec = services.build_spec(algorithm="demo.noop", queue="full")
