@@ -54,6 +54,7 @@ class Watch:
 
     def __init__(self, task: Task, main: threading.Thread) -> None:
         self.task_id = str(task.id)
+        self.claimed_at = task.started_at  # its claim: the heartbeat and the writes are this claim's
         self.main = main
         self.grace = settings.CONVEYOR["CANCEL_GRACE_SECONDS"]
         self.deadline = time.monotonic() + task.timeout_seconds
@@ -65,11 +66,11 @@ class Watch:
         self.lock = threading.Lock()
 
     def tick(self, flag: bool | None, now: float) -> bool:
-        """One heartbeat's answer (``flag``: cancel requested; None: no longer RUNNING). True when the
-        algorithm ignored cancel or its time limit for the grace period and must be terminated."""
-        if flag is None:  # no longer RUNNING (reaped, or cancelled by the reaper): stop the algorithm
-            self.cancel.set()
-            return False
+        """One heartbeat's answer (``flag``: cancel requested; None: no longer ours). True when the
+        algorithm ignored cancel, its time limit or the loss of its task for the grace period and must be
+        terminated."""
+        if flag is None:  # no longer RUNNING under this claim (reaped, maybe started again elsewhere): stop
+            flag = True
         if flag and not self.cancel.is_set():
             self._cancel_at = now
             self.cancel.set()
@@ -117,8 +118,10 @@ class Watchdog(threading.Thread):
                 connections.close_all()
 
     def _tick(self, watches: list[Watch], batches: list[Batch]) -> None:
-        ids = [w.task_id for w in watches] + [i for b in batches for i in b.waiting_ids()]
-        flags = services.heartbeat(task_ids=ids)
+        claims = {w.task_id: w.claimed_at for w in watches}
+        for batch in batches:
+            claims.update(dict.fromkeys(batch.waiting_ids(), batch.claimed_at))
+        flags = services.heartbeat(claims=claims)
         now = time.monotonic()
         for batch in batches:
             batch.beaten(flags)
@@ -139,7 +142,7 @@ class Watchdog(threading.Thread):
     def _terminate(self, watch: Watch, batches: list[Batch]) -> None:
         status = Status.TIMED_OUT if watch.timed_out.is_set() else Status.CANCELLED
         why = "time limit reached" if status == Status.TIMED_OUT else "cancelled"
-        services.finish(task_id=watch.task_id, outcome=Outcome(
+        services.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, outcome=Outcome(
             status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and was terminated",
             retryable=False))
         if _in_pool_child():
@@ -172,6 +175,7 @@ class Batch:
 
     def __init__(self, tasks: list[Task], worker: str) -> None:
         self.worker = worker
+        self.claimed_at = tasks[0].started_at if tasks else None  # one claim for the message's tasks
         self.waiting = {str(t.id): t for t in tasks}
         self.cancelled: set[str] = set()
         self.lost: set[str] = set()
@@ -233,7 +237,7 @@ class Batch:
             outcomes, self.outcomes = self.outcomes, []
             if outcomes:
                 try:
-                    services.finish_many(outcomes=outcomes, dispatch_next=False)
+                    services.finish_many(outcomes=outcomes, dispatch_next=False, claimed_at=self.claimed_at)
                 except Exception:  # kept (and their heartbeats beaten) for the next record
                     self.outcomes = outcomes + self.outcomes
                     raise
@@ -245,7 +249,8 @@ class Batch:
         with self.lock:
             waiting, self.waiting = list(self.waiting), {}
         if waiting:
-            services.release(task_ids=waiting, worker=self.worker, reason="its batch's worker process was terminated")
+            services.release(task_ids=waiting, worker=self.worker, claimed_at=self.claimed_at,
+                             reason="its batch's worker process was terminated")
 
 
 def run(task: Task) -> Outcome:
@@ -264,8 +269,9 @@ def run(task: Task) -> Outcome:
         artifacts.discard_earlier_attempts(task_id=str(task.id), attempt=task.attempts)
     ctx = RunContext(
         task_id=str(task.id), attempt=task.attempts, scratch=scratch, cancel_event=watch.cancel,
-        write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m, metrics=x),
-        write_logs=lambda lines: services.append_log(task_id=task.id, lines=lines),
+        write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m,
+                                                                   metrics=x, claimed_at=task.started_at),
+        write_logs=lambda lines: services.append_log(task_id=task.id, lines=lines, claimed_at=task.started_at),
         min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store,
     )
     watchdog = Watchdog.get()
@@ -287,7 +293,7 @@ def run(task: Task) -> Outcome:
         if watch.timed_out.is_set():
             return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
         tb = traceback.format_exc(limit=20)
-        services.append_log(task_id=task.id, lines=[tb])
+        services.append_log(task_id=task.id, lines=[tb], claimed_at=task.started_at)
         if watch.cancel.is_set():  # it was cancelled and failed on the way out: cancelled, never retried
             return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
         return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", retryable=True)

@@ -288,17 +288,20 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
 
 @transitions.atomic_retrying_deadlocks
 def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str = "task.requeued",
-            error: str | None = None) -> list[Task]:
+            error: str | None = None, claimed_at: Any = None) -> list[Task]:
     """RUNNING → PENDING for claimed tasks of ``worker`` that it will not finish (the rest of a batch whose
-    pool child is about to be killed; everything of a worker shutting down); the interrupted claim does
-    not count as an attempt. Dispatched again on commit."""
+    pool child is about to be killed, ``claimed_at`` its claim; everything of a worker shutting down); the
+    interrupted claim does not count as an attempt. Dispatched again on commit."""
     from queueing import dispatch
 
     values: dict[str, Any] = {"queued_at": None}
     if error is not None:
         values["error"] = error
+    where_sql, where_params = "worker = %s", [worker[:255]]
+    if claimed_at is not None:
+        where_sql, where_params = f"{where_sql} AND started_at = %s", [*where_params, claimed_at]
     back = back_to_pending(task_ids, event=event, values=values, sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
-                           where_sql="worker = %s", where_params=[worker[:255]], data={"reason": reason})
+                           where_sql=where_sql, where_params=where_params, data={"reason": reason})
     queues = sorted({t.queue_id for t in back})
     if queues:
         transaction.on_commit(lambda: dispatch.dispatch(queues), robust=True)
@@ -327,9 +330,11 @@ def back_to_pending(task_ids: list[UUID | str], *, event: str, values: dict[str,
     return sorted(back + cancelled, key=lambda t: order[str(t.id)])
 
 
-def heartbeat(*, task_ids: list[str]) -> dict[str, bool]:
-    """Mark running tasks alive (one statement for all a worker process watches); returns each one's
-    cancel flag by id. A task missing from the answer is no longer RUNNING.
+def heartbeat(*, claims: dict[str, Any]) -> dict[str, bool]:
+    """Mark running tasks alive (one statement for all a worker process watches; ``claims``: each task's
+    id and the ``started_at`` of the claim this process runs it under); returns each one's cancel flag by
+    id. A task missing from the answer is no longer this process's: no longer RUNNING, or running again
+    under a later claim (this process was taken for dead, and the task was reaped and started again).
 
     It never waits for a row another transaction holds (``SKIP LOCKED``): that row is being changed by a
     finish, a cancel or the reaper, and is beaten next time if it is still RUNNING then. Waiting would
@@ -337,33 +342,43 @@ def heartbeat(*, task_ids: list[str]) -> dict[str, bool]:
     successes, then of failures), locking them in the opposite order. The answer is read from the
     statement's snapshot, so a skipped task still counts as RUNNING, with its committed cancel flag."""
     with connection.cursor() as cur:
-        cur.execute(_HEARTBEAT_SQL, {"ids": task_ids})
+        cur.execute(_HEARTBEAT_SQL, {"ids": list(claims), "at": list(claims.values())})
         return {task_id: bool(flag) for task_id, flag in cur.fetchall()}
 
 
+_HEARTBEAT_MINE = ("(id, started_at) IN (SELECT * FROM unnest(%(ids)s::uuid[], %(at)s::timestamptz[])) "
+                   "AND status = 'RUNNING'")
 _HEARTBEAT_SQL = (
     "WITH beaten AS (UPDATE jobs_task SET heartbeat_at = now() WHERE id IN (SELECT id FROM jobs_task "
-    "WHERE id = ANY(%(ids)s::uuid[]) AND status = 'RUNNING' FOR NO KEY UPDATE SKIP LOCKED)) "
-    "SELECT id::text, cancel_requested FROM jobs_task WHERE id = ANY(%(ids)s::uuid[]) AND status = 'RUNNING'"
+    f"WHERE {_HEARTBEAT_MINE} FOR NO KEY UPDATE SKIP LOCKED)) "
+    f"SELECT id::text, cancel_requested FROM jobs_task WHERE {_HEARTBEAT_MINE}"
 )
+
+
+def _claim_guard(claimed_at: Any) -> dict[str, Any]:
+    """A worker's write only while the task still runs under its claim (``started_at``): a worker taken for
+    dead whose task was started again elsewhere changes nothing of the new run."""
+    return {"where_sql": "started_at = %s", "where_params": [claimed_at]} if claimed_at is not None else {}
 
 
 @transaction.atomic
 def report_progress(*, task_id: UUID | str, percent: float, stage: str, message: str,
-                    metrics: dict[str, Any]) -> bool:
-    """Store the latest progress of a RUNNING task and append ``task.progress``."""
+                    metrics: dict[str, Any], claimed_at: Any = None) -> bool:
+    """Store the latest progress of a RUNNING task and append ``task.progress`` (``claimed_at``: only
+    while it runs under that claim)."""
     return transitions.apply_one(
         task_id, frm=[Status.RUNNING], to=None, event="task.progress",
         values={"progress_percent": percent, "progress_stage": stage[:200], "progress_message": message[:1000],
-                "progress_metrics": metrics},
+                "progress_metrics": metrics}, **_claim_guard(claimed_at),
     ) is not None
 
 
 @transaction.atomic
-def append_log(*, task_id: UUID | str, lines: list[str]) -> None:
-    """Append log lines (``task.log``) to a task that is still running."""
+def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None) -> None:
+    """Append log lines (``task.log``) to a task that is still running (under that claim)."""
     for line in lines:
-        transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log", data={"line": line[:10_000]})
+        transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log", data={"line": line[:10_000]},
+                              **_claim_guard(claimed_at))
 
 
 @dataclass(frozen=True)
@@ -385,32 +400,36 @@ _FINAL_EVENTS = {Status.SUCCEEDED: "task.succeeded", Status.FAILED: "task.failed
                  Status.CANCELLED: "task.cancelled", Status.TIMED_OUT: "task.timed_out"}
 
 
-def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True) -> Task | None:
+def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True, claimed_at: Any = None) -> Task | None:
     """RUNNING → SUCCEEDED | FAILED | CANCELLED | TIMED_OUT, or back to PENDING with a backoff when a
     retryable failure has retries left. None if the task was no longer RUNNING (reaped, or finished
-    by the watchdog)."""
-    return finish_many(outcomes=[(task_id, outcome)], dispatch_next=dispatch_next)[0]
+    by the watchdog), or, with ``claimed_at`` (the worker's claim's ``started_at``), no longer running
+    under that claim (reaped and started again elsewhere while this worker was taken for dead)."""
+    return finish_many(outcomes=[(task_id, outcome)], dispatch_next=dispatch_next, claimed_at=claimed_at)[0]
 
 
 @transitions.atomic_retrying_deadlocks
-def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bool = True) -> list[Task | None]:
+def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bool = True,
+                claimed_at: Any = None) -> list[Task | None]:
     """``finish`` for several tasks in one transaction: all the successes in one statement (each row
-    its own result) and one bulk insert of their events; failures, cancels and timeouts one by one."""
+    its own result) and one bulk insert of their events; failures, cancels and timeouts one by one.
+    ``claimed_at``: the claim they were all started under (one message's tasks share it)."""
     from queueing import dispatch
 
     now = timezone.now()
+    guard = _claim_guard(claimed_at)
     done: dict[str, Task | None] = {}
     succeeded = [(str(i), o) for i, o in outcomes if o.status == Status.SUCCEEDED]
     if succeeded:
         tasks = transitions.apply(
             [i for i, _ in succeeded], frm=[Status.RUNNING], to=Status.SUCCEEDED, event="task.succeeded",
             values={"finished_at": now, "error": "", "progress_percent": 100.0},
-            row_values={"result": [o.result for _, o in succeeded]},
+            row_values={"result": [o.result for _, o in succeeded]}, **guard,
         )
         done.update((str(t.id), t) for t in tasks)
     for task_id, outcome in outcomes:
         if outcome.status != Status.SUCCEEDED:
-            done[str(task_id)] = _finish_other(str(task_id), outcome, now)
+            done[str(task_id)] = _finish_other(str(task_id), outcome, now, guard)
     finished = [done.get(str(i)) for i, _ in outcomes]
     queues = sorted({t.queue_id for t in finished if t is not None})
     if queues and dispatch_next:
@@ -420,7 +439,7 @@ def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bo
     return finished
 
 
-def _finish_other(task_id: str, outcome: Outcome, now: Any) -> Task | None:
+def _finish_other(task_id: str, outcome: Outcome, now: Any, guard: dict[str, Any]) -> Task | None:
     from queueing import dispatch
 
     if outcome.status == Status.FAILED and outcome.retryable:  # only a retry decision needs the row first
@@ -432,11 +451,11 @@ def _finish_other(task_id: str, outcome: Outcome, now: Any) -> Task | None:
             done = next(iter(back_to_pending(
                 [task_id], event="task.retrying",
                 values={"not_before": now + timedelta(seconds=delay), "error": outcome.error, "queued_at": None},
-                data={"error": outcome.error, "attempt": row.attempts, "retry_in_seconds": round(delay, 3)},
+                data={"error": outcome.error, "attempt": row.attempts, "retry_in_seconds": round(delay, 3)}, **guard,
             )), None)
             if done is not None and done.status == Status.PENDING:
                 transaction.on_commit(lambda: dispatch.dispatch_later(done.queue_id, delay), robust=True)
             return done
     return transitions.apply_one(task_id, frm=[Status.RUNNING], to=outcome.status, event=_FINAL_EVENTS[outcome.status],
-                                 values={"finished_at": now, "error": outcome.error},
+                                 values={"finished_at": now, "error": outcome.error}, **guard,
                                  data={"error": outcome.error} if outcome.error else {})

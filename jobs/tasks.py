@@ -14,7 +14,7 @@ def run_task(self, task_id: str) -> None:  # type: ignore[no-untyped-def]
     if task is None:
         return
     bind_task(task.id, task.request_id)
-    services.finish(task_id=task_id, outcome=runner.run(task))
+    services.finish(task_id=task_id, outcome=runner.run(task), claimed_at=task.started_at)
 
 
 @shared_task(name="jobs.run_tasks", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

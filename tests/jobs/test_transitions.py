@@ -129,6 +129,35 @@ def test_a_running_task_nobody_cancelled_goes_back_to_pending_to_run_again(alice
     assert task.events.filter(event="task.retrying").exists() and not task.events.filter(event="task.cancelled").exists()
 
 
+def test_a_worker_taken_for_dead_changes_nothing_of_its_tasks_new_run_and_stops_its_own(alice):
+    from jobs import runner
+
+    task = _queued(alice, 1)[0]
+    Task.objects.filter(id=task.id).update(max_retries=3)
+    first = services.claim(task_id=task.id, worker="w1")
+    _reap(first)  # w1 went silent (a partition, a long call holding the GIL): its task runs again on w2
+    second = services.claim(task_id=task.id, worker="w2")
+    assert second is not None and second.started_at != first.started_at
+
+    # w1 comes back: its heartbeat, progress and finish are no longer its task's
+    assert services.heartbeat(claims={str(task.id): first.started_at}) == {}
+    assert not services.report_progress(task_id=task.id, percent=90, stage="stale", message="", metrics={},
+                                        claimed_at=first.started_at)
+    assert services.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="stale"),
+                           claimed_at=first.started_at) is None
+    watch = runner.Watch(first, threading.current_thread())
+    watch.grace = 0
+    runner.Watchdog()._tick([watch], [])  # its watchdog stops the stale run (and would end its process)
+    assert watch.cancel.is_set()
+
+    row = Task.objects.get(id=task.id)
+    assert (row.status, row.worker, row.result, row.progress_stage) == (Status.RUNNING, "w2", None, "")
+    assert services.heartbeat(claims={str(task.id): second.started_at}) == {str(task.id): False}
+    done = services.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="fresh"),
+                           claimed_at=second.started_at)
+    assert done.status == Status.SUCCEEDED and done.result == "fresh"
+
+
 def test_claim_in_a_paused_queue_sends_the_task_back_to_pending(queued_task):
     from queueing.models import Queue
 
@@ -557,12 +586,13 @@ def test_a_heartbeat_steps_around_a_row_another_transaction_holds_and_still_answ
     lock cycle with a batch's finish): it beats the other rows, leaves that one for next time, and still
     reports it RUNNING with its committed cancel flag, so the watchdog does not take it for gone."""
     free, held = _queued(alice, 2)
-    assert len(services.claim_many(task_ids=[free.id, held.id], worker="w")) == 2
+    claimed = services.claim_many(task_ids=[free.id, held.id], worker="w")
+    assert len(claimed) == 2
     Task.objects.filter(id=held.id).update(cancel_requested=True)
     Task.objects.filter(id__in=[free.id, held.id]).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     with _in_a_transaction_beside(another_session()) as other:
         other.execute("UPDATE jobs_task SET progress_message = 'busy' WHERE id = %s", [held.id])
-        flags = services.heartbeat(task_ids=[str(free.id), str(held.id)])
+        flags = services.heartbeat(claims={str(t.id): t.started_at for t in claimed})
     assert flags == {str(free.id): False, str(held.id): True}
     beaten = dict(Task.objects.filter(id__in=[free.id, held.id]).values_list("id", "heartbeat_at"))
     assert beaten[free.id] > timezone.now() - timedelta(minutes=1)  # beaten
