@@ -167,16 +167,17 @@ def _hand_back_after(grace: float) -> None:
 
 
 def _request_pids() -> dict[str, int]:
-    """Task id → pid of the pool child running it, from Celery's in-memory active requests."""
+    """Task id → pid of the pool child running it, from Celery's in-memory active requests; only tasks
+    that came one per message. A batch's tasks (``jobs.run_tasks``) were all claimed, ``started_at``
+    stamped, when the message arrived, so their wait for their turn would look like no progress; and
+    killing the child would stop a healthy batch-mate. Their time limit still applies."""
     from celery.worker.state import active_requests
 
     pids: dict[str, int] = {}
     for request in list(active_requests):
-        args = request.args or []
-        ids = args[0] if request.name == "jobs.run_tasks" and args else args[:1]
-        for task_id in ids if isinstance(ids, list) else [ids]:
-            if request.worker_pid:
-                pids[str(task_id)] = request.worker_pid
+        if request.name != "jobs.run_task" or not request.args or not request.worker_pid:
+            continue
+        pids[str(request.args[0])] = request.worker_pid
     return pids
 
 

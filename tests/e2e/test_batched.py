@@ -93,3 +93,16 @@ def test_a_batch_whose_worker_process_is_killed_records_what_finished_and_hands_
         assert client.get(f"/api/v1/tasks/{task_id}/result/").json()["result"]["completed_steps"] == steps
         names = _events(task_id)
         assert "task.requeued" in names and names.count("task.succeeded") == 1
+
+
+def test_tasks_waiting_their_turn_in_a_batch_are_not_taken_for_stuck(live_worker, alice, api):
+    # given: one message of 3 tasks of an algorithm with progress_timeout=3 s, each reporting once and
+    # then working 2 s: the third starts 4 s after the claim stamped all three started
+    Queue.objects.create(name="batched", concurrency=4)
+    client = api(alice)
+    ids = _submit(client, [{"algorithm": "demo.stall", "params": {"seconds": 2}}] * 3)
+
+    # then: none is taken for stuck (which would kill the pool child running a healthy batch-mate)
+    for task_id in ids:
+        assert wait_final(client, task_id)["status"] == "SUCCEEDED"
+        assert "task.retrying" not in _events(task_id) and _events(task_id).count("task.started") == 1
