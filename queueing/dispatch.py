@@ -110,11 +110,28 @@ _ROOM_SQL = _room("%(queue)s", "%(ahead)s")
 # ORDER BY created_at LIMIT 1 follows the partial index on PENDING tasks (queue, created_at).
 _NOTHING_TO_START_SQL = (f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0 OR (SELECT id FROM jobs_task WHERE queue = %(queue)s "
                          f"AND status = '{Status.PENDING}' ORDER BY created_at LIMIT 1) IS NULL")
+_STARTABLE = f"queue = %(queue)s AND status = '{Status.PENDING}' AND (not_before IS NULL OR not_before <= %(now)s)"
 _CANDIDATES_SQL = (
-    f"SELECT id, owner_id FROM jobs_task WHERE queue = %(queue)s AND status = '{Status.PENDING}' "
-    f"AND (not_before IS NULL OR not_before <= %(now)s) ORDER BY {ordering.ORDER_SQL} "
+    f"SELECT id, owner_id FROM jobs_task WHERE {_STARTABLE} ORDER BY {ordering.ORDER_SQL} "
     f"LIMIT COALESCE(({_ROOM_SQL}), 0) FOR UPDATE SKIP LOCKED"
 )
+# When owners at their cap fill the whole scan-ahead, the next owners' tasks lie beyond it: the owners
+# with waiting tasks, one index probe each (a loose scan of ``task_owner_order_idx``), then each one's
+# first tasks in queue order, except the capped owners'; the best of those, as many as the room.
+_BEYOND_CAPPED_SQL = f"""
+WITH RECURSIVE owners(owner_id) AS (
+    (SELECT owner_id FROM jobs_task WHERE queue = %(queue)s AND status = '{Status.PENDING}' ORDER BY owner_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.owner_id FROM jobs_task t WHERE t.queue = %(queue)s AND t.status = '{Status.PENDING}'
+            AND t.owner_id > o.owner_id ORDER BY t.owner_id LIMIT 1)
+    FROM owners o WHERE o.owner_id IS NOT NULL
+)
+SELECT id, owner_id FROM jobs_task WHERE id IN (
+    SELECT first.id FROM owners o CROSS JOIN LATERAL (
+        SELECT id FROM jobs_task WHERE {_STARTABLE} AND owner_id = o.owner_id
+        ORDER BY {ordering.ORDER_SQL} LIMIT %(room)s) AS first
+    WHERE o.owner_id IS NOT NULL AND o.owner_id <> ALL(%(capped)s)
+) AND {_STARTABLE} ORDER BY {ordering.ORDER_SQL} LIMIT %(room)s FOR UPDATE SKIP LOCKED"""
 
 
 def room_sql(name: str) -> tuple[str, list[str]]:
@@ -148,12 +165,23 @@ def _dispatch_queue(name: str) -> tuple[int, bool]:
         if room <= 0:
             return 0, False
         ids = _pick(candidates, busy, room=room, cap=cap)
+        if cap and len(ids) < room and len(candidates) >= room + settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]:
+            ids += _pick(_beyond_capped(name, busy, cap=cap, room=room - len(ids), now=now), busy,
+                         room=room - len(ids), cap=cap)
         tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
                                   values={"queued_at": now, "not_before": None, "queue_position": None})
         if tasks:
             sent = [str(t.id) for t in tasks]
             transaction.on_commit(lambda: send(name, sent), robust=True)
         return len(tasks), len(tasks) < room
+
+
+def _beyond_capped(name: str, busy: dict[int, int], *, cap: int, room: int, now: Any) -> list[tuple[Any, int]]:
+    """Candidates of the owners below their cap when the capped ones filled the scan-ahead."""
+    with prepared.cursor() as cur:
+        cur.execute(_BEYOND_CAPPED_SQL, {"queue": name, "now": now, "room": room,
+                                         "capped": [owner for owner, n in busy.items() if n >= cap]})
+        return cur.fetchall()
 
 
 def _pick(candidates: list[tuple[Any, int]], busy: dict[int, int], *, room: int, cap: int) -> list[Any]:

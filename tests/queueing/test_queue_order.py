@@ -143,6 +143,20 @@ def test_single_submits_take_turns_between_owners_as_a_batch_does(alice, bob, ol
         assert listing(api(olga), queue) == ["a0", "b0", "a1", "b1", "a2"], queue
 
 
+def test_an_owner_at_the_cap_with_a_long_backlog_ahead_does_not_keep_others_from_free_slots(alice, bob, api, settings):
+    settings.CONVEYOR = {**settings.CONVEYOR, "DISPATCH_SCAN_AHEAD": 2}
+    make_queue("q1", concurrency=4, user_concurrency=1)
+    for i in range(8):  # her first starts; the rest wait behind her cap, ahead of everyone by priority
+        submit(api(alice), f"a{i}", "critical")
+    assert Task.objects.filter(queue="q1", status=Status.QUEUED).count() == 1
+
+    bobs = submit(api(bob), "b", "low")
+
+    assert Task.objects.get(id=bobs).status == Status.QUEUED  # a free slot, and he is below his cap
+    assert Task.objects.filter(queue="q1", status=Status.QUEUED).count() == 2
+    assert dispatch.dispatch(["q1"]) == 0  # the other two slots stay free: only alice waits, at her cap
+
+
 def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob, olga, api):
     make_queue("q1", concurrency=1, paused=True)
     a = submit(api(alice), "a", 5)
