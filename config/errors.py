@@ -6,6 +6,7 @@ Services raise ``ConveyorError`` subclasses (DRF's ``APIException`` pattern: cla
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django import db
@@ -14,6 +15,8 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+log = logging.getLogger(__name__)
 
 
 class ConveyorError(exceptions.APIException):
@@ -58,6 +61,8 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
         for key, value in detail.items():
             if key == "non_field_errors" and prefix:  # a nested list's own error belongs to the list
                 path = prefix
+            elif isinstance(key, int):  # a nested many=True serializer keys its items' errors by index
+                path = f"{prefix}[{key}]" if prefix else str(key)
             else:
                 path = f"{prefix}.{key}" if prefix else str(key)
             out.update(_flatten(value, path))
@@ -93,6 +98,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # PostgreSQL is down or restarting (tests/chaos): a clear, retryable 503 instead of a 500 (a retry
         # with the same Idempotency-Key is safe); the pool and the workers reconnect by themselves.
         exc = Unavailable("the database is unavailable; retry in a few seconds")
+    if isinstance(exc, db.DataError):
+        exc = _refused_value(exc, context)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -117,6 +124,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body = {"code": code, "message": str(detail if not isinstance(detail, dict) else detail.get("detail", detail))}
     response.data = {"error": body}
     return response
+
+
+def _refused_value(exc: db.DataError, context: dict[str, Any]) -> InvalidInput:
+    """The safety net behind validation: PostgreSQL refused a value the request carried (a NUL character
+    in text or jsonb, a string too long for its column, a number or date out of range). That is bad input,
+    so a 400, not a 500; the answer names no SQL and no value. Reaching here means a check is missing
+    where the field could have been named, so the log says where (with the traceback)."""
+    view = context.get("view")
+    log.warning("database refused a request value in %s: %s", type(view).__name__ if view else "?",
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc_info=exc)
+    return InvalidInput("the request contains a value the database cannot store or compare (for example a NUL "
+                        "character, or a value too long or out of range)")
 
 
 def _error_page(status: int, code: str, message: str) -> Any:

@@ -42,7 +42,8 @@ class Task(models.Model):
     timeout_seconds = models.PositiveIntegerField(default=3600)
     not_before = models.DateTimeField(null=True, blank=True)
 
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # The client's key is at most 200 characters (jobs/api/views.py); a batch stores ``<key>#<index>``.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_hash = models.CharField(max_length=64, blank=True)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     # The X-Request-ID of the request that submitted it: the worker binds it to its log lines and writes

@@ -24,6 +24,11 @@ class QueueAdmin(admin.ModelAdmin):
     readonly_fields = ["paused", "created_at"]
     actions = ["pause", "resume"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Queue | None = None) -> list[str]:
+        # The name is what tasks refer to (Task.queue is a foreign key to it) and the Celery queue's
+        # name: renaming a queue with tasks fails on commit (a 500). Set once, when the queue is added.
+        return [*self.readonly_fields, "name"] if obj is not None else list(self.readonly_fields)
+
     @admin.action(description="Pause the selected queues", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
         for queue in queryset:

@@ -27,6 +27,21 @@ class PriorityField(serializers.Field):
         return value
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether any string or key in a JSON value holds NUL; a loop, so any depth the parser took is fine."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 @extend_schema_serializer(examples=[
     OpenApiExample("hello", request_only=True, value={"algorithm": "demo.hello", "params": {"seconds": 2, "steps": 4}}),
     OpenApiExample("everything", request_only=True, value={
@@ -43,6 +58,12 @@ class TaskSubmitIn(serializers.Serializer):
     labels = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20)
     webhook_url = serializers.URLField(max_length=2000, required=False,
                                        help_text="POST this task's events here (signed; the secret is in the 201 response)")
+
+    def validate_params(self, value: Any) -> Any:
+        # PostgreSQL's jsonb refuses \u0000 in any string or key; an algorithm's schema may allow any string.
+        if _has_nul(value):
+            raise serializers.ValidationError("must not contain NUL characters (\\u0000)")
+        return value
 
 
 @extend_schema_serializer(examples=[OpenApiExample("two tasks", request_only=True, value={

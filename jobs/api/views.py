@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from algorithms import downloads, results
 from algorithms.models import Artifact
+from config.errors import InvalidInput, NotFound
 from config.schema import errors
 from jobs import selectors, services
 from jobs.api.filters import TaskFilter
@@ -23,9 +24,14 @@ from jobs.models import Status, Task
 from queueing.api.serializers import WaitingOut
 from webhooks import selectors as webhook_selectors
 
+# A batch stores ``<key>#<index>`` in Task.idempotency_key (max_length=255): 200 + "#" + the index's digits
+# fits any batch with fewer than 10**54 items (BATCH_MAX; tests/edge/test_bad_input.py checks it).
+IDEMPOTENCY_KEY_MAX = 200
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
-    description="The same key from the same user returns the same task (alias: X-Request-ID).",
+    "Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}, OpenApiParameter.HEADER,
+    required=False,
+    description=f"The same key from the same user returns the same task (alias: X-Request-ID); "
+                f"at most {IDEMPOTENCY_KEY_MAX} characters.",
 )
 
 
@@ -58,8 +64,16 @@ TaskBatchOut = inline_serializer("TaskBatchOut", {"tasks": TaskSubmitOut(many=Tr
 
 
 def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("Idempotency-Key") or request.headers.get("X-Request-ID")
-    return key.strip()[:200] if key and key.strip() else None
+    """The request's key, or None; one too long is a 400, never cut short (two keys would then collide)."""
+    header = "Idempotency-Key" if request.headers.get("Idempotency-Key") else "X-Request-ID"
+    key = (request.headers.get(header) or "").strip()
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        reason = f"at most {IDEMPOTENCY_KEY_MAX} characters (got {len(key)})"
+        raise InvalidInput(f"{header}: {reason}", fields={header: [reason]})
+    if "\x00" in key:
+        raise InvalidInput(f"{header}: must not contain NUL characters",
+                           fields={header: ["must not contain NUL characters"]})
+    return key or None
 
 
 class NewestFirst(CursorPagination):
@@ -163,7 +177,10 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     @action(detail=True, methods=["get"], url_path=r"artifacts/(?P<name>[^/]+)",
             renderer_classes=downloads.DOWNLOAD_RENDERERS)
     def artifact(self, request: Request, pk: str | None = None, name: str = "") -> Any:
-        row = results.artifact_of(self.get_object(), name)
+        task = self.get_object()
+        if "\x00" in name:  # no artifact is named so, and PostgreSQL cannot compare text holding NUL
+            raise NotFound(f"task has no artifact {name!r}")
+        row = results.artifact_of(task, name)
         return downloads.serve(request, row, filename=row.name)
 
     @extend_schema(
@@ -191,8 +208,6 @@ def _with_waiting(task: Any) -> dict[str, Any]:
 
 def _spec_at(index: int, item: dict[str, Any], queues: dict[str, Any]) -> services.TaskSpec:
     """Validate one batch item; errors name the item (``tasks[3].params.seconds``)."""
-    from config.errors import InvalidInput
-
     try:
         return services.build_spec(**item, queues=queues)
     except InvalidInput as exc:

@@ -51,6 +51,12 @@ class QueuePatchIn(serializers.Serializer):
         child=serializers.IntegerField(min_value=0, max_value=1024), required=False,
         help_text='replaces what the workers of this queue provide, e.g. {"gpu": 1}; {} for none')
 
+    def validate_resources(self, value: dict[str, int]) -> dict[str, int]:
+        # DictField checks the values only; PostgreSQL's jsonb refuses a NUL in a key (a 500 otherwise).
+        if any("\x00" in name for name in value):
+            raise serializers.ValidationError("resource names must not contain NUL characters")
+        return value
+
 
 class ReorderIn(serializers.Serializer):
     task_ids = serializers.ListField(child=serializers.UUIDField(), required=False, allow_empty=False, max_length=1000)

@@ -28,6 +28,15 @@ def _int_param(request: Request, name: str, default: int, *, lo: int, hi: int) -
         raise InvalidInput(f"{name}: must be an integer", fields={name: ["must be an integer"]}) from None
 
 
+def _text_param(request: Request, name: str) -> str | None:
+    """A query parameter that goes into a query: PostgreSQL cannot compare text holding NUL (a 500)."""
+    value = request.query_params.get(name)
+    if value and "\x00" in value:
+        raise InvalidInput(f"{name}: must not contain NUL characters",
+                           fields={name: ["must not contain NUL characters"]})
+    return value
+
+
 class QueueViewSet(viewsets.ViewSet):
     """Queues: everybody sees their depth; operators change them."""
 
@@ -122,7 +131,7 @@ class TaskStatisticsView(APIView):
     def get(self, request: Request) -> Response:
         window = statistics.parse_window(request.query_params.get("window"))
         owner = None if is_operator(request.user) else request.user
-        username = request.query_params.get("user")
+        username = _text_param(request, "user")
         if username and owner is None:
             owner = get_user_model().objects.filter(username=username).first()
             if owner is None:

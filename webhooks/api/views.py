@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django_filters.utils import translate_validation
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
@@ -9,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from webhooks import selectors, services
+from webhooks.api.filters import DeliveryFilter
 from webhooks.api.serializers import (
     DeliveryDetailOut, DeliveryOut, WebhookIn, WebhookOut, WebhookPatchIn, WebhookWithSecretOut,
 )
@@ -94,12 +96,10 @@ class WebhookViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
         """The delivery log, newest first."""
-        rows = selectors.deliveries_of(self.get_object())
-        if request.query_params.get("status"):
-            rows = rows.filter(status=request.query_params["status"].upper())
-        if request.query_params.get("event"):
-            rows = rows.filter(event=request.query_params["event"])
-        page = self.paginate_queryset(rows)
+        rows = DeliveryFilter(request.query_params, queryset=selectors.deliveries_of(self.get_object()))
+        if not rows.is_valid():
+            raise translate_validation(rows.errors)  # a 400 naming the parameter
+        page = self.paginate_queryset(rows.qs)
         return self.get_paginated_response(DeliveryOut(page, many=True).data)
 
     @extend_schema(responses=DeliveryDetailOut, parameters=[DELIVERY_PARAM])
