@@ -92,6 +92,12 @@ class Task(models.Model):
                 "queue", "queue_position", models.F("priority").desc(), "fair_seq", "created_at", "id",
                 name="task_queue_order_idx", condition=Q(status="PENDING"),
             ),
+            # The same per owner: which owners wait, and each one's first tasks, when owners at their
+            # cap fill the dispatcher's scan-ahead (queueing/dispatch.py ``_BEYOND_CAPPED_SQL``).
+            models.Index(
+                "queue", "owner", "queue_position", models.F("priority").desc(), "fair_seq", "created_at", "id",
+                name="task_owner_order_idx", condition=Q(status="PENDING"),
+            ),
             # Statistics over a window read only these (index-only scans): finishes with their timings,
             # and submits with what they are counted by.
             models.Index(fields=["finished_at"], name="task_finished_cover_idx",
