@@ -378,6 +378,9 @@ REMOTE = {
 WEBHOOKS = {
     "CONNECT_TIMEOUT": env_float("WEBHOOK_CONNECT_TIMEOUT", 5.0),
     "READ_TIMEOUT": env_float("WEBHOOK_READ_TIMEOUT", 10.0),
+    # The whole attempt (connect, wait for the answer, read its body) is cut off after this long, however
+    # the receiver trickles. An attempt's lease (webhooks/delivery.py) is always at least this plus 10 s.
+    "TOTAL_TIMEOUT": env_float("WEBHOOK_TOTAL_TIMEOUT", 30.0),
     # Delay before attempt n+1 is RETRY_SCHEDULE[n-1] (the last entry repeats), times jitter 0.8..1.2.
     "RETRY_SCHEDULE": [float(x) for x in env_list("WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,3600,10800,21600,43200,86400")],
     "MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 13),

@@ -34,4 +34,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="webhooks.W001"))
     if not settings.WEBHOOKS["RETRY_SCHEDULE"]:
         out.append(checks.Error("WEBHOOK_RETRY_SCHEDULE is empty", id="webhooks.E002"))
+    if settings.WEBHOOKS["TOTAL_TIMEOUT"] <= 0:
+        out.append(checks.Error("WEBHOOK_TOTAL_TIMEOUT must be positive", id="webhooks.E003"))
     return out

@@ -65,8 +65,11 @@ class Claimed:
 
 
 def _lease() -> timedelta:
+    """How long a claimed attempt holds its delivery before the beat may send it again. An attempt ends by
+    ``TOTAL_TIMEOUT`` (transport.py), so the lease outlasts it, with 10 s to spare for the DNS lookup and
+    recording the outcome: a shorter one would let a second worker send the same delivery meanwhile."""
     conf = settings.WEBHOOKS
-    return timedelta(seconds=2 * (conf["CONNECT_TIMEOUT"] + conf["READ_TIMEOUT"]) + 10)
+    return timedelta(seconds=max(2 * (conf["CONNECT_TIMEOUT"] + conf["READ_TIMEOUT"]), conf["TOTAL_TIMEOUT"]) + 10)
 
 
 def _no_fsync_wait(cur: Any) -> None:

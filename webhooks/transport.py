@@ -6,7 +6,10 @@ The guard resolves the host itself, refuses the request if any address is loopba
 ``WEBHOOKS["ALLOWED_NETWORKS"]``, and then connects to the address it checked, so a DNS answer that
 changes between check and connect (rebinding) cannot slip through. Redirects are never followed,
 proxies from the environment are ignored, and at most ``RESPONSE_MAX_BYTES`` of the body are read.
-``send()`` never raises for HTTP or network failures: it returns an ``AttemptResult``.
+The connect and read timeouts bound each socket operation; ``TOTAL_TIMEOUT`` bounds the whole attempt
+(connecting, waiting for the response, reading the body), so a receiver trickling a byte every few
+seconds cannot hold a worker slot past it. ``send()`` never raises: every failure, including a URL
+httpx refuses, is returned as an ``AttemptResult``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import ssl
 import threading
 import time
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -27,6 +31,7 @@ from django.conf import settings
 
 from config.errors import InvalidInput
 
+log = logging.getLogger(__name__)
 USER_AGENT = "Conveyor-Webhooks/1.0"
 # httpx logs every request at INFO; the DeliveryAttempt row is the log. Explicit LOGGING config still wins.
 if logging.getLogger("httpx").level == logging.NOTSET:
@@ -69,22 +74,72 @@ def resolve_checked(host: str, port: int) -> list[str]:
 
 
 def validate_url(url: str, *, field_name: str = "url") -> str:
-    """Creation-time check: http(s), a host, and addresses the guard allows (checked again at delivery)."""
+    """Creation-time check: http(s), a host httpx can send to, and addresses the guard allows (checked
+    again at delivery).
+
+    The URL is parsed by httpx itself: Python's IDNA 2003 codec (``urlsplit``, ``getaddrinfo``) accepts
+    hosts that httpx's IDNA 2008 rules refuse (``☃.net``, a zero-width joiner inside a name, fullwidth
+    digits), and a delivery to those could never be sent. The host resolved is the one httpx connects to.
+    """
+    def invalid(message: str) -> InvalidInput:
+        return InvalidInput(f"{field_name}: {message}", fields={field_name: [message]})
+
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"{field_name}: only http and https URLs with a host",
-                           fields={field_name: ["only http and https URLs with a host"]})
+        raise invalid("only http and https URLs with a host")
     if parts.username or parts.password:
-        raise InvalidInput(f"{field_name}: credentials in the URL are not allowed",
-                           fields={field_name: ["credentials in the URL are not allowed"]})
+        raise invalid("credentials in the URL are not allowed")
     try:
-        resolve_checked(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        target = httpx.Request("POST", url).url
+        host = target.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError) as exc:  # idna's errors are UnicodeErrors
+        raise invalid(f"not a URL deliveries can be sent to ({exc})") from None
+    try:
+        resolve_checked(host, target.port or (443 if target.scheme == "https" else 80))
     except AddressRefused as exc:
-        raise InvalidInput(f"{field_name}: {exc}", fields={field_name: [str(exc)]}) from None
+        raise invalid(str(exc)) from None
     except (OSError, UnicodeError, ValueError):
-        raise InvalidInput(f"{field_name}: the host does not resolve",
-                           fields={field_name: ["the host does not resolve"]}) from None
+        raise invalid("the host does not resolve") from None
     return url
+
+
+_deadline: ContextVar[float | None] = ContextVar("webhook_attempt_deadline", default=None)
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` cut to what is left of this attempt's ``TOTAL_TIMEOUT``; ``expired`` once none is."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's total timeout has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """Every socket operation waits at most until the attempt's deadline (per-read timeouts alone let a
+    receiver sending a byte every few seconds keep the attempt going for hours)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        timeout = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._stream.get_extra_info(info)
 
 
 class _GuardedBackend(httpcore.SyncBackend):
@@ -98,7 +153,9 @@ class _GuardedBackend(httpcore.SyncBackend):
         last: Exception | None = None
         for address in addresses:  # the checked addresses, never a second lookup
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                stream = super().connect_tcp(address, port, _time_left(timeout, httpcore.ConnectTimeout),
+                                             local_address, socket_options)
+                return _DeadlineStream(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
@@ -143,10 +200,12 @@ class AttemptResult:
 
 
 def send(url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
-    """POST ``body``; never raises for network or HTTP failures."""
+    """POST ``body`` within ``TOTAL_TIMEOUT``; never raises."""
     started = time.monotonic()
+    total = settings.WEBHOOKS["TOTAL_TIMEOUT"]
     result = AttemptResult()
     cap = settings.WEBHOOKS["RESPONSE_MAX_BYTES"]
+    token = _deadline.set(started + total)
     try:
         with client().stream("POST", url, content=body, headers={
             "content-type": "application/json", "user-agent": USER_AGENT, **headers,
@@ -164,10 +223,27 @@ def send(url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
     except AddressRefused as exc:
         result.error = f"refused: {exc}"
     except httpx.TimeoutException as exc:
-        result.error, result.transient = f"timeout: {type(exc).__name__}", True
+        # After the status line the receiver has answered, and its status decides (the body is only kept
+        # for the log); before it, nothing came back in time, and the attempt is tried again.
+        late = f" after HTTP {result.status_code}, body incomplete" if result.status_code else ""
+        if time.monotonic() - started >= total:
+            result.error = f"timeout: no complete answer within {total:g} s (WEBHOOK_TOTAL_TIMEOUT){late}"
+        else:
+            result.error = f"timeout: {type(exc).__name__}{late}"
+        result.transient = result.status_code is None
     except (httpx.TransportError, ssl.SSLError, OSError) as exc:
         result.error, result.transient = f"{type(exc).__name__}: {exc}"[:1000], True
-    except httpx.HTTPError as exc:  # invalid URL and the like: trying again will not help
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        # A host httpx's IDNA 2008 rules refuse, stored before creation checked for it: never sendable.
+        result.error = f"invalid URL: {exc}"[:1000]
+    except httpx.HTTPError as exc:  # the rest of httpx's errors: trying again will not help
         result.error = f"{type(exc).__name__}: {exc}"[:1000]
+    except Exception as exc:
+        # Building or sending the request failed some other way: logged, and retried like a connection
+        # error, so the delivery still moves on (retries, give-up, the endpoint's failure streak).
+        log.exception("webhook request to %s could not be sent", urlsplit(url).hostname)
+        result.error, result.transient = f"{type(exc).__name__}: {exc}"[:1000], True
+    finally:
+        _deadline.reset(token)
     result.duration_ms = int((time.monotonic() - started) * 1000)
     return result

@@ -3,7 +3,8 @@
 * ``receiver``: a threading HTTP/1.1 server recording every request (headers, body, time). Its answers
   come from ``receiver.respond`` (a list of ``Reply`` consumed in order, then ``receiver.default``);
   ``receiver.gate`` (a ``threading.Event``) holds replies while cleared; ``stop()``/``start()`` take
-  it down and bring it back on the same port.
+  it down and bring it back on the same port. ``Reply(trickle=s)`` sends the body one byte every ``s``
+  seconds (``slow_head=True``: the status line and headers too), the slow receiver a deadline must cut off.
 * ``webhooks_worker``: ``celery worker -Q webhooks -P threads`` beside the session's ``live_worker``
   (whose embedded beat runs ``webhooks.send_due``), the way production runs deliveries on their own
   worker so a slow receiver never takes a task slot.
@@ -33,6 +34,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     delay: float = 0.0
+    trickle: float = 0.0  # seconds between single bytes of the body (the head goes out at once)
+    slow_head: bool = False  # with ``trickle``: the status line and headers one byte at a time too
 
 
 @dataclass
@@ -79,12 +82,30 @@ class Receiver:
                 if reply.delay:
                     time.sleep(reply.delay)
                 item.reply = reply.status
+                if reply.trickle:
+                    self.trickle(reply)
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.send_header("content-length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+
+            def trickle(self, reply: Reply) -> None:
+                """One byte every ``reply.trickle`` seconds, until the client hangs up."""
+                head = "".join([f"HTTP/1.1 {reply.status} Slow\r\n",
+                                *(f"{name}: {value}\r\n" for name, value in reply.headers.items()),
+                                f"content-length: {len(reply.body)}\r\n\r\n"]).encode()
+                data = head + reply.body if reply.slow_head else reply.body
+                try:
+                    if not reply.slow_head:
+                        self.wfile.write(head)
+                    for i in range(len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        time.sleep(reply.trickle)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass

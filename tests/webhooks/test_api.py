@@ -78,3 +78,12 @@ def test_unknown_ids_are_404_not_500(alice, api):
 
 def test_anonymous_is_401(client):
     assert client.get("/api/v1/webhooks/").status_code == 401
+
+
+@pytest.mark.parametrize("url", ["http://☃.net/", "http://１２７.０.０.１０:8000/hook"])
+def test_a_url_whose_host_httpx_cannot_send_to_is_400_naming_url(alice, api, url):
+    # Python's IDNA 2003 codec accepts these hosts (the fullwidth one even resolves to 127.0.0.10); httpx's
+    # IDNA 2008 parser refuses them, so no delivery to them could ever be sent.
+    response = api(alice).post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["url"]

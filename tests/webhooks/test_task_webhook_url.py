@@ -50,3 +50,14 @@ def test_a_private_or_odd_webhook_url_is_400_and_no_task_is_created(settings, al
     assert response.status_code == 400, response.content
     assert "webhook_url" in response.json()["error"]["fields"]
     assert not Task.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["http://☃.net/", "http://１２７.０.０.１０:8000/hook"])
+def test_a_webhook_url_httpx_cannot_send_to_is_400_and_no_task_is_created(alice, api, url):
+    from jobs.models import Task
+
+    response = api(alice).post("/api/v1/tasks/", {"algorithm": "demo.noop", "webhook_url": url}, format="json")
+    assert response.status_code == 400, response.content
+    assert "webhook_url" in response.json()["error"]["fields"]
+    assert not Task.objects.exists()
