@@ -299,7 +299,7 @@ def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str 
         values["error"] = error
     where_sql, where_params = "worker = %s", [worker[:255]]
     if claimed_at is not None:
-        where_sql, where_params = f"{where_sql} AND started_at = %s", [*where_params, claimed_at]
+        where_sql, where_params = f"{where_sql} AND {_CLAIM_SQL}", [*where_params, claimed_at]
     back = back_to_pending(task_ids, event=event, values=values, sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
                            where_sql=where_sql, where_params=where_params, data={"reason": reason})
     queues = sorted({t.queue_id for t in back})
@@ -355,10 +355,13 @@ _HEARTBEAT_SQL = (
 )
 
 
+_CLAIM_SQL = "started_at = %s"
+
+
 def _claim_guard(claimed_at: Any) -> dict[str, Any]:
     """A worker's write only while the task still runs under its claim (``started_at``): a worker taken for
     dead whose task was started again elsewhere changes nothing of the new run."""
-    return {"where_sql": "started_at = %s", "where_params": [claimed_at]} if claimed_at is not None else {}
+    return {"where_sql": _CLAIM_SQL, "where_params": [claimed_at]} if claimed_at is not None else {}
 
 
 @transaction.atomic
