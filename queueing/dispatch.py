@@ -118,7 +118,8 @@ _CANDIDATES_SQL = (
 # When owners at their cap fill the whole scan-ahead, the next owners' tasks lie beyond it: the owners
 # with waiting tasks, one index probe each (a loose scan of ``task_owner_order_idx``; ordered by all its
 # columns so that no other index can serve it, or the owner index would walk their finished tasks), then
-# each one's first tasks in queue order, except the capped owners'; the best of those, as many as room.
+# each one's first tasks in queue order, except the capped owners' and those already picked; the best of
+# those, as many as room.
 _OWNER_ORDER = f"owner_id, {ordering.ORDER_SQL}"
 _BEYOND_CAPPED_SQL = f"""
 WITH RECURSIVE owners(owner_id) AS (
@@ -130,7 +131,7 @@ WITH RECURSIVE owners(owner_id) AS (
 )
 SELECT id, owner_id FROM jobs_task WHERE id = ANY(ARRAY(
     SELECT first.id FROM owners o CROSS JOIN LATERAL (
-        SELECT id FROM jobs_task WHERE {_STARTABLE} AND owner_id = o.owner_id
+        SELECT id FROM jobs_task WHERE {_STARTABLE} AND owner_id = o.owner_id AND id <> ALL(%(picked)s::uuid[])
         ORDER BY {ordering.ORDER_SQL} LIMIT %(room)s) AS first
     WHERE o.owner_id IS NOT NULL AND o.owner_id <> ALL(%(capped)s)
 )) AND status = '{Status.PENDING}' ORDER BY {ordering.ORDER_SQL} LIMIT %(room)s FOR UPDATE SKIP LOCKED"""
@@ -168,7 +169,7 @@ def _dispatch_queue(name: str) -> tuple[int, bool]:
             return 0, False
         ids = _pick(candidates, busy, room=room, cap=cap)
         if cap and len(ids) < room and len(candidates) >= room + settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]:
-            ids += _pick(_beyond_capped(name, busy, cap=cap, room=room - len(ids), now=now), busy,
+            ids += _pick(_beyond_capped(name, busy, ids, cap=cap, room=room - len(ids), now=now), busy,
                          room=room - len(ids), cap=cap)
         tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
                                   values={"queued_at": now, "not_before": None, "queue_position": None})
@@ -178,13 +179,15 @@ def _dispatch_queue(name: str) -> tuple[int, bool]:
         return len(tasks), len(tasks) < room
 
 
-def _beyond_capped(name: str, busy: dict[int, int], *, cap: int, room: int, now: Any) -> list[tuple[Any, int]]:
-    """Candidates of the owners below their cap when the capped ones filled the scan-ahead. Rare, so the
+def _beyond_capped(name: str, busy: dict[int, int], picked: list[Any], *, cap: int, room: int,
+                   now: Any) -> list[tuple[Any, int]]:
+    """Candidates of the owners below their cap when the capped ones filled the scan-ahead (``picked``:
+    those already taken from the first candidates, left out here). Rare, so the
     values are bound in the client and it is planned for them each time: with parameters (a generic or
     server-bound plan) PostgreSQL cannot know how small ``room`` is, expects thousands of rows and spends
     20 ms compiling it (JIT) for a query that takes 1 ms."""
     with connection.cursor() as cur:
-        cur.execute(_BEYOND_CAPPED_SQL, {"queue": name, "now": now, "room": room,
+        cur.execute(_BEYOND_CAPPED_SQL, {"queue": name, "now": now, "room": room, "picked": [str(i) for i in picked],
                                          "capped": [owner for owner, n in busy.items() if n >= cap]})
         return cur.fetchall()
 

@@ -157,6 +157,20 @@ def test_an_owner_at_the_cap_with_a_long_backlog_ahead_does_not_keep_others_from
     assert dispatch.dispatch(["q1"]) == 0  # the other two slots stay free: only alice waits, at her cap
 
 
+def test_the_look_beyond_capped_owners_does_not_take_a_task_already_picked(alice, bob, api, settings):
+    settings.CONVEYOR = {**settings.CONVEYOR, "DISPATCH_SCAN_AHEAD": 2}
+    make_queue("q1", concurrency=4, user_concurrency=2, paused=True)  # all waits until the resume below
+    submit(api(bob), "b0", "critical")  # first in line: among the first candidates, picked there
+    for i in range(6):
+        submit(api(alice), f"a{i}", "critical")
+    submit(api(bob), "b1", "low")  # beyond them: found by the look past alice's backlog
+    make_queue("q1", paused=False)
+
+    assert dispatch.dispatch(["q1"]) == 4  # alice 2 (her cap), bob 2: every slot, each task once
+    queued = Task.objects.filter(queue="q1", status=Status.QUEUED)
+    assert sorted(t.labels[0] for t in queued) == ["a0", "a1", "b0", "b1"]
+
+
 def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob, olga, api):
     make_queue("q1", concurrency=1, paused=True)
     a = submit(api(alice), "a", 5)
