@@ -34,6 +34,14 @@ class InvalidInput(ConveyorError):
     code = "invalid"
 
 
+def refuse_nul(value: str | None, *, field: str) -> None:
+    """A value from the URL or a header that goes into a query: PostgreSQL cannot store or compare text
+    holding NUL, so it is a 400 naming ``field`` instead of a 500."""
+    if value and "\x00" in value:
+        reason = "must not contain NUL characters"
+        raise InvalidInput(f"{field}: {reason}", fields={field: [reason]})
+
+
 class NotFound(ConveyorError):
     status_code = status.HTTP_404_NOT_FOUND
     code = "not_found"

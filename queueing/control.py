@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from config.celery import app
-from config.errors import InvalidInput
+from config.errors import InvalidInput, refuse_nul
 from queueing.errors import WorkerNotFound
 from queueing.models import WorkerRecord
 
@@ -16,9 +16,7 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
     """Send one control command to one worker; returns its replies (empty when it did not answer)."""
     if action not in ACTIONS:
         raise InvalidInput(f"action: one of {', '.join(ACTIONS)}", fields={"action": [f"one of {', '.join(ACTIONS)}"]})
-    if "\x00" in hostname:  # from the URL path; PostgreSQL cannot compare text holding NUL
-        raise InvalidInput("hostname: must not contain NUL characters",
-                           fields={"hostname": ["must not contain NUL characters"]})
+    refuse_nul(hostname, field="hostname")  # from the URL path
     if not WorkerRecord.objects.filter(hostname=hostname).exists():
         raise WorkerNotFound(f"worker {hostname!r} not found")
     if action in ("add_consumer", "cancel_consumer") and not queue:

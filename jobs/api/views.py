@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from algorithms import downloads, results
 from algorithms.models import Artifact
-from config.errors import InvalidInput, NotFound
+from config.errors import InvalidInput, NotFound, refuse_nul
 from config.schema import errors
 from jobs import selectors, services
 from jobs.api.filters import TaskFilter
@@ -70,9 +70,7 @@ def idempotency_key(request: Request) -> str | None:
     if len(key) > IDEMPOTENCY_KEY_MAX:
         reason = f"at most {IDEMPOTENCY_KEY_MAX} characters (got {len(key)})"
         raise InvalidInput(f"{header}: {reason}", fields={header: [reason]})
-    if "\x00" in key:
-        raise InvalidInput(f"{header}: must not contain NUL characters",
-                           fields={header: ["must not contain NUL characters"]})
+    refuse_nul(key, field=header)
     return key or None
 
 

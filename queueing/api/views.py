@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import InvalidInput
+from config.errors import InvalidInput, refuse_nul
 from config.permissions import IsOperator, is_operator
 from queueing import control, selectors, services, statistics
 from queueing.api.serializers import (
@@ -29,11 +29,9 @@ def _int_param(request: Request, name: str, default: int, *, lo: int, hi: int) -
 
 
 def _text_param(request: Request, name: str) -> str | None:
-    """A query parameter that goes into a query: PostgreSQL cannot compare text holding NUL (a 500)."""
+    """A query parameter that goes into a query."""
     value = request.query_params.get(name)
-    if value and "\x00" in value:
-        raise InvalidInput(f"{name}: must not contain NUL characters",
-                           fields={name: ["must not contain NUL characters"]})
+    refuse_nul(value, field=name)
     return value
 
 
