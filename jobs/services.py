@@ -315,19 +315,35 @@ def back_to_pending(task_ids: list[UUID | str], *, event: str, values: dict[str,
     cancel was requested while it ran: that one ends CANCELLED, as its user asked, and never runs again
     (the next claim would clear the flag). Returns the tasks changed, PENDING or CANCELLED, in the order
     of ``task_ids``; ``where_sql`` guards both."""
+    return _unless_cancelled(task_ids, to=Status.PENDING, event=event, values=values, data=data,
+                             sql_values=sql_values, where_sql=where_sql, where_params=where_params)
+
+
+def give_up(task_ids: list[UUID | str], *, error: str, data: dict[str, Any], where_sql: str = "",
+            where_params: list[Any] | None = None) -> list[Task]:
+    """RUNNING → FAILED for tasks lost with no retries left (a dead worker, no progress), except a task
+    whose cancel was requested while it ran: that one ends CANCELLED, as its user asked."""
+    return _unless_cancelled(task_ids, to=Status.FAILED, event="task.failed", data=data,
+                             values={"finished_at": timezone.now(), "error": error},
+                             where_sql=where_sql, where_params=where_params)
+
+
+def _unless_cancelled(task_ids: list[UUID | str], *, to: str, event: str, values: dict[str, Any],
+                      data: dict[str, Any], sql_values: dict[str, str] | None = None, where_sql: str = "",
+                      where_params: list[Any] | None = None) -> list[Task]:
     guard = f" AND ({where_sql})" if where_sql else ""
-    back = transitions.apply(task_ids, frm=[Status.RUNNING], to=Status.PENDING, event=event, values=values,
-                             sql_values=sql_values, where_sql="NOT cancel_requested" + guard,
-                             where_params=where_params, data=data)
-    if len(back) == len(task_ids):
-        return back
-    moved = {str(t.id) for t in back}
+    moved = transitions.apply(task_ids, frm=[Status.RUNNING], to=to, event=event, values=values,
+                              sql_values=sql_values, where_sql="NOT cancel_requested" + guard,
+                              where_params=where_params, data=data)
+    if len(moved) == len(task_ids):
+        return moved
+    done = {str(t.id) for t in moved}
     cancelled = transitions.apply(
-        [i for i in task_ids if str(i) not in moved], frm=[Status.RUNNING], to=Status.CANCELLED,
+        [i for i in task_ids if str(i) not in done], frm=[Status.RUNNING], to=Status.CANCELLED,
         event="task.cancelled", values={"finished_at": timezone.now(), "error": "cancelled"},
         where_sql="cancel_requested" + guard, where_params=where_params, data={"reason": "cancelled by user"})
     order = {str(i): n for n, i in enumerate(task_ids)}
-    return sorted(back + cancelled, key=lambda t: order[str(t.id)])
+    return sorted(moved + cancelled, key=lambda t: order[str(t.id)])
 
 
 def heartbeat(*, claims: dict[str, Any]) -> dict[str, bool]:

@@ -56,16 +56,16 @@ def reap_stale_running() -> int:
         rerun = services.back_to_pending(retry, event="task.retrying",
                                          values={"queued_at": None, "error": "worker lost (heartbeat stale)"},
                                          **guard, data={"reason": "worker lost"})
-        failed = transitions.apply(fail, frm=[Status.RUNNING], to=Status.FAILED, event="task.failed",
-                                   values={"finished_at": timezone.now(), "error": "worker lost (heartbeat stale); no retries left"},
-                                   **guard, data={"error": "worker lost"})
+        failed = services.give_up(fail, error="worker lost (heartbeat stale); no retries left", **guard,
+                                  data={"error": "worker lost"})
         queues = {t.queue_id for t in rerun + failed}
         if queues:
             transaction.on_commit(lambda: dispatch.dispatch(sorted(queues)), robust=True)
     if stale:
+        ended = rerun + failed
         log.warning("reaped %d stale RUNNING tasks (%d re-run, %d cancelled as asked, %d failed)", len(stale),
-                    sum(t.status == Status.PENDING for t in rerun), sum(t.status == Status.CANCELLED for t in rerun),
-                    len(failed))
+                    sum(t.status == Status.PENDING for t in ended), sum(t.status == Status.CANCELLED for t in ended),
+                    sum(t.status == Status.FAILED for t in ended))
     return len(rerun) + len(failed)
 
 
@@ -116,12 +116,11 @@ def give_up_stuck(*, task_id: str, worker: str, timeout: float) -> bool:
                                                       values={"queued_at": None, "error": why}, **guard,
                                                       data={"reason": "no progress", "error": why})), None)
         else:
-            done = transitions.apply_one(task_id, frm=[Status.RUNNING], to=Status.FAILED, event="task.failed",
-                                         values={"finished_at": timezone.now(), "error": why}, **guard,
-                                         data={"error": why})
+            done = next(iter(services.give_up([task_id], error=why, **guard, data={"error": why})), None)
         if done is not None:
             transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]), robust=True)
-    log.warning("task %s stuck (%s): %s", task_id, why, "re-run" if done and done.status == Status.PENDING else "failed")
+    outcome = {Status.PENDING: "re-run", Status.CANCELLED: "cancelled as asked"}
+    log.warning("task %s stuck (%s): %s", task_id, why, outcome.get(done.status, "failed") if done else "gone")
     return done is not None
 
 

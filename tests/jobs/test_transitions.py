@@ -129,6 +129,33 @@ def test_a_running_task_nobody_cancelled_goes_back_to_pending_to_run_again(alice
     assert task.events.filter(event="task.retrying").exists() and not task.events.filter(event="task.cancelled").exists()
 
 
+def _give_up_stuck(task: Task) -> None:
+    from queueing import reconciler
+
+    reconciler.give_up_stuck(task_id=str(task.id), worker="w", timeout=5)
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
+@pytest.mark.parametrize("lose", [_reap, _give_up_stuck], ids=["reaped", "stuck"])
+def test_a_task_lost_with_no_retries_left_ends_cancelled_if_its_user_asked_else_failed(alice, lose, cancelled):
+    task = _queued(alice, 1)[0]
+    Task.objects.filter(id=task.id).update(max_retries=0)
+    services.claim(task_id=task.id, worker="w")
+    if cancelled:
+        services.cancel(task_id=task.id)
+
+    lose(task)  # its worker died, or its process was stopped for making no progress, on its last attempt
+
+    row = Task.objects.get(id=task.id)
+    last = row.events.order_by("-seq").first()
+    if cancelled:
+        assert (row.status, row.error, last.event) == (Status.CANCELLED, "cancelled", "task.cancelled")
+    else:
+        why = "worker lost" if lose is _reap else "progress_timeout"
+        assert (row.status, last.event) == (Status.FAILED, "task.failed") and why in row.error
+    assert row.finished_at is not None and not row.events.filter(event="task.retrying").exists()
+
+
 def test_a_worker_taken_for_dead_changes_nothing_of_its_tasks_new_run_and_stops_its_own(alice):
     from jobs import runner
 
