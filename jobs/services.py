@@ -280,10 +280,15 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
     )
     if len(tasks) < len(task_ids):
         claimed = {str(t.id) for t in tasks}
-        transitions.apply([i for i in task_ids if str(i) not in claimed], frm=[Status.QUEUED], to=Status.PENDING,
-                          event="task.requeued", values={"queued_at": None}, where_sql=paused,
-                          data={"reason": "queue paused"})
+        hold_back([i for i in task_ids if str(i) not in claimed], where_sql=paused)
     return tasks
+
+
+def hold_back(task_ids: list[UUID | str], *, where_sql: str = "") -> list[Task]:
+    """QUEUED → PENDING for tasks of a paused queue (``task.requeued``): their broker messages become
+    no-ops, and they keep their place, to be dispatched again on resume."""
+    return transitions.apply(task_ids, frm=[Status.QUEUED], to=Status.PENDING, event="task.requeued",
+                             values={"queued_at": None}, where_sql=where_sql, data={"reason": "queue paused"})
 
 
 @transitions.atomic_retrying_deadlocks

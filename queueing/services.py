@@ -16,6 +16,7 @@ from django.db import connection, transaction
 
 from jobs import transitions
 from jobs.models import Status, Task
+from jobs.services import hold_back
 from queueing import dispatch, ordering
 from queueing.errors import InvalidReorder, NotWaiting, QueueNotFound
 from queueing.events import record_queue_event
@@ -35,13 +36,20 @@ def _who(by: Any) -> str | None:
 
 @transaction.atomic
 def pause(*, name: str, by: Any = None) -> Queue:
-    """Stop starting this queue's tasks (``queue.paused``). Messages already in the broker are sent
-    back to PENDING by the worker's guarded claim, so nothing of a paused queue starts anywhere."""
+    """Stop starting this queue's tasks (``queue.paused``): once this returns, none starts until resume.
+
+    Its QUEUED tasks (already handed to the broker) go back to PENDING here, in this transaction. A
+    worker's claim in flight holds its task's row, so the pause waits for it (that task started before
+    the pause answered); a claim whose snapshot predates the pause but reaches the row after it finds
+    the row changed, and PostgreSQL re-checks its status: PENDING, not claimed. (A claim's own check
+    of the paused flag alone leaves that window open: it reads the flag in its snapshot.)
+    """
     queue = _locked(name)
     if not queue.paused:
         queue.paused = True
         queue.save(update_fields=["paused"])
         record_queue_event(queue=queue, event="queue.paused", data={"by": _who(by)})
+    hold_back(list(Task.objects.filter(queue=name, status=Status.QUEUED).values_list("id", flat=True)))
     return queue
 
 

@@ -196,6 +196,56 @@ def test_claim_in_a_paused_queue_sends_the_task_back_to_pending(queued_task):
     assert task.events.order_by("-seq").first().event == "task.requeued"
 
 
+def test_once_a_pause_has_answered_no_task_of_its_queue_starts(alice):
+    """A claim whose statement began before the pause committed (here it waits for the task's row, which
+    another session holds) finishes before the pause answers, or does not start the task at all."""
+    from queueing import services as queues
+
+    task = _queued(alice, 1)[0]
+    holder = another_session()
+    holder.execute("BEGIN")
+    holder.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR UPDATE", [task.id])
+    seen: dict[str, Any] = {}
+
+    def claim() -> None:
+        try:
+            seen["claimed"] = services.claim(task_id=task.id, worker="w")
+        finally:
+            connection.close()
+
+    def pause() -> None:
+        try:
+            queues.pause(name=task.queue_id)
+            seen["at_answer"] = Task.objects.get(id=task.id).status
+        finally:
+            connection.close()
+
+    def claim_waits() -> bool:
+        with connection.cursor() as cur:  # autocommit: a fresh look at pg_stat_activity each time
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()")
+            return cur.fetchone()[0] == 1
+
+    claiming, pausing = threading.Thread(target=claim), threading.Thread(target=pause)
+    try:
+        claiming.start()
+        wait_until(claim_waits, message="the claim waiting for the row")
+        pausing.start()
+        pausing.join(0.5)  # the old pause answered here, with the claim still to come
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    claiming.join(10)
+    pausing.join(10)
+
+    final = Task.objects.get(id=task.id)
+    if seen["at_answer"] == Status.RUNNING:  # the claim came first: it committed before the pause answered
+        assert seen["claimed"] is not None and final.status == Status.RUNNING
+    else:
+        assert seen["claimed"] is None and final.status == seen["at_answer"] == Status.PENDING
+        assert final.started_at is None and final.events.order_by("-seq").first().event == "task.requeued"
+
+
 def test_event_sequence_numbers_are_gapless_per_task(queued_task):
     services.claim(task_id=queued_task.id, worker="w")
     for i in range(3):

@@ -65,8 +65,8 @@ def test_issue_example_start_order_is_d_b_a_c_on_a_real_worker(live_worker, olga
 
 
 def test_pause_holds_tasks_already_handed_to_the_broker(live_worker, olga, alice, api):
-    """Tasks of a queue no worker consumes sit QUEUED in the broker; the queue is paused; then a
-    worker starts consuming it (remote control): it hands them back to PENDING instead of running them."""
+    """Tasks of a queue no worker consumes sit QUEUED in the broker; the queue is paused (they go back to
+    PENDING); then a worker starts consuming it (remote control): it drops their messages, runs nothing."""
     ops, client = api(olga), api(alice)
     make_queue("held", concurrency=4)
     ids = [submit(client, f"h{i}", 5, queue="held") for i in range(3)]
