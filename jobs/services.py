@@ -240,9 +240,10 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
     """New priority for a PENDING/QUEUED task (``task.priority_changed``); 409 once it runs.
 
     The task joins the round-robin of its new priority (``queueing.ordering.stamp``); a task pinned
-    by a reorder stays pinned.
+    by a reorder stays pinned. Dispatched on commit: a dispatch that ran while this held the row
+    stepped over it (``SKIP LOCKED``), and it may have a free slot now.
     """
-    from queueing import ordering
+    from queueing import dispatch, ordering
 
     done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
                                  values={"priority": priority},
@@ -252,6 +253,7 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
             raise TaskNotFound("task not found")
         raise InvalidTransition("priority can only change before the task starts")
     ordering.stamp([done.id])
+    transaction.on_commit(lambda: dispatch.dispatch([done.queue_id], look_first=True), robust=True)
     return done
 
 

@@ -185,3 +185,23 @@ def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob
     response = api(alice).patch(f"/api/v1/tasks/{a}/priority/", {"priority": 1}, format="json")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "invalid_transition"
+
+
+@pytest.mark.django_db(transaction=True)  # another session holds the task's row
+def test_a_task_the_dispatcher_stepped_over_while_its_priority_changed_is_dispatched_after(alice, api):
+    from tests.conftest import another_session
+
+    make_queue("q1", concurrency=2, paused=True)
+    task = submit(api(alice), "a", 5)
+    make_queue("q1", paused=False)
+    holder = another_session()  # what change_priority's transaction holds while a dispatch runs
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR UPDATE", [task])
+        assert dispatch.dispatch(["q1"]) == 0  # SKIP LOCKED: stepped over, with a free slot
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert api(alice).patch(f"/api/v1/tasks/{task}/priority/", {"priority": 7}, format="json").status_code == 200
+    assert Task.objects.get(id=task).status == Status.QUEUED  # not left for the beat's next tick
