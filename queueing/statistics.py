@@ -24,13 +24,15 @@ MAX_WINDOW = timedelta(days=31)
 def parse_window(value: str | None, default: str = "1h") -> timedelta:
     """``"15m"``, ``"1h"``, ``"7d"`` (or plain seconds) → timedelta; at most 31 days."""
     text = (value or default).strip().lower()
-    match = re.fullmatch(r"(\d+)([smhd]?)", text)
-    if not match or int(match.group(1)) <= 0:
+    match = re.fullmatch(r"0*(\d+)([smhd]?)", text)  # without leading zeros
+    if not match or match.group(1) == "0":
         raise InvalidInput("window: like 15m, 1h, 24h or 7d", fields={"window": ["like 15m, 1h, 24h or 7d"]})
-    window = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
-    if window > MAX_WINDOW:
+    number, unit = match.group(1), _UNITS[match.group(2) or "s"]
+    # the digits counted first: int() refuses past 4300 of them, timedelta past 10**9 days
+    if len(number) > 9 or int(number) * unit > MAX_WINDOW.total_seconds():
         raise InvalidInput("window: at most 31d", fields={"window": ["at most 31d"]})
-    return window
+    seconds = int(number) * unit
+    return timedelta(seconds=seconds)
 
 
 _PERCENTILES_SQL = """

@@ -58,6 +58,12 @@ def test_statistics_counts_percentiles_and_failure_rate_for_own_tasks(alice, bob
     assert api(alice).get("/api/v1/statistics/tasks/?window=4h").json()["by_status"]["SUCCEEDED"] == 11
     bad = api(alice).get("/api/v1/statistics/tasks/?window=soon")
     assert bad.status_code == 400 and bad.json()["error"]["fields"] == {"window": ["like 15m, 1h, 24h or 7d"]}
+    for huge in ("32d", "99999999999999999999d", "9" * 5000, "0000000000001d"):
+        for path in ("/api/v1/statistics/tasks/", "/api/v1/system/stats/"):
+            too_long = api(olga).get(f"{path}?window={huge}")
+            assert too_long.status_code == (200 if huge.startswith("0") else 400), (path, huge[:30])
+            if too_long.status_code == 400:
+                assert too_long.json()["error"]["fields"] == {"window": ["at most 31d"]}
 
     system = api(olga).get("/api/v1/system/stats/").json()
     assert {q["name"] for q in system["queues"]} >= {"q1", "q2"}
