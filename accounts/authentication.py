@@ -2,7 +2,8 @@
 
 Scopes are enforced here, the one place every key-authenticated request passes, so no view can forget
 them: GET/HEAD/OPTIONS need ``read``, other methods ``submit``, and views whose permissions include
-``IsOperator`` for the request (or that name ``api_key_scope``) need ``operate``.
+``IsOperator`` for the request (or that name ``api_key_scope``) need ``operate``. A key without
+``operate`` never acts as an operator: it sees and touches only its owner's own tasks.
 """
 from __future__ import annotations
 
@@ -28,15 +29,18 @@ def required_scope(method: str, view: Any) -> str:
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Any) -> tuple[Any, Any] | None:
-        raw = request.headers.get(HEADER)
+        raw, header = request.headers.get(HEADER), HEADER
         if not raw:
             parts = request.headers.get("Authorization", "").split()
             if len(parts) != 2 or parts[0].lower() != "api-key":
                 return None
-            raw = parts[1]
+            raw, header = parts[1], "Authorization"
         # Imported here, not at the top: DRF loads this class while apps are still loading.
         from accounts import services
+        from accounts.models import Scope
+        from config.errors import refuse_nul
 
+        refuse_nul(raw, field=header)  # the prefix goes into a query
         key = services.verify(raw.strip())
         if key is None:
             raise exceptions.AuthenticationFailed("invalid, expired or revoked API key")
@@ -44,6 +48,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scope = required_scope(request.method, view)
         if scope not in key.scopes:
             raise exceptions.PermissionDenied(f"this API key lacks the {scope!r} scope")
+        # Without ``operate`` the key acts on its owner's own tasks only (config.permissions.is_operator).
+        key.user._conveyor_without_operate = Scope.OPERATE not in key.scopes
         return key.user, key
 
     def authenticate_header(self, request: Any) -> str:

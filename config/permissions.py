@@ -10,6 +10,15 @@ OPERATORS_GROUP = "operators"
 
 
 def is_operator(user: Any) -> bool:
+    """Whether the user acts as an operator in this request. An API key without the ``operate`` scope
+    acts on its owner's own tasks only, even an operator's (accounts/authentication.py marks its user)."""
+    if getattr(user, "_conveyor_without_operate", False):
+        return False
+    return has_operator_role(user)
+
+
+def has_operator_role(user: Any) -> bool:
+    """Staff, superusers and the operators group, whatever credential the request carries."""
     if not getattr(user, "is_authenticated", False):
         return False
     if user.is_staff or user.is_superuser:

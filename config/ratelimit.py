@@ -25,7 +25,7 @@ from django_ratelimit.core import get_usage
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
-from config.permissions import is_operator
+from config.permissions import has_operator_role
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def tier_of(user: Any) -> str:
     """``premium`` for the premium group, staff and operators; everyone else ``standard``."""
     cached = getattr(user, "_conveyor_tier", None)
     if cached is None:
-        premium = is_operator(user) or user.groups.filter(name=settings.RATE_LIMIT_PREMIUM_GROUP).exists()
+        premium = has_operator_role(user) or user.groups.filter(name=settings.RATE_LIMIT_PREMIUM_GROUP).exists()
         cached = user._conveyor_tier = "premium" if premium else "standard"
     return cached
 
