@@ -118,8 +118,8 @@ _CANDIDATES_SQL = (
 # When owners at their cap fill the whole scan-ahead, the next owners' tasks lie beyond it: the owners
 # with waiting tasks, one index probe each (a loose scan of ``task_owner_order_idx``; ordered by all its
 # columns so that no other index can serve it, or the owner index would walk their finished tasks), then
-# each one's first tasks in queue order, except the capped owners' and those already picked; the best of
-# those, as many as room.
+# each one's first tasks in queue order (no more than it may still start: its cap less its busy count),
+# except the capped owners' and those already picked; the best of those, as many as room.
 _OWNER_ORDER = f"owner_id, {ordering.ORDER_SQL}"
 _BEYOND_CAPPED_SQL = f"""
 WITH RECURSIVE owners(owner_id) AS (
@@ -132,7 +132,9 @@ WITH RECURSIVE owners(owner_id) AS (
 SELECT id, owner_id FROM jobs_task WHERE id = ANY(ARRAY(
     SELECT first.id FROM owners o CROSS JOIN LATERAL (
         SELECT id FROM jobs_task WHERE {_STARTABLE} AND owner_id = o.owner_id AND id <> ALL(%(picked)s::uuid[])
-        ORDER BY {ordering.ORDER_SQL} LIMIT %(room)s) AS first
+        ORDER BY {ordering.ORDER_SQL} LIMIT LEAST(%(room)s, %(cap)s - COALESCE((
+            SELECT b.n FROM unnest(%(busy_owners)s::bigint[], %(busy_counts)s::int[]) AS b(owner_id, n)
+            WHERE b.owner_id = o.owner_id), 0))) AS first
     WHERE o.owner_id IS NOT NULL AND o.owner_id <> ALL(%(capped)s)
 )) AND status = '{Status.PENDING}' ORDER BY {ordering.ORDER_SQL} LIMIT %(room)s FOR UPDATE SKIP LOCKED"""
 
@@ -188,7 +190,8 @@ def _beyond_capped(name: str, busy: dict[int, int], picked: list[Any], *, cap: i
     20 ms compiling it (JIT) for a query that takes 1 ms."""
     with connection.cursor() as cur:
         cur.execute(_BEYOND_CAPPED_SQL, {"queue": name, "now": now, "room": room, "picked": [str(i) for i in picked],
-                                         "capped": [owner for owner, n in busy.items() if n >= cap]})
+                                         "capped": [owner for owner, n in busy.items() if n >= cap], "cap": cap,
+                                         "busy_owners": list(busy), "busy_counts": list(busy.values())})
         return cur.fetchall()
 
 

@@ -171,6 +171,25 @@ def test_the_look_beyond_capped_owners_does_not_take_a_task_already_picked(alice
     assert sorted(t.labels[0] for t in queued) == ["a0", "a1", "b0", "b1"]
 
 
+def test_the_look_beyond_capped_owners_fills_every_free_slot_in_one_pass(alice, api, settings):
+    from tests.conftest import _user
+
+    settings.CONVEYOR = {**settings.CONVEYOR, "DISPATCH_SCAN_AHEAD": 2}
+    make_queue("q1", concurrency=6, user_concurrency=1)
+    for i in range(6):  # her first starts; the rest wait behind her cap, ahead of everyone by priority
+        submit(api(alice), f"a{i}", 9)
+    make_queue("q1", paused=True)
+    for n, priority in enumerate([8, 7, 6, 5, 4]):  # five owners, three tasks each, one priority each
+        owner = _user(f"u{n}")
+        for i in range(3):
+            submit(api(owner), f"u{n}-{i}", priority)
+    make_queue("q1", paused=False)
+
+    assert dispatch.dispatch(["q1"]) == 5  # each owner its one slot, in one pass (not one a pass)
+    queued = Task.objects.filter(queue="q1", status=Status.QUEUED).exclude(owner=alice)
+    assert sorted(t.labels[0] for t in queued) == [f"u{n}-0" for n in range(5)]
+
+
 def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob, olga, api):
     make_queue("q1", concurrency=1, paused=True)
     a = submit(api(alice), "a", 5)
