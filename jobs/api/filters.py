@@ -3,16 +3,27 @@ from __future__ import annotations
 from datetime import timezone
 
 import django_filters
+from django import forms
+from django_filters.fields import IsoDateTimeField
 
 from jobs.models import Status, Task
 
 
-class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
-    """ISO 8601 in, UTC to the database: PostgreSQL refuses offsets beyond ±15:59 (``…-21:30``), which
-    Python parses happily, so the value would otherwise reach the query and fail there (a 500)."""
+class UtcDateTimeField(IsoDateTimeField):
+    """ISO 8601 in, UTC out: PostgreSQL refuses offsets beyond ±15:59 (``…-21:30``), which Python parses
+    happily, so the value would otherwise reach the query and fail there (a 500). A time that has no UTC
+    equivalent (``0001-01-01T00:00:00+15:00``) is out of range, a 400 naming the parameter."""
 
-    def filter(self, qs, value):  # type: ignore[no-untyped-def]
-        return super().filter(qs, value.astimezone(timezone.utc) if value else value)
+    def to_python(self, value):  # type: ignore[no-untyped-def]
+        parsed = super().to_python(value)
+        try:
+            return parsed.astimezone(timezone.utc) if parsed else parsed
+        except OverflowError:
+            raise forms.ValidationError("out of range", code="invalid") from None
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
 
 
 class TaskFilter(django_filters.FilterSet):

@@ -84,6 +84,20 @@ class PriorityIn(serializers.Serializer):
     priority = PriorityField()
 
 
+class AfterSeqIn(serializers.Serializer):
+    """``?after_seq=N`` of ``/logs/`` and the task socket: the events after seq N (below 0 reads as 0)."""
+
+    after_seq = serializers.IntegerField(required=False)
+
+
+def after_seq_of(query: Any) -> int | None:
+    """The query's ``after_seq`` (None when absent); not an integer is a ValidationError naming it."""
+    data = AfterSeqIn(data=query)
+    data.is_valid(raise_exception=True)
+    after = data.validated_data.get("after_seq")
+    return None if after is None else max(0, after)
+
+
 class ProgressOut(serializers.Serializer):
     percent = serializers.FloatField(source="progress_percent")
     stage = serializers.CharField(source="progress_stage")

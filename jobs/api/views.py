@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -15,9 +16,9 @@ from algorithms.models import Artifact
 from config.errors import InvalidInput, NotFound, refuse_nul
 from config.schema import errors
 from jobs import selectors, services
-from jobs.api.filters import TaskFilter
+from jobs.api.filters import TaskFilter, UtcDateTimeField
 from jobs.api.serializers import (
-    ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskEventOut, TaskOut, TaskResultOut, TaskSubmitIn,
+    ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskEventOut, TaskOut, TaskResultOut, TaskSubmitIn, after_seq_of,
 )
 from jobs.errors import NoResult
 from jobs.models import Status, Task
@@ -79,6 +80,19 @@ class NewestFirst(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """DRF's, with a malformed cursor a 400 naming ``cursor`` (DRF answers 404), and its position read
+        as the ``created_at`` it stands for, so a NUL or a non-date never reaches the query."""
+        try:
+            cursor = super().decode_cursor(request)
+            if cursor is None or cursor.position is None:
+                return cursor
+            position = UtcDateTimeField().clean(cursor.position)
+        except (exceptions.NotFound, forms.ValidationError):
+            reason = "invalid cursor"
+            raise InvalidInput(f"cursor: {reason}", fields={"cursor": [reason]}) from None
+        return cursor._replace(position=str(position))
 
 
 class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -188,10 +202,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])  # a plain list
     def logs(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
-        try:
-            after = max(0, int(request.query_params.get("after_seq", 0)))
-        except ValueError:
-            after = 0
+        after = after_seq_of(request.query_params) or 0
         events = selectors.events_for(task, after_seq=after, include_progress=False)[:5000]
         return Response(TaskEventOut(events, many=True).data)
 
