@@ -174,7 +174,7 @@ def _dispatch_queue(name: str) -> tuple[int, bool]:
             ids += _pick(_beyond_capped(name, busy, ids, cap=cap, room=room - len(ids), now=now), busy,
                          room=room - len(ids), cap=cap)
         tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
-                                  values={"queued_at": now, "not_before": None, "queue_position": None})
+                                  values={"queued_at": now, "not_before": None})  # a pin stays: see ordering
         if tasks:
             sent = [str(t.id) for t in tasks]
             transaction.on_commit(lambda: send(name, sent), robust=True)

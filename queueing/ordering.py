@@ -3,7 +3,9 @@ shows it, so what an operator sees is what runs next.
 
 Order of the PENDING tasks of a queue:
 
-1. pinned tasks (``queue_position`` set by a reorder), lowest position first — ahead of every priority;
+1. pinned tasks (``queue_position`` set by a reorder), lowest position first — ahead of every priority.
+   A pin stays on the task once it is dispatched (only PENDING rows are ordered), so a pinned task that
+   comes back to PENDING (a pause, a retry, a hand-back) is still ahead of every priority;
 2. then priority, highest first;
 3. then ``fair_seq``: round-robin between owners within one priority. A task is stamped at submit
    with one more than its owner's last waiting task at that priority, but never less than the head
@@ -49,7 +51,7 @@ _STAMP_SQL = f"""
 WITH new AS (
     SELECT id, queue, owner_id, priority,
            row_number() OVER (PARTITION BY queue, owner_id, priority ORDER BY created_at, id) AS n
-    FROM jobs_task WHERE id = ANY(%(ids)s::uuid[]) AND status = 'PENDING'
+    FROM jobs_task WHERE id = ANY(%(ids)s::uuid[]) AND status IN ('PENDING', 'QUEUED')
 ), grp AS (
     SELECT DISTINCT queue, owner_id, priority FROM new
 ), base AS MATERIALIZED (  -- once per (queue, owner, priority), not once per new row
@@ -72,7 +74,8 @@ def new_seq_sql(task: Task) -> tuple[str, list[object]]:
 
 
 def stamp(task_ids: Iterable[UUID | str]) -> None:
-    """Give new (or re-prioritised) PENDING tasks their round-robin number (see module docstring)."""
+    """Give new (or re-prioritised) waiting tasks their round-robin number (see module docstring); a
+    QUEUED one keeps it for when it comes back to PENDING."""
     ids = [str(i) for i in task_ids]
     if ids:
         with prepared.cursor() as cur:

@@ -190,6 +190,37 @@ def test_the_look_beyond_capped_owners_fills_every_free_slot_in_one_pass(alice, 
     assert sorted(t.labels[0] for t in queued) == [f"u{n}-0" for n in range(5)]
 
 
+def test_a_pinned_task_handed_back_by_a_pause_is_still_first(alice, olga, api):
+    make_queue("q1", concurrency=1, paused=True)
+    x, y = submit(api(alice), "x", 1), submit(api(alice), "y", 9)
+    ops = api(olga)
+    assert ops.post("/api/v1/queues/q1/reorder/", {"task_id": x, "position": 1}, format="json").status_code == 200
+    assert ops.post("/api/v1/queues/q1/resume/").status_code == 200
+    dispatch.dispatch(["q1"])
+    assert Task.objects.get(id=x).status == Status.QUEUED  # in the broker, not claimed yet
+
+    assert ops.post("/api/v1/queues/q1/pause/").status_code == 200  # it comes back to PENDING
+
+    assert listing(ops) == ["x", "y"]  # still where the operator put it, ahead of priority 9
+    assert start_order() == []  # paused
+    make_queue("q1", paused=False)
+    assert start_order() == ["x", "y"]
+
+
+def test_a_queued_task_given_a_new_priority_takes_its_turn_there_when_it_comes_back(alice, bob, olga, api):
+    make_queue("q1", concurrency=1)
+    x = submit(api(alice), "x", 5)  # dispatched at once: QUEUED
+    Task.objects.filter(id=x).update(fair_seq=50)  # as the 50th of her batch would be
+    make_queue("q1", paused=True)
+    submit(api(bob), "y", 9)
+    submit(api(bob), "y2", 9)
+    assert api(alice).patch(f"/api/v1/tasks/{x}/priority/", {"priority": 9}, format="json").status_code == 200
+
+    assert api(olga).post("/api/v1/queues/q1/pause/").status_code == 200  # x comes back to PENDING
+
+    assert listing(api(olga)) == ["x", "y", "y2"]  # round-robin at 9 with bob, not behind all of his
+
+
 def test_priority_change_restamps_round_robin_and_is_409_once_running(alice, bob, olga, api):
     make_queue("q1", concurrency=1, paused=True)
     a = submit(api(alice), "a", 5)
