@@ -6,7 +6,7 @@ class AlgorithmsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from algorithms import daphne_flow, registry
+        from algorithms import daphne_flow, registry, signals  # noqa: F401  (signals: connected on import)
 
         registry.load()
         daphne_flow.install()  # only does something inside a daphne process

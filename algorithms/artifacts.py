@@ -5,8 +5,14 @@ that hashes and counts as it goes, spools to a file in the task's scratch direct
 that file into Django's default storage (a rename for the filesystem backend, a multipart upload for
 S3) and records an ``Artifact`` row. Nothing is ever held whole in memory.
 
+A row is written only while the task still runs under the store's claim (``claimed_at``, the claim's
+``started_at``): a run taken for dead whose task was started again elsewhere stores nothing. Every
+stored file has a name of its own (a uuid), so a storage that overwrites same-named files never loses
+one; the file a row pointed at before is deleted once the row points at the new one (after commit).
+
 ``finalize_result()`` decides where a finished task's result lives: JSON up to ``RESULT_INLINE_MAX``
-bytes goes back inline (``Task.result``); anything larger is encoded in chunks into a stored result.
+bytes goes back inline (``Task.result``); anything larger, or holding a NUL character (which jsonb
+cannot store), is encoded in chunks into a stored result.
 """
 from __future__ import annotations
 
@@ -15,13 +21,18 @@ import io
 import json
 import mimetypes
 import os
+import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from algorithms.context import Scratch
@@ -29,6 +40,33 @@ from algorithms.models import Artifact
 
 RESULT_NAME = "result"
 _NOTHING = object()
+NAME_MAX = Artifact._meta.get_field("name").max_length
+_CONTENT_TYPE_MAX = Artifact._meta.get_field("content_type").max_length
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_CONTENT_TYPE = re.compile(rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\\\x00-\x1f\x7f]*"))*')
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
+
+
+class TaskLost(RuntimeError):
+    """The task no longer runs under this run's claim (reaped and started again, or already final)."""
+
+
+def clean_name(name: str) -> str:
+    """The artifact name stored for ``name``: its last path part made safe for a file name."""
+    try:
+        clean = get_valid_filename(os.path.basename(name))
+    except SuspiciousFileOperation:
+        clean = ""
+    if not clean:
+        raise ValueError(f"invalid artifact name {name!r}: nothing of it is usable in a file name")
+    if len(clean) > NAME_MAX:
+        raise ValueError(f"artifact name {name!r} is longer than {NAME_MAX} characters")
+    return clean
+
+
+def valid_content_type(value: str | None) -> str | None:
+    """``value`` if it is a media type (``type/subtype`` with optional parameters), else None."""
+    return value if value and _CONTENT_TYPE.fullmatch(value) else None
 
 
 class _SpooledFile(File):
@@ -87,8 +125,8 @@ class ArtifactWriter(io.BufferedIOBase):
 class ArtifactStore:
     """Artifacts of one attempt of one task."""
 
-    def __init__(self, *, task_id: str, attempt: int, scratch: Scratch) -> None:
-        self.task_id, self.attempt, self._scratch = task_id, attempt, scratch
+    def __init__(self, *, task_id: str, attempt: int, claimed_at: Any, scratch: Scratch) -> None:
+        self.task_id, self.attempt, self.claimed_at, self._scratch = task_id, attempt, claimed_at, scratch
         self._open: list[ArtifactWriter] = []
         self.result: Artifact | None = None
 
@@ -100,11 +138,12 @@ class ArtifactStore:
              summary: dict[str, Any] | None = None, kind: str = Artifact.Kind.FILE) -> Any:
         if mode not in {"w", "wb", "wt"}:
             raise ValueError("artifacts are write-only: mode 'wb' (bytes) or 'w' (text, UTF-8)")
-        clean = get_valid_filename(os.path.basename(name)) if kind == Artifact.Kind.FILE else RESULT_NAME
-        if not clean:
-            raise ValueError(f"invalid artifact name {name!r}")
+        clean = clean_name(name) if kind == Artifact.Kind.FILE else RESULT_NAME
+        if content_type is not None and len(content_type) > _CONTENT_TYPE_MAX:
+            raise ValueError(f"content type of {clean!r} is longer than {_CONTENT_TYPE_MAX} characters")
         guessed = mimetypes.guess_type(clean)[0] or ("text/plain" if mode != "wb" else "application/octet-stream")
-        writer = ArtifactWriter(self, kind=kind, name=clean, content_type=content_type or guessed, summary=summary)
+        writer = ArtifactWriter(self, kind=kind, name=clean, summary=summary,
+                                content_type=valid_content_type(content_type or guessed) or "application/octet-stream")
         self._open.append(writer)
         return writer if mode == "wb" else io.TextIOWrapper(writer, encoding="utf-8", write_through=True)
 
@@ -117,25 +156,48 @@ class ArtifactStore:
         return dst.artifact
 
     def commit(self, writer: ArtifactWriter, path: Path, sha256: str) -> Artifact:
-        storage_name = default_storage.save(
-            f"tasks/{self.task_id}/{self.attempt}/{writer.kind}-{writer.name}", _SpooledFile(open(path, "rb"), name=str(path)))
-        previous = Artifact.objects.filter(task_id=self.task_id, kind=writer.kind, name=writer.name).first()
-        if previous is not None:  # the same name written again, or left by an earlier attempt
-            delete_file(previous)
-            previous.delete()
-        artifact = Artifact.objects.create(
-            task_id=self.task_id, kind=writer.kind, name=writer.name, storage_name=storage_name, size=writer.size,
-            sha256=sha256, content_type=writer.content_type, summary=writer.summary, attempt=self.attempt)
+        """Store the finished file and its row, or nothing: the row is written (or repointed, for a name
+        written again) only while the task runs under this claim, checked under its row lock."""
+        storage_name = default_storage.save(f"tasks/{self.task_id}/{self.attempt}/{writer.kind}-{uuid.uuid4().hex}",
+                                            _SpooledFile(open(path, "rb"), name=str(path)))
+        try:
+            with transaction.atomic():
+                self._hold_claim()
+                artifact = self._record(writer, storage_name, sha256)
+        except BaseException:
+            default_storage.delete(storage_name)
+            raise
         if writer.kind == Artifact.Kind.RESULT:
             self.result = artifact
         return artifact
 
+    def _hold_claim(self) -> None:
+        from jobs.models import Status, Task
+
+        if not Task.objects.select_for_update(no_key=True).filter(
+                id=self.task_id, status=Status.RUNNING, started_at=self.claimed_at).exists():
+            raise TaskLost(f"task {self.task_id} no longer runs under this claim; its output was not stored")
+
+    def _record(self, writer: ArtifactWriter, storage_name: str, sha256: str) -> Artifact:
+        values = {"storage_name": storage_name, "size": writer.size, "sha256": sha256, "attempt": self.attempt,
+                  "content_type": writer.content_type, "summary": writer.summary, "expired_at": None}
+        artifact = Artifact.objects.filter(task_id=self.task_id, kind=writer.kind, name=writer.name).first()
+        if artifact is None:  # the name is new
+            return Artifact.objects.create(task_id=self.task_id, kind=writer.kind, name=writer.name, **values)
+        delete_after_commit(artifact.storage_name)  # the same name written again: the row points at the new file
+        for field, value in values.items():
+            setattr(artifact, field, value)
+        artifact.created_at = timezone.now()
+        artifact.save()
+        return artifact
+
     def close_open(self) -> None:
-        """The algorithm returned: store what it left open."""
+        """The algorithm returned as it was meant to: store what it left open."""
         for writer in self._open:
             writer.close()
 
     def abort_open(self) -> None:
+        """The run failed, was cancelled or lost its task: drop what is still open, half-written."""
         for writer in self._open:
             writer.abort()
 
@@ -145,11 +207,17 @@ def delete_file(artifact: Artifact) -> None:
         default_storage.delete(artifact.storage_name)
 
 
-def discard_earlier_attempts(*, task_id: str, attempt: int) -> None:
-    """A retry starts clean: what a failed attempt stored is not this attempt's output."""
-    for artifact in Artifact.objects.filter(task_id=task_id, attempt__lt=attempt):
-        delete_file(artifact)
-        artifact.delete()
+def delete_after_commit(storage_name: str) -> None:
+    """Delete a stored file once the transaction that lets go of it commits (a rolled-back one leaves
+    the row pointing at it)."""
+    if storage_name:
+        transaction.on_commit(lambda: default_storage.delete(storage_name), robust=True)
+
+
+def discard(task_ids: list[Any]) -> None:
+    """A task going back to run again starts clean: the rows of what an interrupted or failed run stored
+    go in this transaction, their files after it commits (``algorithms.signals``)."""
+    Artifact.objects.filter(task_id__in=task_ids).delete()
 
 
 def summarize(obj: Any) -> dict[str, Any]:
@@ -176,7 +244,8 @@ def finalize_result(store: ArtifactStore, obj: Any) -> Any:
         if size > limit:
             break
     else:
-        return obj
+        if not _JSON_NUL.search("".join(head)):
+            return obj
     with store.open(RESULT_NAME, "w", content_type="application/json", summary=summarize(obj),
                     kind=Artifact.Kind.RESULT) as out:
         out.write("".join(head))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any
+from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.core.files.storage import default_storage
@@ -18,13 +19,16 @@ from django.http import HttpRequest, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
 
+from algorithms.artifacts import valid_content_type
 from algorithms.models import Artifact
 from algorithms.results import ResultExpired
 from config.errors import ConveyorError
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_PAST_ANY_END = 10**19  # bigger than any file (and than PostgreSQL's bigint)
 
 
 class RangeNotSatisfiable(ConveyorError):
@@ -64,23 +68,42 @@ SCHEMA_RESPONSES: dict[Any, Any] = {
 }
 
 
+def _position(digits: str) -> int:
+    """A byte position of a Range; any number past what a file can hold counts as "past the end"."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _PAST_ANY_END
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` → inclusive (start, end); None for no or a multi range."""
+    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` → inclusive (start, end); None for no, a multi or an
+    invalid range (``b`` < ``a``), which RFC 9110 lets us answer with the whole file."""
     if not header:
         return None
     match = _RANGE.match(header.strip())
     if match is None:
-        return None  # multiple ranges or another unit: RFC 9110 lets us answer with the whole file
+        return None  # multiple ranges or another unit
     first, last = match.groups()
     if first == "" and last == "":
         return None
     if first == "":
-        start, end = max(0, size - int(last)), size - 1
+        start, end = max(0, size - _position(last)), size - 1
     else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        start = _position(first)
+        if last and _position(last) < start:
+            return None
+        end = min(_position(last), size - 1) if last else size - 1
     if start >= size or start > end:
-        raise RangeNotSatisfiable(f"range {header!r} is outside the {size} bytes of this file")
+        raise RangeNotSatisfiable(f"range {header[:100]!r} is outside the {size} bytes of this file")
     return start, end
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with ``filename`` as is when it is plain ASCII, else an ASCII stand-in and the real
+    name in ``filename*`` (RFC 6266)."""
+    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename)
+    if fallback == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _read(fh: IO[bytes], length: int) -> Iterator[bytes]:
@@ -130,15 +153,23 @@ def wants_zstd(request: HttpRequest) -> bool:
     return False
 
 
-def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> StreamingHttpResponse:
-    """The artifact's bytes: 200, or 206 for a Range; 410 once retention deleted them."""
+def _unsatisfiable(exc: RangeNotSatisfiable, size: int) -> Response:
+    """416 in the usual error body, with the ``Content-Range: bytes */size`` that RFC 9110 asks for."""
+    return Response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status_code,
+                    headers={"Content-Range": f"bytes */{size}"})
+
+
+def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> StreamingHttpResponse | Response:
+    """The artifact's bytes: 200, or 206 for a Range (416 outside the file); 410 once retention deleted them."""
     if artifact.expired or not artifact.storage_name:
         raise ResultExpired(f"{filename} expired on {artifact.expired_at:%Y-%m-%d} and was deleted"
                             if artifact.expired_at else f"{filename} is no longer stored")
     size = artifact.size
-    span = parse_range(request.headers.get("Range"), size)
-    if span is not None and request.headers.get("If-Range") not in (None, f'"{artifact.sha256}"'):
-        span = None
+    current = request.headers.get("If-Range") in (None, f'"{artifact.sha256}"')  # else the whole file
+    try:
+        span = parse_range(request.headers.get("Range") if current else None, size)
+    except RangeNotSatisfiable as exc:
+        return _unsatisfiable(exc, size)
     start, end = span or (0, size - 1)
     try:
         fh = default_storage.open(artifact.storage_name, "rb")
@@ -152,10 +183,11 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
         chunks = _zstd(chunks)
     raw_request = getattr(request, "_request", request)
     content = _async(chunks) if isinstance(raw_request, ASGIRequest) else chunks
-    response = StreamingHttpResponse(content, status=206 if span else 200, content_type=artifact.content_type)
+    response = StreamingHttpResponse(content, status=206 if span else 200,
+                                     content_type=valid_content_type(artifact.content_type) or "application/octet-stream")
     response["Accept-Ranges"] = "bytes"
     response["ETag"] = f'"{artifact.sha256}"'
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Content-Disposition"] = content_disposition(filename)
     response["Vary"] = "Accept-Encoding"
     if compress:
         response["Content-Encoding"] = "zstd"

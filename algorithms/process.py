@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from algorithms import orphans
+from algorithms import artifacts, orphans
 from algorithms.context import RunContext
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -175,6 +175,7 @@ def _store_outputs(ctx: RunContext, output_dir: Path, result_file: dict[str, Any
     chosen = (output_dir / result_file["result_file"]).resolve() if result_file else None
     if chosen is not None and (output_dir.resolve() not in chosen.parents or not chosen.is_file()):
         raise ExternalProgramFailed(f"result_file {result_file['result_file']!r} is not a file in $CONVEYOR_OUTPUT_DIR")
+    taken: set[str] = set()
     for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
         if chosen is not None and path.resolve() == chosen:
             summary = result_file.get("summary") if isinstance(result_file.get("summary"), dict) else None
@@ -184,7 +185,21 @@ def _store_outputs(ctx: RunContext, output_dir: Path, result_file: dict[str, Any
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
         else:
-            ctx.artifacts.add_file(path, name=path.relative_to(output_dir).as_posix().replace("/", "__"))
+            name = _distinct(artifacts.clean_name(path.relative_to(output_dir).as_posix().replace("/", "__")), taken)
+            ctx.artifacts.add_file(path, name=name)
+
+
+def _distinct(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2.ext``, ``name-3.ext``… when another output file got that name already (``a b.txt``
+    and ``a_b.txt`` are both stored as ``a_b.txt``; ``x/y.txt`` and ``x__y.txt`` both as ``x__y.txt``)."""
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        tag = f"-{n}{ext}"
+        candidate = stem[:artifacts.NAME_MAX - len(tag)] + tag
+    taken.add(candidate)
+    return candidate
 
 
 def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> Any:

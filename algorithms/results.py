@@ -25,7 +25,10 @@ class ResultExpired(ConveyorError):
 
 
 def stored_result(task: Task) -> Artifact | None:
-    """The task's result row, if its result went to storage (or expired)."""
+    """The task's result row, if its result went to storage (or expired). An inline result is the last
+    run's own: no row can stand for it."""
+    if task.result is not None:
+        return None
     rows = getattr(task, "_prefetched_objects_cache", {}).get("artifacts")
     if rows is not None:
         return next((a for a in rows if a.kind == Artifact.Kind.RESULT), None)

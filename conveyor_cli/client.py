@@ -1,6 +1,8 @@
 """The REST side of the CLI: JWT login, refresh on 401, and the API's error shape as exceptions."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -79,23 +81,40 @@ class Client:
     # --- requests --------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> httpx.Response:
+        with self.stream(method, path, ok=ok, **kwargs) as response:
+            response.read()
+        return response
+
+    @contextmanager
+    def stream(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> Iterator[httpx.Response]:
+        """The response with its body still unread (read it piece by piece: ``iter_bytes``); closed on leaving."""
         response = self._send(method, path, **kwargs)
-        if response.status_code == 401 and self.refresh():
-            response = self._send(method, path, **kwargs)
+        try:
+            if response.status_code == 401 and self.refresh():
+                response.close()
+                response = self._send(method, path, **kwargs)
+            self._check(response, path, ok)
+            yield response
+        except httpx.HTTPError as exc:
+            raise CLIError(f"lost the connection to {self.url}: {exc}", exit_code=6) from None
+        finally:
+            response.close()
+
+    def _check(self, response: httpx.Response, path: str, ok: tuple[int, ...]) -> None:
         if response.status_code == 401:
             raise CLIError("not logged in (or the session expired): run `conveyor login`", exit_code=5)
         if response.status_code == 404 and "/tasks/" not in path:
             raise NotAvailable(f"{self.url} has no {path} endpoint (404)")
         if response.status_code not in ok:
+            response.read()
             raise CLIError(error_message(response))
-        return response
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = dict(kwargs.pop("headers", None) or {})
         if self.access:
             headers["Authorization"] = f"Bearer {self.access}"
         try:
-            return self.http.request(method, path, headers=headers, **kwargs)
+            return self.http.send(self.http.build_request(method, path, headers=headers, **kwargs), stream=True)
         except httpx.HTTPError as exc:
             raise CLIError(f"cannot reach {self.url}: {exc}", exit_code=6) from None
 

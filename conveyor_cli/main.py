@@ -6,10 +6,12 @@ Exit status: 0 success (or a task that SUCCEEDED), 1 error or FAILED task, 2 usa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from conveyor_cli.client import CLIError, Client, NotAvailable
@@ -97,20 +99,28 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_result(client: Client, args: argparse.Namespace) -> int:
-    response = client.request("GET", f"/api/v1/tasks/{args.id}/result/")
-    is_json = response.headers.get("content-type", "").startswith("application/json")
-    if is_json:
-        body = response.json()
-        data = json.dumps(body.get("result", body), indent=2).encode() + b"\n"
-    else:
-        data = response.content  # a large result streamed as a file
+    """A stored (large) result comes as an attachment and is streamed as it is, whatever its size or type;
+    an inline one comes wrapped (``{"task_id", "status", "result"}``) and is written as its ``result``."""
+    with client.stream("GET", f"/api/v1/tasks/{args.id}/result/") as response:
+        if response.headers.get("content-disposition", "").startswith("attachment"):
+            chunks = response.iter_bytes(1 << 20)
+        else:
+            response.read()
+            chunks = iter([json.dumps(response.json()["result"], indent=2).encode() + b"\n"])
+        size = write_out(chunks, args.output)
     if args.output:
-        with open(args.output, "wb") as fh:
-            fh.write(data)
-        print(f"wrote {len(data)} bytes to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.buffer.write(data)
+        print(f"wrote {size} bytes to {args.output}", file=sys.stderr)
     return 0
+
+
+def write_out(chunks: Iterator[bytes], path: str | None) -> int:
+    """Write ``chunks`` to ``path`` (stdout without one); returns the number of bytes written."""
+    size = 0
+    with open(path, "wb") if path else contextlib.nullcontext(sys.stdout.buffer) as out:
+        for chunk in chunks:
+            out.write(chunk)
+            size += len(chunk)
+    return size
 
 
 def cmd_queues(client: Client, args: argparse.Namespace) -> int:

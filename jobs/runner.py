@@ -264,9 +264,8 @@ def run(task: Task) -> Outcome:
     watch = Watch(task, threading.current_thread())
     scratch = Scratch(prefix=f"conveyor-{task.id}-")
     conf = settings.CONVEYOR
-    store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, scratch=scratch)
-    if task.attempts > 1:
-        artifacts.discard_earlier_attempts(task_id=str(task.id), attempt=task.attempts)
+    store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, claimed_at=task.started_at,
+                                    scratch=scratch)
     ctx = RunContext(
         task_id=str(task.id), attempt=task.attempts, scratch=scratch, cancel_event=watch.cancel,
         write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m,
@@ -280,9 +279,11 @@ def run(task: Task) -> Outcome:
         try:
             returned = alg.fn(ctx, params)
             ctx.flush()
-            store.close_open()
-            # Large results are encoded into storage here, while the scratch directory still exists.
-            result = artifacts.finalize_result(store, ctx.result_or(returned))
+            result = None
+            if not watch.cancel.is_set():  # cancelled, timed out or no longer ours: open files are dropped
+                store.close_open()
+                # Large results are encoded into storage here, while the scratch directory still exists.
+                result = artifacts.finalize_result(store, ctx.result_or(returned))
         finally:
             with watch.lock:
                 watch.stopped = True

@@ -321,9 +321,16 @@ def back_to_pending(task_ids: list[UUID | str], *, event: str, values: dict[str,
     """RUNNING → PENDING, to run again (a retry, a hand-back, a reaped or stuck task), except a task whose
     cancel was requested while it ran: that one ends CANCELLED, as its user asked, and never runs again
     (the next claim would clear the flag). Returns the tasks changed, PENDING or CANCELLED, in the order
-    of ``task_ids``; ``where_sql`` guards both."""
-    return _unless_cancelled(task_ids, to=Status.PENDING, event=event, values=values, data=data,
-                             sql_values=sql_values, where_sql=where_sql, where_params=where_params)
+    of ``task_ids``; ``where_sql`` guards both. A task that runs again starts clean: what the run before
+    stored (artifacts, a stored result) is discarded, its rows here, its files after commit."""
+    from algorithms import artifacts
+
+    moved = _unless_cancelled(task_ids, to=Status.PENDING, event=event, values=values, data=data,
+                              sql_values=sql_values, where_sql=where_sql, where_params=where_params)
+    again = [t.id for t in moved if t.status == Status.PENDING]
+    if again:
+        artifacts.discard(again)
+    return moved
 
 
 def give_up(task_ids: list[UUID | str], *, error: str, data: dict[str, Any], where_sql: str = "",
