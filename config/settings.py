@@ -363,6 +363,8 @@ CONVEYOR = {
     # WebSockets: application-level ping interval and how long a socket may wait for its auth message.
     "WS_PING_SECONDS": env_float("WS_PING_SECONDS", 20.0),
     "WS_AUTH_TIMEOUT_SECONDS": env_float("WS_AUTH_TIMEOUT_SECONDS", 10.0),
+    # How often a WebSocket reads its user again: deactivated or demoted, the socket closes within this.
+    "WS_RECHECK_SECONDS": env_float("WS_RECHECK_SECONDS", 30.0),
 }
 
 # --- Remote algorithm services (docs/remote.md) ---------------------------------------------------

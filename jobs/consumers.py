@@ -8,8 +8,10 @@ The protocol (README, "WebSocket protocol"):
 * On connect: ``task.snapshot`` (the current row; its ``seq`` is the last event it reflects). With
   ``?after_seq=N`` the stored events ``N+1 … snapshot.seq`` follow (``"replay": true``), then the live
   stream. Every ``task.*`` event after the snapshot has a ``seq`` one above the one before it.
+* A malformed ``?after_seq=`` (not an integer) closes the socket with 4400, before authentication.
 * When the access token expires the socket is closed with 4401; refresh it and reconnect with
-  ``?after_seq=<last seq>``.
+  ``?after_seq=<last seq>``. Every ``WS_RECHECK_SECONDS`` the consumer reads the user again: deactivated
+  is 4401, no longer allowed to see what the socket streams (an operator demoted) is 4403.
 * The server sends ``{"event": "ping"}`` every ``WS_PING_SECONDS``; ``{"type": "ping"}`` is answered
   with ``{"event": "pong"}``.
 
@@ -18,7 +20,10 @@ and holds live messages back until the snapshot and replay are out (they wait in
 behind the handler that sends them; ``buffer`` catches any that a future Channels dispatches
 concurrently). An event committed before the read is in the rows (its live copy is dropped by
 ``seq``); one committed after it is published after the group join (whose SUBSCRIBE was written to
-Redis before the read began), so it arrives live.
+Redis before the read began), so it arrives live. Live events of one task come from several processes
+(web, worker, beat), so seq N+2 may arrive before N+1: the consumer then sends N+1 from the database
+first (it is committed: N+2 was numbered under the task's row lock after N+1's commit) and drops the
+late live copy as a duplicate. Replays and gap fills read ``REPLAY_PAGE`` rows at a time.
 """
 from __future__ import annotations
 
@@ -32,19 +37,22 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import JSONRenderer
 
 from config.permissions import is_operator
 from jobs import events, selectors
+from jobs.api.serializers import after_seq_of
 from jobs.errors import TaskNotFound
 
 log = logging.getLogger(__name__)
 
+CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 QUEUES_GROUP = "queues.all"
 WORKERS_GROUP = "workers.all"
-REPLAY_LIMIT = 10_000
+REPLAY_PAGE = 1_000
 DASHBOARD_SNAPSHOT_TASKS = 100
 
 
@@ -63,8 +71,8 @@ def _jsonable(data: Any) -> Any:
 
 
 def user_from_token(token: str | None) -> Any | None:
-    """The active user an access JWT names, or None (missing, malformed, expired, refresh token…)."""
-    if not token:
+    """The active user an access JWT names, or None (missing, not a string, malformed, expired, refresh token…)."""
+    if not token or not isinstance(token, str):
         return None
     from rest_framework_simplejwt.authentication import JWTAuthentication
     from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
@@ -95,9 +103,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.ping_task: asyncio.Task[None] | None = None
         self.expiry_task: asyncio.Task[None] | None = None
         self.auth_timer: asyncio.Task[None] | None = None
+        self.recheck_task: asyncio.Task[None] | None = None
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.query = {k: v[-1] for k, v in query.items()}
         await self.accept()
+        try:
+            self.after_seq = after_seq_of(self.query)
+        except ValidationError:
+            await self.close(code=CLOSE_BAD_REQUEST)
+            return
         token = self.query.get("token")
         if token:
             await self.authenticate(token)
@@ -117,8 +131,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if self.user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not await self.authorize():
-            await self.close(code=CLOSE_FORBIDDEN)
+        refused = await database_sync_to_async(self.refusal)(self.user)
+        if refused:
+            await self.close(code=refused)
             return
         # Join first, read second: see the module docstring.
         for group in self.groups_to_join:
@@ -130,6 +145,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.buffer = []
         self.ready = True
         self.ping_task = asyncio.create_task(self._ping_loop())
+        self.recheck_task = asyncio.create_task(self._recheck_loop())
         self.expiry_task = asyncio.create_task(self._expire(getattr(self.user, "_conveyor_token_exp", None)))
 
     async def _expire(self, exp: float | None) -> None:
@@ -139,6 +155,21 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         await asyncio.sleep(max(0.0, exp - timezone.now().timestamp()))
         await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _recheck_loop(self) -> None:
+        """Nor the rights behind them, by more than ``WS_RECHECK_SECONDS``: a deactivated user is
+        closed with 4401, one who may no longer see what the socket streams with 4403."""
+        interval = settings.CONVEYOR.get("WS_RECHECK_SECONDS", 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            refused = await database_sync_to_async(self._recheck)()
+            if refused:
+                await self.close(code=refused)
+                return
+
+    def _recheck(self) -> int | None:
+        user = type(self.user).objects.filter(pk=self.user.pk, is_active=True).first()
+        return self.refusal(user) if user is not None else CLOSE_UNAUTHENTICATED
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
@@ -154,7 +185,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         try:
             await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)
-        except ValueError:  # not JSON: before auth that is a failed auth, after it we ignore it
+        except (ValueError, RecursionError):  # not JSON (or nested too deep): before auth that is a failed
+            # auth, after it we ignore it
             if self.user is None:
                 await self.close(code=CLOSE_UNAUTHENTICATED)
 
@@ -166,7 +198,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"event": "ping", "timestamp": events.iso(timezone.now())})
 
     async def disconnect(self, code: int) -> None:
-        for task in (self.ping_task, self.auth_timer, self.expiry_task):
+        for task in (self.ping_task, self.auth_timer, self.expiry_task, self.recheck_task):
             if task is not None:
                 task.cancel()
         for group in self.joined:
@@ -191,10 +223,27 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     worker_event = queue_event
 
+    async def send_stored(self, task_id: Any, *, after: int, before: int | None = None,
+                          include_logs: bool = True) -> int:
+        """Send the task's stored events after seq ``after`` (and before ``before``), a page at a time so a
+        long history is never all in memory; returns the last seq sent (0 if none)."""
+        last = 0
+        while True:
+            page = await database_sync_to_async(stored_events)(task_id, after=after, before=before,
+                                                               include_logs=include_logs)
+            for body in page:
+                await self.send_json(body)
+            if page:
+                last = after = page[-1]["seq"]
+            if len(page) < REPLAY_PAGE:
+                return last
+
     async def send_initial(self) -> None:
         raise NotImplementedError
 
-    async def authorize(self) -> bool:
+    def refusal(self, user: Any) -> int | None:
+        """None if ``user`` may have this socket (and what it streams is set up), else its close code.
+        Runs on a sync thread, at connect and at every re-check."""
         raise NotImplementedError
 
     async def deliver(self, message: dict[str, Any]) -> None:
@@ -214,57 +263,68 @@ def _progress_at(task: Any, seq: int) -> dict[str, Any]:
     return progress
 
 
+def stored_events(task_id: Any, *, after: int, before: int | None = None,
+                  include_logs: bool = True) -> list[dict[str, Any]]:
+    """Up to ``REPLAY_PAGE`` stored events of the task after seq ``after`` (and before ``before``), each
+    with ``"replay": true``, as the live stream sent them."""
+    from jobs.models import Task
+
+    task = Task.objects.get(id=task_id)
+    rows = selectors.events_for(task, after_seq=after)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    if not include_logs:
+        rows = rows.exclude(event="task.log")
+    # A stored state change does not hold the progress of its moment (a live one does): carry it
+    # forward from the progress rows, so a replay reads like the live stream did.
+    progress = _progress_at(task, after)
+    bodies: list[dict[str, Any]] = []
+    for row in rows[:REPLAY_PAGE]:
+        body = dict(events.from_row(row, task))
+        if row.event == "task.progress":
+            progress = {key: body[key] for key in progress}
+        else:
+            body.update(progress)
+        body["replay"] = True
+        bodies.append(body)
+    return bodies
+
+
 class TaskConsumer(LiveConsumer):
     """``/ws/tasks/<id>/``: one task's snapshot, the events after ``?after_seq``, then live events."""
 
-    async def authorize(self) -> bool:
-        task_id = self.scope["url_route"]["kwargs"]["task_id"]
+    def refusal(self, user: Any) -> int | None:
         try:
-            self.task = await database_sync_to_async(selectors.task_for)(self.user, task_id)
+            self.task = selectors.task_for(user, self.scope["url_route"]["kwargs"]["task_id"])
         except TaskNotFound:
-            return False
+            return CLOSE_FORBIDDEN
         self.groups_to_join = [events.task_group(self.task.id)]
-        self.last_seq = 0
-        return True
+        return None
 
     async def send_initial(self) -> None:
-        try:
-            after = max(0, int(self.query.get("after_seq", "")))
-        except ValueError:
-            after = None
-        snapshot, replay = await database_sync_to_async(self._read)(after)
+        snapshot = await database_sync_to_async(self._snapshot)()
         await self.send_json(snapshot)
-        for body in replay:
-            await self.send_json(body)
-        self.last_seq = max([snapshot["seq"]] + [b["seq"] for b in replay])
+        replayed = 0
+        if self.after_seq is not None:
+            # Rows past the snapshot's seq may already be committed: send them too (the live copy
+            # is dropped by seq), so nothing is skipped between the snapshot and the live stream.
+            replayed = await self.send_stored(self.task.id, after=self.after_seq)
+        self.last_seq = max(snapshot["seq"], replayed)
 
-    def _read(self, after: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _snapshot(self) -> dict[str, Any]:
         from jobs.api.serializers import TaskOut
 
         task = type(self.task).objects.get(id=self.task.id)
         snapshot = dict(events.payload(task, "task.snapshot", task.last_seq, None, timezone.now()))
         snapshot["task"] = _jsonable(TaskOut(task).data)
-        replay: list[dict[str, Any]] = []
-        if after is not None:
-            # A stored state change does not hold the progress of its moment (a live one does): carry
-            # it forward from the progress rows, so a replay reads like the live stream did.
-            progress = _progress_at(task, after)
-            # Rows past the snapshot's seq may already be committed: send them too (the live copy
-            # is dropped by seq), so nothing is skipped between the snapshot and the live stream.
-            for row in selectors.events_for(task, after_seq=after)[:REPLAY_LIMIT]:
-                body = dict(events.from_row(row, task))
-                if row.event == "task.progress":
-                    progress = {key: body[key] for key in progress}  # type: ignore[literal-required]
-                else:
-                    body.update(progress)
-                body["replay"] = True
-                replay.append(body)
-        return snapshot, replay
+        return snapshot
 
     async def deliver(self, message: dict[str, Any]) -> None:
         body = message["payload"]
         if body["seq"] <= self.last_seq:
-            return  # already sent from the database (replay) or reflected in the snapshot
+            return  # already sent from the database (replay, a gap) or reflected in the snapshot
+        if body["seq"] > self.last_seq + 1:  # published before an earlier event: see the module docstring
+            await self.send_stored(self.task.id, after=self.last_seq, before=body["seq"])
         self.last_seq = body["seq"]
         await self.send_json(body)
 
@@ -275,14 +335,17 @@ class DashboardConsumer(LiveConsumer):
     Log lines are left out (the task socket streams them); progress arrives already coalesced.
     """
 
-    async def authorize(self) -> bool:
-        self.operator = is_operator(self.user)
-        if self.operator:
+    def refusal(self, user: Any) -> int | None:
+        operator = is_operator(user)
+        if self.joined:  # a re-check: an operator's stream of every task ends with the rights to it
+            return CLOSE_FORBIDDEN if self.operator and not operator else None
+        self.operator = operator
+        if operator:
             self.groups_to_join = [events.ALL_GROUP, _queues_group(), WORKERS_GROUP]
         else:
-            self.groups_to_join = [events.user_group(self.user.id)]
+            self.groups_to_join = [events.user_group(user.id)]
         self.seen: dict[str, int] = {}
-        return True
+        return None
 
     async def send_initial(self) -> None:
         snapshot = await database_sync_to_async(self._read)()
@@ -304,14 +367,16 @@ class DashboardConsumer(LiveConsumer):
         }
 
     async def deliver(self, message: dict[str, Any]) -> None:
+        """Per task, as the task socket does: from the snapshot's seq (or a task's first live event
+        after it), drop what was sent already and fill a gap from the database. Log lines count in
+        the seq but are left out."""
         body = message["payload"]
-        if body["event"] == "task.log":
+        task_id, seq = body["task_id"], body["seq"]
+        known = self.seen.get(task_id)
+        if known is not None and seq <= known:
             return
-        # Tasks in the snapshot: drop what it already reflects (a message that raced the read).
-        # Other tasks' events pass through; the client orders them by seq per task.
-        known = self.seen.get(body["task_id"])
-        if known is not None:
-            if body["seq"] <= known:
-                return
-            self.seen[body["task_id"]] = body["seq"]
-        await self.send_json(body)
+        if known is not None and seq > known + 1:
+            await self.send_stored(task_id, after=known, before=seq, include_logs=False)
+        self.seen[task_id] = seq
+        if body["event"] != "task.log":
+            await self.send_json(body)

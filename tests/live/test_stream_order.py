@@ -1,0 +1,120 @@
+"""Every event reaches the client once and in seq order, even when processes publish a task's events
+out of order, and however long the history a reconnecting client asks for.
+
+Real Redis channel layer and PostgreSQL; the reordering is made by publishing stored events by hand, in
+reverse, as two processes racing to Redis would.
+"""
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from jobs import events, services
+from jobs.models import Status, Task, TaskEvent
+from tests.live.conftest import communicator
+from tests.queueing.conftest import make_queue
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def submit(owner) -> Task:
+    """A task that stays PENDING (its queue is paused), whatever workers run in this session."""
+    make_queue("held", paused=True)
+    spec = services.build_spec(algorithm="demo.noop", queue="held")
+    task, _ = services.submit(owner=owner, spec=spec, idempotency_key=None)
+    return task
+
+
+async def drain(comm, quiet: float = 1.0) -> list[dict]:
+    """Every message until the socket stays quiet for ``quiet`` seconds."""
+    got: list[dict] = []
+    while not await comm.receive_nothing(timeout=quiet, interval=0.02):
+        message = await comm.receive_output(timeout=5)
+        assert message["type"] == "websocket.send", message
+        got.append(json.loads(message["text"]))
+    return got
+
+
+def two_changes_published_in_reverse(task: Task) -> list[dict]:
+    """Two priority changes committed (seq N+1, N+2) but not published; their stored bodies, newest first."""
+    with mock.patch.object(events.publisher, "publish", lambda items: None):
+        services.change_priority(task_id=task.id, priority=1)
+        services.change_priority(task_id=task.id, priority=2)
+    task = Task.objects.get(id=task.id)
+    return [dict(events.from_row(row, task)) for row in TaskEvent.objects.filter(task=task).order_by("-seq")[:2]]
+
+
+async def publish(group: str, bodies: list[dict]) -> None:
+    for body in bodies:
+        await get_channel_layer().group_send(group, {"type": "task.event", "payload": body})
+
+
+def test_an_event_published_before_the_one_it_follows_is_sent_after_it(alice, token):
+    task, jwt = submit(alice), token(alice)
+
+    async def scenario():
+        comm = communicator(f"/ws/tasks/{task.id}/?token={jwt}")
+        await comm.connect()
+        snapshot = await comm.receive_json_from(timeout=5)
+        await drain(comm, 0.3)
+        reversed_bodies = await database_sync_to_async(two_changes_published_in_reverse)(task)
+        await publish(events.task_group(task.id), reversed_bodies)
+        got = await drain(comm)
+        await comm.disconnect()
+        return snapshot["seq"], got
+
+    seq, got = async_to_sync(scenario)()
+    assert [(m["event"], m["seq"]) for m in got] == [("task.priority_changed", seq + 1),
+                                                    ("task.priority_changed", seq + 2)]
+
+
+def test_the_dashboard_fills_a_tasks_gap_and_drops_the_late_copy(alice, olga, token):
+    task, jwt = submit(alice), token(olga)
+
+    async def scenario():
+        comm = communicator(f"/ws/dashboard/?token={jwt}")
+        await comm.connect()
+        snapshot = await comm.receive_json_from(timeout=5)
+        await drain(comm, 0.3)
+        reversed_bodies = await database_sync_to_async(two_changes_published_in_reverse)(task)
+        await publish(events.ALL_GROUP, reversed_bodies)
+        got = await drain(comm)
+        await comm.disconnect()
+        return snapshot, got
+
+    snapshot, got = async_to_sync(scenario)()
+    seq = next(t["last_seq"] for t in snapshot["tasks"] if t["id"] == str(task.id))
+    assert [(m["task_id"], m["seq"]) for m in got] == [(str(task.id), seq + 1), (str(task.id), seq + 2)]
+
+
+def test_a_replay_longer_than_a_page_reaches_the_final_event(alice, token):
+    # given a finished task with a history of more than ten thousand events
+    task = submit(alice)
+    first = Task.objects.get(id=task.id).last_seq
+    final = 10_005
+    rows = [TaskEvent(task_id=task.id, seq=seq, event="task.log", status=Status.RUNNING, data={"line": str(seq)})
+            for seq in range(first + 1, final)]
+    rows.append(TaskEvent(task_id=task.id, seq=final, event="task.succeeded", status=Status.SUCCEEDED, data={}))
+    TaskEvent.objects.bulk_create(rows)
+    Task.objects.filter(id=task.id).update(last_seq=final, status=Status.SUCCEEDED)
+
+    # when a client asks for all of it
+    jwt = token(alice)
+
+    async def scenario():
+        comm = communicator(f"/ws/tasks/{task.id}/?token={jwt}&after_seq=0")
+        await comm.connect()
+        got = await drain(comm, 2.0)
+        await comm.disconnect()
+        return got
+
+    got = async_to_sync(scenario)()
+    # then every event arrives once, in order, the final one last
+    assert got[0]["event"] == "task.snapshot"
+    assert [m["seq"] for m in got[1:]] == list(range(1, final + 1))
+    assert got[-1]["event"] == "task.succeeded"
