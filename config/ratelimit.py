@@ -14,14 +14,20 @@ new endpoint is limited without anyone remembering a decorator. Each request fal
 A view may name scopes per action (``rate_limit_scopes = {"batch": "batch"}``) or opt out with
 ``rate_limit_scopes = None`` (readiness probes). A limited request raises ``Throttled``: 429 with
 ``Retry-After`` and the error body.
+
+The admin's login form is no DRF view, and its session works on the API too, so
+``limit_anonymous_logins`` puts its POSTs on the same per-IP ``anon`` counter (config/urls.py).
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from django.conf import settings
+from django.http import JsonResponse
 from django_ratelimit.core import get_usage
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
@@ -58,22 +64,45 @@ def rate_of(scope: str, user: Any) -> int:
     return limits[scope]
 
 
+def wait_for(request: Any, scope: str, key: str, user: Any) -> int | None:
+    """Count this call of ``key`` in ``scope``: None if it is within the limit, else the seconds to wait."""
+    try:
+        usage = get_usage(request, group=f"conveyor.{scope}", key=lambda _group, _request: key,
+                          rate=f"{rate_of(scope, user)}/m", increment=True)
+    except Exception:  # the cache is down: serve rather than refuse everyone (readiness reports it)
+        log.warning("rate limit check failed; allowing the request", exc_info=True)
+        return None
+    if usage is None or not usage["should_limit"]:
+        return None
+    return max(1, usage["time_left"])
+
+
 class TieredRateLimit(BaseThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         scope = scope_of(request, view)
         if scope is None or not settings.RATE_LIMITS["enabled"]:
             return True
         key = f"user:{request.user.pk}" if request.user.is_authenticated else f"ip:{self.get_ident(request)}"
-        try:
-            usage = get_usage(request, group=f"conveyor.{scope}", key=lambda _group, _request: key,
-                              rate=f"{rate_of(scope, request.user)}/m", increment=True)
-        except Exception:  # the cache is down: serve rather than refuse everyone (readiness reports it)
-            log.warning("rate limit check failed; allowing the request", exc_info=True)
-            return True
-        if usage is None or not usage["should_limit"]:
-            return True
-        self.retry_after = max(1, usage["time_left"])
-        return False
+        self.retry_after = wait_for(request, scope, key, request.user)
+        return self.retry_after is None
 
     def wait(self) -> float | None:
         return getattr(self, "retry_after", None)
+
+
+def limit_anonymous_logins(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A login form outside DRF (the admin's): its POSTs count against the client IP's ``anon`` limit,
+    with the token endpoint's attempts (one counter, so guesses add up across both); over it, a 429."""
+
+    @functools.wraps(view)
+    def limited(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST" and settings.RATE_LIMITS["enabled"]:
+            wait = wait_for(request, "anon", f"ip:{BaseThrottle().get_ident(request)}", request.user)
+            if wait is not None:
+                response = JsonResponse({"error": {"code": "throttled", "message": str(Throttled(wait).detail)}},
+                                        status=429)
+                response["Retry-After"] = str(wait)
+                return response
+        return view(request, *args, **kwargs)
+
+    return limited

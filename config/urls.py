@@ -3,6 +3,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from config.ratelimit import limit_anonymous_logins
 from jobs.dashboard import dashboard
 from observability.views import SystemHealthView
 
@@ -20,6 +21,9 @@ api_v1 = [
     path("", include("queueing.api.urls")),
     path("system/health/", SystemHealthView.as_view(), name="system-health"),
 ]
+
+# Password guesses through the admin's form count like those at the token endpoint (its session works on the API).
+admin.site.login = limit_anonymous_logins(admin.site.login)  # type: ignore[method-assign]
 
 urlpatterns = [
     path("health/", health, name="health"),
