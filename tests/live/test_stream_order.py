@@ -54,21 +54,29 @@ async def publish(group: str, bodies: list[dict]) -> None:
         await get_channel_layer().group_send(group, {"type": "task.event", "payload": body})
 
 
-def test_an_event_published_before_the_one_it_follows_is_sent_after_it(alice, token):
-    task, jwt = submit(alice), token(alice)
-
+def reversed_on_a_socket(task: Task, path: str, group: str) -> tuple[dict, list[dict]]:
+    """Connect to ``path``, let two changes of ``task`` arrive newest first on ``group``: the socket's
+    snapshot and what it sent after it."""
     async def scenario():
-        comm = communicator(f"/ws/tasks/{task.id}/?token={jwt}")
+        comm = communicator(path)
         await comm.connect()
         snapshot = await comm.receive_json_from(timeout=5)
         await drain(comm, 0.3)
         reversed_bodies = await database_sync_to_async(two_changes_published_in_reverse)(task)
-        await publish(events.task_group(task.id), reversed_bodies)
+        await publish(group, reversed_bodies)
         got = await drain(comm)
         await comm.disconnect()
-        return snapshot["seq"], got
+        return snapshot, got
 
-    seq, got = async_to_sync(scenario)()
+    return async_to_sync(scenario)()
+
+
+def test_an_event_published_before_the_one_it_follows_is_sent_after_it(alice, token):
+    task, jwt = submit(alice), token(alice)
+
+    snapshot, got = reversed_on_a_socket(task, f"/ws/tasks/{task.id}/?token={jwt}", events.task_group(task.id))
+
+    seq = snapshot["seq"]
     assert [(m["event"], m["seq"]) for m in got] == [("task.priority_changed", seq + 1),
                                                     ("task.priority_changed", seq + 2)]
 
@@ -76,18 +84,8 @@ def test_an_event_published_before_the_one_it_follows_is_sent_after_it(alice, to
 def test_the_dashboard_fills_a_tasks_gap_and_drops_the_late_copy(alice, olga, token):
     task, jwt = submit(alice), token(olga)
 
-    async def scenario():
-        comm = communicator(f"/ws/dashboard/?token={jwt}")
-        await comm.connect()
-        snapshot = await comm.receive_json_from(timeout=5)
-        await drain(comm, 0.3)
-        reversed_bodies = await database_sync_to_async(two_changes_published_in_reverse)(task)
-        await publish(events.ALL_GROUP, reversed_bodies)
-        got = await drain(comm)
-        await comm.disconnect()
-        return snapshot, got
+    snapshot, got = reversed_on_a_socket(task, f"/ws/dashboard/?token={jwt}", events.ALL_GROUP)
 
-    snapshot, got = async_to_sync(scenario)()
     seq = next(t["last_seq"] for t in snapshot["tasks"] if t["id"] == str(task.id))
     assert [(m["task_id"], m["seq"]) for m in got] == [(str(task.id), seq + 1), (str(task.id), seq + 2)]
 
