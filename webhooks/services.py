@@ -47,13 +47,15 @@ def subscribe_task(*, task: Any, url: str) -> Subscription:
 
 @transaction.atomic
 def update(*, subscription: Subscription, url: str | None = None, events: list[str] | None = None,
-           description: str | None = None, active: bool | None = None) -> Subscription:
-    """Change an endpoint. Turning it off fails what waits; turning it on starts clean (nothing old is sent)."""
+           description: str | None = None, active: bool | None = None, by: Any = None) -> Subscription:
+    """Change an endpoint. Turning it off fails what waits; turning it on starts clean (nothing old is sent).
+    Queue events need ``by`` (the request's user, as authenticated: an API key without ``operate`` is
+    no operator) to be an operator; without ``by``, the owner."""
     sub = Subscription.objects.select_for_update().get(id=subscription.id)
     if url is not None and url != sub.url:
         sub.url = transport.validate_url(url)
     if events is not None:
-        sub.events = clean_events(events, owner=sub.owner)
+        sub.events = clean_events(events, owner=by if by is not None else sub.owner)
     if description is not None:
         sub.description = description
     if active is not None and active != sub.active:

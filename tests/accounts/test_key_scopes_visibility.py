@@ -41,6 +41,20 @@ def test_operators_key_without_operate_sees_and_touches_only_her_own_tasks(alice
     assert sum(stats["by_status"].values()) == 1, stats
 
 
+def test_operators_key_without_operate_cannot_turn_a_webhook_to_queue_events(olga):
+    client = keyed(olga, ["read", "submit"])
+    url = "http://127.0.0.1:9/hook"
+    assert client.post("/api/v1/webhooks/", {"url": url, "events": ["queue.*"]}, format="json").status_code == 403
+    hook = client.post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json").json()
+
+    assert client.patch(f"/api/v1/webhooks/{hook['id']}/", {"events": ["queue.*"]}, format="json").status_code == 403
+    assert client.put(f"/api/v1/webhooks/{hook['id']}/", {"url": url, "events": ["queue.paused"]},
+                      format="json").status_code == 403
+    assert client.get(f"/api/v1/webhooks/{hook['id']}/").json()["events"] == ["task.*"]
+    operate = keyed(olga, ["read", "submit", "operate"])
+    assert operate.patch(f"/api/v1/webhooks/{hook['id']}/", {"events": ["queue.*"]}, format="json").status_code == 200
+
+
 def test_operators_key_with_operate_still_sees_every_task(alice, olga):
     alices = submit(alice)
     client = keyed(olga, ["read", "operate"])

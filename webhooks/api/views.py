@@ -67,7 +67,7 @@ class WebhookViewSet(viewsets.GenericViewSet):
         """Change some fields; ``active: false`` fails what waits, ``active: true`` starts clean."""
         data = WebhookPatchIn(data=request.data)
         data.is_valid(raise_exception=True)
-        sub = services.update(subscription=self.get_object(), **data.validated_data)
+        sub = services.update(subscription=self.get_object(), by=request.user, **data.validated_data)
         return Response(WebhookOut(sub).data)
 
     @extend_schema(request=WebhookIn, responses={200: WebhookOut, **errors(403)})
@@ -75,7 +75,7 @@ class WebhookViewSet(viewsets.GenericViewSet):
         """Replace the webhook's url, events, description and active flag."""
         data = WebhookIn(data=request.data)
         data.is_valid(raise_exception=True)
-        sub = services.update(subscription=self.get_object(), **data.validated_data)
+        sub = services.update(subscription=self.get_object(), by=request.user, **data.validated_data)
         return Response(WebhookOut(sub).data)
 
     @extend_schema(responses={204: None})
