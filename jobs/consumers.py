@@ -162,7 +162,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         interval = settings.CONVEYOR.get("WS_RECHECK_SECONDS", 30.0)
         while True:
             await asyncio.sleep(interval)
-            refused = await database_sync_to_async(self._recheck)()
+            try:
+                refused = await database_sync_to_async(self._recheck)()
+            except Exception:  # a database blip: the next re-check reads again
+                log.warning("could not re-check a socket's user", exc_info=True)
+                continue
             if refused:
                 await self.close(code=refused)
                 return
@@ -269,7 +273,9 @@ def stored_events(task_id: Any, *, after: int, before: int | None = None,
     with ``"replay": true``, as the live stream sent them."""
     from jobs.models import Task
 
-    task = Task.objects.get(id=task_id)
+    task = Task.objects.filter(id=task_id).first()
+    if task is None:  # deleted meanwhile (the admin): nothing left to fill in
+        return []
     rows = selectors.events_for(task, after_seq=after)
     if before is not None:
         rows = rows.filter(seq__lt=before)
@@ -367,16 +373,18 @@ class DashboardConsumer(LiveConsumer):
         }
 
     async def deliver(self, message: dict[str, Any]) -> None:
-        """Per task, as the task socket does: from the snapshot's seq (or a task's first live event
-        after it), drop what was sent already and fill a gap from the database. Log lines count in
-        the seq but are left out."""
+        """For a task of the snapshot, as the task socket does: from the snapshot's seq, drop what was
+        sent already and fill a gap from the database. Other tasks' events pass as they come (the
+        client orders them by seq): their first live event may itself be late, so it sets no floor,
+        and the map stays the snapshot's size. Log lines count in the seq but are left out."""
         body = message["payload"]
         task_id, seq = body["task_id"], body["seq"]
         known = self.seen.get(task_id)
-        if known is not None and seq <= known:
-            return
-        if known is not None and seq > known + 1:
-            await self.send_stored(task_id, after=known, before=seq, include_logs=False)
-        self.seen[task_id] = seq
+        if known is not None:
+            if seq <= known:
+                return
+            if seq > known + 1:
+                await self.send_stored(task_id, after=known, before=seq, include_logs=False)
+            self.seen[task_id] = seq
         if body["event"] != "task.log":
             await self.send_json(body)

@@ -90,6 +90,32 @@ def test_the_dashboard_fills_a_tasks_gap_and_drops_the_late_copy(alice, olga, to
     assert [(m["task_id"], m["seq"]) for m in got] == [(str(task.id), seq + 1), (str(task.id), seq + 2)]
 
 
+def test_the_dashboard_passes_every_event_of_a_task_newer_than_its_snapshot_however_they_arrive(alice, olga, token):
+    jwt = token(olga)
+
+    def created_and_changed_unpublished() -> list[dict]:
+        with mock.patch.object(events.publisher, "publish", lambda items: None):
+            task = submit(alice)
+            services.change_priority(task_id=task.id, priority=1)
+        task = Task.objects.get(id=task.id)
+        return [dict(events.from_row(row, task)) for row in TaskEvent.objects.filter(task=task).order_by("-seq")]
+
+    async def scenario():
+        comm = communicator(f"/ws/dashboard/?token={jwt}")
+        await comm.connect()
+        await comm.receive_json_from(timeout=5)  # its snapshot, without the task
+        await drain(comm, 0.3)
+        newest_first = await database_sync_to_async(created_and_changed_unpublished)()
+        await publish(events.ALL_GROUP, newest_first)
+        got = await drain(comm)
+        await comm.disconnect()
+        return newest_first, got
+
+    newest_first, got = async_to_sync(scenario)()
+    assert [m["seq"] for m in got] == [b["seq"] for b in newest_first]  # as they came: the client orders
+    assert sorted(m["seq"] for m in got) == list(range(1, len(newest_first) + 1))
+
+
 def test_a_replay_longer_than_a_page_reaches_the_final_event(alice, token):
     # given a finished task with a history of more than ten thousand events
     task = submit(alice)
