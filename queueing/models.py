@@ -28,6 +28,9 @@ class Queue(models.Model):
     # What every worker consuming this queue provides, e.g. {"gpu": 1}. An algorithm that declares
     # resource needs is accepted only on a queue that provides them (jobs.services.build_spec).
     resources = models.JSONField(default=dict, blank=True)
+    # Every reorder pins its head below this and lowers it (queueing.services.reorder), so the newest
+    # pins sort first, also ahead of an older pin that comes back to PENDING with its task.
+    pin_floor = models.BigIntegerField(default=1, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -34,7 +34,7 @@ def _who(by: Any) -> str | None:
     return getattr(by, "username", None)
 
 
-@transaction.atomic
+@transitions.atomic_retrying_deadlocks  # its UPDATE of QUEUED rows and a batch's claim may lock them in opposite orders
 def pause(*, name: str, by: Any = None) -> Queue:
     """Stop starting this queue's tasks (``queue.paused``): once this returns, none starts until resume.
 
@@ -92,7 +92,7 @@ def reorder(*, name: str, task_ids: list[UUID] | None = None, task_id: UUID | No
     Everything from the front down to the moved task is pinned with consecutive positions, so the
     order shown afterwards is exactly the order the dispatcher follows.
     """
-    _locked(name)
+    queue = _locked(name)
     order = list(ordering.waiting(name).values_list("id", "queue_position"))
     ids = [str(i) for i, _ in order]
     pinned = sum(1 for _, pos in order if pos is not None)  # pinned tasks sort first
@@ -113,11 +113,15 @@ def reorder(*, name: str, task_ids: list[UUID] | None = None, task_id: UUID | No
         keep = max(at, pinned - (1 if was_pinned else 0) + 1)
         data = [{"position": at, "by": _who(by)}]
     head = new[:keep]
+    # Below every position given before: a task dispatched with an older pin, if it comes back to
+    # PENDING, lines up after this head (still ahead of every priority), never level with it.
+    first = queue.pin_floor - len(head)
+    Queue.objects.filter(name=name).update(pin_floor=first)
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE jobs_task t SET queue_position = v.pos FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, pos) "
             "WHERE t.id = v.id AND t.status = 'PENDING'",
-            [head, list(range(1, len(head) + 1))],
+            [head, list(range(first, first + len(head)))],
         )
     for task, extra in zip(moved, data):
         transitions.apply_one(task, frm=[Status.PENDING], to=None, event="task.reordered", data=extra)

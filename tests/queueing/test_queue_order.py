@@ -207,6 +207,25 @@ def test_a_pinned_task_handed_back_by_a_pause_is_still_first(alice, olga, api):
     assert start_order() == ["x", "y"]
 
 
+def test_a_reorder_made_while_a_pinned_task_was_dispatched_stays_ahead_of_it_when_it_comes_back(alice, olga, api):
+    make_queue("q1", concurrency=1, paused=True)
+    x, a, b = submit(api(alice), "x", 9), submit(api(alice), "a", 1), submit(api(alice), "b", 1)
+    ops = api(olga)
+    assert ops.post("/api/v1/queues/q1/reorder/", {"task_id": x, "position": 1}, format="json").status_code == 200
+    assert ops.post("/api/v1/queues/q1/resume/").status_code == 200
+    dispatch.dispatch(["q1"])
+    assert Task.objects.get(id=x).status == Status.QUEUED
+    assert ops.post("/api/v1/queues/q1/reorder/", {"task_ids": [a, b]}, format="json").status_code == 200
+
+    assert ops.post("/api/v1/queues/q1/pause/").status_code == 200  # x comes back with its older pin
+
+    assert listing(ops) == ["a", "b", "x"]  # the newest reorder first, the older pin next
+    mine = api(alice).get("/api/v1/queues/q1/tasks/").json()["tasks"]
+    assert [(t["labels"][0], t["waiting"]["position"]) for t in mine] == [("a", 1), ("b", 2), ("x", 3)]
+    make_queue("q1", paused=False)
+    assert start_order() == ["a", "b", "x"]
+
+
 def test_a_queued_task_given_a_new_priority_takes_its_turn_there_when_it_comes_back(alice, bob, olga, api):
     make_queue("q1", concurrency=1)
     x = submit(api(alice), "x", 5)  # dispatched at once: QUEUED
