@@ -160,12 +160,17 @@ class ArtifactStore:
         written again) only while the task runs under this claim, checked under its row lock."""
         storage_name = default_storage.save(f"tasks/{self.task_id}/{self.attempt}/{writer.kind}-{uuid.uuid4().hex}",
                                             _SpooledFile(open(path, "rb"), name=str(path)))
+        recorded = False
         try:
             with transaction.atomic():
                 self._hold_claim()
                 artifact = self._record(writer, storage_name, sha256)
+                # Set before the commit: a time limit raised into this thread (``TaskTimeout``) just after
+                # the commit must not delete the file its row points at (at worst a file is left over).
+                recorded = True
         except BaseException:
-            default_storage.delete(storage_name)
+            if not recorded:
+                default_storage.delete(storage_name)
             raise
         if writer.kind == Artifact.Kind.RESULT:
             self.result = artifact
