@@ -42,7 +42,12 @@ def algorithm(monkeypatch):
 
 
 def submitted(owner, name):
-    task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm=name, params={}))
+    """A task of a queue no worker consumes: the session's worker (if running) never takes it, nor its
+    re-dispatch after the reaper or a hand-back; the test runs it."""
+    from queueing.models import Queue
+
+    queue = Queue.objects.get_or_create(name="unconsumed")[0].name
+    task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm=name, params={}, queue=queue))
     return task
 
 
