@@ -4,21 +4,44 @@ Web and workers may run on different hosts that share nothing but PostgreSQL and
 storage lives in the database they already share: a file is one ``StoredFile`` row and its bytes are
 ``StoredChunk`` rows of ``CHUNK`` bytes (``bytea`` kept uncompressed, out of line). Writing streams the
 source chunk by chunk inside one transaction, so a file is stored whole or not at all; reading fetches
-one chunk at a time over a connection of the reader's own (downloads read from a thread pool), so a
-1 GiB file never sits in memory. S3 and compatible stores remain one setting away (README, "Results").
+one chunk at a time (a 1 GiB file never sits in memory) over a connection borrowed for that one read
+from a small pool of the process's own (downloads read from a thread pool, outside any request's
+connection), so however many slow downloads are open, they hold at most ``STORAGE_READ_CONNECTIONS``. S3 and compatible stores remain one setting away (README, "Results").
 """
 from __future__ import annotations
 
 import io
+import os
+import threading
 from typing import Any
 
-import psycopg
+from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import Storage
 from django.db import connection, transaction
 from django.utils.deconstruct import deconstructible
 
 CHUNK = 1024 * 1024
+_POOLS: dict[int, Any] = {}  # by process id: a pool never crosses a fork (prefork workers)
+_POOLS_LOCK = threading.Lock()
+
+
+def _read_pool() -> Any:
+    """The connections chunk reads borrow, one read at a time (opened on demand, closed when idle)."""
+    from psycopg_pool import ConnectionPool
+
+    pid = os.getpid()
+    with _POOLS_LOCK:
+        if pid not in _POOLS:
+            params = connection.get_connection_params()
+            params.pop("cursor_factory", None)
+            params.pop("context", None)
+            _POOLS.clear()
+            _POOLS[pid] = ConnectionPool(kwargs={**params, "autocommit": True,
+                                                 "application_name": "conveyor-storage-reads"},
+                                         min_size=0, max_size=settings.STORAGE_READ_CONNECTIONS, timeout=30,
+                                         max_idle=60, name="storage-reads", open=True)
+        return _POOLS[pid]
 
 
 @deconstructible
@@ -101,7 +124,6 @@ class _ChunkReader(io.RawIOBase):
         super().__init__()
         self._file_id, self._size, self._pos = file_id, size, 0
         self._cached: tuple[int, bytes] | None = None
-        self._conn: psycopg.Connection[Any] | None = None
 
     def readable(self) -> bool:
         return True
@@ -129,21 +151,14 @@ class _ChunkReader(io.RawIOBase):
 
     def _chunk(self, index: int) -> bytes:
         if self._cached is None or self._cached[0] != index:
-            if self._conn is None:
-                params = connection.get_connection_params()
-                params.pop("cursor_factory", None)
-                params.pop("context", None)
-                self._conn = psycopg.connect(**params, autocommit=True)
-            row = self._conn.execute('SELECT data FROM algorithms_storedchunk WHERE file_id = %s AND "index" = %s',
-                                     (self._file_id, index)).fetchone()
+            with _read_pool().connection() as conn:
+                row = conn.execute('SELECT data FROM algorithms_storedchunk WHERE file_id = %s AND "index" = %s',
+                                   (self._file_id, index)).fetchone()
             if row is None:
                 raise OSError(f"stored file {self._file_id} lacks chunk {index}")
             self._cached = (index, bytes(row[0]))
         return self._cached[1]
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
         self._cached = None
         super().close()

@@ -222,6 +222,8 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Connections per process that DatabaseStorage's chunk reads (downloads) borrow, one read at a time.
+STORAGE_READ_CONNECTIONS = env_int("STORAGE_READ_CONNECTIONS", 8)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
