@@ -293,8 +293,10 @@ def run(task: Task) -> Outcome:
     except Exception as exc:
         if watch.timed_out.is_set():
             return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
-        tb = traceback.format_exc(limit=20)
-        services.append_log(task_id=task.id, lines=[tb], claimed_at=task.started_at)
+        try:  # best effort: the outcome below is what must be recorded
+            services.append_log(task_id=task.id, lines=[traceback.format_exc(limit=20)], claimed_at=task.started_at)
+        except Exception:
+            log.exception("could not record the traceback of task %s", task.id)
         if watch.cancel.is_set():  # it was cancelled and failed on the way out: cancelled, never retried
             return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
         return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", retryable=True)

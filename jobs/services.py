@@ -401,8 +401,9 @@ def report_progress(*, task_id: UUID | str, percent: float, stage: str, message:
     while it runs under that claim)."""
     return transitions.apply_one(
         task_id, frm=[Status.RUNNING], to=None, event="task.progress",
-        values={"progress_percent": percent, "progress_stage": stage[:200], "progress_message": message[:1000],
-                "progress_metrics": metrics}, **_claim_guard(claimed_at),
+        values={"progress_percent": percent, "progress_stage": without_nul(stage[:200]),
+                "progress_message": without_nul(message[:1000]), "progress_metrics": without_nul(metrics)},
+        **_claim_guard(claimed_at),
     ) is not None
 
 
@@ -410,8 +411,21 @@ def report_progress(*, task_id: UUID | str, percent: float, stage: str, message:
 def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None) -> None:
     """Append log lines (``task.log``) to a task that is still running (under that claim)."""
     for line in lines:
-        transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log", data={"line": line[:10_000]},
-                              **_claim_guard(claimed_at))
+        transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log",
+                              data={"line": without_nul(line[:10_000])}, **_claim_guard(claimed_at))
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with each NUL character, which PostgreSQL's text and jsonb refuse, shown as U+FFFD, also
+    in the strings of nested dicts and lists: what an algorithm, a program or a remote service says
+    (log lines, progress, an error) is recorded, never a ``DataError`` that leaves its task RUNNING."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -420,6 +434,9 @@ class Outcome:
     result: Any = None
     error: str = ""
     retryable: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error", without_nul(self.error))
 
 
 def backoff_seconds(attempt: int) -> float:
