@@ -2,8 +2,11 @@
 
 The database is the source of truth (DESIGN §1), so every web process reports the same numbers and no
 worker needs a metrics port or a multiprocess directory. django-prometheus serves them on ``/metrics``
-next to its own HTTP series. A scrape costs a few aggregate queries over the task table; the wait and
-run time histograms are cumulative over the stored tasks, so they only grow until old tasks are deleted.
+next to its own HTTP series. A scrape costs a few aggregate queries over the task table. Totals over
+stored rows (retries, webhook attempts) are gauges, not counters: deleting a task or a subscription
+lowers them, which a counter must never do (Prometheus would read a reset, and ``rate()`` a burst). The
+wait and run time histograms are cumulative over the stored tasks, so they only grow until old tasks are
+deleted.
 """
 from __future__ import annotations
 
@@ -13,9 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from prometheus_client.core import (
-    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
-)
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class ConveyorCollector(Collector):
 
     def _tasks(self) -> list[Metric]:
         tasks = GaugeMetricFamily("conveyor_tasks", "Tasks by state and queue", labels=["state", "queue"])
-        retries = CounterMetricFamily("conveyor_task_retries", "Attempts beyond the first, by queue", labels=["queue"])
+        retries = GaugeMetricFamily("conveyor_task_retries", "Attempts beyond the first of the stored tasks, by queue",
+                                    labels=["queue"])
         per_queue: dict[str, int] = {}
         for queue, state, count, extra in _rows(
             "SELECT queue, status, count(*), coalesce(sum(greatest(attempts - 1, 0)), 0) "
@@ -106,9 +108,9 @@ class ConveyorCollector(Collector):
                                        labels=["status"])
         for status, count in _rows("SELECT status, count(*) FROM webhooks_delivery GROUP BY status ORDER BY status"):
             deliveries.add_metric([status], count)
-        attempts = CounterMetricFamily("conveyor_webhook_attempts", "Webhook HTTP attempts by outcome",
-                                       labels=["outcome"])
-        failures = CounterMetricFamily("conveyor_webhook_failures", "Webhook attempts that did not succeed")
+        attempts = GaugeMetricFamily("conveyor_webhook_attempts", "Stored webhook HTTP attempts by outcome",
+                                     labels=["outcome"])
+        failures = GaugeMetricFamily("conveyor_webhook_failures", "Stored webhook attempts that did not succeed")
         failed = 0
         for outcome, count in _rows(
             "SELECT outcome, count(*) FROM webhooks_deliveryattempt GROUP BY outcome ORDER BY outcome"

@@ -45,12 +45,31 @@ def test_metrics_after_a_small_run(live_worker, alice, api):
     assert value("conveyor_tasks", state="SUCCEEDED", queue="default") == 4
     assert value("conveyor_queue_depth", queue="default") == 0
     assert value("conveyor_queue_oldest_wait_seconds", queue="default") == 0
-    assert value("conveyor_task_retries_total", queue="default") == 1
+    assert value("conveyor_task_retries", queue="default") == 1
     assert value("conveyor_task_run_seconds_count", queue="default") == 4
     assert value("conveyor_task_wait_seconds_count", queue="default") == 4
     assert value("conveyor_task_wait_seconds_bucket", queue="default", le="+Inf") == 4
     assert value("conveyor_workers", state="alive") >= 1
     assert any(name == "django_http_requests_total_by_method_total" for name, _ in samples)
+
+
+@pytest.mark.django_db
+def test_totals_over_stored_rows_are_gauges_so_a_deletion_is_no_counter_reset(alice, api):
+    from jobs.models import Task
+    from queueing.models import Queue
+
+    Queue.objects.update_or_create(name="edge-paused", defaults={"paused": True})
+    client = api(alice)
+    task_id = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": "edge-paused"}, format="json").json()["id"]
+    Task.objects.filter(id=task_id).update(attempts=4)
+    response = client.get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
+    for name in ("conveyor_task_retries", "conveyor_webhook_attempts", "conveyor_webhook_failures"):
+        assert families[name].type == "gauge", name
+    before = {s.labels.get("queue"): s.value for s in families["conveyor_task_retries"].samples}
+    Task.objects.filter(id=task_id).delete()  # a lower value next time: fine for a gauge, a "reset" for a counter
+    after = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
+    assert sum(s.value for s in after["conveyor_task_retries"].samples) == sum(before.values()) - 3
 
 
 @pytest.mark.django_db
