@@ -34,6 +34,32 @@ def k8s_documents() -> list[dict]:
     return docs
 
 
+def routed_queues() -> set[str]:
+    """Every queue something is sent to: the default, each shipped algorithm's, the literal ``queue="…"``
+    (apply_async) or ``{"queue": "…"}`` (beat options) in the project's code."""
+    from django.conf import settings
+
+    from algorithms import registry
+
+    names = {settings.CELERY_TASK_DEFAULT_QUEUE}
+    names |= {alg.queue for alg in registry.all_algorithms() if not alg.name.startswith("test.")}
+    pattern = re.compile(r'(?:\bqueue=|"queue":\s*)"([\w.-]+)"')
+    for path in ROOT.glob("*/**/*.py"):
+        if {".venv", "tests", "bench"} & set(path.parts):
+            continue
+        names |= set(pattern.findall(path.read_text(errors="ignore")))
+    return names
+
+
+def consumed_queues(commands: list[list[str]]) -> set[str]:
+    """The queues of every ``celery … worker -Q a,b`` command."""
+    names = set()
+    for command in commands:
+        if command[:4] == ["celery", "-A", "config", "worker"] and "-Q" in command:
+            names |= set(command[command.index("-Q") + 1].split(","))
+    return names
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((DOCKER / "compose.yaml").read_text())
@@ -115,3 +141,14 @@ def test_dockerfile_is_multi_stage_slim_and_non_root():
     assert not env - known_env_vars(), env - known_env_vars()
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+
+
+def test_compose_and_kubernetes_consume_every_queue_the_code_routes_to(compose, db):
+    routed = routed_queues()
+    assert {"default", "webhooks"} <= routed
+    in_compose = consumed_queues([service.get("command", []) for service in compose["services"].values()])
+    assert not routed - in_compose, f"compose: no worker consumes {routed - in_compose}"
+    in_k8s = consumed_queues([container["command"] for doc in k8s_documents()
+                              for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+                              if "command" in container])
+    assert not routed - in_k8s, f"kubernetes: no worker consumes {routed - in_k8s}"
