@@ -64,4 +64,6 @@ app.conf.beat_schedule = {
     # Remote services (docs/remote.md): scheme discovery (cached in the database) and health checks.
     "remote-discover": {"task": "algorithms.remote.discover", "schedule": _every("REMOTE_DISCOVERY_SECONDS", 60.0)},
     "remote-health": {"task": "algorithms.remote.check_health", "schedule": _every("REMOTE_HEALTH_SECONDS", 30.0)},
+    "remote-orphans": {"task": "algorithms.remote.cancel_orphans",
+                       "schedule": _every("REMOTE_ORPHAN_SECONDS", 10.0)},
 }
