@@ -59,6 +59,7 @@ app.conf.beat_schedule = {
     # Webhooks: retries that are due and deliveries whose Celery message looks lost (webhooks/delivery.py).
     "webhooks-send-due": {"task": "webhooks.send_due", "schedule": _every("WEBHOOK_SEND_DUE_SECONDS", 5.0),
                           "options": {"queue": "webhooks"}},
+    "webhooks-prune-log": {"task": "webhooks.prune_log", "schedule": _every("WEBHOOK_PRUNE_SECONDS", 3600.0)},
     # Retention: results and artifacts older than RESULT_TTL_DAYS (algorithms/results.py).
     "expire-results": {"task": "algorithms.expire_results", "schedule": _every("RESULT_EXPIRE_EVERY_SECONDS", 3600.0)},
     # Remote services (docs/remote.md): scheme discovery (cached in the database) and health checks.

@@ -402,6 +402,8 @@ WEBHOOKS = {
     "SECRET_GRACE_SECONDS": env_float("WEBHOOK_SECRET_GRACE_HOURS", 24.0) * 3600,
     # CIDRs that deliveries may reach although private/loopback (tests: 127.0.0.0/8). Empty in production.
     "ALLOWED_NETWORKS": env_list("WEBHOOK_ALLOWED_NETWORKS", ""),
+    # Finished deliveries (and their attempts) older than this are deleted by beat; 0 keeps them for ever.
+    "LOG_RETENTION_DAYS": env_float("WEBHOOK_LOG_RETENTION_DAYS", 30.0),
 }
 
 # structlog: JSON lines with request_id, task_id and user on each (observability/logs.py).

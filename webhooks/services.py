@@ -1,5 +1,6 @@
 """Every write to subscriptions from the API and the admin: subscribe, update, rotate_secret,
-unsubscribe, redeliver; plus ``subscribe_task`` for the per-task ``webhook_url`` shortcut at submit."""
+unsubscribe, redeliver; plus ``subscribe_task`` for the per-task ``webhook_url`` shortcut at submit, and
+``prune_log`` (beat) for the delivery log's retention."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -96,3 +97,23 @@ def redeliver(*, delivery_row: Delivery) -> Delivery:
         status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None)
     transaction.on_commit(lambda: outbox.send([str(delivery_row.id)]), robust=True)
     return Delivery.objects.get(id=delivery_row.id)
+
+
+PRUNE_BATCH = 5_000
+
+
+def prune_log(*, batches: int = 20) -> int:
+    """Delete finished deliveries (and their attempts) older than ``WEBHOOK_LOG_RETENTION_DAYS``, a batch
+    at a time; what waits (PENDING) is never touched. Returns how many were deleted."""
+    days = settings.WEBHOOKS["LOG_RETENTION_DAYS"]
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    old = Delivery.objects.filter(status__in=[DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED], finished_at__lt=cutoff)
+    deleted = 0
+    for _ in range(batches):
+        ids = list(old.values_list("id", flat=True)[:PRUNE_BATCH])
+        if not ids:
+            break
+        deleted += Delivery.objects.filter(id__in=ids).delete()[1].get(Delivery._meta.label, 0)
+    return deleted

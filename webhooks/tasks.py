@@ -1,9 +1,9 @@
-"""Celery entry points on the ``webhooks`` queue: ids in, services out."""
+"""Celery entry points on the ``webhooks`` queue (``prune_log``: the default one): ids in, services out."""
 from __future__ import annotations
 
 from celery import shared_task
 
-from webhooks import delivery, outbox
+from webhooks import delivery, outbox, services
 
 
 @shared_task(name="webhooks.deliver", acks_late=True, ignore_result=True)
@@ -22,3 +22,9 @@ def send_due() -> int:
 def fan_out(delivery_ids: list[str]) -> None:
     """Split one state change's deliveries into one ``webhooks.deliver`` message each."""
     outbox.send_each(delivery_ids)
+
+
+@shared_task(name="webhooks.prune_log", ignore_result=True)
+def prune_log() -> int:
+    """Beat: the delivery log's retention (``WEBHOOK_LOG_RETENTION_DAYS``)."""
+    return services.prune_log()

@@ -116,3 +116,22 @@ def test_redeliver_of_a_disabled_endpoint_is_409(alice, api, hook):
     services.update(subscription=hook, active=False)
     response = api(alice).post(f"/api/v1/webhooks/{hook.id}/deliveries/{row.id}/redeliver/")
     assert response.status_code == 409
+
+
+def test_the_log_keeps_finished_deliveries_for_the_retention_period_and_never_drops_what_waits(hook, settings):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "LOG_RETENTION_DAYS": 30}
+    old, recent, failed, waiting = pending(hook, 1), pending(hook, 2), pending(hook, 3), pending(hook, 4)
+    long_ago = timezone.now() - timedelta(days=31)
+    Delivery.objects.filter(id=old.id).update(status="SUCCEEDED", finished_at=long_ago)
+    Delivery.objects.filter(id=failed.id).update(status="FAILED", finished_at=long_ago)
+    Delivery.objects.filter(id=recent.id).update(status="SUCCEEDED", finished_at=timezone.now() - timedelta(days=29))
+    Delivery.objects.filter(id=waiting.id).update(created_at=long_ago)  # PENDING for a month: still waits
+    DeliveryAttempt.objects.create(delivery=old, number=1, outcome="SUCCEEDED", status_code=200, started_at=long_ago)
+
+    assert services.prune_log() == 2
+
+    assert set(Delivery.objects.values_list("id", flat=True)) == {recent.id, waiting.id}
+    assert not DeliveryAttempt.objects.filter(delivery_id=old.id).exists()
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "LOG_RETENTION_DAYS": 0}  # keep for ever
+    Delivery.objects.filter(id=recent.id).update(finished_at=long_ago)
+    assert services.prune_log() == 0
