@@ -1,26 +1,49 @@
-"""Operator remote control of workers, through Celery's broadcast (``celery -A config control …``)."""
+"""Operator remote control of workers, through Celery's broadcast (``celery -A config control …``).
+
+A 202 means the worker took the command: it is alive, and every action but ``shutdown`` (which gets
+no reply) answered within ``REPLY_TIMEOUT`` without an error."""
 from __future__ import annotations
 
 from typing import Any
 
+from rest_framework import status
+
+from algorithms import registry
 from config.celery import app
-from config.errors import InvalidInput, refuse_nul
+from config.errors import Conflict, ConveyorError, InvalidInput, refuse_nul
 from queueing.errors import WorkerNotFound
-from queueing.models import WorkerRecord
+from queueing.models import Queue, WorkerRecord
+from queueing.selectors import live_workers
 
 ACTIONS = ("shutdown", "pool_grow", "pool_shrink", "add_consumer", "cancel_consumer")
 REPLY_TIMEOUT = 2.0
+# Queues Celery itself routes to besides the Queue rows: the default one and webhook deliveries.
+SYSTEM_QUEUES = {app.conf.task_default_queue, "webhooks"}
+
+
+class WorkerNotAlive(Conflict):
+    code = "worker_not_alive"
+
+
+class WorkerRefused(Conflict):
+    code = "worker_refused"
+
+
+class WorkerNoReply(ConveyorError):
+    status_code = status.HTTP_504_GATEWAY_TIMEOUT
+    code = "worker_no_reply"
 
 
 def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1) -> list[dict[str, Any]]:
-    """Send one control command to one worker; returns its replies (empty when it did not answer)."""
+    """Send one control command to one live worker; returns its replies (none for ``shutdown``)."""
     if action not in ACTIONS:
         raise InvalidInput(f"action: one of {', '.join(ACTIONS)}", fields={"action": [f"one of {', '.join(ACTIONS)}"]})
     refuse_nul(hostname, field="hostname")  # from the URL path
-    if not WorkerRecord.objects.filter(hostname=hostname).exists():
-        raise WorkerNotFound(f"worker {hostname!r} not found")
+    _check_alive(hostname)
     if action in ("add_consumer", "cancel_consumer") and not queue:
         raise InvalidInput("queue: required for this action", fields={"queue": ["required"]})
+    if action == "add_consumer":
+        _check_queue(queue)
     dest = [hostname]
     ctl = app.control
     if action == "shutdown":
@@ -35,4 +58,30 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
         replies = ctl.add_consumer(queue, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
     else:
         replies = ctl.cancel_consumer(queue, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
-    return list(replies or [])
+    return _checked(hostname, action, list(replies or []))
+
+
+def _check_alive(hostname: str) -> None:
+    if not WorkerRecord.objects.filter(hostname=hostname).exists():
+        raise WorkerNotFound(f"worker {hostname!r} not found")
+    if not live_workers().filter(hostname=hostname, lost_at__isnull=True).exists():
+        raise WorkerNotAlive(f"worker {hostname!r} is not alive (stopped, lost or no recent heartbeat)")
+
+
+def _check_queue(queue: str) -> None:
+    """A typo would make the worker consume a queue nothing is routed to."""
+    known = SYSTEM_QUEUES | {alg.queue for alg in registry.all_algorithms()}
+    if queue not in known and not Queue.objects.filter(name=queue).exists():
+        reason = f"unknown queue {queue!r}"
+        raise InvalidInput(f"queue: {reason}", fields={"queue": [reason]})
+
+
+def _checked(hostname: str, action: str, replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Celery's replies are ``[{hostname: {"ok": …} | {"error": …}}]``."""
+    if not replies:
+        raise WorkerNoReply(f"worker {hostname!r} did not answer {action} within {REPLY_TIMEOUT:g} s")
+    errors = [answer["error"] for reply in replies for answer in reply.values()
+              if isinstance(answer, dict) and "error" in answer]
+    if errors:
+        raise WorkerRefused(f"worker {hostname!r} refused {action}: {'; '.join(map(str, errors))}")
+    return replies

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from config.errors import InvalidInput, refuse_nul
 from config.permissions import IsOperator, is_operator
+from config.schema import ErrorOut, errors
 from queueing import control, selectors, services, statistics
 from queueing.api.serializers import (
     QueueOut, QueuePatchIn, ReorderIn, ReorderOut, SystemStatsOut, TaskStatisticsOut, WaitingListOut,
@@ -112,7 +113,14 @@ class WorkerViewSet(viewsets.ViewSet):
 class WorkerControlView(APIView):
     permission_classes = [IsOperator]
 
-    @extend_schema(request=WorkerControlIn, responses=WorkerControlOut)
+    @extend_schema(request=WorkerControlIn, responses={
+        202: WorkerControlOut, **errors(409),
+        504: OpenApiResponse(ErrorOut, description="The worker did not answer within 2 s (every action but shutdown).",
+                             examples=[OpenApiExample("worker_no_reply", value={"error": {
+                                 "code": "worker_no_reply", "message": "worker 'w1@h' did not answer pool_grow within 2 s"}})]),
+    }, description="202: the worker took the command. 409 `worker_not_alive` (stopped, lost or no recent "
+                   "heartbeat) or `worker_refused` (its reply reports an error); 400 names `queue` when "
+                   "add_consumer names a queue nothing is routed to.")
     def post(self, request: Request, hostname: str, command: str) -> Response:
         data = WorkerControlIn(data=request.data)
         data.is_valid(raise_exception=True)
