@@ -1,8 +1,10 @@
 """The REST side of the CLI: JWT login, refresh on 401, and the API's error shape as exceptions."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +25,35 @@ class NotAvailable(CLIError):
     """The server has no such endpoint (an older or smaller deployment)."""
 
 
+# Exit status for trouble on the way to or at the server (unreachable, overloaded, an odd reply),
+# as opposed to 1: the request itself was refused (or, for watch, the task FAILED).
+SERVER_TROUBLE = 6
+# Worth asking again later: throttled, or a proxy or the server says it cannot answer right now.
+RETRYABLE = {429, 502, 503, 504}
+MAX_RETRY_AFTER = 60.0
+
+
+class ServerBusy(CLIError):
+    """A RETRYABLE status; ``retry_after`` is how long the server asked us to wait (0 when it did not)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, exit_code=SERVER_TROUBLE)
+        self.retry_after = retry_after
+
+
+def retry_after(headers: Mapping[str, str]) -> float:
+    """``Retry-After`` in seconds (a number or an HTTP date), at most MAX_RETRY_AFTER; 0 when absent or odd."""
+    value = (headers.get("Retry-After") or "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 def error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -35,6 +66,21 @@ def error_message(response: httpx.Response) -> str:
             message += f"\n  {field}: {'; '.join(map(str, problems))}"
         return message
     return f"HTTP {response.status_code}: {body}"
+
+
+def json_body(response: httpx.Response) -> Any:
+    """A 2xx body that is not JSON comes from something else (a proxy's login page, a wrong URL)."""
+    try:
+        return response.json()
+    except ValueError:
+        raise CLIError(f"unexpected non-JSON reply from {response.url}", exit_code=SERVER_TROUBLE) from None
+
+
+def tokens_of(response: httpx.Response) -> dict[str, str]:
+    tokens = json_body(response)
+    if not isinstance(tokens, dict) or not isinstance(tokens.get("access"), str):
+        raise CLIError(f"unexpected reply from {response.url}: no access token", exit_code=SERVER_TROUBLE)
+    return {k: v for k, v in tokens.items() if k in ("access", "refresh")}
 
 
 class Client:
@@ -52,22 +98,23 @@ class Client:
         return self.settings.get("access")
 
     def login(self, username: str, password: str) -> None:
-        response = self.http.post("/api/v1/auth/token/", json={"username": username, "password": password})
+        response = self._send("POST", "/api/v1/auth/token/", json={"username": username, "password": password},
+                              auth=False, stream=False)
         if response.status_code != 200:
-            raise CLIError(f"login failed: {error_message(response)}", exit_code=5)
-        tokens = response.json()
-        self.settings = {"url": self.url, "username": username, "access": tokens["access"],
-                         "refresh": tokens["refresh"]}
+            code = SERVER_TROUBLE if response.status_code in RETRYABLE or response.status_code >= 500 else 5
+            raise CLIError(f"login failed: {error_message(response)}", exit_code=code)
+        self.settings = {"url": self.url, "username": username, **tokens_of(response)}
         config.save(self.settings)
 
     def refresh(self) -> bool:
         refresh = self.settings.get("refresh") if self.access else None
         if not refresh:
             return False
-        response = self.http.post("/api/v1/auth/token/refresh/", json={"refresh": refresh})
+        response = self._send("POST", "/api/v1/auth/token/refresh/", json={"refresh": refresh},
+                              auth=False, stream=False)
         if response.status_code != 200:
             return False
-        self.settings.update({k: v for k, v in response.json().items() if k in ("access", "refresh")})
+        self.settings.update(tokens_of(response))
         config.save(self.settings)
         return True
 
@@ -96,7 +143,7 @@ class Client:
             self._check(response, path, ok)
             yield response
         except httpx.HTTPError as exc:
-            raise CLIError(f"lost the connection to {self.url}: {exc}", exit_code=6) from None
+            raise CLIError(f"lost the connection to {self.url}: {exc}", exit_code=SERVER_TROUBLE) from None
         finally:
             response.close()
 
@@ -107,22 +154,26 @@ class Client:
             raise NotAvailable(f"{self.url} has no {path} endpoint (404)")
         if response.status_code not in ok:
             response.read()
+            if response.status_code in RETRYABLE:
+                raise ServerBusy(error_message(response), retry_after=retry_after(response.headers))
             raise CLIError(error_message(response))
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, *, auth: bool = True, stream: bool = True, **kwargs: Any) -> httpx.Response:
+        """Network trouble and a bad URL are a CLIError, never a traceback. ``auth=False``: no token
+        (logging in and refreshing need none); ``stream=False``: the body is read here."""
         headers = dict(kwargs.pop("headers", None) or {})
-        if self.access:
+        if auth and self.access:
             headers["Authorization"] = f"Bearer {self.access}"
         try:
-            return self.http.send(self.http.build_request(method, path, headers=headers, **kwargs), stream=True)
-        except httpx.HTTPError as exc:
-            raise CLIError(f"cannot reach {self.url}: {exc}", exit_code=6) from None
+            return self.http.send(self.http.build_request(method, path, headers=headers, **kwargs), stream=stream)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise CLIError(f"cannot reach {self.url}: {exc}", exit_code=SERVER_TROUBLE) from None
 
     def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs).json()
+        return json_body(self.request("GET", path, **kwargs))
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
-        return self.request("POST", path, json=body, **kwargs).json()
+        return json_body(self.request("POST", path, json=body, **kwargs))
 
     def ws_url(self, path: str) -> str:
         parts = urlsplit(self.url)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from conveyor_cli.client import CLIError, Client, NotAvailable
+from conveyor_cli.client import CLIError, Client, NotAvailable, json_body
 from conveyor_cli.watch import EXIT_CODES, watch
 
 
@@ -106,7 +106,7 @@ def cmd_result(client: Client, args: argparse.Namespace) -> int:
             chunks = response.iter_bytes(1 << 20)
         else:
             response.read()
-            chunks = iter([json.dumps(response.json()["result"], indent=2).encode() + b"\n"])
+            chunks = iter([json.dumps(json_body(response)["result"], indent=2).encode() + b"\n"])
         size = write_out(chunks, args.output)
     if args.output:
         print(f"wrote {size} bytes to {args.output}", file=sys.stderr)

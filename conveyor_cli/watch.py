@@ -1,7 +1,9 @@
 """``conveyor watch``: follow one task over ``/ws/tasks/<id>/`` and draw a progress bar.
 
 The socket authenticates with its first message (the token stays out of URLs and logs). A dropped
-connection is reopened with ``?after_seq=<last seen>`` so nothing is missed or shown twice.
+connection is reopened with ``?after_seq=<last seen>`` so nothing is missed or shown twice; so is a
+server that is overloaded or not ready (429, 502, 503, 504: after its ``Retry-After``). Giving up on the
+server exits with SERVER_TROUBLE, never 1 (which is a FAILED task).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any, TextIO
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from conveyor_cli.client import CLIError, Client
+from conveyor_cli.client import RETRYABLE, SERVER_TROUBLE, CLIError, Client, ServerBusy, retry_after
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "CANCELLED": 3, "TIMED_OUT": 4}
@@ -93,7 +95,7 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
             closed = exc.rcvd.code if exc.rcvd else None
             problem: Exception = exc
         except (OSError, InvalidHandshake, InvalidStatus, asyncio.TimeoutError, CLIError) as exc:
-            if isinstance(exc, CLIError) and exc.exit_code != 6:
+            if isinstance(exc, CLIError) and exc.exit_code != SERVER_TROUBLE:
                 raise  # refused login, not a network problem
             closed, problem = None, exc
         else:
@@ -109,8 +111,17 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
             sys.stderr.write(f"connection lost ({problem}); reconnecting\n")
         failures += 1
         if failures > reconnects:
-            raise CLIError("lost the connection to the server", exit_code=6)
-        await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+            raise CLIError(f"gave up on the server after {reconnects} tries: {problem}", exit_code=SERVER_TROUBLE)
+        await asyncio.sleep(max(min(5.0, 0.2 * 2 ** min(failures, 5)), _asked_wait(problem)))
+
+
+def _asked_wait(problem: Exception) -> float:
+    """The server's ``Retry-After`` on a RETRYABLE reply (the REST call or the WebSocket handshake)."""
+    if isinstance(problem, ServerBusy):
+        return problem.retry_after
+    if isinstance(problem, InvalidStatus) and problem.response.status_code in RETRYABLE:
+        return retry_after(problem.response.headers)
+    return 0.0
 
 
 def _apply(body: dict[str, Any], view: ProgressView) -> str | None:
