@@ -5,7 +5,9 @@ one task.
   reach the program as JSON on stdin and in the file ``$CONVEYOR_PARAMS``; an operator's argv
   template may place single validated param values as whole arguments (``"{seconds}"``).
 * The program writes JSON lines on stdout: ``{"progress": 40, "stage": …, "message": …, "metrics": {…}}``,
-  ``{"log": "…"}``, ``{"result": …}``. Anything else on stdout or stderr becomes a log line.
+  ``{"log": "…"}``, ``{"result": …}``. Anything else on stdout or stderr becomes a log line, a message
+  with a field of the wrong type (``{"progress": "50%"}``) included. A line is read up to ``LINE_MAX``
+  bytes; the rest of a longer one is discarded.
 * Files it writes into ``$CONVEYOR_OUTPUT_DIR`` become the task's artifacts; ``{"result_file": "out.bin",
   "content_type": …, "summary": {…}}`` makes one of them the task's result itself (any size, streamed).
 * It runs in its own process group. On cancel or time limit the whole group gets SIGTERM, then
@@ -16,6 +18,7 @@ one task.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import re
@@ -34,6 +37,8 @@ from algorithms.context import RunContext
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+LINE_MAX = 16 * 1024 * 1024  # bytes of one output line held in memory; room for a {"result": …} line
+CUT_KEPT = 64 * 1024  # bytes kept of an over-long line (only its first 10,000 characters are logged)
 
 
 class ExternalProgramFailed(RuntimeError):
@@ -82,7 +87,12 @@ def _env(spec: ProgramSpec, ctx: RunContext, params_path: Path, output_dir: Path
 
 def _pump(stream: IO[bytes], kind: str, out: queue.Queue[tuple[str, str | None]]) -> None:
     try:
-        for raw in iter(stream.readline, b""):
+        for raw in iter(lambda: stream.readline(LINE_MAX), b""):
+            cut = not raw.endswith(b"\n") and len(raw) == LINE_MAX
+            if cut:  # a line with no end in sight: keep its start, skip to its end without holding it
+                raw = raw[:CUT_KEPT] + f" [line cut: longer than {LINE_MAX} bytes]".encode()
+                while (rest := stream.readline(LINE_MAX)) and not rest.endswith(b"\n"):
+                    pass
             out.put((kind, raw.decode("utf-8", "replace").rstrip("\r\n")))
     finally:
         out.put((kind, None))
@@ -157,8 +167,8 @@ def _handle(ctx: RunContext, kind: str, line: str) -> dict[str, Any] | None:
                 return None
             if isinstance(message.get("result_file"), str):
                 return message
-            if "progress" in message:
-                ctx.progress(float(message["progress"]), stage=message.get("stage"), message=message.get("message"),
+            if _is_progress(message):
+                ctx.progress(message["progress"], stage=message.get("stage"), message=message.get("message"),
                              metrics=message.get("metrics") if isinstance(message.get("metrics"), dict) else None)
                 return None
             if "log" in message:
@@ -166,6 +176,13 @@ def _handle(ctx: RunContext, kind: str, line: str) -> dict[str, Any] | None:
                 return None
     ctx.log(line if kind == "stdout" else f"[stderr] {line}")
     return None
+
+
+def _is_progress(message: dict[str, Any]) -> bool:
+    """A progress message the adapter can use: a finite number, and a string (or nothing) as stage and message."""
+    percent = message.get("progress")
+    return (isinstance(percent, (int, float)) and not isinstance(percent, bool) and math.isfinite(percent)
+            and all(isinstance(message.get(key), (str, type(None))) for key in ("stage", "message")))
 
 
 def _store_outputs(ctx: RunContext, output_dir: Path, result_file: dict[str, Any] | None) -> None:

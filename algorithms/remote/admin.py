@@ -23,12 +23,12 @@ class RemoteServiceAdmin(admin.ModelAdmin):
     def save_model(self, request: Any, obj: RemoteService, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if obj.enabled:
-            self._report(request, discovery.refresh(obj))
+            self._report(request, discovery.refresh_guarded(obj))
 
     @admin.action(description="Discover schemes now")
     def discover_now(self, request: Any, queryset: Any) -> None:
         for service in queryset:
-            self._report(request, discovery.refresh(service))
+            self._report(request, discovery.refresh_guarded(service))
 
     @admin.action(description="Check health now")
     def check_health_now(self, request: Any, queryset: Any) -> None:

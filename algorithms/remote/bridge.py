@@ -3,7 +3,7 @@
 Submit (or re-attach to the remote task this Conveyor task already started, after a worker death),
 relay progress into ``ctx.progress`` (so it becomes ``task.progress`` events like any other), relay
 a cancel (``ctx.cancelled()`` → CancelTask), and stream a blob result into ``ctx.open_result()``
-chunk by chunk, checking its size and sha256. While the service is unreachable the task waits with
+chunk by chunk, checking its size (a stream past the announced size is stopped at once) and sha256. While the service is unreachable the task waits with
 backoff (stage "waiting for service") until it answers, the task is cancelled, or its time runs out.
 """
 from __future__ import annotations
@@ -196,6 +196,8 @@ def _download(ctx: RunContext, client: c.Client, service: RemoteService, remote_
         while True:
             try:
                 for chunk in client.fetch(remote_id, offset=written):
+                    if written + len(chunk) > blob.size:  # never spool more than was announced
+                        raise c.RemoteError(f"result is larger than the announced {blob.size} bytes")
                     out.write(chunk)
                     sha.update(chunk)
                     written += len(chunk)

@@ -1,7 +1,8 @@
 """What Conveyor needs from a remote service, whatever it speaks, and one client per service and process.
 
 Both backends raise ``Unavailable`` for anything that may pass (connection refused, reset, deadline),
-``TaskGone`` when the service no longer knows a task id, and ``RemoteError`` for an answer that says no.
+``TaskGone`` when the service no longer knows a task id, ``RemoteError`` for an answer that says no, and
+``Malformed`` (a ``RemoteError``) for an answer that lacks a field or has one of the wrong type.
 """
 from __future__ import annotations
 
@@ -27,6 +28,28 @@ class TaskGone(RemoteError):
     """The service does not know this task id (it restarted, or forgot it)."""
 
 
+class Malformed(RemoteError):
+    """The service answered, but not as the protocol says: a field is missing or of the wrong type."""
+
+
+def checked(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    """``value`` if it is a ``kind`` (a bool is no number); else ``Malformed`` naming the field."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
+        kinds = " or ".join(k.__name__ for k in _tuple(kind))
+        raise Malformed(f"malformed answer from the service: {name} is {type(value).__name__} {_clip(value)}, "
+                        f"expected {kinds}")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 FINAL_STATES = {SUCCEEDED, FAILED, CANCELLED}
 
@@ -39,6 +62,12 @@ class Blob:
     content_type: str = "application/octet-stream"
     sha256: str = ""
 
+    def __post_init__(self) -> None:
+        if checked(self.size, int, "blob.size") < 0:
+            raise Malformed(f"malformed answer from the service: blob.size is negative ({self.size})")
+        checked(self.content_type, str, "blob.content_type")
+        checked(self.sha256, str, "blob.sha256")
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -50,6 +79,15 @@ class Progress:
     error: str = ""
     result: Any = None  # SUCCEEDED with an inline (JSON) result
     blob: Blob | None = None  # SUCCEEDED with a result to fetch
+
+    def __post_init__(self) -> None:
+        """Whatever a backend decoded is checked here, so a malformed message fails as ``Malformed``."""
+        checked(self.state, str, "progress.state")
+        checked(self.percent, (int, float), "progress.percent")
+        for name in ("stage", "message", "error"):
+            checked(getattr(self, name), str, f"progress.{name}")
+        checked(self.metrics, dict, "progress.metrics")
+        checked(self.blob, (Blob, type(None)), "progress.blob")
 
     @property
     def final(self) -> bool:

@@ -4,7 +4,8 @@ Discovery asks each enabled service for its schemes and caches the valid ones in
 ``RemoteService.schemes`` (that cache is what ``GET /api/v1/algorithms/`` and submit read). A
 scheme with a bad name, an invalid JSON Schema or a name already taken is rejected and explained in
 ``discovery_error`` (shown in the admin); the rest of the service still works. An unreachable
-service keeps its last good cache.
+service, or one whose answer is malformed, keeps its last good cache; a failure of one service's
+discovery never stops the discovery of the others.
 """
 from __future__ import annotations
 
@@ -69,8 +70,13 @@ def sync_file(path: str | os.PathLike[str] | None = None) -> list[str]:
 def check_scheme(scheme: dict[str, Any], *, taken: set[str]) -> str | None:
     """Why this scheme cannot be offered, or None."""
     name = scheme.get("name") or ""
-    if not NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         return f"invalid scheme name {name!r}"
+    if not isinstance(scheme.get("version"), str) or not isinstance(scheme.get("description"), str):
+        return "version and description must be strings"
+    timeout = scheme.get("timeout_seconds")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
+        return "timeout_seconds must be a positive integer"
     schema = scheme.get("params_schema")
     if isinstance(schema, Exception):
         return str(schema)
@@ -121,12 +127,23 @@ def refresh(service: RemoteService) -> Discovery:
     return report
 
 
+def refresh_guarded(service: RemoteService) -> Discovery:
+    """``refresh``, with any failure of ours reported like the service's (beat and the admin call this)."""
+    try:
+        return refresh(service)
+    except Exception as exc:  # noqa: BLE001 - one service's discovery must never stop the others'
+        log.exception("discovery of remote service %s failed", service.name)
+        report = Discovery(service=service.name, error=f"discovery failed: {type(exc).__name__}: {exc}")
+        RemoteService.objects.filter(pk=service.pk).update(discovery_error=report.error)
+        return report
+
+
 def refresh_all() -> list[Discovery]:
     try:
         sync_file()
     except (OSError, ValueError, KeyError) as exc:  # a broken file must not stop discovery of the rest
         log.error("cannot read REMOTE_SERVICES_FILE: %s", exc)
-    return [refresh(s) for s in RemoteService.objects.filter(enabled=True)]
+    return [refresh_guarded(s) for s in RemoteService.objects.filter(enabled=True)]
 
 
 def check_health(service: RemoteService) -> bool:

@@ -39,13 +39,21 @@ def _error(exc: grpc.RpcError) -> c.RemoteError:
     return c.RemoteError(f"{code.name if code else 'error'}: {detail}")
 
 
+def _json(text: str, name: str, empty: Any) -> Any:
+    try:
+        return json.loads(text) if text else empty
+    except ValueError as exc:
+        raise c.Malformed(f"malformed answer from the service: {name} is not JSON ({exc})") from None
+
+
 def progress_from(msg: Any) -> c.Progress:
+    """``c.Progress`` checks the decoded fields (metrics must be a JSON object)."""
     blob = c.Blob(size=msg.blob_size, content_type=msg.blob_content_type or "application/octet-stream",
                   sha256=msg.blob_sha256) if msg.has_blob else None
     return c.Progress(
         state=_STATES.get(msg.state, c.RUNNING), percent=msg.percent, stage=msg.stage, message=msg.message,
-        metrics=json.loads(msg.metrics_json) if msg.metrics_json else {}, error=msg.error,
-        result=json.loads(msg.result_json) if msg.result_json else None, blob=blob)
+        metrics=_json(msg.metrics_json, "metrics_json", {}), error=msg.error,
+        result=_json(msg.result_json, "result_json", None), blob=blob)
 
 
 class _GrpcWatch:
@@ -67,6 +75,8 @@ class _GrpcWatch:
                 if self._closed.is_set():
                     return
                 raise _error(exc) from None
+            finally:
+                self._call.cancel()  # a malformed message (or the caller) ended the stream early
 
     def close(self) -> None:
         self._closed.set()

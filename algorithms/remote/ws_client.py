@@ -2,11 +2,14 @@
 every task through request ids; a reader thread routes answers; reconnect with backoff.
 
 A lost connection fails every request in flight with ``Unavailable``; the bridge then waits and
-watches its remote task again on the new connection (the service keeps running it).
+watches its remote task again on the new connection (the service keeps running it). A frame the
+reader cannot route (not MsgPack, not a map, no integer ``id``) is logged and skipped; an answer with a
+missing or mistyped field fails its request with ``Malformed``.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -18,6 +21,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from algorithms.remote import client as c
 from algorithms.remote import wire
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 4 * 1024 * 1024
 _LOST = object()
@@ -42,7 +47,7 @@ class _Watch:
                         raise c.Unavailable("watch deadline passed") from None
                     continue
                 _raise_for(msg)
-                progress = _progress(msg["progress"])
+                progress = _progress(c.checked(msg.get("progress"), dict, "progress"))
                 yield progress
                 if progress.final:
                     return
@@ -63,12 +68,13 @@ def _raise_for(msg: Any) -> None:
 
 
 def _progress(p: dict[str, Any]) -> c.Progress:
-    blob = p.get("blob")
+    """``c.Progress`` checks each field's type (``Malformed`` names the bad one)."""
+    blob = c.checked(p.get("blob") or {}, dict, "progress.blob")
     return c.Progress(
-        state=p.get("state", c.RUNNING), percent=float(p.get("percent") or 0.0), stage=p.get("stage") or "",
+        state=p.get("state", c.RUNNING), percent=p.get("percent") or 0.0, stage=p.get("stage") or "",
         message=p.get("message") or "", metrics=wire.jsonable(p.get("metrics") or {}), error=p.get("error") or "",
         result=wire.jsonable(p.get("result")),
-        blob=c.Blob(size=int(blob["size"]), content_type=blob.get("content_type") or "application/octet-stream",
+        blob=c.Blob(size=blob.get("size"), content_type=blob.get("content_type") or "application/octet-stream",
                     sha256=blob.get("sha256") or "") if blob else None)
 
 
@@ -104,18 +110,34 @@ class WsClient:
     def _read(self, conn: ClientConnection) -> None:
         try:
             for frame in conn:
-                msg = wire.unpack(frame if isinstance(frame, bytes) else frame.encode())
-                answers = self._pending.get(msg.get("id"))
-                if answers is not None:  # else: an answer nobody waits for any more
-                    answers.put(msg)
-        except (OSError, WebSocketException, ValueError):
-            pass
+                self._route(frame)
+        except (OSError, WebSocketException):
+            pass  # the connection is gone
+        except Exception:  # noqa: BLE001 - whatever stops this thread, the connection must close with it
+            log.exception("reading from %s failed", self.address)
         finally:
+            # Close it (its own threads end with it), so a reconnect never leaves a socket behind.
+            conn.close()
             with self._lock:
                 if self._conn is conn:
                     self._conn = None
             for answers in list(self._pending.values()):
                 answers.put(_LOST)
+
+    def _route(self, frame: bytes | str) -> None:
+        """Hand one answer to the request waiting for it; a frame that cannot be routed is skipped
+        (its request, if any, times out), so one bad frame never ends the shared connection."""
+        try:
+            msg = wire.unpack(frame if isinstance(frame, bytes) else frame.encode())
+        except Exception as exc:  # noqa: BLE001 - msgpack, zstd and the ndarray hook raise many kinds
+            log.warning("skipped an undecodable frame from %s: %r", self.address, exc)
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("id"), int):
+            log.warning("skipped a frame from %s that is not a map with an integer id: %.200r", self.address, msg)
+            return
+        answers = self._pending.get(msg["id"])
+        if answers is not None:  # else: an answer nobody waits for any more
+            answers.put(msg)
 
     def open_request(self, msg: dict[str, Any]) -> tuple[int, queue.Queue[Any]]:
         rid = next(self._ids)
@@ -149,14 +171,16 @@ class WsClient:
     # --- the client protocol -------------------------------------------------------------------
     def schemes(self) -> list[dict[str, Any]]:
         answer = c.retrying(lambda: self.call({"op": "schemes"}))
-        return [{"name": s.get("name"), "version": s.get("version") or "1.0", "description": s.get("description", ""),
+        offered = [c.checked(s, dict, f"schemes[{i}]")
+                   for i, s in enumerate(c.checked(answer.get("schemes"), list, "schemes"))]
+        return [{"name": s.get("name"), "version": s.get("version") or "1.0", "description": s.get("description") or "",
                  "params_schema": s.get("params_schema", {"type": "object"}),
-                 "timeout_seconds": s.get("timeout_seconds") or None} for s in answer["schemes"]]
+                 "timeout_seconds": s.get("timeout_seconds") or None} for s in offered]
 
     def submit(self, *, scheme: str, params: dict[str, Any], client_task_id: str, attempt: int) -> tuple[str, bool]:
         answer = c.retrying(lambda: self.call({"op": "submit", "scheme": scheme, "params": params,
                                                "client_task_id": client_task_id, "attempt": attempt}))
-        return str(answer["task_id"]), bool(answer.get("attached"))
+        return str(c.checked(answer.get("task_id"), (str, int), "task_id")), bool(answer.get("attached"))
 
     def watch(self, remote_id: str, *, deadline: float | None = None) -> _Watch:
         return _Watch(self, remote_id, deadline)
@@ -168,7 +192,7 @@ class WsClient:
         """Sequential ``read`` requests of 4 MiB: flow control comes free, and any offset resumes."""
         while True:
             answer = self.call({"op": "read", "task_id": remote_id, "offset": offset, "length": READ_CHUNK})
-            data = answer.get("data") or b""
+            data = c.checked(answer.get("data") or b"", bytes, "data")
             if data:
                 yield data
                 offset += len(data)

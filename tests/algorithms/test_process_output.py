@@ -1,0 +1,91 @@
+"""What an external program writes that the adapter cannot use: a progress message with a field of the
+wrong type is logged like any other unrecognised line, and an endless line is never held whole."""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import textwrap
+import threading
+import tracemalloc
+
+import pytest
+
+from algorithms import process
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_program(alice, tmp_path, source: str):
+    """Declare ``source`` as an external algorithm and run one task of it in this process."""
+    from algorithms import external
+    from jobs import runner, services
+    from jobs.models import Status, Task, TaskEvent
+
+    (tmp_path / "p.py").write_text(source)
+    (tmp_path / "x.toml").write_text(textwrap.dedent(f'''
+        [[algorithm]]
+        name = "odd.output"
+        argv = ["{sys.executable}", "{{here}}/p.py"]
+    '''))
+    external.register_file(tmp_path / "x.toml")
+    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="odd.output", params={}, queue=unconsumed()))
+    Task.objects.filter(id=task.id).update(status=Status.QUEUED)
+    outcome = runner.run(services.claim(task_id=task.id, worker="w-1"))
+    logged = [e.data["line"] for e in TaskEvent.objects.filter(task_id=task.id, event="task.log").order_by("seq")]
+    return outcome, logged
+
+
+@pytest.mark.parametrize("line", [
+    '{"progress": "50%"}',
+    '{"progress": 50, "stage": 7}',
+    '{"progress": 50, "message": ["a"]}',
+    '{"progress": NaN}',
+    '{"progress": true}',
+])
+def test_a_progress_message_of_the_wrong_types_is_a_log_line(alice, tmp_path, line):
+    source = f"print({line!r}); print('{{\"progress\": 60, \"stage\": \"s\"}}'); print('{{\"result\": 1}}')"
+
+    outcome, logged = run_program(alice, tmp_path, source)
+
+    assert outcome.status == "SUCCEEDED", outcome.error
+    assert outcome.result == 1
+    assert line in logged
+
+
+def test_an_endless_line_is_cut_without_being_held_whole(monkeypatch):
+    monkeypatch.setattr(process, "LINE_MAX", 1 << 20, raising=False)
+    read, write = os.pipe()
+    lines: queue.Queue = queue.Queue()
+
+    def produce() -> None:
+        with os.fdopen(write, "wb") as out:
+            for _ in range(32):  # 32 MiB with no newline, then a normal line
+                out.write(b"x" * (1 << 20))
+            out.write(b"\n{\"result\": 1}\n")
+
+    tracemalloc.start()
+    try:
+        writer = threading.Thread(target=produce)
+        writer.start()
+        with os.fdopen(read, "rb") as stream:
+            process._pump(stream, "stdout", lines)
+        writer.join()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    got = [lines.get_nowait() for _ in range(lines.qsize())]
+    assert [kind for kind, _ in got] == ["stdout"] * 3
+    cut, message, end = (text for _, text in got)
+    assert cut.startswith("x" * 10_000) and cut.endswith(f"[line cut: longer than {1 << 20} bytes]")
+    assert len(cut) < process.CUT_KEPT + 100
+    assert (message, end) == ('{"result": 1}', None)
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def unconsumed() -> str:
+    """A queue no worker consumes: the session's worker (if one runs) never takes the task from this test."""
+    from queueing.models import Queue
+
+    return Queue.objects.get_or_create(name="unconsumed")[0].name
