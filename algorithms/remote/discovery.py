@@ -153,6 +153,9 @@ def check_health(service: RemoteService) -> bool:
         health, error = RemoteService.Health.UP, ""
     except c.RemoteError as exc:
         health, error = RemoteService.Health.DOWN, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one service's check must never stop the others'
+        log.exception("health check of remote service %s failed", service.name)
+        health, error = RemoteService.Health.DOWN, f"health check failed: {type(exc).__name__}: {exc}"
     if health != service.health:
         log.warning("remote service %s is %s %s", service.name, health, error)
     RemoteService.objects.filter(pk=service.pk).update(health=health, health_error=error, checked_at=timezone.now())

@@ -141,6 +141,21 @@ def test_one_malformed_service_does_not_stop_discovery_of_the_others(monkeypatch
     assert "cannot connect" in RemoteService.objects.get(name="c-down").discovery_error
 
 
+def test_one_service_whose_check_breaks_does_not_stop_the_health_checks_of_the_others(monkeypatch):
+    from algorithms.remote import discovery
+    from algorithms.remote.models import RemoteService
+
+    with ws_service(lambda msg: [ok(msg)]) as (address, _):
+        RemoteService.objects.create(name="a-broken", kind="ws", address=address, call_timeout=1.0)
+        RemoteService.objects.create(name="b-fine", kind="ws", address=address, call_timeout=1.0)
+        real = c.client_for
+        monkeypatch.setattr(c, "client_for", lambda s: 1 / 0 if s.name == "a-broken" else real(s))
+        checked = discovery.check_all()
+
+    assert checked == {"a-broken": False, "b-fine": True}
+    assert "ZeroDivisionError" in RemoteService.objects.get(name="a-broken").health_error
+
+
 def test_admin_discover_now_shows_a_malformed_answer_as_an_error():
     from algorithms.remote.models import RemoteService
 
