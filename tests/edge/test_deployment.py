@@ -143,6 +143,22 @@ def test_dockerfile_is_multi_stage_slim_and_non_root():
     assert ".venv" in ignore and ".git" in ignore
 
 
+def test_dockerfile_builds_what_make_install_app_builds():
+    """The git-ignored pieces (a clean clone has none): built as the Makefile builds them, each copied
+    into the runtime image, and never taken from the build context (a stale local build)."""
+    text = (DOCKER / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    for command in ("npm ci --no-audit --no-fund --loglevel=error", "npm run build",
+                    "-m algorithms.remote.proto", "-O2 -Wall -Wextra -o native/build/hello native/hello.c"):
+        assert command in makefile and command in text, command
+    runtime = text[text.index("AS runtime"):]
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    for generated in ("dashboard/dist", "native/build", "algorithms/remote/_generated"):
+        assert re.search(rf"^COPY --from=\w+ .*/{generated} {generated}$", runtime, re.M), generated
+        assert generated in ignore, generated
+    assert runtime.index(" dashboard/dist") < runtime.index("collectstatic")
+
+
 def test_compose_and_kubernetes_consume_every_queue_the_code_routes_to(compose, db):
     routed = routed_queues()
     assert {"default", "webhooks"} <= routed
