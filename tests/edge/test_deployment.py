@@ -19,12 +19,16 @@ FOREIGN_IMAGES = ("postgres:", "redis:", "mher/flower")
 def known_env_vars() -> set[str]:
     """Every variable the project's code reads (env_str/env_bool/... in settings, os.environ elsewhere)."""
     names = {"DJANGO_SETTINGS_MODULE", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PATH"}
-    pattern = re.compile(r'(?:env_(?:str|bool|int|float|list)|_every|os\.environ\.get|os\.getenv)\(\s*"([A-Z0-9_]+)"')
+    return names | code_matches(r'(?:env_(?:str|bool|int|float|list)|_every|os\.environ\.get|os\.getenv)\(\s*"([A-Z0-9_]+)"')
+
+
+def code_matches(pattern: str) -> set[str]:
+    """What ``pattern``'s group matches in the project's own code (not its tests, benchmarks or venv)."""
+    found: set[str] = set()
     for path in ROOT.glob("*/**/*.py"):
-        if {".venv", "tests", "bench"} & set(path.parts):
-            continue
-        names |= set(pattern.findall(path.read_text(errors="ignore")))
-    return names
+        if not {".venv", "tests", "bench"} & set(path.parts):
+            found |= set(re.findall(pattern, path.read_text(errors="ignore")))
+    return found
 
 
 def k8s_documents() -> list[dict]:
@@ -43,12 +47,7 @@ def routed_queues() -> set[str]:
 
     names = {settings.CELERY_TASK_DEFAULT_QUEUE}
     names |= {alg.queue for alg in registry.all_algorithms() if not alg.name.startswith("test.")}
-    pattern = re.compile(r'(?:\bqueue=|"queue":\s*)"([\w.-]+)"')
-    for path in ROOT.glob("*/**/*.py"):
-        if {".venv", "tests", "bench"} & set(path.parts):
-            continue
-        names |= set(pattern.findall(path.read_text(errors="ignore")))
-    return names
+    return names | code_matches(r'(?:\bqueue=|"queue":\s*)"([\w.-]+)"')
 
 
 def consumed_queues(commands: list[list[str]]) -> set[str]:
