@@ -299,7 +299,10 @@ def run(task: Task) -> Outcome:
             log.exception("could not record the traceback of task %s", task.id)
         if watch.cancel.is_set():  # it was cancelled and failed on the way out: cancelled, never retried
             return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
-        return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}", retryable=True)
+        # An exception may say that running again cannot help (``retryable = False``: a remote service's
+        # answer out of protocol); any other failure is retried while attempts remain.
+        return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}",
+                       retryable=getattr(exc, "retryable", True) is not False)
     finally:
         store.abort_open()
         scratch.remove()

@@ -29,7 +29,10 @@ class TaskGone(RemoteError):
 
 
 class Malformed(RemoteError):
-    """The service answered, but not as the protocol says: a field is missing or of the wrong type."""
+    """The service answered, but not as the protocol says: a field is missing or of the wrong type. Its
+    task fails at once: the same service would answer the same way again (``jobs.runner``)."""
+
+    retryable = False
 
 
 def checked(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
