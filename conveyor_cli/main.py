@@ -87,7 +87,11 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    events = client.get(f"/api/v1/tasks/{args.id}/logs/", params={"after_seq": args.after_seq})
+    events: list[dict] = []
+    after = args.after_seq
+    while page := client.get(f"/api/v1/tasks/{args.id}/logs/", params={"after_seq": after}):
+        events += page  # the server answers a page at a time: ask for the next until none is left
+        after = page[-1]["seq"]
     lines = []
     for e in events:
         if e["event"] == "task.log":

@@ -77,6 +77,25 @@ def test_watch_exits_3_for_a_cancelled_task_and_ls_logs_result_show_the_rest(liv
     assert refused.returncode == 1 and "CANCELLED" in refused.stderr
 
 
+def test_logs_prints_a_history_longer_than_the_servers_page(live_web, cli, alice):
+    from jobs import services
+    from jobs.models import Status, Task, TaskEvent
+    from queueing.models import Queue
+
+    queue = Queue.objects.get_or_create(name="unconsumed")[0].name
+    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="demo.noop", queue=queue))
+    first = Task.objects.get(id=task.id).last_seq
+    TaskEvent.objects.bulk_create(TaskEvent(task_id=task.id, seq=seq, event="task.log", status=Status.RUNNING,
+                                            data={"line": f"line {seq}"}) for seq in range(first + 1, first + 12_001))
+    Task.objects.filter(id=task.id).update(last_seq=first + 12_000)
+    login(cli, alice)
+
+    logs = cli("logs", str(task.id), "--lines-only")
+
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines() == [f"line {seq}" for seq in range(first + 1, first + 12_001)]
+
+
 def test_queues_and_workers_answer_or_say_the_server_lacks_them(live_worker, cli, olga):
     login(cli, olga)
     assert cli("submit", "demo.noop", "--wait").returncode == 0  # the default queue exists once used
