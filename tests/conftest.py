@@ -59,6 +59,14 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+def unconsumed_queue() -> str:
+    """The name of a queue no worker consumes: the session's worker (if one runs) never takes a task
+    submitted there, nor its re-dispatch after a reaper or a pause; the test decides what it becomes."""
+    from queueing.models import Queue
+
+    return Queue.objects.get_or_create(name="unconsumed")[0].name
+
+
 def another_session() -> Any:
     """A second PostgreSQL session (autocommit) on the test database, beside Django's connection: what
     another process's connection would do, step by step."""

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.test import override_settings
@@ -26,7 +25,7 @@ from jobs.models import Status, Task
 from jobs.services import Outcome
 from queueing import reconciler
 from tests.algorithms.helpers import body
-from tests.conftest import PASSWORD, ROOT
+from tests.conftest import PASSWORD, ROOT, unconsumed_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,9 +43,7 @@ def algorithm(monkeypatch):
 def submitted(owner, name):
     """A task of a queue no worker consumes: the session's worker (if running) never takes it, nor its
     re-dispatch after the reaper or a hand-back; the test runs it."""
-    from queueing.models import Queue
-
-    queue = Queue.objects.get_or_create(name="unconsumed")[0].name
+    queue = unconsumed_queue()
     task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm=name, params={}, queue=queue))
     return task
 

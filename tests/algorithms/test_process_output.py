@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 
 from algorithms import process
+from tests.conftest import unconsumed_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,7 +30,8 @@ def run_program(alice, tmp_path, source: str):
         argv = ["{sys.executable}", "{{here}}/p.py"]
     '''))
     external.register_file(tmp_path / "x.toml")
-    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="odd.output", params={}, queue=unconsumed()))
+    spec = services.build_spec(algorithm="odd.output", params={}, queue=unconsumed_queue())
+    task, _ = services.submit(owner=alice, spec=spec)
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
     outcome = runner.run(services.claim(task_id=task.id, worker="w-1"))
     logged = [e.data["line"] for e in TaskEvent.objects.filter(task_id=task.id, event="task.log").order_by("seq")]
@@ -82,10 +84,3 @@ def test_an_endless_line_is_cut_without_being_held_whole(monkeypatch):
     assert len(cut) < process.CUT_KEPT + 100
     assert (message, end) == ('{"result": 1}', None)
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
-
-
-def unconsumed() -> str:
-    """A queue no worker consumes: the session's worker (if one runs) never takes the task from this test."""
-    from queueing.models import Queue
-
-    return Queue.objects.get_or_create(name="unconsumed")[0].name

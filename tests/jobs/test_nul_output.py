@@ -9,7 +9,7 @@ import pytest
 from algorithms import registry
 from jobs import runner, services
 from jobs.models import Status, Task
-from queueing.models import Queue
+from tests.conftest import unconsumed_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def run_once(owner, monkeypatch, fn, *, max_retries: int) -> Task:
     """Submit ``fn`` as an algorithm to a queue no worker consumes, claim it, run it, record its end."""
     monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=fn))
-    queue = Queue.objects.get_or_create(name="unconsumed")[0].name
+    queue = unconsumed_queue()
     task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm="t.fn", queue=queue,
                                                                      max_retries=max_retries))
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)

@@ -15,7 +15,7 @@ from jobs import events, services, transitions
 from jobs.models import Status, Task
 from jobs.services import Outcome
 from queueing.models import Queue
-from tests.conftest import another_session, wait_until
+from tests.conftest import another_session, unconsumed_queue, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -259,7 +259,7 @@ def test_event_sequence_numbers_are_gapless_per_task(queued_task):
 def _queued(owner: Any, n: int) -> list[Task]:
     """``n`` QUEUED tasks of a queue no worker consumes (the session's worker may be running): what they
     become is up to the test."""
-    spec = services.build_spec(algorithm="demo.noop", queue=Queue.objects.get_or_create(name="unconsumed")[0].name)
+    spec = services.build_spec(algorithm="demo.noop", queue=unconsumed_queue())
     tasks = [services._new_task(owner, spec, None) for _ in range(n)]
     with transaction.atomic():
         Task.objects.bulk_create(tasks)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, ROOT
+from tests.conftest import PASSWORD, ROOT, unconsumed_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -80,9 +80,8 @@ def test_watch_exits_3_for_a_cancelled_task_and_ls_logs_result_show_the_rest(liv
 def test_logs_prints_a_history_longer_than_the_servers_page(live_web, cli, alice):
     from jobs import services
     from jobs.models import Status, Task, TaskEvent
-    from queueing.models import Queue
 
-    queue = Queue.objects.get_or_create(name="unconsumed")[0].name
+    queue = unconsumed_queue()
     task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="demo.noop", queue=queue))
     first = Task.objects.get(id=task.id).last_seq
     TaskEvent.objects.bulk_create(TaskEvent(task_id=task.id, seq=seq, event="task.log", status=Status.RUNNING,

@@ -16,7 +16,7 @@ from websockets.sync.server import serve
 
 from algorithms.remote import client as c
 from algorithms.remote import wire
-from tests.conftest import wait_until
+from tests.conftest import unconsumed_queue, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -248,7 +248,8 @@ def test_a_result_longer_than_announced_is_stopped_at_the_first_chunk_past_it(al
                                  schemes=[{"name": "fake.s", "params_schema": {"type": "object"}}])
     fake = OversizedResult()
     monkeypatch.setattr(c, "client_for", lambda service: fake)
-    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="fake.s", params={}, queue=unconsumed(), max_retries=0))
+    spec = services.build_spec(algorithm="fake.s", params={}, queue=unconsumed_queue(), max_retries=0)
+    task, _ = services.submit(owner=alice, spec=spec)
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
 
     outcome = runner.run(services.claim(task_id=task.id, worker="w-1"))
@@ -256,10 +257,3 @@ def test_a_result_longer_than_announced_is_stopped_at_the_first_chunk_past_it(al
     assert outcome.status == Status.FAILED and "larger than the announced 10 bytes" in outcome.error
     assert fake.sent == 1
     assert not Artifact.objects.filter(task_id=task.id).exists()
-
-
-def unconsumed() -> str:
-    """A queue no worker consumes: the session's worker (if one runs) never takes the task from this test."""
-    from queueing.models import Queue
-
-    return Queue.objects.get_or_create(name="unconsumed")[0].name

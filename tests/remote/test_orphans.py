@@ -9,8 +9,7 @@ from algorithms.remote import client as c
 from algorithms.remote import orphans
 from algorithms.remote.models import RemoteRun
 from jobs import services
-from queueing.models import Queue
-from tests.conftest import wait_until
+from tests.conftest import unconsumed_queue, wait_until
 from tests.remote.conftest import register
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -23,7 +22,7 @@ def held_remote_task(grpc_service, owner):
     """What a bridge leaves when its service goes away mid-run and the task is held (back to PENDING):
     the remote task keeps running there, its id kept to re-attach to."""
     service, _ = register("ref-grpc", "grpc", grpc_service.address)
-    queue = Queue.objects.get_or_create(name="unconsumed")[0].name
+    queue = unconsumed_queue()
     task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm="demo.hello_remote", params=PARAMS,
                                                                      queue=queue))
     remote_id, _ = c.client_for(service).submit(scheme="demo.hello_remote", params=PARAMS,
