@@ -27,14 +27,11 @@ from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 
+from bench.stats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 DB_URL = os.environ.get("BENCH_QUEUES_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/conveyor_queues_bench")
 REDIS_URL = os.environ.get("BENCH_QUEUES_REDIS_URL", "redis://127.0.0.1:6379/11")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def summary(seconds: list[float]) -> dict[str, float]:

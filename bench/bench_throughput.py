@@ -13,6 +13,7 @@ writes ``bench/results/throughput-<time>.json`` and the tables in ``docs/benchma
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -25,15 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, loadgen
+from bench.stats import pct
 
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def ms(seconds: float) -> float:
@@ -135,6 +130,8 @@ def conveyor_throughput(client: Any, n: int, batch: int, queue: str = harness.QU
     wait_for(lambda: tasks.filter(status__in=FINAL).count() >= n, timeout=max(300, n / 5), interval=0.1,
              what=f"{n} Conveyor tasks")
     counts = {s: c for s in FINAL if (c := tasks.filter(status=s).count())}
+    if counts != {"SUCCEEDED": n}:  # a failed no-op is a broken run, not throughput
+        raise RuntimeError(f"{n} demo.noop tasks on {queue} ended {counts}, not all SUCCEEDED")
     end = tasks.aggregate(end=Max("finished_at"))["end"].timestamp()
     return {"tasks": n, "seconds": round(end - start, 4), "submit_seconds": round(submitted - start, 4),
             "tasks_per_second": round(n / (end - start), 1), "final_states": counts}
@@ -185,8 +182,10 @@ def conveyor_latency(client: Any, n: int) -> list[float]:
         wait_for(lambda: row.filter(status__in=FINAL).exists(), timeout=30, interval=0.005, what="latency task")
         ids.append(task_id)
         time.sleep(0.002)
-    rows = Task.objects.filter(id__in=ids).values_list("created_at", "started_at")
-    return [(started - created).total_seconds() for created, started in rows if started]
+    rows = list(Task.objects.filter(id__in=ids).values_list("status", "created_at", "started_at"))
+    if [status for status, _, _ in rows] != ["SUCCEEDED"] * n:
+        raise RuntimeError(f"latency tasks ended {collections.Counter(status for status, _, _ in rows)}, not all SUCCEEDED")
+    return [(started - created).total_seconds() for _, created, started in rows]
 
 
 def summary(values: list[float]) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 class LoadResult:
     concurrency: int
     seconds: float
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # of the 2xx answers only
+    statuses: dict[int, int] = field(default_factory=dict)  # every answer, by status
 
     @property
     def rps(self) -> float:
@@ -54,8 +54,9 @@ async def _connection(port: int, payload: bytes, stop_at: float, record_from: fl
             status = await _read_response(reader)
             end = time.perf_counter()
             if start >= record_from:
-                result.latencies.append(end - start)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
+                if 200 <= status < 300:  # an error answer is counted (statuses), never as throughput
+                    result.latencies.append(end - start)
     finally:
         writer.close()
 

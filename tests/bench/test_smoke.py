@@ -47,10 +47,15 @@ def test_work_per_task_is_counted_on_a_fresh_database(fresh_database):
     assert deep["statements_per_task"] < batched["statements_per_task"] < single["statements_per_task"]
 
 
-def test_throughput_against_raw_celery_runs_end_to_end(fresh_database):
+def test_throughput_against_raw_celery_runs_end_to_end(fresh_database, tmp_path):
     out = bench("bench.bench_throughput", "--brokers", "redis", "--tasks", "30", "--rounds", "1", "--batch", "10",
                 "--latency-tasks", "5", "--levels", "1", "--submit-seconds", "1", "--no-docs",
-                database=fresh_database)
+                "--json", str(tmp_path / "throughput.json"), database=fresh_database)
     ratios = [json.loads(line.split("] ", 1)[1]) for line in out if line.startswith("[redis] {")]
     assert len(ratios) == 1, out
     assert ratios[0]["ratio"] > 0 and ratios[0]["ratio_batched"] > 0 and ratios[0]["ratio_deep"] > 0  # Conveyor / raw Celery, same run
+    report = json.loads((tmp_path / "throughput.json").read_text())["brokers"]["redis"]
+    for mode in ("conveyor", "conveyor_batched", "conveyor_deep"):  # only succeeded tasks count as throughput
+        assert report["throughput"][mode]["final_states"] == {"SUCCEEDED": 30}, report["throughput"][mode]
+    assert report["latency"]["conveyor"]["n"] == 5
+    assert set(report["submit_api"]["1"]["conveyor_submit"]["statuses"]) == {"201"}, report["submit_api"]
