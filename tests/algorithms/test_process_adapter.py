@@ -41,8 +41,8 @@ def log_lines(client, task_id: str) -> list[str]:
     return [e["data"]["line"] for e in client.get(f"/api/v1/tasks/{task_id}/logs/").json() if e["event"] == "task.log"]
 
 
-@pytest.mark.skipif(not NATIVE.exists(), reason="native/build/hello is built by `make install`")
 def test_native_hello_c_program_reports_progress_result_log_and_artifact(live_worker, alice, api):
+    assert NATIVE.exists(), "native/build/hello is missing: `make install` builds it (make test does)"
     client = api(alice)
 
     task = run(client, "native.hello", {"seconds": 0.6, "steps": 3})
