@@ -336,7 +336,8 @@ class TaskConsumer(LiveConsumer):
 
 
 class DashboardConsumer(LiveConsumer):
-    """``/ws/dashboard/``: events of the user's tasks (operators: all tasks, queue and worker events).
+    """``/ws/dashboard/``: events of the user's tasks (operators: all tasks, queue and worker events),
+    and the user's own notices (``webhook.disabled``).
 
     Log lines are left out (the task socket streams them); progress arrives already coalesced.
     """
@@ -350,6 +351,7 @@ class DashboardConsumer(LiveConsumer):
             self.groups_to_join = [events.ALL_GROUP, _queues_group(), WORKERS_GROUP]
         else:
             self.groups_to_join = [events.user_group(user.id)]
+        self.groups_to_join.append(events.notice_group(user.id))  # not the user's group: no task event twice
         self.seen: dict[str, int] = {}
         return None
 

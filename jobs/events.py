@@ -159,6 +159,12 @@ def user_group(user_id: Any) -> str:
     return f"user.{user_id}"
 
 
+def notice_group(user_id: Any) -> str:
+    """A user's own notices that are no task event (``webhook.disabled``): every dashboard of the user
+    joins it, an operator's too (which streams ``tasks.all`` instead of the user's group)."""
+    return f"notice.{user_id}"
+
+
 ALL_GROUP = "tasks.all"
 
 

@@ -203,17 +203,18 @@ def fail_pending(*, subscription_id: Any, reason: str) -> int:
 
 
 def _notify_owner(owner_id: Any, body: dict[str, Any]) -> None:
-    """The owner's dashboard sockets get ``webhook.disabled`` (the consumers' pass-through handler)."""
+    """The owner's dashboard sockets, an operator's too, get ``webhook.disabled`` (the consumers'
+    pass-through handler)."""
     import asyncio
 
-    from jobs.events import publisher, user_group
+    from jobs.events import notice_group, publisher
 
     async def _send() -> None:
         from channels.layers import get_channel_layer
 
         layer = get_channel_layer()
         if layer is not None:
-            await layer.group_send(user_group(owner_id), {"type": "queue.event", "payload": body})
+            await layer.group_send(notice_group(owner_id), {"type": "queue.event", "payload": body})
 
     try:
         asyncio.run_coroutine_threadsafe(_send(), publisher._ensure_loop())
