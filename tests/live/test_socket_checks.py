@@ -82,6 +82,30 @@ def test_a_non_integer_after_seq_closes_4400_before_any_data(alice, token, value
     assert async_to_sync(scenario)() == CLOSED_4400
 
 
+@pytest.mark.parametrize("task_id", ["abc", "123", "00000000-0000-0000-0000-00000000000g"])
+def test_a_malformed_task_id_closes_4403_like_a_task_that_does_not_exist(alice, token, task_id):
+    # Not a routing failure (an HTTP 500 at the handshake and a traceback in the web log).
+    jwt = token(alice)
+
+    async def scenario(query: str):
+        comm = communicator(f"/ws/tasks/{task_id}/{query}")
+        connected, _ = await comm.connect()
+        assert connected
+        return await comm.receive_output(timeout=5)
+
+    assert async_to_sync(scenario)(f"?token={jwt}") == CLOSED_4403
+    assert async_to_sync(scenario)("?token=not-a-jwt") == CLOSED_4401  # authentication first, as for any task
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws/tasks/", "/ws/tasks/a/b/", "/elsewhere"])
+def test_an_unknown_socket_path_is_refused_at_the_handshake(path):
+    async def scenario():
+        return await communicator(path).connect()
+
+    connected, _ = async_to_sync(scenario)()
+    assert connected is False
+
+
 @pytest.fixture
 def quick_recheck(settings):
     settings.CONVEYOR = {**settings.CONVEYOR, "WS_RECHECK_SECONDS": 0.2}
