@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Three "hosts" on one machine for the multi-host check (bench/multihost.py): network namespaces joined by
+# Three "hosts" on one machine for the multi-host check (bench/multihost_stack.py, which runs this script
+# itself; tests/multihost, python -m bench.multihost): network namespaces joined by
 # veth pairs to a bridge, addresses only inside the sandbox. cv-svc (10.77.0.1) runs PostgreSQL, Redis and
 # the web server; cv-w1 (10.77.0.2) and cv-w2 (10.77.0.3) run one Celery worker each. Needs root.
 # Undo with scripts/netns_down.sh. Idempotent.
