@@ -5,7 +5,9 @@ One DRF throttle class (``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``) covers e
 new endpoint is limited without anyone remembering a decorator. Each request falls in one scope:
 
 * ``anon``   — unauthenticated requests that reach a view (token endpoints): per client IP, against
-  password guessing (``RATE_LIMIT_ANON``).
+  password guessing (``RATE_LIMIT_ANON``). A public view may count them elsewhere
+  (``rate_limit_anonymous = "read"``: the API's schema and docs, config/urls.py), so a client locked
+  out for bad passwords can still read the docs.
 * ``batch``  — batch submits (``RATE_LIMIT_BATCH`` calls per minute).
 * ``submit`` — every other write: per user, ``RATE_LIMIT_STANDARD`` or, for the premium group, staff
   and operators, ``RATE_LIMIT_PREMIUM`` per minute.
@@ -50,7 +52,7 @@ def scope_of(request: Any, view: Any) -> str | None:
     if scopes is None:
         return None
     if not request.user.is_authenticated:
-        return "anon"
+        return getattr(view, "rate_limit_anonymous", "anon")
     named = scopes.get(getattr(view, "action", None) or request.method.lower())
     if named:
         return named

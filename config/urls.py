@@ -13,6 +13,25 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+class PublicDocs:
+    """The schema and its viewers are public: an anonymous reader counts as a reader (``RATE_LIMIT_READ``
+    per client IP), not as a password attempt (``RATE_LIMIT_ANON``; config/ratelimit.py)."""
+
+    rate_limit_anonymous = "read"
+
+
+class SchemaView(PublicDocs, SpectacularAPIView):
+    pass
+
+
+class SwaggerView(PublicDocs, SpectacularSwaggerView):
+    pass
+
+
+class RedocView(PublicDocs, SpectacularRedocView):
+    pass
+
+
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("jobs.api.urls")),
@@ -31,10 +50,9 @@ urlpatterns = [
     path("dashboard/", dashboard, name="dashboard"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="conveyor/redoc.html"),
-         name="redoc"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", RedocView.as_view(url_name="schema", template_name="conveyor/redoc.html"), name="redoc"),
 ]
 
 handler400 = "config.errors.bad_request_view"

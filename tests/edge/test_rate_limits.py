@@ -2,6 +2,7 @@
 for submits/batches/reads, per IP for anonymous token attempts, and one count across web processes."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -94,6 +95,30 @@ def test_spoofed_forwarded_for_does_not_escape_the_ip_limit(alice, limits):
     wrong = {"username": "alice", "password": "guess"}
     assert client.post("/api/v1/auth/token/", wrong, format="json", HTTP_X_FORWARDED_FOR="1.1.1.1").status_code == 401
     assert_limited(client.post("/api/v1/auth/token/", wrong, format="json", HTTP_X_FORWARDED_FOR="2.2.2.2"))
+
+
+def test_a_client_locked_out_of_the_token_endpoint_can_still_read_the_api_docs(alice, limits):
+    limits(anon=2, read=100)
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.8"
+    clear_of_window_edge(f"ip:{ip}")
+    client = APIClient(REMOTE_ADDR=ip)
+    wrong = {"username": "alice", "password": "guess"}
+    assert [client.post("/api/v1/auth/token/", wrong, format="json").status_code for _ in range(2)] == [401] * 2
+    assert_limited(client.post("/api/v1/auth/token/", wrong, format="json"))
+    for path in ("/api/schema/", "/api/docs/", "/api/redoc/"):
+        assert client.get(path).status_code == 200, path
+    assert_limited(client.post("/api/v1/auth/token/", wrong, format="json"))  # reading adds no attempts
+
+
+def test_anonymous_api_docs_are_limited_per_ip_as_reads(limits):
+    limits(read=2)
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.9"
+    clear_of_window_edge(f"ip:{ip}")
+    client = APIClient(REMOTE_ADDR=ip)
+    assert [client.get(path).status_code for path in ("/api/docs/", "/api/schema/")] == [200, 200]
+    limited = client.get("/api/schema/?format=json")  # the error in the schema's own format
+    assert limited.status_code == 429 and 1 <= int(limited["Retry-After"]) <= 61
+    assert json.loads(limited.content)["error"]["code"] == "throttled"
 
 
 def test_readiness_probe_is_never_limited(client, limits):
