@@ -8,6 +8,7 @@ from celery import Celery
 from celery.signals import task_prerun, worker_process_init, worker_ready
 
 from config import broker
+from config.env import env_float, env_str
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -43,8 +44,8 @@ def _reuse_database_connection(**kwargs: object) -> None:
 def _every(name: str, default: float) -> float:
     """An interval from the environment. django-celery-beat stores whole seconds, so under its
     database scheduler an interval below 1 s would become "every 0 s" and flood the broker."""
-    value = float(os.environ.get(name) or default)
-    if "django_celery_beat" in os.environ.get("CELERY_BEAT_SCHEDULER", "django_celery_beat"):
+    value = env_float(name, default)
+    if "django_celery_beat" in env_str("CELERY_BEAT_SCHEDULER", "django_celery_beat"):
         value = max(1.0, value)
     return value
 

@@ -5,59 +5,16 @@ and points these variables at them when none are configured).
 """
 from __future__ import annotations
 
-import json
-import os
+import logging
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.env import (env_bool, env_choice, env_float, env_floats, env_int, env_json_object, env_list,
+                        env_sizes, env_str)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_str(name: str, default: str | None = None) -> str:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        if default is None:
-            raise ImproperlyConfigured(f"environment variable {name} is required")
-        return default
-    return value
-
-
-def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false)")
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
-
-
-def env_list(name: str, default: str = "") -> list[str]:
-    return [item.strip() for item in env_str(name, default or " ").split(",") if item.strip()]
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -146,11 +103,15 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/conveyor")
-DATABASES = {
-    "default": dj_database_url.parse(
-        DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True
-    )
-}
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True
+        )
+    }
+except ValueError as exc:  # not repeated: the URL may hold a password
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL ({exc}); "
+                               "expected postgres://user:password@host:5432/name") from None
 # A database that does not answer fails a request (and the readiness probe) quickly instead of hanging.
 DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
 # Server-prepared statements for the statements on every task's path (jobs/prepared.py asks for them
@@ -218,7 +179,7 @@ MEDIA_URL = "media/"
 STORAGES = {
     "default": {
         "BACKEND": env_str("STORAGE_BACKEND", "algorithms.storage.DatabaseStorage"),
-        "OPTIONS": json.loads(env_str("STORAGE_OPTIONS", "{}")),
+        "OPTIONS": env_json_object("STORAGE_OPTIONS"),
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
@@ -347,8 +308,7 @@ CONVEYOR = {
     # Queues of short tasks whose dispatcher may put several task ids in one message ("fast:8,bench:8"):
     # fewer messages and one dispatch per message instead of per task (docs/benchmarks.md). Each task is
     # still claimed and finished on its own; a long task in such a batch delays the ones behind it.
-    "DISPATCH_BATCH": {queue: int(size) for queue, _, size in
-                       (item.partition(":") for item in env_list("DISPATCH_BATCH", ""))},
+    "DISPATCH_BATCH": env_sizes("DISPATCH_BATCH"),
     # queueing: worker registry heartbeat, and when a silent worker counts as dead
     "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 5.0),
     "WORKER_STALE_SECONDS": env_float("WORKER_STALE_SECONDS", 30.0),
@@ -392,7 +352,7 @@ WEBHOOKS = {
     # the receiver trickles. An attempt's lease (webhooks/delivery.py) is always at least this plus 10 s.
     "TOTAL_TIMEOUT": env_float("WEBHOOK_TOTAL_TIMEOUT", 30.0),
     # Delay before attempt n+1 is RETRY_SCHEDULE[n-1] (the last entry repeats), times jitter 0.8..1.2.
-    "RETRY_SCHEDULE": [float(x) for x in env_list("WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,3600,10800,21600,43200,86400")],
+    "RETRY_SCHEDULE": env_floats("WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,3600,10800,21600,43200,86400"),
     "MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 13),
     # A sent message not picked up (lost by the broker) is sent again after this long.
     "RESEND_SECONDS": env_float("WEBHOOK_RESEND_SECONDS", 60.0),
@@ -409,4 +369,5 @@ WEBHOOKS = {
 # structlog: JSON lines with request_id, task_id and user on each (observability/logs.py).
 from observability.logs import logging_config  # noqa: E402
 
-LOGGING = logging_config(level=env_str("LOG_LEVEL", "INFO"), fmt=env_str("LOG_FORMAT", "json"))
+LOGGING = logging_config(level=env_choice("LOG_LEVEL", "INFO", list(logging.getLevelNamesMapping())),
+                         fmt=env_choice("LOG_FORMAT", "json", ["json", "console"]))

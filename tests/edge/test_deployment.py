@@ -3,7 +3,10 @@ compose file has the services and wiring the README promises, the Kubernetes man
 endpoints as non-root, and every environment variable they set is one Conveyor actually reads."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ FOREIGN_IMAGES = ("postgres:", "redis:", "mher/flower")
 def known_env_vars() -> set[str]:
     """Every variable the project's code reads (env_str/env_bool/... in settings, os.environ elsewhere)."""
     names = {"DJANGO_SETTINGS_MODULE", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PATH"}
-    return names | code_matches(r'(?:env_(?:str|bool|int|float|list)|_every|os\.environ\.get|os\.getenv)\(\s*"([A-Z0-9_]+)"')
+    return names | code_matches(r'(?:env_[a-z_]+|_every|os\.environ\.get|os\.getenv)\(\s*"([A-Z0-9_]+)"')
 
 
 def code_matches(pattern: str) -> set[str]:
@@ -67,6 +70,31 @@ def compose() -> dict:
 def test_settings_read_every_variable_the_tests_rely_on():
     known = known_env_vars()
     assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "SECURE_SSL", "RATE_LIMIT_STANDARD", "LOG_FORMAT"} <= known
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
+    ("DISPATCH_BATCH", "fast", "DISPATCH_BATCH='fast': 'fast' is not name:size"),
+    ("DISPATCH_BATCH", "fast:8,bench:x", "DISPATCH_BATCH='fast:8,bench:x': 'bench:x' is not name:size"),
+    ("WEBHOOK_RETRY_SCHEDULE", "5,abc", "WEBHOOK_RETRY_SCHEDULE='5,abc' is not a comma-separated list of numbers"),
+    ("WEBHOOK_RETRY_SCHEDULE", ",", "WEBHOOK_RETRY_SCHEDULE=',' is not a comma-separated list of numbers"),
+    ("DISPATCH_TICK_SECONDS", "abc", "DISPATCH_TICK_SECONDS='abc' is not a number"),  # config/celery.py
+    ("STORAGE_OPTIONS", "notjson", "STORAGE_OPTIONS is not valid JSON"),
+    ("STORAGE_OPTIONS", "[1]", "STORAGE_OPTIONS is JSON but not an object"),
+    ("DATABASE_URL", "postgres://u:hunter2@db:port/x", "DATABASE_URL is not a database URL"),
+    ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is not one of CRITICAL"),
+    ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' is not one of json, console"),
+])
+def test_a_malformed_setting_stops_the_process_with_a_clear_error(name, value, says):
+    env = {"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "config.settings", "SECRET_KEY": "x" * 50,
+           "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x", name: value}
+    out = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0
+    # The last line, which is what a log shows first, names the variable and what it should be.
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ") and says in last, out.stderr[-2000:]
+    assert "hunter2" not in out.stderr  # a URL's password is not repeated
 
 
 def test_compose_has_every_service_wired_to_its_dependencies(compose):

@@ -1,0 +1,101 @@
+"""Reading settings from the environment: each helper returns the variable's value as its type, or
+raises ``ImproperlyConfigured`` naming the variable, the bad value and what it should be, so a
+malformed value stops the process at start with that one line (README, "Configuration").
+
+Used by config/settings.py and by config/celery.py (beat's intervals, read before Django's settings).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise ImproperlyConfigured(f"environment variable {name} is required")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false)")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default or " ").split(",") if item.strip()]
+
+
+def env_floats(name: str, default: str) -> list[float]:
+    """Comma-separated numbers, at least one (``5,30,120``)."""
+    try:
+        values = [float(item) for item in env_list(name, default)]
+    except ValueError:
+        values = []
+    if not values:
+        raise ImproperlyConfigured(f"{name}={os.environ.get(name)!r} is not a comma-separated list of numbers "
+                                   f"(e.g. {default})")
+    return values
+
+
+def env_sizes(name: str) -> dict[str, int]:
+    """Comma-separated ``name:size`` pairs with a whole-number size (``fast:8,bench:8``)."""
+    sizes: dict[str, int] = {}
+    for item in env_list(name, ""):
+        key, _, size = (part.strip() for part in item.partition(":"))
+        if not (key and size.isascii() and size.isdigit()):
+            raise ImproperlyConfigured(f"{name}={os.environ.get(name)!r}: {item!r} is not name:size "
+                                       "(e.g. fast:8,bench:8)")
+        sizes[key] = int(size)
+    return sizes
+
+
+def env_json_object(name: str, default: str = "{}") -> dict[str, Any]:
+    """A JSON object. The value is not repeated in the error: it may hold credentials (S3 keys)."""
+    try:
+        value = json.loads(env_str(name, default))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON ({exc}); expected an object, "
+                                   'e.g. {"bucket_name": "…"}') from None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} is JSON but not an object; expected e.g. {{\"bucket_name\": \"…\"}}")
+    return value
+
+
+def env_choice(name: str, default: str, choices: list[str]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
