@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from tests.chaos import runs
 from tests.chaos.stack import FINAL, Stack
 
 FULL = os.environ.get("CHAOS_SCALE", "reduced") == "full"
@@ -26,11 +27,12 @@ BROKERS = [b.strip() for b in os.environ.get("CHAOS_BROKERS", "redis,rabbitmq" i
 TASKS = 300 if FULL else 20
 
 # A mix of what users run: instant, progress-reporting, sleeping, and failing-once-then-retried tasks.
+# chaos.* are the demo algorithms of the same name, each run recording itself (tests/chaos/runs.py).
 MIX = [
-    {"algorithm": "demo.noop"},
-    {"algorithm": "demo.hello", "params": {"seconds": 0.4, "steps": 4}},
-    {"algorithm": "demo.sleep", "params": {"seconds": 0.8}},
-    {"algorithm": "demo.flaky", "params": {"fail_times": 1}},
+    {"algorithm": "chaos.noop"},
+    {"algorithm": "chaos.hello", "params": {"seconds": 0.4, "steps": 4}},
+    {"algorithm": "chaos.sleep", "params": {"seconds": 0.8}},
+    {"algorithm": "chaos.flaky", "params": {"fail_times": 1}},
 ]
 END_OF_RUN = {"task.retrying", "task.requeued", "task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
 FINAL_EVENTS = {"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
@@ -48,9 +50,12 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
 
 @pytest.fixture
 def fresh(stack: Stack) -> Iterator[Stack]:
-    """The session's stack with no tasks, an empty broker and no workers; cleaned up afterwards."""
+    """The session's stack with no tasks, no recorded runs, an empty broker and no workers; cleaned up
+    afterwards."""
     with stack.db() as conn:
         conn.execute("TRUNCATE jobs_task CASCADE")
+    for path in stack.runs_dir.iterdir():
+        path.unlink()
     if stack.broker == "redis":
         import redis
 
@@ -62,11 +67,13 @@ def fresh(stack: Stack) -> Iterator[Stack]:
 
 @dataclass
 class SteadyLoad:
-    """Submits one task of the mix every ``interval`` seconds from a thread until ``total`` were accepted."""
+    """Submits one task of the mix every ``interval`` seconds from a thread until ``total`` were accepted
+    (and, when ``until`` is given, that event is set)."""
 
     stack: Stack
     total: int
     interval: float = 0.05
+    until: threading.Event | None = None
     accepted: list[str] = field(default_factory=list)
     answers: collections.Counter[str] = field(default_factory=collections.Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -79,9 +86,12 @@ class SteadyLoad:
 
     def _run(self) -> None:
         rng = random.Random(8)
-        with self.stack.client(timeout=10) as client:
+        # Longer than the web's own bound on a submit while PostgreSQL is away (DB_POOL_TIMEOUT, 10 s, then
+        # a 503), so every submit gets the server's answer: a transport error here is a failure.
+        with self.stack.client(timeout=30) as client:
             for _ in itertools.count():
-                if self._stop.is_set() or len(self.accepted) >= self.total:
+                if self._stop.is_set() or (len(self.accepted) >= self.total
+                                           and (self.until is None or self.until.is_set())):
                     return
                 try:
                     response = client.post("/api/v1/tasks/", json=rng.choice(MIX))
@@ -114,7 +124,11 @@ def running_count(stack: Stack) -> int:
 
 
 def assert_nothing_lost(stack: Stack, accepted: list[str], *, timeout: float = 120) -> dict[str, int]:
-    """Every accepted task reached exactly one final state, no task ran twice at once, nothing is stuck."""
+    """Every accepted task reached exactly one final state, nothing is stuck, and no task ran twice at
+    once: each task's runs, as they recorded themselves (tests/chaos/runs.py), never overlapped. A run
+    lasts from its start to its end, or, when its process was killed before its end, until that process
+    died; a run starting before another one's end, or while another one with no end still had a live
+    process, fails the check."""
 
     def unfinished() -> int:
         with stack.db() as conn:
@@ -143,10 +157,13 @@ def assert_nothing_lost(stack: Stack, accepted: list[str], *, timeout: float = 1
         assert finals[0] == f"task.{status.lower()}", f"task {task_id} is {status} but ended with {finals[0]}"
         assert names[-1] in FINAL_EVENTS | {"task.log", "task.progress"}, names
         running = False
-        for name in names:  # never two task.started without an end or retry in between
+        for name in names:  # the stream the user reads never shows two runs at once either
             if name == "task.started":
                 assert not running, f"task {task_id} started twice at once: {names}"
                 running = True
             elif name in END_OF_RUN:
                 running = False
+        assert (stack.runs_dir / task_id).exists(), f"task {task_id} ({status}) recorded no run"
+        overlaps = runs.overlaps(stack.runs_dir, task_id)
+        assert not overlaps, f"task {task_id} ran twice at once: {overlaps}"
     return dict(collections.Counter(statuses.values()))

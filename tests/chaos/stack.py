@@ -2,7 +2,8 @@
 killed and restarted without touching anybody else's), a daphne web server, Celery workers and beat.
 
 Everything is a real subprocess in its own process group; the test talks to the web server over HTTP and
-reads PostgreSQL directly (psycopg) to check the invariants. RabbitMQ, when chosen as the broker, is the
+reads PostgreSQL directly (psycopg) to check the invariants, and the runs' own records (tests/chaos/runs.py,
+in ``runs_dir``) to check that no task ran twice at once. RabbitMQ, when chosen as the broker, is the
 machine's server with a private vhost that is recreated empty for each stack.
 """
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Stack:
         self.beat: Process | None = None
         self.token = ""
         self.broker_url = ""
+        self.runs_dir = Path(tempfile.mkdtemp(prefix="conveyor-chaos-runs-"))
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,7 +144,8 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=self.pg.url, REDIS_URL=self.redis.url,
+            DJANGO_SETTINGS_MODULE="tests.chaos.settings", CHAOS_RUNS_DIR=str(self.runs_dir),
+            DATABASE_URL=self.pg.url, REDIS_URL=self.redis.url,
             CELERY_BROKER_URL=self.broker_url or self.redis.url, CHANNEL_PREFIX=f"chaos-{self.redis.port}",
             PYTHONUNBUFFERED="1", RATE_LIMIT_ENABLED="false", DB_CONNECT_TIMEOUT="2",
         )
@@ -201,8 +204,11 @@ class Stack:
         self.workers.remove(worker)
 
     def stop_worker(self, worker: Process, timeout: float = 60.0) -> None:
-        """Warm shutdown (SIGTERM), as a deploy does: running tasks finish first."""
-        worker.stop(timeout=timeout)
+        """Warm shutdown, as a deploy does: SIGTERM to the main process only (docs/queues.md), which lets
+        running tasks finish first; returns once it has exited."""
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(timeout=timeout)
         self.workers.remove(worker)
 
     def destroy(self) -> None:
@@ -211,6 +217,7 @@ class Stack:
                 proc.kill()
         self.redis.kill()
         self.pg.destroy()
+        shutil.rmtree(self.runs_dir, ignore_errors=True)
 
     # --- talking to it --------------------------------------------------------------------------
     @property

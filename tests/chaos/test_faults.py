@@ -2,12 +2,14 @@
 task reached exactly one final state, none ran twice at once and nothing is stuck."""
 from __future__ import annotations
 
-import signal
+import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
+from tests.chaos import runs
 from tests.chaos.conftest import TASKS, SteadyLoad, assert_nothing_lost, running_count
 from tests.conftest import wait_until
 from tests.chaos.stack import Stack
@@ -33,20 +35,35 @@ def test_kill_9_of_a_worker_mid_task_then_a_new_worker_loses_nothing(fresh: Stac
 
 
 def test_rolling_sigterm_restart_of_workers_loses_nothing(fresh: Stack) -> None:
-    # given: two workers under a steady load
+    # given: two workers under a steady load that goes on until the restart is over
     workers = [fresh.start_worker(), fresh.start_worker()]
-    load = SteadyLoad(fresh, total=TASKS).start()
-    wait_until(lambda: running_count(fresh) > 0, timeout=30, message="a running task")
+    restarted = threading.Event()
+    load = SteadyLoad(fresh, total=TASKS, interval=0.25, until=restarted).start()
 
-    # when: each worker in turn gets SIGTERM (warm shutdown) and is replaced, as in a deploy
-    for old in workers:
-        fresh.start_worker()
-        old.proc.send_signal(signal.SIGTERM)
-        old.proc.wait(timeout=60)
-        fresh.workers.remove(old)
+    # when: each worker in turn is replaced, as in a deploy, and gets SIGTERM (warm shutdown) while it
+    # runs a 0.8 s chaos.sleep that began under 0.4 s ago
+    def sleep_run_just_begun(worker_pid: int) -> dict[str, Any] | None:
+        return next((r for r in runs.runs(fresh.runs_dir).values()
+                     if r["worker_pid"] == worker_pid and r["algorithm"] == "chaos.sleep" and r["end"] is None
+                     and time.time() - r["t"] < 0.4), None)
+
+    met = []
+    try:
+        for old in workers:
+            fresh.start_worker()
+            run = wait_until(lambda: sleep_run_just_begun(old.pid), timeout=60,
+                             message=f"a chaos.sleep run just begun on {old.log_path.stem}")
+            met.append((run["run"], time.time()))
+            fresh.stop_worker(old)
+    finally:
+        restarted.set()
     load.wait()
 
-    # then
+    # then: each SIGTERM met a run, which the warm shutdown let finish; nothing was lost
+    ended = {run_id: r["end"] for run_id, r in runs.runs(fresh.runs_dir).items()}
+    for run_id, signalled in met:
+        assert ended[run_id] is not None and ended[run_id] > signalled, (
+            f"run {run_id}: SIGTERM at {signalled}, run ended at {ended[run_id]}")
     counts = assert_nothing_lost(fresh, load.accepted)
     assert counts == {"SUCCEEDED": len(load.accepted)}, counts
 
@@ -81,7 +98,9 @@ def test_redis_restarted_with_its_data_lost_under_load_loses_nothing(fresh: Stac
 
     counts = assert_nothing_lost(fresh, load.accepted)
     assert counts == {"SUCCEEDED": len(load.accepted)}, counts
-    assert all(code in {"201", "503"} for code in load.answers if code.isdigit()), load.answers
+    # every submit got an answer, an acceptance or a clear 503 (README: the API answers 503 while a
+    # service it needs is away; rate limits are off on this stack, so no 429)
+    assert set(load.answers) <= {"201", "503"}, load.answers
 
 
 def test_postgresql_restarted_mid_run_api_answers_503_then_everything_recovers(fresh: Stack) -> None:
@@ -94,7 +113,7 @@ def test_postgresql_restarted_mid_run_api_answers_503_then_everything_recovers(f
     try:
         # then, meanwhile: the API says so, clearly and retryably
         with fresh.client(timeout=15) as client:
-            response = client.post("/api/v1/tasks/", json={"algorithm": "demo.noop"})
+            response = client.post("/api/v1/tasks/", json={"algorithm": "chaos.noop"})
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "unavailable"
         assert response.headers["Retry-After"]
@@ -106,7 +125,7 @@ def test_postgresql_restarted_mid_run_api_answers_503_then_everything_recovers(f
     # and afterwards: web, workers and beat reconnected by themselves and nothing was lost
     counts = assert_nothing_lost(fresh, load.accepted)
     assert counts == {"SUCCEEDED": len(load.accepted)}, counts
-    assert all(code in {"201", "503"} for code in load.answers if code.isdigit()), load.answers
+    assert set(load.answers) <= {"201", "503"}, load.answers  # every submit answered, as promised
 
 
 def test_a_burst_of_submits_is_all_accepted_or_refused_and_nothing_accepted_is_lost(fresh: Stack) -> None:
@@ -121,13 +140,13 @@ def test_a_burst_of_submits_is_all_accepted_or_refused_and_nothing_accepted_is_l
     # when: many clients submit at once, in batches and one by one
     def submit_batch(_: int) -> tuple[int, list[str]]:
         with fresh.client(timeout=120) as client:
-            response = client.post("/api/v1/tasks/batch/", json={"tasks": [{"algorithm": "demo.noop"}] * batch})
+            response = client.post("/api/v1/tasks/batch/", json={"tasks": [{"algorithm": "chaos.noop"}] * batch})
             ids = [t["id"] for t in response.json()["tasks"]] if response.status_code == 201 else []
             return response.status_code, ids
 
     def submit_one(_: int) -> tuple[int, list[str]]:
         with fresh.client(timeout=60) as client:
-            response = client.post("/api/v1/tasks/", json={"algorithm": "demo.noop"})
+            response = client.post("/api/v1/tasks/", json={"algorithm": "chaos.noop"})
             return response.status_code, [response.json()["id"]] if response.status_code == 201 else []
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
