@@ -38,8 +38,8 @@ install: install-app $(STAMP)
 services:
 	scripts/ensure_services.sh
 
-# These run on RabbitMQ as well as Redis by default: without it they must stop, not skip its half.
-bench chaos: export REQUIRE_RABBITMQ := 1
+# These run on RabbitMQ as well as Redis: without it they must stop, not skip its half.
+test bench chaos: export REQUIRE_RABBITMQ := 1
 
 test: install services
 	scripts/ensure_chromium.sh  # the dashboard's browser test (tests/live/test_dashboard_browser.py)

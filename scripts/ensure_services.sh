@@ -21,7 +21,7 @@ if ! redis_up; then
   for _ in $(seq 30); do redis_up && break; sleep 1; done
 fi
 # RabbitMQ: the alternative broker (CELERY_BROKER_URL=amqp://…). Started when installed and down; only
-# fatal when REQUIRE_RABBITMQ=1 (the tests that use it skip with a reason when it is absent).
+# fatal when REQUIRE_RABBITMQ=1, which make test, chaos and bench set (their RabbitMQ tests fail without it).
 RABBITMQ_HOST=${RABBITMQ_HOST:-127.0.0.1}
 rabbit_up() { (exec 3<>"/dev/tcp/$RABBITMQ_HOST/5672") 2>/dev/null; }
 if command -v rabbitmq-server >/dev/null && ! rabbit_up; then
@@ -34,7 +34,7 @@ if rabbit_up; then
 elif [ "${REQUIRE_RABBITMQ:-0}" = 1 ]; then
   echo "FATAL: RabbitMQ is not reachable on $RABBITMQ_HOST:5672" >&2; exit 1
 else
-  echo "RabbitMQ is not available (tests that need it will skip)"
+  echo "RabbitMQ is not available (make test, chaos and bench need it)"
 fi
 pg_up || { echo "FATAL: PostgreSQL is not reachable on $PGHOST:5432" >&2; exit 1; }
 redis_up || { echo "FATAL: Redis is not reachable on $REDIS_HOST:6379" >&2; exit 1; }

@@ -101,14 +101,14 @@ class Redis:
 
 
 def rabbitmq_url() -> str:
-    """A fresh, empty vhost on the machine's RabbitMQ (skips the caller when RabbitMQ is absent)."""
+    """A fresh, empty vhost on the machine's RabbitMQ (fails the caller when RabbitMQ is absent)."""
     import pytest
 
     try:
         with __import__("socket").create_connection(("127.0.0.1", 5672), timeout=1):
             pass
     except OSError:
-        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672 (make services starts it)")
+        pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 (make services starts it)")
     subprocess.run(["rabbitmqctl", "delete_vhost", RABBIT_VHOST], capture_output=True)
     subprocess.run(["rabbitmqctl", "add_vhost", RABBIT_VHOST], check=True, capture_output=True)
     subprocess.run(["rabbitmqctl", "set_permissions", "-p", RABBIT_VHOST, "guest", ".*", ".*", ".*"],
