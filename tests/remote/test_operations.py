@@ -55,7 +55,7 @@ def test_readiness_reports_each_remote_service(grpc_service):
     remote = response.json()["checks"]["remote_services"]
     assert remote["ok"] is False and remote["services"]["ref-grpc"]["health"] == "down"
     assert "ref-grpc" in remote["error"]
-    assert response.status_code == 200 or response.json()["error"]["message"].find("remote") < 0  # not required
+    assert response.status_code == 200, response.json()  # reported, not required: a down service is no reason to leave the load balancer
 
 
 def test_admin_discovery_shows_rejected_schemes_as_an_error():
