@@ -140,8 +140,10 @@ class TaskOut(serializers.ModelSerializer):
             "id", "owner", "algorithm", "algorithm_version", "params", "status", "priority", "queue", "labels",
             "progress", "attempts", "max_retries", "timeout_seconds", "not_before", "cancel_requested",
             "created_at", "queued_at", "started_at", "finished_at", "worker", "error", "retry_of",
-            "result_meta",
+            "result_meta", "last_seq",
         ]
+        extra_kwargs = {"last_seq": {"help_text": "seq of the last event of the task this copy reflects "
+                                                  "(a live event with a higher seq is newer)"}}
 
     @extend_schema_field(ResultMetaOut(allow_null=True))
     def get_result_meta(self, task: Task) -> dict[str, Any] | None:

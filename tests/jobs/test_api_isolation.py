@@ -59,6 +59,21 @@ def test_list_is_newest_first_with_cursor_pages_and_filters(alice, api):
     assert client.get("/api/v1/tasks/?status=BOGUS").status_code == 400
 
 
+def test_list_filters_by_ids_and_every_copy_carries_its_last_seq(alice, bob, api):
+    """``?id=a,b``: the dashboard fills the rows it made from live events in one request; ``last_seq``
+    tells it which copy is newer than the events it already applied."""
+    client = api(alice)
+    ids = [client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()["id"] for _ in range(3)]
+    bobs = api(bob).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()["id"]
+
+    picked = client.get(f"/api/v1/tasks/?id={ids[0]},{ids[2]},{bobs}").json()["results"]
+
+    assert {t["id"] for t in picked} == {ids[0], ids[2]}  # another user's id is not found, not an error
+    assert all(t["last_seq"] == Task.objects.get(id=t["id"]).last_seq >= 1 for t in picked)
+    assert client.get(f"/api/v1/tasks/{ids[1]}/").json()["last_seq"] >= 1
+    assert client.get("/api/v1/tasks/?id=not-a-uuid").status_code == 400
+
+
 def test_jwt_refresh_gives_a_working_access_token(alice, client):
     pair = client.post("/api/v1/auth/token/", {"username": "alice", "password": "correct horse battery staple"},
                        content_type="application/json").json()
