@@ -8,8 +8,11 @@ const TOKENS = 'conveyor.tokens'
 const FINAL = ['SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT']
 const ACTIVE = ['PENDING', 'QUEUED', 'RUNNING']
 const STATES = ['PENDING', 'QUEUED', 'RUNNING', ...FINAL]
-const MAX_TASKS = 500
-const MAX_LOG = 2000
+const MAX_TASKS = 1000 // rows kept in memory (newest first)
+const PAGE = 100 // rows rendered at a time; "show more" adds a page
+const DRAWER_TAIL = 1000 // events of a task's history the drawer replays when it opens
+const LOG_KEEP = 500 // log lines the drawer keeps
+const MAX_POINTS = 400 // metric points the drawer keeps (halved, every other one, when full)
 
 function wsUrl(path) {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:'
@@ -20,7 +23,34 @@ function backoff(attempt) {
   return Math.min(5000, 250 * 2 ** Math.min(attempt, 5)) * (0.75 + Math.random() / 2)
 }
 
-Alpine.data('dashboard', () => ({
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// A random UUID (crypto.randomUUID exists only on https and localhost).
+function newKey() {
+  const b = crypto.getRandomValues(new Uint8Array(16))
+  b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80
+  const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('')
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
+}
+
+function emptyDrawer() {
+  return { task: null, socket: null, lastSeq: 0, taskSeq: 0, log: [], chart: '', legend: [], points: 0,
+    from: 0, connection: 'live', attempts: 0 }
+}
+
+Alpine.data('dashboard', () => {
+  // Not reactive: buffers between the sockets and the next frame, the id → row index, the refresh in flight.
+  let inbox = [] // dashboard socket messages not applied yet
+  let drawerInbox = []
+  let scheduled = false
+  let index = new Map() // task id → its row (the reactive proxy in `tasks`)
+  let added = [] // rows made from events in this frame, not in `tasks` yet
+  const unfilled = new Set() // rows made from events: their owner, priority… come from one batched GET
+  let fillTimer = null
+  let refreshing = null
+  let chart = { points: [], stride: 1, seen: 0, last: {} } // the drawer's metrics
+
+  return {
   STATES,
   user: null,
   tokens: null,
@@ -30,6 +60,9 @@ Alpine.data('dashboard', () => ({
   socket: null,
   attempts: 0,
   tasks: [],
+  shown: PAGE,
+  busy: {}, // task id → an action on it is in flight
+  submitting: false,
   queues: [],
   spark: {},
   stats: null,
@@ -40,7 +73,7 @@ Alpine.data('dashboard', () => ({
   dragId: null,
   dropTarget: null,
   reorderedAt: 0,
-  drawer: { task: null, socket: null, lastSeq: 0, log: [], points: [], connection: 'live', attempts: 0 },
+  drawer: emptyDrawer(),
   timers: [],
 
   // --- session --------------------------------------------------------------------------------
@@ -55,7 +88,7 @@ Alpine.data('dashboard', () => ({
       method: 'POST', headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify(this.loginForm),
     })
-    if (!r.ok) { this.loginError = 'Wrong username or password.'; return }
+    if (!r.ok) { this.loginError = r.status === 429 ? 'Too many attempts: wait a moment.' : 'Wrong username or password.'; return }
     this.tokens = { ...(await r.json()), username: this.loginForm.username }
     localStorage.setItem(TOKENS, JSON.stringify(this.tokens))
     this.loginForm.password = ''
@@ -75,28 +108,51 @@ Alpine.data('dashboard', () => ({
     this.timers = []
     this.closeDrawer()
     if (this.socket) { this.socket.onclose = null; this.socket.close() }
+    inbox = []; added = []; index = new Map(); unfilled.clear()
     Object.assign(this, { user: null, tokens: null, tasks: [], queues: [], connection: 'offline' })
   },
 
-  async refresh() {
-    if (!this.tokens?.refresh) return false
-    const r = await fetch('/api/v1/auth/token/refresh/', {
-      method: 'POST', headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ refresh: this.tokens.refresh }),
-    })
-    if (!r.ok) return false
-    Object.assign(this.tokens, await r.json())
-    localStorage.setItem(TOKENS, JSON.stringify(this.tokens))
-    return true
+  // One refresh at a time, shared by every caller that met a 401. True: new tokens. False: the refresh
+  // token was refused (401), and the user is logged out. A busy or unreachable server (429, 5xx, no
+  // network) is asked again after its Retry-After (or a backoff): the session is kept meanwhile.
+  refresh() {
+    refreshing ||= this.refreshOnce().finally(() => { refreshing = null })
+    return refreshing
   },
 
-  async api(path, { method = 'GET', body, retried = false } = {}) {
-    const headers = { Authorization: `Bearer ${this.tokens.access}` }
-    if (body !== undefined) headers['Content-Type'] = 'application/json'
-    const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) })
+  async refreshOnce() {
+    for (let attempt = 0; this.user; attempt++) {
+      if (!this.tokens?.refresh) { this.logout(); return false }
+      let r = null
+      try {
+        r = await fetch('/api/v1/auth/token/refresh/', {
+          method: 'POST', headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ refresh: this.tokens.refresh }),
+        })
+      } catch { /* the network: try again */ }
+      if (r?.ok) {
+        Object.assign(this.tokens, await r.json())
+        localStorage.setItem(TOKENS, JSON.stringify(this.tokens))
+        return true
+      }
+      if (r?.status === 401) { this.logout(); return false }
+      const after = Number(r?.headers.get('Retry-After')) * 1000
+      await sleep(Math.min(60000, after > 0 ? after : backoff(attempt)))
+    }
+    return false
+  },
+
+  async api(path, { method = 'GET', body, headers = {}, retried = false } = {}) {
+    if (!this.tokens) throw new Error('logged out')
+    const token = this.tokens.access
+    const h = { ...headers, Authorization: `Bearer ${token}` }
+    if (body !== undefined) h['Content-Type'] = 'application/json'
+    const r = await fetch(path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) })
     if (r.status === 401 && !retried) {
-      if (await this.refresh()) return this.api(path, { method, body, retried: true })
-      this.logout()
+      // another call may have refreshed the token already; otherwise join (or start) the one refresh
+      if ((this.tokens && this.tokens.access !== token) || await this.refresh()) {
+        return this.api(path, { method, body, headers, retried: true })
+      }
       throw new Error('session expired')
     }
     const data = r.status === 204 ? null : await r.json().catch(() => null)
@@ -114,11 +170,11 @@ Alpine.data('dashboard', () => ({
     const ws = new WebSocket(wsUrl('/ws/dashboard/'))
     this.socket = ws
     ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token: this.tokens.access }))
-    ws.onmessage = (m) => this.onEvent(JSON.parse(m.data))
+    ws.onmessage = (m) => { inbox.push(JSON.parse(m.data)); this.schedule() }
     ws.onclose = async (e) => {
       if (this.socket !== ws || !this.user) return
       this.connection = 'reconnecting'
-      if (e.code === 4401 && !(await this.refresh())) { this.logout(); return }
+      if (e.code === 4401 && !(await this.refresh())) return
       setTimeout(() => this.user && this.connect(), backoff(this.attempts++))
     }
   },
@@ -127,12 +183,34 @@ Alpine.data('dashboard', () => ({
     return { live: '● live', connecting: 'connecting…', reconnecting: 'reconnecting…', offline: 'offline' }[this.connection]
   },
 
+  // Messages are applied in batches, at most once per animation frame (and every 250 ms in a hidden
+  // tab, which gets no frames), so a burst of events costs one redraw, not one per event.
+  schedule() {
+    if (scheduled) return
+    scheduled = true
+    requestAnimationFrame(() => this.flush())
+    setTimeout(() => this.flush(), 250)
+  },
+
+  flush() {
+    if (!scheduled) return
+    scheduled = false
+    const batch = inbox, drawerBatch = drawerInbox
+    inbox = []; drawerInbox = []
+    for (const ev of batch) this.onEvent(ev)
+    this.addRows()
+    if (drawerBatch.length) this.applyDrawer(drawerBatch)
+  },
+
   onEvent(ev) {
     if (ev.event === 'dashboard.snapshot') {
       this.user = ev.user
       this.connection = 'live'
       this.attempts = 0
-      // The snapshot is the resync point after a reconnect: reload everything once.
+      // The resync point after a reconnect: the snapshot's tasks (each with its last_seq), then the
+      // REST list of the filters; both merged by seq, so neither undoes a newer live event.
+      for (const task of ev.tasks || []) this.put(task)
+      this.schedule()
       this.reload()
       this.loadQueues()
       this.loadStats()
@@ -148,36 +226,80 @@ Alpine.data('dashboard', () => ({
   },
 
   applyTaskEvent(ev) {
-    const t = this.tasks.find((x) => x.id === ev.task_id)
+    const t = index.get(ev.task_id)
     if (!t) {
-      if (ev.event === 'task.created' && this.matches(ev)) this.fetchTask(ev.task_id)
+      // A task this page has not seen (submitted elsewhere, or entering the filtered state): its row
+      // is made from the event at once; owner, priority… follow in one batched GET.
+      if (!this.matches(ev)) return
+      this.newRow({ id: ev.task_id, algorithm: ev.algorithm, queue: ev.queue, status: ev.status,
+        priority: ev.data?.priority ?? null,
+        progress: { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics },
+        _seq: ev.seq, _t: Date.parse(ev.timestamp) || Date.now() })
+      this.fillSoon(ev.task_id)
       return
     }
     if ((t._seq || 0) >= ev.seq) return // stale or duplicate
     t._seq = ev.seq
     t.status = ev.status
-    t.progress = { percent: ev.percent, stage: ev.stage, message: ev.message, metrics: ev.metrics }
+    t.progress = { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics }
     if (ev.event === 'task.priority_changed') t.priority = ev.data?.priority ?? t.priority
     if (ev.event !== 'task.progress') this.queuesSoon()
-    if (FINAL.includes(ev.status) && ev.status !== 'SUCCEEDED') this.fetchTask(ev.task_id)
+    if (FINAL.includes(ev.status) && ev.status !== 'SUCCEEDED') this.fillSoon(ev.task_id) // its error
   },
 
-  matches(ev) {
+  matches(t) {
     const f = this.filters
-    return (!f.status || f.status === ev.status) && (!f.queue || f.queue === ev.queue)
-      && (!f.algorithm || f.algorithm === ev.algorithm)
+    return (!f.status || f.status === t.status) && (!f.queue || f.queue === t.queue)
+      && (!f.algorithm || f.algorithm === t.algorithm)
   },
 
-  async fetchTask(id) {
+  // A copy of a task from the REST API or a snapshot; `last_seq` is the last event it reflects. A copy
+  // at least as new as the row replaces its fields; an older one only fills the fields the row lacks.
+  put(copy) {
+    const seq = copy.last_seq ?? 0
+    const t = index.get(copy.id)
+    if (!t) {
+      this.newRow({ ...copy, _seq: seq, _t: Date.parse(copy.created_at) || Date.now() })
+      return
+    }
+    if (seq >= (t._seq || 0)) Object.assign(t, copy, { _seq: seq })
+    else for (const [k, v] of Object.entries(copy)) if (t[k] == null) t[k] = v
+    if (copy.created_at) t._t = Date.parse(copy.created_at) || t._t
+  },
+
+  newRow(row) {
+    index.set(row.id, row)
+    added.push(row)
+    this.schedule()
+  },
+
+  // The rows made since the last frame join the table: newest first, at most MAX_TASKS (the oldest
+  // rows outside the filters go first).
+  addRows() {
+    if (!added.length) return
+    const rows = [...this.tasks, ...added].sort((a, b) => b._t - a._t)
+    added = []
+    let extra = rows.length - MAX_TASKS
+    for (let i = rows.length - 1; i >= 0 && extra > 0; i--) if (!this.matches(rows[i])) { rows.splice(i, 1); extra-- }
+    if (extra > 0) rows.length = MAX_TASKS
+    this.tasks = rows
+    index = new Map(this.tasks.map((t) => [t.id, t]))
+  },
+
+  fillSoon(id) {
+    unfilled.add(id)
+    fillTimer ||= setTimeout(() => this.fill(), 300)
+  },
+
+  async fill() {
+    const ids = [...unfilled].slice(0, 100)
+    ids.forEach((id) => unfilled.delete(id))
     try {
-      const task = await this.api(`/api/v1/tasks/${id}/`)
-      task._seq = task._seq || 0
-      const i = this.tasks.findIndex((x) => x.id === id)
-      if (i >= 0) this.tasks[i] = { ...this.tasks[i], ...task, _seq: this.tasks[i]._seq }
-      else this.tasks.unshift(task)
-      if (this.tasks.length > MAX_TASKS) this.tasks.length = MAX_TASKS
-      this.queuesSoon()
-    } catch { /* gone or not ours */ }
+      const page = await this.api(`/api/v1/tasks/?id=${ids.join(',')}&page_size=100`)
+      for (const task of page.results || page) if (index.has(task.id)) this.put(task)
+      this.schedule()
+    } catch { /* gone or not ours; the row stays as the events made it */ }
+    fillTimer = unfilled.size ? setTimeout(() => this.fill(), 100) : null
   },
 
   // --- REST loads -----------------------------------------------------------------------------
@@ -186,7 +308,8 @@ Alpine.data('dashboard', () => ({
     for (const [k, v] of Object.entries(this.filters)) if (v) q.set(k, v)
     try {
       const page = await this.api(`/api/v1/tasks/?${q}`)
-      this.tasks = (page.results || page).map((t) => ({ ...t, _seq: 0 }))
+      for (const task of page.results || page) this.put(task)
+      this.schedule()
     } catch { /* shown by the connection state */ }
   },
 
@@ -227,39 +350,46 @@ Alpine.data('dashboard', () => ({
   },
 
   // --- actions --------------------------------------------------------------------------------
+  // Submit is disabled while its request is in flight, and each click sends its own Idempotency-Key:
+  // a double click (or a resent request) makes one task.
   async submit() {
+    if (this.submitting) return
     this.submitError = ''
     let params
     try { params = JSON.parse(this.form.params || '{}') } catch { this.submitError = 'params: not JSON'; return }
     const body = { algorithm: this.form.algorithm, params }
     if (this.form.priority) body.priority = this.form.priority
     if (this.form.queue) body.queue = this.form.queue
+    this.submitting = true
     try {
-      const task = await this.api('/api/v1/tasks/', { method: 'POST', body })
-      if (!this.tasks.some((x) => x.id === task.id)) this.tasks.unshift({ ...task, _seq: 0 })
-    } catch (e) { this.submitError = e.message }
+      this.put(await this.api('/api/v1/tasks/', { method: 'POST', body, headers: { 'Idempotency-Key': newKey() } }))
+    } catch (e) { this.submitError = e.message } finally { this.submitting = false }
   },
 
+  // An action on a row: one at a time per task (its buttons are disabled meanwhile).
   async act(t, path, body, method = 'POST') {
+    if (this.busy[t.id]) return null
+    this.busy[t.id] = true
     try {
-      const task = await this.api(`/api/v1/tasks/${t.id}/${path}/`, { method, body })
-      return task
-    } catch (e) { alert(e.message) }
+      return await this.api(`/api/v1/tasks/${t.id}/${path}/`, { method, body, headers: { 'Idempotency-Key': newKey() } })
+    } catch (e) { alert(e.message); return null } finally { delete this.busy[t.id] }
   },
 
+  // A running task answers RUNNING with cancel_requested: the row says "cancelling…" until the worker
+  // stops it; a waiting one answers CANCELLED.
   async cancel(t) {
     const task = await this.act(t, 'cancel')
-    if (task && task.status !== t.status) Object.assign(t, { status: task.status, cancel_requested: task.cancel_requested })
+    if (task) this.put(task)
   },
 
   async retry(t) {
     const task = await this.act(t, 'retry')
-    if (task && !this.tasks.some((x) => x.id === task.id)) this.tasks.unshift({ ...task, _seq: 0 })
+    if (task) this.put(task)
   },
 
   async setPriority(t, value) {
     const task = await this.act(t, 'priority', { priority: Number(value) }, 'PATCH')
-    if (task) t.priority = task.priority
+    if (task) this.put(task)
   },
 
   async moveToFront(t) {
@@ -272,7 +402,7 @@ Alpine.data('dashboard', () => ({
   // Operators drag a waiting row onto another waiting row of the same queue: it takes that row's place.
   canReorder(t) { return this.user?.operator && t.status === 'PENDING' },
   canDrop(t) {
-    const dragged = this.tasks.find((x) => x.id === this.dragId)
+    const dragged = index.get(this.dragId)
     return dragged && dragged.id !== t.id && this.canReorder(t) && dragged.queue === t.queue
   },
 
@@ -298,82 +428,125 @@ Alpine.data('dashboard', () => ({
     } catch (e) { alert(e.message) }
   },
 
-  // --- the drawer: one task's socket, replayed from after_seq --------------------------------
-  openDrawer(id) {
+  // --- the drawer: one task's socket, from the tail of its history -----------------------------
+  // It reads the task's last seq and replays only the last DRAWER_TAIL events (the log and the
+  // metrics of a long run are cut at the front); reconnects go on from the last seq it saw.
+  async openDrawer(id) {
     this.closeDrawer()
-    const t = this.tasks.find((x) => x.id === id)
-    this.drawer = { task: t ? { ...t } : null, socket: null, lastSeq: 0, log: [], points: [], connection: 'connecting', attempts: 0 }
+    const d = this.drawer
+    const row = index.get(id)
+    d.task = row ? { ...row } : null
+    d.connection = 'connecting'
+    let last = row?._seq || 0
+    try {
+      const task = await this.api(`/api/v1/tasks/${id}/`)
+      last = task.last_seq ?? last
+      if (this.drawer !== d) return // closed or another one opened meanwhile
+      d.task = task
+    } catch (e) {
+      if (this.drawer !== d) return
+      if (e.status === 404) { d.task ||= { id, status: '?', progress: { percent: 0 } }; d.connection = 'no longer visible'; return }
+    }
+    d.lastSeq = d.from = Math.max(0, last - DRAWER_TAIL)
     this.drawerConnect(id)
   },
 
   drawerConnect(id) {
-    const ws = new WebSocket(wsUrl(`/ws/tasks/${id}/?after_seq=${this.drawer.lastSeq}`))
-    this.drawer.socket = ws
+    const d = this.drawer
+    const ws = new WebSocket(wsUrl(`/ws/tasks/${id}/?after_seq=${d.lastSeq}`))
+    d.socket = ws
     ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token: this.tokens.access }))
-    ws.onmessage = (m) => this.onDrawerEvent(JSON.parse(m.data))
-    ws.onclose = () => {
+    ws.onmessage = (m) => { drawerInbox.push(JSON.parse(m.data)); this.schedule() }
+    ws.onclose = async (e) => {
       if (this.drawer.socket !== ws) return
-      this.drawer.connection = 'reconnecting…'
-      setTimeout(() => this.drawer.socket === ws && this.drawerConnect(id), backoff(this.drawer.attempts++))
+      // 4403: the task is gone or no longer ours; 4400: a request the server will never accept.
+      if (e.code === 4403) { d.connection = 'no longer visible'; return }
+      if (e.code === 4400) { d.connection = 'closed by the server'; return }
+      d.connection = 'reconnecting…'
+      if (e.code === 4401 && !(await this.refresh())) return
+      setTimeout(() => this.drawer.socket === ws && this.drawerConnect(id), backoff(d.attempts++))
     }
   },
 
-  onDrawerEvent(ev) {
+  applyDrawer(batch) {
     const d = this.drawer
-    if (ev.event === 'task.snapshot') {
-      d.task = { ...ev.task }
-      d.connection = 'live'
-      d.attempts = 0
-      return
-    }
-    if (!ev.event?.startsWith('task.') || ev.seq <= d.lastSeq) return
-    d.lastSeq = ev.seq
-    const time = (ev.timestamp || '').slice(11, 23)
-    if (ev.event === 'task.log') {
-      d.log.push({ seq: ev.seq, time, text: ev.data?.line ?? '' })
-    } else {
-      if (ev.event === 'task.progress' && ev.metrics && Object.keys(ev.metrics).length) d.points.push(ev.metrics)
-      if (ev.event !== 'task.progress') d.log.push({ seq: ev.seq, time, text: `— ${ev.event.slice(5)} —` })
-      if (d.task && !ev.replay) {
+    const lines = []
+    let charted = false
+    for (const ev of batch) {
+      if (ev.event === 'task.snapshot') {
+        d.task = { ...ev.task }
+        d.taskSeq = ev.seq
+        d.connection = 'live'
+        d.attempts = 0
+        continue
+      }
+      if (!ev.event?.startsWith('task.') || ev.seq <= d.lastSeq) continue
+      d.lastSeq = ev.seq
+      const time = (ev.timestamp || '').slice(11, 23)
+      if (ev.event === 'task.log') {
+        lines.push({ seq: ev.seq, time, text: ev.data?.line ?? '' })
+      } else {
+        if (ev.event === 'task.progress' && ev.metrics && Object.keys(ev.metrics).length) charted = this.addPoint(ev.metrics) || charted
+        if (ev.event !== 'task.progress') lines.push({ seq: ev.seq, time, text: `— ${ev.event.slice(5)} —` })
+      }
+      // The snapshot is the task as of its seq: replayed events up to it are history, later ones
+      // (gap fills, marked replay too) are news, like live ones.
+      if (d.task && ev.seq > d.taskSeq) {
+        d.taskSeq = ev.seq
         d.task.status = ev.status
-        d.task.progress = { percent: ev.percent, stage: ev.stage, message: ev.message, metrics: ev.metrics }
+        if (ev.event !== 'task.log') d.task.progress = { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics }
       }
     }
-    if (d.log.length > MAX_LOG) d.log.splice(0, d.log.length - MAX_LOG)
+    if (lines.length) d.log = [...d.log, ...lines].slice(-LOG_KEEP)
+    if (charted) this.drawChart()
+  },
+
+  // Every point until MAX_POINTS, then every other one of those and every 2nd new one, and so on:
+  // evenly spaced over the whole run. The legend shows each metric's latest value.
+  addPoint(metrics) {
+    Object.assign(chart.last, metrics)
+    if (chart.seen++ % chart.stride) return true
+    chart.points.push(metrics)
+    if (chart.points.length >= MAX_POINTS) {
+      chart.points = chart.points.filter((_, i) => i % 2 === 0)
+      chart.stride *= 2
+    }
+    return true
+  },
+
+  drawChart() {
+    const names = Object.keys(chart.last).filter((k) => typeof chart.last[k] === 'number')
+    const lines = names.map((name, i) => {
+      const values = [...chart.points, chart.last].map((p) => p[name]).filter((v) => typeof v === 'number')
+      let lo = Infinity, hi = -Infinity
+      for (const v of values) { lo = Math.min(lo, v); hi = Math.max(hi, v) }
+      const span = hi - lo || 1
+      const step = values.length > 1 ? 300 / (values.length - 1) : 0
+      const points = values.map((v, j) => `${(j * step).toFixed(1)},${(95 - 90 * (v - lo) / span).toFixed(1)}`).join(' ')
+      return `<polyline class="m${i % 8}" points="${points}"></polyline>`
+    })
+    const d = this.drawer
+    d.chart = `<svg viewBox="0 0 300 100" preserveAspectRatio="none">${lines.join('')}</svg>`
+    d.legend = names.map((name) => {
+      const v = chart.last[name]
+      return { name, value: Number.isInteger(v) ? v : v.toFixed(4) }
+    })
+    d.points = chart.points.length
   },
 
   closeDrawer() {
     const ws = this.drawer.socket
-    this.drawer = { task: null, socket: null, lastSeq: 0, log: [], points: [], connection: 'live', attempts: 0 }
+    this.drawer = emptyDrawer()
+    drawerInbox = []
+    chart = { points: [], stride: 1, seen: 0, last: {} }
     if (ws) ws.close()
   },
 
-  metricNames() {
-    const names = new Set()
-    for (const p of this.drawer.points) for (const [k, v] of Object.entries(p)) if (typeof v === 'number') names.add(k)
-    return [...names]
-  },
-
-  metricLine(name) {
-    const values = this.drawer.points.map((p) => p[name]).filter((v) => typeof v === 'number')
-    if (!values.length) return ''
-    const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1
-    const step = values.length > 1 ? 300 / (values.length - 1) : 0
-    return values.map((v, i) => `${(i * step).toFixed(1)},${(95 - 90 * (v - lo) / span).toFixed(1)}`).join(' ')
-  },
-
-  lastMetric(name) {
-    for (let i = this.drawer.points.length - 1; i >= 0; i--) {
-      const v = this.drawer.points[i][name]
-      if (typeof v === 'number') return Number.isInteger(v) ? v : v.toFixed(4)
-    }
-    return ''
-  },
-
   // --- view helpers ---------------------------------------------------------------------------
-  visibleTasks() {
-    return this.tasks.filter((t) => this.matches({ status: t.status, queue: t.queue, algorithm: t.algorithm }))
-  },
+  visibleTasks() { return this.tasks.filter((t) => this.matches(t)) },
+  // Only the first `shown` matching rows are rendered: the table's cost stays that of a page.
+  shownTasks() { return this.visibleTasks().slice(0, this.shown) },
+  filtersChanged() { this.shown = PAGE; this.reload() },
   isActive(t) { return ACTIVE.includes(t.status) && !t.cancel_requested },
   isFinal(t) { return FINAL.includes(t.status) },
   canChangePriority(t) { return t.status === "PENDING" || t.status === "QUEUED" },
@@ -391,11 +564,6 @@ Alpine.data('dashboard', () => ({
     if (s.length < 2) return ''
     const hi = Math.max(...s) || 1
     return s.map((v, i) => `${(i * 100 / (s.length - 1)).toFixed(1)},${(22 - 20 * v / hi).toFixed(1)}`).join(' ')
-  },
-
-  metricsSvg() {
-    const lines = this.metricNames().map((name, i) => `<polyline class="m${i % 8}" points="${this.metricLine(name)}"></polyline>`)
-    return `<svg viewBox="0 0 300 100" preserveAspectRatio="none">${lines.join('')}</svg>`
   },
 
   throughputSvg() {
@@ -434,7 +602,8 @@ Alpine.data('dashboard', () => ({
       return { x: (600 * (new Date(r.minute).getTime() - since) / span).toFixed(1), y: (60 - h).toFixed(1), w: w.toFixed(1), h: h.toFixed(1) }
     })
   },
-}))
+}
+})
 
 window.Alpine = Alpine
 Alpine.start()

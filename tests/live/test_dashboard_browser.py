@@ -134,6 +134,252 @@ def test_dashboard_shows_reconnecting_and_recovers_after_the_socket_drops(live_w
     page.close()
 
 
+# --- regressions: what the reviewer reproduced in the browser ----------------------------------------
+
+DATA = "Alpine.$data(document.body)"
+# Every GET of /api/v1/tasks… reaches the page 2.5 s after the server answered: a slow network. A copy
+# fetched then is older than the live events that arrive meanwhile.
+SLOW_TASK_GETS = """(() => {
+  const fetch0 = window.fetch
+  window.__taskGets = 0
+  window.fetch = async (url, opts = {}) => {
+    const r = await fetch0(url, opts)
+    if (String(url).startsWith('/api/v1/tasks/') && (opts.method || 'GET') === 'GET') {
+      window.__taskGets++
+      await new Promise((resolve) => setTimeout(resolve, 2500))
+    }
+    return r
+  }
+})()"""
+
+
+def ui_status(page, ids: list[str]) -> list[str | None]:
+    return page.evaluate(f"ids => ids.map(i => ({DATA}.tasks.find(t => t.id === i) || {{}}).status || null)", ids)
+
+
+def api_client(base: str, user) -> httpx.Client:
+    token = httpx.post(f"{base}/api/v1/auth/token/", json={"username": user.username, "password": PASSWORD}).json()
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access']}"}, timeout=30)
+
+
+def test_tasks_submitted_elsewhere_reach_their_final_state_even_when_rest_copies_arrive_late(
+        live_worker, live_web, browser, alice):
+    """A batch from the API (not this tab): each row is made from its first live event, at once; the
+    owner/priority fill is one GET for all of them, and its copies (older than the events applied while
+    it was on the way) never undo a newer state. Before: one GET per task, and every event that arrived
+    during it was dropped, so the late copy left rows PENDING/QUEUED/RUNNING for good."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.add_init_script(SLOW_TASK_GETS)
+    log_in(page, live_web, alice)
+    page.wait_for_timeout(3000)  # the first (slow) reload is in
+    gets = page.evaluate("window.__taskGets")
+    api = api_client(live_web, alice)
+    ids = [t["id"] for t in api.post("/api/v1/tasks/batch/", json={"tasks": [
+        {"algorithm": "demo.hello", "params": {"seconds": 0.3, "steps": 2}} for _ in range(40)]}).json()["tasks"]]
+    wait_until(lambda: all(t["status"] == "SUCCEEDED" for t in api.get(
+        "/api/v1/tasks/", params={"page_size": 100}).json()["results"] if t["id"] in ids), timeout=90, interval=0.5,
+        message="the batch to finish")
+    wait_until(lambda: ui_status(page, ids) == ["SUCCEEDED"] * len(ids), timeout=15, interval=0.3,
+               message="every row of the batch SUCCEEDED in the page")
+    page.wait_for_timeout(3000)  # the late copies have landed: still SUCCEEDED
+    assert ui_status(page, ids) == ["SUCCEEDED"] * len(ids)
+    assert page.evaluate("window.__taskGets") - gets <= 2  # the batched fill, not 40 GETs
+    assert page.evaluate(f"{DATA}.tasks.filter(t => t.owner === 'alice').length") >= len(ids)  # filled
+    page.close()
+
+
+def test_a_reconnect_never_lets_the_reloaded_list_undo_newer_events(live_worker, live_web, browser, alice):
+    """After a dropped socket the snapshot's tasks and the REST list are merged by seq: a list that
+    arrives after the task finished does not put it back to RUNNING (before: RUNNING for good)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    api = api_client(live_web, alice)
+    tid = api.post("/api/v1/tasks/", json={"algorithm": "demo.hello", "params": {"seconds": 1.5, "steps": 3}}).json()["id"]
+    row(page, tid).locator("[data-testid=status]").filter(has_text="RUNNING").wait_for(timeout=TIMEOUT_MS)
+    page.evaluate(SLOW_TASK_GETS)
+    page.evaluate(f"{DATA}.socket.close()")
+    page.wait_for_selector("[data-testid=connection].live", timeout=TIMEOUT_MS)
+    wait_until(lambda: api.get(f"/api/v1/tasks/{tid}/").json()["status"] == "SUCCEEDED", timeout=30, message="success")
+    page.wait_for_timeout(4000)  # the reload's late page has landed
+    assert ui_status(page, [tid]) == ["SUCCEEDED"]
+    page.close()
+
+
+def test_a_status_filter_picks_up_tasks_entering_that_state(live_worker, live_web, browser, alice):
+    """Before, only ``task.created`` (always PENDING) could add a row, so a RUNNING filter never showed a
+    task that started after the filter was set."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    page.select_option("select[name=filter-status]", "RUNNING")
+    tid = api_client(live_web, alice).post(
+        "/api/v1/tasks/", json={"algorithm": "demo.hello", "params": {"seconds": 6, "steps": 6}}).json()["id"]
+    row(page, tid).locator("[data-testid=status]").filter(has_text="RUNNING").wait_for(timeout=TIMEOUT_MS)
+    page.select_option("select[name=filter-status]", "SUCCEEDED")
+    row(page, tid).locator("[data-testid=status]").filter(has_text="SUCCEEDED").wait_for(timeout=TIMEOUT_MS)
+    page.close()
+
+
+def test_cancelling_a_running_task_says_cancelling_and_hides_cancel(live_worker, live_web, browser, alice):
+    """The API answers RUNNING with cancel_requested (the worker stops it later): before, the row showed
+    nothing and kept its Cancel button."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    tid = api_client(live_web, alice).post(
+        "/api/v1/tasks/", json={"algorithm": "demo.sleep", "params": {"seconds": 8, "ignore_cancel": True}}).json()["id"]
+    row(page, tid).locator("[data-testid=status]").filter(has_text="RUNNING").wait_for(timeout=TIMEOUT_MS)
+    row(page, tid).locator("[data-testid=cancel]").click()
+    row(page, tid).locator("[data-testid=cancelling]").wait_for(timeout=TIMEOUT_MS)
+    assert not row(page, tid).locator("[data-testid=cancel]").is_visible()
+    page.close()
+
+
+def test_a_burst_of_401s_refreshes_the_token_once_and_a_busy_refresh_endpoint_keeps_the_session(live_web, browser, alice):
+    """Hundreds of calls meeting an expired token share one refresh; a 429 from the refresh endpoint is
+    retried after its Retry-After instead of logging out (before: one refresh per call, and the first 429
+    logged the user out)."""
+    page = browser.new_page()
+    log_in(page, live_web, alice)
+    refreshes = []
+    page.on("request", lambda r: refreshes.append(r.url) if r.url.endswith("/auth/token/refresh/") else None)
+    busy = {"left": 1}
+
+    def refresh_route(route):
+        if busy["left"]:
+            busy["left"] -= 1
+            route.fulfill(status=429, headers={"Retry-After": "1"}, json={"error": {"message": "slow down"}})
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/auth/token/refresh/", refresh_route)
+    statuses = page.evaluate(f"""async () => {{
+      const d = {DATA}
+      d.tokens.access = d.tokens.access.slice(0, -4) + 'AAAA'  // expired, as far as the server is concerned
+      const calls = Array.from({{length: 30}}, () => d.api('/api/v1/tasks/?page_size=1').then(() => 'ok', (e) => e.message))
+      return await Promise.all(calls)
+    }}""")
+    assert statuses == ["ok"] * 30
+    assert len(refreshes) == 2  # the one refresh, asked again once after the 429
+    assert page.locator("[data-testid=connection]").count() == 1  # still logged in
+    # a refresh token the server refuses (401) does log out
+    page.evaluate(f"{DATA}.tokens.refresh = 'garbage'; {DATA}.tokens.access = 'garbage'")
+    page.evaluate(f"{DATA}.api('/api/v1/tasks/').catch(() => null)")
+    page.locator("form[data-testid=login-form]").wait_for(timeout=TIMEOUT_MS)
+    page.close()
+
+
+def test_double_clicking_submit_or_retry_makes_one_task(live_worker, live_web, browser, alice):
+    """The button is disabled while its request is in flight and each click carries an Idempotency-Key."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    api = api_client(live_web, alice)
+    count = lambda: len(api.get("/api/v1/tasks/", params={"page_size": 100}).json()["results"])  # noqa: E731
+    page.wait_for_function("document.querySelectorAll('select[name=algorithm] option').length > 3")
+    page.select_option("form[data-testid=submit-form] select[name=algorithm]", "demo.noop")
+    page.fill("form[data-testid=submit-form] input[name=params]", "{}")
+    before = count()
+    page.dblclick("form[data-testid=submit-form] button[type=submit]")
+    page.wait_for_timeout(2000)
+    assert count() == before + 1
+    tid = api.post("/api/v1/tasks/", json={"algorithm": "demo.noop", "params": {}}).json()["id"]
+    row(page, tid).locator("[data-testid=status]").filter(has_text="SUCCEEDED").wait_for(timeout=TIMEOUT_MS)
+    before = count()
+    row(page, tid).locator("[data-testid=retry]").dblclick()
+    page.wait_for_timeout(2000)
+    assert count() == before + 1
+    page.close()
+
+
+def test_the_drawer_stops_on_4403_and_applies_gap_fill_replays(live_worker, live_web, browser, alice):
+    """A task that is gone (or no longer ours) closes the drawer's socket with 4403: the drawer says so
+    and stops (before: it reconnected forever). A replayed event newer than the snapshot (a gap fill)
+    updates the state like a live one."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    opens = []
+    page.on("websocket", lambda ws: opens.append(ws.url) if "/ws/tasks/" in ws.url else None)
+    log_in(page, live_web, alice)
+    tid = api_client(live_web, alice).post("/api/v1/tasks/", json={"algorithm": "demo.noop", "params": {}}).json()["id"]
+    row(page, tid).locator("[data-testid=status]").filter(has_text="SUCCEEDED").wait_for(timeout=TIMEOUT_MS)
+    row(page, tid).locator("td.msg").click()
+    page.wait_for_function(f"{DATA}.drawer.connection === 'live'", timeout=TIMEOUT_MS)
+    seq = page.evaluate(f"{DATA}.drawer.taskSeq")
+    page.evaluate(f"""{DATA}.drawer.socket.onmessage({{data: JSON.stringify({{event: 'task.progress', seq: {seq + 1},
+      task_id: '{tid}', status: 'RUNNING', percent: 42, stage: 'x', message: 'gap', metrics: {{}}, replay: true}})}})""")
+    page.wait_for_function(f"{DATA}.drawer.task.progress.message === 'gap'", timeout=5000)
+
+    from jobs.models import Task
+
+    Task.objects.filter(id=tid).delete()
+    page.evaluate(f"{DATA}.drawer.socket.close()")  # a dropped socket: the reconnect meets 4403
+    page.wait_for_function(f"{DATA}.drawer.connection === 'no longer visible'", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(3000)
+    assert len(opens) == 2
+    page.close()
+
+
+def test_the_drawer_opens_a_long_history_at_its_tail_at_once(live_worker, live_web, browser, alice):
+    """3,000 events (1,500 log lines, 1,500 metric points): the drawer replays the last 1,000, keeps 500
+    log lines, downsamples the points and redraws once a frame. Before: the whole history, the chart
+    recomputed per event (52 s for 1,500 points, 125 s for 3,000 lines)."""
+    from django.utils import timezone
+
+    from jobs.models import Task, TaskEvent
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    tid = api_client(live_web, alice).post("/api/v1/tasks/", json={"algorithm": "demo.noop", "params": {}}).json()["id"]
+    row(page, tid).locator("[data-testid=status]").filter(has_text="SUCCEEDED").wait_for(timeout=TIMEOUT_MS)
+    task = Task.objects.get(id=tid)
+    seq, rows, now = task.last_seq, [], timezone.now()
+    for i in range(1500):
+        rows.append(TaskEvent(task=task, seq=seq + 1, event="task.log", status="SUCCEEDED", data={"line": f"line {i}"},
+                              created_at=now))
+        rows.append(TaskEvent(task=task, seq=seq + 2, event="task.progress", status="SUCCEEDED", created_at=now,
+                              data={"percent": 100.0, "metrics": {"loss": 1 / (i + 1), "acc": i / 1500}}))
+        seq += 2
+    TaskEvent.objects.bulk_create(rows, batch_size=5000)
+    Task.objects.filter(id=tid).update(last_seq=seq)
+
+    started = page.evaluate("performance.now()")
+    page.evaluate(f"{DATA}.openDrawer('{tid}')")
+    page.wait_for_function(f"{DATA}.drawer.lastSeq >= {seq}", timeout=TIMEOUT_MS, polling=100)
+    took = page.evaluate("performance.now()") - started
+    page.locator("[data-testid=drawer] [data-testid=log]").filter(has_text="line 1499").wait_for(timeout=5000)
+    drawer = page.evaluate(f"(() => {{ const d = {DATA}.drawer; return {{log: d.log.length, points: d.points, from: d.from}} }})()")
+    print(f"drawer caught up with a 3,000-event history in {took:.0f} ms: {drawer}")
+    assert took < 10_000
+    assert drawer["log"] <= 500 and drawer["points"] <= 400 and drawer["from"] == seq - 1000
+    assert page.locator("[data-testid=drawer] .legend li").filter(has_text="loss").count() == 1
+    page.close()
+
+
+def test_the_table_renders_a_page_of_rows_however_many_tasks_it_holds(live_web, browser, alice):
+    """300 live tasks: 100 rows are rendered (Show more adds 100), each with one priority control, not a
+    select of ten options; events are applied once a frame."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    per_event = page.evaluate(f"""async () => {{
+      const d = {DATA}
+      const feed = d.socket.onmessage
+      const ev = (i, seq, status, percent) => ({{data: JSON.stringify({{event: 'task.progress', seq, task_id: `fake-${{i}}`,
+        status, queue: 'default', algorithm: 'demo.noop', percent, stage: 's', message: 'm', metrics: {{}},
+        timestamp: new Date().toISOString()}})}})
+      for (let i = 0; i < 300; i++) feed(ev(i, 1, 'QUEUED', 0))
+      await new Promise((r) => setTimeout(r, 1000))
+      const t0 = performance.now()
+      for (let k = 0; k < 20; k++) {{
+        for (let j = 0; j < 30; j++) feed(ev((k * 30 + j) % 300, 2 + k, 'RUNNING', k * 5))
+        d.flush(); await Alpine.nextTick(); document.body.offsetHeight
+      }}
+      return (performance.now() - t0) / 600
+    }}""")
+    print(f"{per_event:.2f} ms per event with 300 rows (30 events a frame)")
+    assert page.locator("tr[data-task]").count() == 100
+    assert page.locator("tbody option").count() == 0
+    page.locator("[data-testid=show-more]").click()
+    page.wait_for_function("document.querySelectorAll('tr[data-task]').length === 200", timeout=5000)
+    page.close()
+
+
 def _get(base: str, user, path: str) -> dict:
     token = httpx.post(f"{base}/api/v1/auth/token/", json={"username": user.username, "password": PASSWORD}).json()
     response = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {token['access']}"})
