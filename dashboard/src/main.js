@@ -45,6 +45,7 @@ Alpine.data('dashboard', () => {
   let scheduled = false
   let index = new Map() // task id → its row (the reactive proxy in `tasks`)
   let added = [] // rows made from events in this frame, not in `tasks` yet
+  let resort = false // a row learnt its created_at: sort again
   const unfilled = new Set() // rows made from events: their owner, priority… come from one batched GET
   let fillTimer = null
   let refreshing = null
@@ -229,12 +230,13 @@ Alpine.data('dashboard', () => {
     const t = index.get(ev.task_id)
     if (!t) {
       // A task this page has not seen (submitted elsewhere, or entering the filtered state): its row
-      // is made from the event at once; owner, priority… follow in one batched GET.
+      // is made from the event at once; owner, priority, created_at follow in one batched GET. Until
+      // then a row from an event other than task.created sorts last (it is an older task).
       if (!this.matches(ev)) return
       this.newRow({ id: ev.task_id, algorithm: ev.algorithm, queue: ev.queue, status: ev.status,
         priority: ev.data?.priority ?? null,
         progress: { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics },
-        _seq: ev.seq, _t: Date.parse(ev.timestamp) || Date.now() })
+        _seq: ev.seq, _t: ev.event === 'task.created' ? Date.parse(ev.timestamp) || Date.now() : 0 })
       this.fillSoon(ev.task_id)
       return
     }
@@ -264,7 +266,8 @@ Alpine.data('dashboard', () => {
     }
     if (seq >= (t._seq || 0)) Object.assign(t, copy, { _seq: seq })
     else for (const [k, v] of Object.entries(copy)) if (t[k] == null) t[k] = v
-    if (copy.created_at) t._t = Date.parse(copy.created_at) || t._t
+    const created = Date.parse(copy.created_at)
+    if (created && !t._t) { t._t = created; resort = true; this.schedule() } // it sorted last until now
   },
 
   newRow(row) {
@@ -276,9 +279,10 @@ Alpine.data('dashboard', () => {
   // The rows made since the last frame join the table: newest first, at most MAX_TASKS (the oldest
   // rows outside the filters go first).
   addRows() {
-    if (!added.length) return
+    if (!added.length && !resort) return
     const rows = [...this.tasks, ...added].sort((a, b) => b._t - a._t)
     added = []
+    resort = false
     let extra = rows.length - MAX_TASKS
     for (let i = rows.length - 1; i >= 0 && extra > 0; i--) if (!this.matches(rows[i])) { rows.splice(i, 1); extra-- }
     if (extra > 0) rows.length = MAX_TASKS
@@ -292,8 +296,10 @@ Alpine.data('dashboard', () => {
   },
 
   async fill() {
-    const ids = [...unfilled].slice(0, 100)
-    ids.forEach((id) => unfilled.delete(id))
+    const ids = [...unfilled].filter((id) => index.has(id)).slice(0, 100) // not the rows dropped since
+    if (ids.length < 100) unfilled.clear()
+    else ids.forEach((id) => unfilled.delete(id))
+    if (!ids.length) { fillTimer = null; return }
     try {
       const page = await this.api(`/api/v1/tasks/?id=${ids.join(',')}&page_size=100`)
       for (const task of page.results || page) if (index.has(task.id)) this.put(task)
