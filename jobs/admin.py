@@ -70,7 +70,7 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected (finished) tasks as new tasks", permissions=["change"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        self._each(request, queryset, "retried", lambda t: services.retry(task_id=t.id, by=request.user))
+        self._each(request, queryset, "retried", lambda t: services.retry(task_id=t.id, by=request.user)[0])
 
     @admin.action(description="Raise priority by one", permissions=["change"])
     def raise_priority(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:

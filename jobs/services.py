@@ -221,18 +221,28 @@ def cancel(*, task_id: UUID | str, by: Any = None) -> Task:
     return Task.objects.get(id=task_id)
 
 
-def retry(*, task_id: UUID | str, by: Any) -> Task:
-    """Re-run a final task as a new task (``retry_of`` points back); final states never change."""
+def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -> tuple[Task, bool]:
+    """Re-run a final task as a new task (``retry_of`` points back); final states never change. Returns
+    (task, created): the same ``idempotency_key`` retrying the same task returns the first retry's task
+    (the key is the task owner's, as at submit); used for anything else, a 409."""
     old = Task.objects.get(id=task_id)
     if old.status not in FINAL:
         raise InvalidTransition(f"only a finished task can be retried (it is {old.status})")
     spec = TaskSpec(algorithm=old.algorithm, algorithm_version=old.algorithm_version, params=old.params,
                     queue=old.queue_id, priority=old.priority, max_retries=old.max_retries,
                     timeout_seconds=old.timeout_seconds, labels=old.labels)
-    new = _new_task(old.owner, spec, None)
+    new = _new_task(old.owner, spec, idempotency_key)
     new.retry_of = old
-    with transaction.atomic():
-        return _create_one(new, spec)
+    try:
+        with transaction.atomic():
+            return _create_one(new, spec), True
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = Task.objects.get(owner=old.owner, idempotency_key=idempotency_key)
+        if existing.retry_of_id != old.id:
+            raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
+        return existing, False
 
 
 @transaction.atomic

@@ -64,9 +64,10 @@ class TaskDetailOut(TaskOut):
 TaskBatchOut = inline_serializer("TaskBatchOut", {"tasks": TaskSubmitOut(many=True)})
 
 
-def idempotency_key(request: Request) -> str | None:
-    """The request's key, or None; one too long is a 400, never cut short (two keys would then collide)."""
-    header = "Idempotency-Key" if request.headers.get("Idempotency-Key") else "X-Request-ID"
+def idempotency_key(request: Request, *, alias: bool = True) -> str | None:
+    """The request's key, or None; one too long is a 400, never cut short (two keys would then collide).
+    ``alias``: a submit's ``X-Request-ID`` stands in for a missing ``Idempotency-Key`` (DESIGN §4)."""
+    header = "Idempotency-Key" if request.headers.get("Idempotency-Key") or not alias else "X-Request-ID"
     key = (request.headers.get(header) or "").strip()
     if len(key) > IDEMPOTENCY_KEY_MAX:
         reason = f"at most {IDEMPOTENCY_KEY_MAX} characters (got {len(key)})"
@@ -150,11 +151,17 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         task = services.cancel(task_id=self.get_object().id, by=request.user)
         return Response(TaskOut(task).data)
 
-    @extend_schema(request=None, responses={201: TaskOut, **errors(409)})
+    @extend_schema(request=None, responses={201: TaskOut, 200: TaskOut, **errors(409)},
+                   parameters=[OpenApiParameter(
+                       "Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+                       OpenApiParameter.HEADER, required=False,
+                       description="The same key from the same user retrying the same task answers 200 with "
+                                   "the task the first retry made; used for another request, 409.")])
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        task = services.retry(task_id=self.get_object().id, by=request.user)
-        return Response(TaskOut(task).data, status=status.HTTP_201_CREATED)
+        task, created = services.retry(task_id=self.get_object().id, by=request.user,
+                                       idempotency_key=idempotency_key(request, alias=False))
+        return Response(TaskOut(task).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(request=PriorityIn, responses={200: TaskOut, **errors(409)})
     @action(detail=True, methods=["patch"])

@@ -130,6 +130,33 @@ def test_retry_endpoint_reruns_a_finished_task_as_a_new_task(live_worker, alice,
     assert client.get(f"/api/v1/tasks/{failed['id']}/").json()["status"] == "FAILED"
 
 
+def test_a_retry_sent_twice_with_one_idempotency_key_makes_one_task(alice, api):
+    from tests.conftest import unconsumed_queue
+
+    client = api(alice)
+    queue = unconsumed_queue()
+    ended = []
+    for _ in range(2):  # two finished tasks: cancelled while they wait in a queue no worker takes from
+        task = submit(client, "demo.noop", queue=queue)
+        assert client.post(f"/api/v1/tasks/{task['id']}/cancel/").json()["status"] == "CANCELLED"
+        ended.append(task["id"])
+
+    # when: a client's retry is sent again (a timeout, a double click) with the same key
+    first = client.post(f"/api/v1/tasks/{ended[0]}/retry/", HTTP_IDEMPOTENCY_KEY="retry-once")
+    again = client.post(f"/api/v1/tasks/{ended[0]}/retry/", HTTP_IDEMPOTENCY_KEY="retry-once")
+    other = client.post(f"/api/v1/tasks/{ended[1]}/retry/", HTTP_IDEMPOTENCY_KEY="retry-once")
+
+    # then: one new task, the second answer names it; the key used for another task is a conflict
+    assert (first.status_code, again.status_code) == (201, 200), (first.content, again.content)
+    assert again.json()["id"] == first.json()["id"] and first.json()["retry_of"] == ended[0]
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict", other.content
+    retries = client.get("/api/v1/tasks/", {"queue": queue}).json()["results"]
+    assert sorted(t["retry_of"] or "" for t in retries) == sorted(["", "", ended[0]])
+    # without a key each retry is a new task, as before
+    assert client.post(f"/api/v1/tasks/{ended[1]}/retry/").status_code == 201
+    assert client.post(f"/api/v1/tasks/{ended[1]}/retry/").status_code == 201
+
+
 def test_retry_of_unfinished_task_is_409(live_worker, alice, api):
     client = api(alice)
     task = submit(client, "demo.sleep", params={"seconds": 30})
