@@ -24,6 +24,8 @@ function backoff(attempt) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+// A task row's `progress` from a task event (every event carries the task's progress as of it).
+const progressOf = (ev) => ({ percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics })
 
 // A random UUID (crypto.randomUUID exists only on https and localhost).
 function newKey() {
@@ -235,7 +237,7 @@ Alpine.data('dashboard', () => {
       if (!this.matches(ev)) return
       this.newRow({ id: ev.task_id, algorithm: ev.algorithm, queue: ev.queue, status: ev.status,
         priority: ev.data?.priority ?? null,
-        progress: { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics },
+        progress: progressOf(ev),
         _seq: ev.seq, _t: ev.event === 'task.created' ? Date.parse(ev.timestamp) || Date.now() : 0 })
       this.fillSoon(ev.task_id)
       return
@@ -243,7 +245,7 @@ Alpine.data('dashboard', () => {
     if ((t._seq || 0) >= ev.seq) return // stale or duplicate
     t._seq = ev.seq
     t.status = ev.status
-    t.progress = { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics }
+    t.progress = progressOf(ev)
     if (ev.event === 'task.priority_changed') t.priority = ev.data?.priority ?? t.priority
     if (ev.event !== 'task.progress') this.queuesSoon()
     if (FINAL.includes(ev.status) && ev.status !== 'SUCCEEDED') this.fillSoon(ev.task_id) // its error
@@ -500,7 +502,7 @@ Alpine.data('dashboard', () => {
       if (d.task && ev.seq > d.taskSeq) {
         d.taskSeq = ev.seq
         d.task.status = ev.status
-        if (ev.event !== 'task.log') d.task.progress = { percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics }
+        if (ev.event !== 'task.log') d.task.progress = progressOf(ev)
       }
     }
     if (lines.length) d.log = [...d.log, ...lines].slice(-LOG_KEEP)
