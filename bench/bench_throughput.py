@@ -7,7 +7,8 @@
 3. Submit API: single submits at concurrency 1/16/64 against a bare one-INSERT endpoint in the same
    daphne server (the worker is stopped meanwhile; the submit queue is never consumed).
 
-Run ``python -m bench.bench_throughput --help``; ``make bench`` runs it on Redis and RabbitMQ and
+Before each measured phase the database is vacuumed and analysed (``vacuum_analyze``), as autovacuum
+would have done by then in production. Run ``python -m bench.bench_throughput --help``; ``make bench`` runs it on Redis and RabbitMQ and
 writes ``bench/results/throughput-<time>.json`` and the tables in ``docs/benchmarks.md``.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +139,15 @@ def conveyor_throughput(client: Any, n: int, batch: int, queue: str = harness.QU
             "tasks_per_second": round(n / (end - start), 1), "final_states": counts}
 
 
-def throughput(broker: Broker, client: Any, *, n: int, batch: int, rounds: int) -> dict[str, Any]:
+def throughput(broker: Broker, client: Any, *, n: int, batch: int, rounds: int, settle: Callable[[], None]) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"raw_celery": [], "conveyor": [], "conveyor_batched": [], "conveyor_deep": []}
     for _ in range(rounds):  # interleaved, so a noisy neighbour hurts all sides alike
+        settle()
         runs["raw_celery"].append(raw_throughput(broker, n))
-        runs["conveyor"].append(conveyor_throughput(client, n, batch))
-        runs["conveyor_batched"].append(conveyor_throughput(client, n, batch, harness.BATCH_QUEUE))
-        runs["conveyor_deep"].append(conveyor_throughput(client, n, batch, harness.DEEP_QUEUE))
+        for name, queue in (("conveyor", harness.QUEUE), ("conveyor_batched", harness.BATCH_QUEUE),
+                            ("conveyor_deep", harness.DEEP_QUEUE)):
+            settle()
+            runs[name].append(conveyor_throughput(client, n, batch, queue))
     best = {name: max(r, key=lambda x: x["tasks_per_second"]) for name, r in runs.items()}
     raw = best["raw_celery"]["tasks_per_second"]
     return {
@@ -228,6 +232,20 @@ def truncate() -> None:
         cur.execute("TRUNCATE jobs_task, bench_insert CASCADE")
 
 
+def vacuum_analyze() -> None:
+    """What autovacuum does in production, done by hand before each measured phase: this machine's
+    PostgreSQL runs with ``autovacuum = off``. Without it the tables keep the statistics of the moment
+    they were emptied (``truncate``), and the plans that the web's and the worker's connections prepared
+    then (generic plans, kept per connection) stay in use while the tables fill with thousands of rows:
+    that cost 1.5–2 ms per dispatch, a third of the dispatch latency (docs/benchmarks.md). ``VACUUM
+    (ANALYZE)`` renews the statistics, and PostgreSQL plans each prepared statement again on its next
+    use, as it does after every autoanalyze. ``--no-settle`` skips it, to see the difference."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("VACUUM (ANALYZE)")
+
+
 def api_client(port: int) -> tuple[Any, str]:
     import httpx
 
@@ -244,7 +262,8 @@ def run_broker(name: str, args: argparse.Namespace, *, with_submit: bool) -> dic
     if url.startswith("amqp://"):
         harness.ensure_rabbitmq_vhost(url)
     broker = Broker(url)
-    out: dict[str, Any] = {"broker_url": url.replace("guest:guest@", "")}
+    settle = (lambda: None) if args.no_settle else vacuum_analyze
+    out: dict[str, Any] = {"broker_url": url.replace("guest:guest@", ""), "settled": not args.no_settle}
     try:
         truncate()
         web.start()
@@ -255,14 +274,17 @@ def run_broker(name: str, args: argparse.Namespace, *, with_submit: bool) -> dic
         print(f"[{name}] throughput: {args.tasks} tasks x {args.rounds} rounds", flush=True)
         idle = {"web": harness.rss_mb(web), "worker": harness.rss_mb(worker)}
         with harness.PeakRss({"web": web, "worker": worker}) as peak:
-            out["throughput"] = throughput(broker, client, n=args.tasks, batch=args.batch, rounds=args.rounds)
+            out["throughput"] = throughput(broker, client, n=args.tasks, batch=args.batch, rounds=args.rounds,
+                                           settle=settle)
         out["rss_mb"] = {"idle": idle, "peak_under_load": peak.peak}
         print(f"[{name}] {json.dumps({k: out['throughput'][k] for k in ('ratio', 'ratio_batched', 'ratio_deep')})}", flush=True)
         print(f"[{name}] dispatch latency: {args.latency_tasks} tasks", flush=True)
+        settle()
         out["latency"] = latency(broker, client, n=args.latency_tasks)
         if with_submit:
             worker.stop()
             print(f"[{name}] submit API: concurrency {args.levels}", flush=True)
+            settle()
             out["submit_api"] = submit_api(port, token, levels=args.levels, seconds=args.submit_seconds)
         client.close()
     finally:
@@ -291,6 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--submit-seconds", type=float, default=8.0)
     p.add_argument("--no-submit", action="store_true", help="skip the submit API benchmark")
+    p.add_argument("--no-settle", action="store_true",
+                   help="no VACUUM (ANALYZE) before each measured phase (see vacuum_analyze)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--json", help=argparse.SUPPRESS)  # one broker's part, for run_each_broker_alone
     return p.parse_args(argv)

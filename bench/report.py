@@ -31,7 +31,9 @@ def throughput_markdown(results: dict[str, Any], command: str) -> str:
         f"Run {meta['started']} at commit `{meta['commit']}` on {meta['cpus']} CPUs "
         f"(load average before/after: {meta['load_before'][0]:.1f} / {meta['load_after'][0]:.1f}); "
         f"worker: prefork, concurrency {a['concurrency']}, queue window {a['window']}; "
-        f"{a['tasks']} tasks per round, best of {a['rounds']} interleaved rounds.",
+        f"{a['tasks']} tasks per round, best of {a['rounds']} interleaved rounds; "
+        + ("no `VACUUM (ANALYZE)` between phases (`--no-settle`)." if a.get("no_settle") else
+           "`VACUUM (ANALYZE)` before each measured phase, as autovacuum would (off on this machine)."),
         "",
         f"Command: `{command}`",
         "",
