@@ -302,6 +302,8 @@ CONVEYOR = {
     "HEARTBEAT_STALE_SECONDS": env_float("TASK_HEARTBEAT_STALE_SECONDS", 60.0),
     "QUEUED_RESEND_SECONDS": env_float("TASK_QUEUED_RESEND_SECONDS", 30.0),
     "PROGRESS_MIN_INTERVAL": env_float("TASK_PROGRESS_MIN_INTERVAL", 0.25),
+    # Live events leave a process this long after the first of them, together (jobs/events.py); 0: at once.
+    "EVENT_COALESCE_MS": env_float("EVENT_COALESCE_MS", 1.0),
     "QUEUE_DEFAULT_CONCURRENCY": env_int("QUEUE_DEFAULT_CONCURRENCY", 8),
     # queueing: candidates read past the free slots when a per-owner cap may skip some
     "DISPATCH_SCAN_AHEAD": env_int("DISPATCH_SCAN_AHEAD", 200),
