@@ -12,7 +12,7 @@ def autovacuum_is_on(app_configs: Any = None, databases: Any = None, **kwargs: A
     """Warn when PostgreSQL's autovacuum is off: every task row is updated several times, and the
     transitions and the dispatcher run as prepared statements whose plans PostgreSQL makes again only
     when the tables' statistics change. Without autovacuum those plans stay the ones made while the
-    tables were small (measured: dispatch latency 4.5 → 7.5 ms, docs/benchmarks.md)."""
+    tables were small (measured: dispatch latency p50 4.2 → 6.2 ms in make bench, docs/benchmarks.md)."""
     found = []
     for alias in databases or []:
         connection = connections[alias]
