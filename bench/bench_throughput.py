@@ -8,8 +8,9 @@
    daphne server (the worker is stopped meanwhile; the submit queue is never consumed).
 
 Before each measured phase the database is vacuumed and analysed (``vacuum_analyze``), as autovacuum
-would have done by then in production. Run ``python -m bench.bench_throughput --help``; ``make bench`` runs it on Redis and RabbitMQ and
-writes ``bench/results/throughput-<time>.json`` and the tables in ``docs/benchmarks.md``.
+would have done by then in production. Run ``python -m bench.bench_throughput --help``; ``make bench``
+runs it on Redis and RabbitMQ and writes ``bench/results/throughput-<time>.json`` and the tables in
+``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

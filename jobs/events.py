@@ -197,7 +197,7 @@ class _Publisher:
             if self._pid != os.getpid() or self._loop is None:
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="conveyor-publisher", daemon=True).start()
-                self._loop, self._pid, self._pending = loop, os.getpid(), []
+                self._loop, self._pid, self._pending, self._sending = loop, os.getpid(), [], set()
             return self._loop
 
     def publish(self, items: list[tuple[int, TaskEventPayload]]) -> None:
