@@ -44,7 +44,7 @@ def _reuse_database_connection(**kwargs: object) -> None:
 def _every(name: str, default: float) -> float:
     """An interval from the environment. django-celery-beat stores whole seconds, so under its
     database scheduler an interval below 1 s would become "every 0 s" and flood the broker."""
-    value = env_float(name, default)
+    value = env_float(name, default, positive=True)
     if "django_celery_beat" in env_str("CELERY_BEAT_SCHEDULER", "django_celery_beat"):
         value = max(1.0, value)
     return value

@@ -7,6 +7,7 @@ Used by config/settings.py and by config/celery.py (beat's intervals, read befor
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -34,24 +35,39 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false)")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """A whole number, ``minimum`` or more (no setting here means anything below 0)."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+    return _at_least(name, value, number, minimum)
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, *, positive: bool = False) -> float:
+    """A finite number, 0 or more; with ``positive``, more than 0 (an interval that 0 would turn into a
+    busy loop: a heartbeat, a ping, a beat tick)."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a finite number")
+    if positive and number <= 0:
+        raise ImproperlyConfigured(f"{name}={value!r} must be more than 0")
+    return _at_least(name, value, number, 0)
+
+
+def _at_least(name: str, value: str, number: Any, minimum: int) -> Any:
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name}={value!r} must be {minimum} or more")
+    return number
 
 
 def env_list(name: str, default: str = "") -> list[str]:

@@ -133,15 +133,15 @@ if DB_PREPARED_STATEMENTS:
 if env_int("DB_POOL_MAX_SIZE", 0) > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": env_int("DB_POOL_MAX_SIZE", 0),
-                                               "timeout": env_float("DB_POOL_TIMEOUT", 10.0)}
+                                               "timeout": env_float("DB_POOL_TIMEOUT", 10.0, positive=True)}
 
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("Conveyor needs PostgreSQL (SKIP LOCKED, partial indexes): set DATABASE_URL=postgres://…")
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Readiness (/api/v1/system/health/): per-dependency timeout, and how long to wait for worker pings.
-HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0)
-HEALTH_WORKER_PING_TIMEOUT = env_float("HEALTH_WORKER_PING_TIMEOUT", 0.5)
+HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0, positive=True)
+HEALTH_WORKER_PING_TIMEOUT = env_float("HEALTH_WORKER_PING_TIMEOUT", 0.5, positive=True)
 
 CACHES = {
     "default": {
@@ -184,7 +184,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 # Connections per process that DatabaseStorage's chunk reads (downloads) borrow, one read at a time.
-STORAGE_READ_CONNECTIONS = env_int("STORAGE_READ_CONNECTIONS", 8)
+STORAGE_READ_CONNECTIONS = env_int("STORAGE_READ_CONNECTIONS", 8, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -248,8 +248,8 @@ SPECTACULAR_SETTINGS = {
 from datetime import timedelta  # noqa: E402
 
 SIMPLE_JWT = {
-    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 30)),
-    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 1)),
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 30, minimum=1)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 1, minimum=1)),
 }
 
 
@@ -296,11 +296,11 @@ CONVEYOR = {
     "BACKOFF_MAX_SECONDS": env_float("TASK_BACKOFF_MAX_SECONDS", 600.0),
     "DEFAULT_TIMEOUT_SECONDS": env_int("TASK_DEFAULT_TIMEOUT_SECONDS", 3600),
     "CANCEL_GRACE_SECONDS": env_float("TASK_CANCEL_GRACE_SECONDS", 5.0),
-    "HEARTBEAT_SECONDS": env_float("TASK_HEARTBEAT_SECONDS", 0.5),
+    "HEARTBEAT_SECONDS": env_float("TASK_HEARTBEAT_SECONDS", 0.5, positive=True),
     # A batch (DISPATCH_BATCH) records its finished tasks at the end, or after this long (jobs/runner.py).
-    "FINISH_FLUSH_SECONDS": env_float("FINISH_FLUSH_SECONDS", 0.25),
-    "HEARTBEAT_STALE_SECONDS": env_float("TASK_HEARTBEAT_STALE_SECONDS", 60.0),
-    "QUEUED_RESEND_SECONDS": env_float("TASK_QUEUED_RESEND_SECONDS", 30.0),
+    "FINISH_FLUSH_SECONDS": env_float("FINISH_FLUSH_SECONDS", 0.25, positive=True),
+    "HEARTBEAT_STALE_SECONDS": env_float("TASK_HEARTBEAT_STALE_SECONDS", 60.0, positive=True),
+    "QUEUED_RESEND_SECONDS": env_float("TASK_QUEUED_RESEND_SECONDS", 30.0, positive=True),
     "PROGRESS_MIN_INTERVAL": env_float("TASK_PROGRESS_MIN_INTERVAL", 0.25),
     # Live events leave a process this long after the first of them, together (jobs/events.py); 0: at once.
     "EVENT_COALESCE_MS": env_float("EVENT_COALESCE_MS", 1.0),
@@ -312,31 +312,31 @@ CONVEYOR = {
     # still claimed and finished on its own; a long task in such a batch delays the ones behind it.
     "DISPATCH_BATCH": env_sizes("DISPATCH_BATCH"),
     # queueing: worker registry heartbeat, and when a silent worker counts as dead
-    "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 5.0),
-    "WORKER_STALE_SECONDS": env_float("WORKER_STALE_SECONDS", 30.0),
+    "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 5.0, positive=True),
+    "WORKER_STALE_SECONDS": env_float("WORKER_STALE_SECONDS", 30.0, positive=True),
     # queueing: on SIGTERM running tasks get this long; then the pool is killed and they are re-queued
     "WORKER_SHUTDOWN_GRACE_SECONDS": env_float("WORKER_SHUTDOWN_GRACE_SECONDS", 30.0),
     # queueing: throughput and estimated start times look at finishes in this window
-    "QUEUE_THROUGHPUT_WINDOW_SECONDS": env_int("QUEUE_THROUGHPUT_WINDOW_SECONDS", 300),
-    "BATCH_MAX": env_int("TASK_BATCH_MAX", 1000),
+    "QUEUE_THROUGHPUT_WINDOW_SECONDS": env_int("QUEUE_THROUGHPUT_WINDOW_SECONDS", 300, minimum=1),
+    "BATCH_MAX": env_int("TASK_BATCH_MAX", 1000, minimum=1),
     # Results: JSON up to this many bytes stays in the database, larger goes to storage (docs/algorithms.md).
     "RESULT_INLINE_MAX": env_int("RESULT_INLINE_MAX", 256 * 1024),
     "RESULT_TTL_DAYS": env_float("RESULT_TTL_DAYS", 30.0),
     # External programs (algorithms/external.toml): extra declaration files, comma-separated.
     "EXTERNAL_ALGORITHMS": env_list("EXTERNAL_ALGORITHMS", ""),
     # WebSockets: application-level ping interval and how long a socket may wait for its auth message.
-    "WS_PING_SECONDS": env_float("WS_PING_SECONDS", 20.0),
-    "WS_AUTH_TIMEOUT_SECONDS": env_float("WS_AUTH_TIMEOUT_SECONDS", 10.0),
+    "WS_PING_SECONDS": env_float("WS_PING_SECONDS", 20.0, positive=True),
+    "WS_AUTH_TIMEOUT_SECONDS": env_float("WS_AUTH_TIMEOUT_SECONDS", 10.0, positive=True),
     # How often a WebSocket reads its user again: deactivated or demoted, the socket closes within this.
-    "WS_RECHECK_SECONDS": env_float("WS_RECHECK_SECONDS", 30.0),
+    "WS_RECHECK_SECONDS": env_float("WS_RECHECK_SECONDS", 30.0, positive=True),
 }
 
 # --- Remote algorithm services (docs/remote.md) ---------------------------------------------------
 REMOTE = {
     # Operator-registered services (TOML); synced into the RemoteService table by discovery.
     "SERVICES_FILE": env_str("REMOTE_SERVICES_FILE", str(BASE_DIR / "algorithms" / "remote_services.toml")),
-    "DISCOVERY_SECONDS": env_float("REMOTE_DISCOVERY_SECONDS", 60.0),
-    "HEALTH_SECONDS": env_float("REMOTE_HEALTH_SECONDS", 30.0),
+    "DISCOVERY_SECONDS": env_float("REMOTE_DISCOVERY_SECONDS", 60.0, positive=True),
+    "HEALTH_SECONDS": env_float("REMOTE_HEALTH_SECONDS", 30.0, positive=True),
     # While a service is unreachable a bridged task waits (RUNNING, stage "waiting for service") and
     # polls at this interval, doubling up to the max, until it answers, the task is cancelled or times out.
     "RETRY_BASE_SECONDS": env_float("REMOTE_RETRY_BASE_SECONDS", 0.5),
@@ -348,16 +348,16 @@ REMOTE = {
 
 # --- Webhooks (README "Webhooks") ---------------------------------------------------------------
 WEBHOOKS = {
-    "CONNECT_TIMEOUT": env_float("WEBHOOK_CONNECT_TIMEOUT", 5.0),
-    "READ_TIMEOUT": env_float("WEBHOOK_READ_TIMEOUT", 10.0),
+    "CONNECT_TIMEOUT": env_float("WEBHOOK_CONNECT_TIMEOUT", 5.0, positive=True),
+    "READ_TIMEOUT": env_float("WEBHOOK_READ_TIMEOUT", 10.0, positive=True),
     # The whole attempt (connect, wait for the answer, read its body) is cut off after this long, however
     # the receiver trickles. An attempt's lease (webhooks/delivery.py) is always at least this plus 10 s.
-    "TOTAL_TIMEOUT": env_float("WEBHOOK_TOTAL_TIMEOUT", 30.0),
+    "TOTAL_TIMEOUT": env_float("WEBHOOK_TOTAL_TIMEOUT", 30.0, positive=True),
     # Delay before attempt n+1 is RETRY_SCHEDULE[n-1] (the last entry repeats), times jitter 0.8..1.2.
     "RETRY_SCHEDULE": env_floats("WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,3600,10800,21600,43200,86400"),
     "MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 13),
     # A sent message not picked up (lost by the broker) is sent again after this long.
-    "RESEND_SECONDS": env_float("WEBHOOK_RESEND_SECONDS", 60.0),
+    "RESEND_SECONDS": env_float("WEBHOOK_RESEND_SECONDS", 60.0, positive=True),
     "RESPONSE_MAX_BYTES": env_int("WEBHOOK_RESPONSE_MAX_BYTES", 4096),
     "DISABLE_AFTER_FAILURES": env_int("WEBHOOK_DISABLE_AFTER_FAILURES", 100),
     "DISABLE_AFTER_SECONDS": env_float("WEBHOOK_DISABLE_AFTER_DAYS", 5.0) * 86400,

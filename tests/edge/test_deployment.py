@@ -79,6 +79,11 @@ def test_settings_read_every_variable_the_tests_rely_on():
     ("WEBHOOK_RETRY_SCHEDULE", "5,abc", "WEBHOOK_RETRY_SCHEDULE='5,abc' is not a comma-separated list of numbers"),
     ("WEBHOOK_RETRY_SCHEDULE", ",", "WEBHOOK_RETRY_SCHEDULE=',' is not a comma-separated list of numbers"),
     ("DISPATCH_TICK_SECONDS", "abc", "DISPATCH_TICK_SECONDS='abc' is not a number"),  # config/celery.py
+    ("DISPATCH_TICK_SECONDS", "0", "DISPATCH_TICK_SECONDS='0' must be more than 0"),  # beat would flood the broker
+    ("TASK_HEARTBEAT_SECONDS", "-1", "TASK_HEARTBEAT_SECONDS='-1' must be more than 0"),
+    ("EVENT_COALESCE_MS", "nan", "EVENT_COALESCE_MS='nan' is not a finite number"),
+    ("WEBHOOK_MAX_ATTEMPTS", "-3", "WEBHOOK_MAX_ATTEMPTS='-3' must be 0 or more"),
+    ("JWT_ACCESS_MINUTES", "0", "JWT_ACCESS_MINUTES='0' must be 1 or more"),
     ("STORAGE_OPTIONS", "notjson", "STORAGE_OPTIONS is not valid JSON"),
     ("STORAGE_OPTIONS", "[1]", "STORAGE_OPTIONS is JSON but not an object"),
     ("DATABASE_URL", "postgres://u:hunter2@db:port/x", "DATABASE_URL is not a database URL"),
