@@ -2,8 +2,9 @@
 
 ``AutoSchema`` adds, to what views declare with ``@extend_schema``, the error responses that follow
 from the operation itself (any request → 400; authentication → 401/403; a path
-parameter → 404; the rate limiter → 429 with ``Retry-After``). Views declare only what is special
-to them (a 409 from a service, a 503). ``tests/edge/test_openapi.py`` fails when an endpoint is not in
+parameter or a paginated list → 404; a JSON body → 415; the rate limiter → 429 with ``Retry-After``;
+an outage of PostgreSQL or Redis → 503 with ``Retry-After``). Views declare only what is special to
+them (a 409 from a service). ``tests/edge/test_openapi.py`` fails when an endpoint is not in
 the schema or the schema generator had to guess.
 """
 from __future__ import annotations
@@ -24,8 +25,9 @@ ERROR_DESCRIPTIONS = {
           {}),
     404: ("not_found", "No such object, or it belongs to another user.", {}),
     409: ("conflict", "The object's state does not allow this (e.g. the task is already final).", {}),
+    415: ("unsupported_media_type", "The body is not JSON: send `Content-Type: application/json`.", {}),
     429: ("throttled", "Rate limit reached; retry after `Retry-After` seconds.", {}),
-    503: ("unavailable", "A dependency is down.", {}),
+    503: ("unavailable", "PostgreSQL or Redis is unreachable; retry after `Retry-After` seconds.", {}),
 }
 
 
@@ -43,6 +45,7 @@ class ErrorOut(serializers.Serializer):
 
 
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds until the limit resets."}}
+RETRY_AFTER_OUTAGE = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
 OPEN_PATHS = ("/api/v1/system/health/",)
 
 
@@ -59,10 +62,12 @@ class AutoSchema(openapi.AutoSchema):
         perms = [p.__class__ for p in self.view.get_permissions()]
         if permissions.AllowAny not in perms:
             statuses += [401, 403]
-        if "{" in self.path or isinstance(self._get_paginator(), CursorPagination):
+        if "{" in self.path or (self.method == "GET" and isinstance(self._get_paginator(), CursorPagination)):
             statuses.append(404)  # no such object; or DRF's answer to an invalid cursor
+        if self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None:
+            statuses.append(415)  # DRF's parsers take JSON only
         if self.path not in OPEN_PATHS:
-            statuses.append(429)
+            statuses += [429, 503]  # every endpoint but the health check answers 503 in an outage
         return statuses
 
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
@@ -73,6 +78,8 @@ class AutoSchema(openapi.AutoSchema):
         for status, response in responses.items():
             if status == "429":
                 response.setdefault("headers", {}).update(RETRY_AFTER)
+            if status == "503":
+                response.setdefault("headers", {}).update(RETRY_AFTER_OUTAGE)
         return responses
 
     def error_response(self, status: int) -> dict[str, Any]:

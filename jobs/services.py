@@ -195,8 +195,11 @@ def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | No
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = {t.idempotency_key: t for t in Task.objects.filter(owner=owner, idempotency_key__in=keys)}
-        if len(existing) != len(tasks) or any(existing[k].request_hash != t.request_hash for k, t in zip(keys, tasks)):
+        # The first batch's keys, one past this one's too: a first batch that was longer is another body.
+        beyond = f"{idempotency_key}#{len(specs)}"
+        existing = {t.idempotency_key: t for t in Task.objects.filter(owner=owner, idempotency_key__in=[*keys, beyond])}
+        if (len(existing) != len(tasks) or beyond in existing
+                or any(existing[k].request_hash != t.request_hash for k, t in zip(keys, tasks))):
             raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
         return [existing[k] for k in keys], False
     return tasks, True

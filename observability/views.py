@@ -9,10 +9,24 @@ from rest_framework.views import APIView
 
 from observability import health
 
+RemoteServiceHealthOut = inline_serializer("RemoteServiceHealthOut", {
+    "kind": serializers.CharField(),
+    "health": serializers.CharField(),
+    "checked_at": serializers.DateTimeField(allow_null=True),
+    "schemes": serializers.IntegerField(),
+    "error": serializers.CharField(required=False),
+})
+# One object for every check; each check adds its own fields (observability/health.py).
 CheckOut = inline_serializer("HealthCheckOut", {
     "ok": serializers.BooleanField(),
     "latency_ms": serializers.FloatField(required=False),
     "error": serializers.CharField(required=False),
+    "transport": serializers.CharField(required=False, help_text="broker: the broker's transport (redis, amqp)"),
+    "count": serializers.IntegerField(required=False, help_text="workers: how many answered the ping"),
+    "names": serializers.ListField(child=serializers.CharField(), required=False,
+                                   help_text="workers: the hostnames that answered"),
+    "services": serializers.DictField(child=RemoteServiceHealthOut, required=False,
+                                      help_text="remote_services: each enabled service, by name"),
 })
 HealthOut = inline_serializer("HealthOut", {
     "status": serializers.ChoiceField(choices=["ok", "unavailable"]),

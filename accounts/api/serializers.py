@@ -24,6 +24,7 @@ class ApiKeyOut(serializers.ModelSerializer):
         model = ApiKey
         fields = ["id", "name", "prefix", "scopes", "active", "created_at", "expires_at", "last_used_at",
                   "revoked_at"]
+        read_only_fields = fields  # an answer: every field is always there (required in the schema)
 
 
 @extend_schema_serializer(examples=[OpenApiExample(
@@ -36,3 +37,4 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
     class Meta(ApiKeyOut.Meta):
         fields = [*ApiKeyOut.Meta.fields, "key"]
+        read_only_fields = fields

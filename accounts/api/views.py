@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework_simplejwt import views as jwt_views
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
 
 from accounts import services
 from accounts.api.serializers import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut
@@ -50,14 +51,23 @@ TOKEN_EXAMPLES = [
 ]
 
 
-@extend_schema_view(post=extend_schema(tags=["auth"], examples=TOKEN_EXAMPLES, responses={
-    200: jwt_views.TokenObtainPairView.serializer_class, **errors(401)}))
+class TokenPairOut(serializers.Serializer):
+    access = serializers.CharField(help_text="Access token (JWT): `Authorization: Bearer <access>`.")
+    refresh = serializers.CharField(help_text="Refresh token, for `POST /auth/token/refresh/`.")
+
+
+class AccessTokenOut(serializers.Serializer):
+    access = serializers.CharField(help_text="A new access token (JWT).")
+
+
+@extend_schema_view(post=extend_schema(tags=["auth"], examples=TOKEN_EXAMPLES, request=TokenObtainPairSerializer,
+                                       responses={200: TokenPairOut, **errors(401)}))
 class TokenObtainView(jwt_views.TokenObtainPairView):
     """A JWT pair (access + refresh) from username and password. Limited per client IP."""
 
 
-@extend_schema_view(post=extend_schema(tags=["auth"], responses={
-    200: jwt_views.TokenRefreshView.serializer_class, **errors(401)}, examples=[
+@extend_schema_view(post=extend_schema(tags=["auth"], request=TokenRefreshSerializer, responses={
+    200: AccessTokenOut, **errors(401)}, examples=[
     OpenApiExample("refresh", request_only=True, value={"refresh": "eyJhbGciOi…"}),
     OpenApiExample("new access token", response_only=True, value={"access": "eyJhbGciOiJIUzI1NiIs…"})]))
 class TokenRefreshView(jwt_views.TokenRefreshView):

@@ -27,6 +27,12 @@ class PriorityField(serializers.Field):
         return value
 
 
+@extend_schema_field({"type": "object", "additionalProperties": True,
+                     "description": "the algorithm's parameters, checked against its params_schema"})
+class JSONObjectField(serializers.JSONField):
+    """A JSON object (the submit's ``params``; anything else is a 400)."""
+
+
 def _has_nul(value: Any) -> bool:
     """Whether any string or key in a JSON value holds NUL; a loop, so any depth the parser took is fine."""
     stack = [value]
@@ -50,7 +56,7 @@ def _has_nul(value: Any) -> bool:
 ])
 class TaskSubmitIn(serializers.Serializer):
     algorithm = serializers.CharField(max_length=200)
-    params = serializers.JSONField(required=False, default=dict)
+    params = JSONObjectField(required=False, default=dict)
     priority = PriorityField(required=False)
     queue = serializers.CharField(max_length=64, required=False)
     max_retries = serializers.IntegerField(required=False, min_value=0, max_value=20)
@@ -122,6 +128,7 @@ class ArtifactOut(serializers.ModelSerializer):
     class Meta:
         model = Artifact
         fields = ["name", "size", "sha256", "content_type", "created_at", "expired", "expired_at", "url"]
+        read_only_fields = fields  # an answer: every field is always there (required in the schema)
 
     def get_url(self, artifact: Artifact) -> str:
         return f"/api/v1/tasks/{artifact.task_id}/artifacts/{artifact.name}/"
@@ -142,6 +149,7 @@ class TaskOut(serializers.ModelSerializer):
             "created_at", "queued_at", "started_at", "finished_at", "worker", "error", "retry_of",
             "result_meta", "last_seq",
         ]
+        read_only_fields = fields
         extra_kwargs = {"last_seq": {"help_text": "seq of the last event of the task this copy reflects "
                                                   "(a live event with a higher seq is newer)"}}
 
@@ -160,4 +168,5 @@ class TaskEventOut(serializers.ModelSerializer):
     class Meta:
         model = TaskEvent
         fields = ["seq", "event", "status", "data", "created_at"]
+        read_only_fields = fields
 

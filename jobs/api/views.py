@@ -34,6 +34,13 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     description=f"The same key from the same user returns the same task (alias: X-Request-ID); "
                 f"at most {IDEMPOTENCY_KEY_MAX} characters.",
 )
+REQUEST_ID_HEADER = OpenApiParameter(
+    "X-Request-ID", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}, OpenApiParameter.HEADER,
+    required=False,
+    description="A trace id, echoed in the response and the logs. Without an Idempotency-Key it is also the "
+                "submit's idempotency key: the same id with the same body returns the first task (200), with "
+                "another body answers 409, so send a new one per submit.",
+)
 
 
 
@@ -112,7 +119,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return selectors.task_for(self.request.user, self.kwargs["pk"])
 
     @extend_schema(request=TaskSubmitIn, responses={201: TaskSubmitOut, 200: TaskSubmitOut, **errors(409)},
-                   parameters=[IDEMPOTENCY_HEADER])
+                   parameters=[IDEMPOTENCY_HEADER, REQUEST_ID_HEADER])
     def create(self, request: Request) -> Response:
         data = TaskSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)
@@ -129,7 +136,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return Response(_with_waiting(self.get_object()))
 
     @extend_schema(request=TaskBatchSubmitIn, responses={201: TaskBatchOut, 200: TaskBatchOut, **errors(409)},
-                   parameters=[IDEMPOTENCY_HEADER])
+                   parameters=[IDEMPOTENCY_HEADER, REQUEST_ID_HEADER])
     @action(detail=False, methods=["post"])
     def batch(self, request: Request) -> Response:
         data = TaskBatchSubmitIn(data=request.data)
@@ -163,7 +170,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
                                        idempotency_key=idempotency_key(request, alias=False))
         return Response(TaskOut(task).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=PriorityIn, responses={200: TaskOut, **errors(409)})
+    @extend_schema(request=PriorityIn, responses={200: TaskDetailOut, **errors(409)})
     @action(detail=True, methods=["patch"])
     def priority(self, request: Request, pk: str | None = None) -> Response:
         data = PriorityIn(data=request.data)

@@ -73,7 +73,7 @@ class QueueViewSet(viewsets.ViewSet):
         services.resume(name=name, by=request.user)
         return self.retrieve(request, name)
 
-    @extend_schema(request=ReorderIn, responses=ReorderOut)
+    @extend_schema(request=ReorderIn, responses={200: ReorderOut, **errors(409)})
     @action(detail=True, methods=["post"])
     def reorder(self, request: Request, name: str) -> Response:
         data = ReorderIn(data=request.data)

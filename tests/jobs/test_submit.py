@@ -170,3 +170,17 @@ def test_batch_with_idempotency_key_is_replayed_whole(alice, api):
     assert (first.status_code, second.status_code) == (201, 200)
     assert [t["id"] for t in first.json()["tasks"]] == [t["id"] for t in second.json()["tasks"]]
     assert Task.objects.count() == 2
+
+
+def test_a_batch_key_reused_with_fewer_or_more_tasks_is_a_conflict(alice, api):
+    """Another body under the same key is a 409, also when it is the first batch's beginning."""
+    client = api(alice)
+    two = {"tasks": [{"algorithm": "demo.noop"}, {"algorithm": "demo.noop"}]}
+    assert client.post("/api/v1/tasks/batch/", two, format="json", HTTP_IDEMPOTENCY_KEY="b-2").status_code == 201
+
+    shorter = client.post("/api/v1/tasks/batch/", {"tasks": two["tasks"][:1]}, format="json", HTTP_IDEMPOTENCY_KEY="b-2")
+    longer = client.post("/api/v1/tasks/batch/", {"tasks": two["tasks"] * 2}, format="json", HTTP_IDEMPOTENCY_KEY="b-2")
+
+    assert (shorter.status_code, longer.status_code) == (409, 409), (shorter.json(), longer.json())
+    assert shorter.json()["error"]["code"] == "idempotency_conflict"
+    assert Task.objects.count() == 2

@@ -28,6 +28,7 @@ class WebhookOut(serializers.ModelSerializer):
         model = Subscription
         fields = ["id", "url", "events", "description", "active", "task", "consecutive_failures", "failing_since",
                   "disabled_at", "disabled_reason", "secret_rotating_until", "created_at", "updated_at"]
+        read_only_fields = fields  # an answer: every field is always there (required in the schema)
 
 
 class WebhookWithSecretOut(WebhookOut):
@@ -35,6 +36,7 @@ class WebhookWithSecretOut(WebhookOut):
 
     class Meta(WebhookOut.Meta):
         fields = WebhookOut.Meta.fields + ["secret"]
+        read_only_fields = fields
 
 
 class DeliveryOut(serializers.ModelSerializer):
@@ -45,6 +47,7 @@ class DeliveryOut(serializers.ModelSerializer):
         model = Delivery
         fields = ["id", "webhook_id", "webhook", "event", "task_id", "seq", "status", "attempts", "next_attempt_at",
                   "last_status_code", "last_error", "created_at", "finished_at"]
+        read_only_fields = fields
 
 
 class DeliveryAttemptOut(serializers.ModelSerializer):
@@ -52,6 +55,7 @@ class DeliveryAttemptOut(serializers.ModelSerializer):
         model = DeliveryAttempt
         fields = ["number", "outcome", "started_at", "finished_at", "duration_ms", "status_code", "response_headers",
                   "response_body", "error"]
+        read_only_fields = fields
 
 
 class DeliveryDetailOut(DeliveryOut):
@@ -60,3 +64,4 @@ class DeliveryDetailOut(DeliveryOut):
 
     class Meta(DeliveryOut.Meta):
         fields = DeliveryOut.Meta.fields + ["payload", "attempt_log"]
+        read_only_fields = fields
