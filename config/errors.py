@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from django import db
-from django.core.exceptions import ValidationError as DjangoValidationError
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -62,6 +63,17 @@ class Unavailable(ConveyorError):
     code = "unavailable"
 
 
+class RequestTooLarge(ConveyorError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "request_too_large"
+
+
+def too_large() -> RequestTooLarge:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return RequestTooLarge(f"the request body is larger than {limit} bytes (REQUEST_BODY_MAX_BYTES): split a "
+                           "batch into smaller ones, or pass large inputs by reference (a URL, an artifact)")
+
+
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     """DRF's nested error dict → {"params.seconds": ["…"]}, so every field is named by its path."""
     out: dict[str, list[str]] = {}
@@ -92,6 +104,7 @@ _CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    413: "request_too_large",
     415: "unsupported_media_type",
     429: "throttled",
 }
@@ -108,6 +121,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = Unavailable("the database is unavailable; retry in a few seconds")
     if isinstance(exc, db.DataError):
         exc = _refused_value(exc, context)
+    if isinstance(exc, RequestDataTooBig):  # raised while DRF reads the body (DATA_UPLOAD_MAX_MEMORY_SIZE)
+        exc = too_large()
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -156,7 +171,15 @@ def _error_page(status: int, code: str, message: str) -> Any:
     return view
 
 
-bad_request_view = _error_page(400, "bad_request", "the request could not be parsed")
+_bad_request_page = _error_page(400, "bad_request", "the request could not be parsed")
+
+
+def bad_request_view(request: Any, exception: Exception | None = None) -> Any:
+    """Django's 400 page; a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` read outside DRF is a 413."""
+    if isinstance(exception, RequestDataTooBig):
+        error = too_large()
+        return JsonResponse({"error": {"code": error.code, "message": error.message}}, status=error.status_code)
+    return _bad_request_page(request, exception)
 permission_denied_view = _error_page(403, "permission_denied", "permission denied")
 not_found_view = _error_page(404, "not_found", "no such endpoint: {path}")
 server_error_view = _error_page(500, "server_error", "internal error")

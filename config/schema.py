@@ -2,7 +2,7 @@
 
 ``AutoSchema`` adds, to what views declare with ``@extend_schema``, the error responses that follow
 from the operation itself (any request → 400; authentication → 401/403; a path
-parameter or a paginated list → 404; a JSON body → 415; the rate limiter → 429 with ``Retry-After``;
+parameter or a paginated list → 404; a JSON body → 413 and 415; the rate limiter → 429 with ``Retry-After``;
 an outage of PostgreSQL or Redis → 503 with ``Retry-After``). Views declare only what is special to
 them (a 409 from a service). ``tests/edge/test_openapi.py`` fails when an endpoint is not in
 the schema or the schema generator had to guess.
@@ -25,6 +25,7 @@ ERROR_DESCRIPTIONS = {
           {}),
     404: ("not_found", "No such object, or it belongs to another user.", {}),
     409: ("conflict", "The object's state does not allow this (e.g. the task is already final).", {}),
+    413: ("request_too_large", "The body is larger than `REQUEST_BODY_MAX_BYTES` (10 MiB by default).", {}),
     415: ("unsupported_media_type", "The body is not JSON: send `Content-Type: application/json`.", {}),
     429: ("throttled", "Rate limit reached; retry after `Retry-After` seconds.", {}),
     503: ("unavailable", "PostgreSQL or Redis is unreachable; retry after `Retry-After` seconds.", {}),
@@ -65,7 +66,7 @@ class AutoSchema(openapi.AutoSchema):
         if "{" in self.path or (self.method == "GET" and isinstance(self._get_paginator(), CursorPagination)):
             statuses.append(404)  # no such object; or DRF's answer to an invalid cursor
         if self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None:
-            statuses.append(415)  # DRF's parsers take JSON only
+            statuses += [413, 415]  # a body over REQUEST_BODY_MAX_BYTES; DRF's parsers take JSON only
         if self.path not in OPEN_PATHS:
             statuses += [429, 503]  # every endpoint but the health check answers 503 in an outage
         return statuses

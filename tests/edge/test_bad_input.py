@@ -165,3 +165,23 @@ def test_nul_in_an_idempotency_key_is_400_naming_its_header(api, alice):
     response = api(alice).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json",
                                HTTP_IDEMPOTENCY_KEY="a\u0000b")
     assert list(fields_of(response)) == ["Idempotency-Key"]
+
+
+# --- bodies over the size limit -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/v1/tasks/", "/api/v1/tasks/batch/"])
+def test_a_body_over_the_limit_is_413_naming_the_limit_and_stores_nothing(api, alice, settings, path):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4000  # REQUEST_BODY_MAX_BYTES
+    task = {"algorithm": "demo.noop", "labels": ["x" * 100] * 20}  # about 2,100 bytes of JSON
+    batch = path.endswith("batch/")
+    client = api(alice)
+
+    under = client.post(path, {"tasks": [task]} if batch else task, format="json")
+    over = client.post(path, {"tasks": [task] * 2} if batch else {**task, "params": {"note": "y" * 2000}},
+                       format="json")
+
+    assert under.status_code == 201, under.content
+    assert over.status_code == 413, over.content
+    error = over.json()["error"]
+    assert error["code"] == "request_too_large" and "4000 bytes" in error["message"]
+    assert Task.objects.count() == 1
