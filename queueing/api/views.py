@@ -118,7 +118,9 @@ class WorkerControlView(APIView):
         504: OpenApiResponse(ErrorOut, description="The worker did not answer within 2 s (every action but shutdown).",
                              examples=[OpenApiExample("worker_no_reply", value={"error": {
                                  "code": "worker_no_reply", "message": "worker 'w1@h' did not answer pool_grow within 2 s"}})]),
-    }, description="202: the worker took the command. 409 `worker_not_alive` (stopped, lost or no recent "
+    }, parameters=[OpenApiParameter("command", str, OpenApiParameter.PATH, enum=list(control.ACTIONS),
+                                    description="what the worker should do")],
+       description="202: the worker took the command. 409 `worker_not_alive` (stopped, lost or no recent "
                    "heartbeat) or `worker_refused` (its reply reports an error); 400 names `queue` when "
                    "add_consumer names a queue nothing is routed to.")
     def post(self, request: Request, hostname: str, command: str) -> Response:

@@ -158,3 +158,14 @@ def test_response_fields_that_are_always_sent_are_required(schema):
             continue  # a request body (COMPONENT_SPLIT_REQUEST), or not an object
         optional = set(component["properties"]) - set(component.get("required", []))
         assert optional <= SOMETIMES_ABSENT.get(name, set()), f"{name}: {sorted(optional)} not required"
+
+
+def test_values_the_server_checks_against_a_list_are_enums_in_the_schema(schema):
+    from queueing.control import ACTIONS
+    from webhooks.services import ALLOWED_EVENTS
+
+    op = schema["paths"]["/api/v1/workers/{hostname}/{command}/"]["post"]
+    [command] = [p for p in op["parameters"] if p["name"] == "command"]
+    assert command["in"] == "path" and set(command["schema"]["enum"]) == set(ACTIONS)
+    events = schema["components"]["schemas"]["WebhookInRequest"]["properties"]["events"]["items"]
+    assert set(events["enum"]) == set(ALLOWED_EVENTS)

@@ -1,20 +1,27 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
+from webhooks.outbox import QUEUE_EVENTS, TASK_EVENTS, WILDCARDS
+
+
+@extend_schema_field({"type": "string", "enum": sorted(TASK_EVENTS | QUEUE_EVENTS | WILDCARDS)})
+class EventNameField(serializers.CharField):
+    """An event to subscribe to (checked by ``webhooks.services``, which names the allowed ones)."""
 
 
 class WebhookIn(serializers.Serializer):
     url = serializers.URLField(max_length=2000)
-    events = serializers.ListField(child=serializers.CharField(max_length=50), allow_empty=False, max_length=50)
+    events = serializers.ListField(child=EventNameField(max_length=50), allow_empty=False, max_length=50)
     description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     active = serializers.BooleanField(required=False, default=True)
 
 
 class WebhookPatchIn(serializers.Serializer):
     url = serializers.URLField(max_length=2000, required=False)
-    events = serializers.ListField(child=serializers.CharField(max_length=50), allow_empty=False, max_length=50,
+    events = serializers.ListField(child=EventNameField(max_length=50), allow_empty=False, max_length=50,
                                    required=False)
     description = serializers.CharField(max_length=500, required=False, allow_blank=True)
     active = serializers.BooleanField(required=False)
