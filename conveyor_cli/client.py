@@ -33,6 +33,15 @@ RETRYABLE = {429, 502, 503, 504}
 MAX_RETRY_AFTER = 60.0
 
 
+class OutputClosed(Exception):
+    """Our own stdout (or stderr) was closed or cannot be written (``conveyor … | head -1``): leave quietly."""
+
+
+# Exit status when our output goes away: what a shell reports for a program killed by SIGPIPE
+# (128 + 13), as 130 is 128 + SIGINT.
+EXIT_OUTPUT_CLOSED = 141
+
+
 class ServerBusy(CLIError):
     """A RETRYABLE status; ``retry_after`` is how long the server asked us to wait (0 when it did not)."""
 
@@ -58,7 +67,7 @@ def error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+        return f"HTTP {response.status_code}: {' '.join(response.text[:200].split())}"
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         message = f"{error.get('message') or error.get('code')}"
@@ -66,6 +75,14 @@ def error_message(response: httpx.Response) -> str:
             message += f"\n  {field}: {'; '.join(map(str, problems))}"
         return message
     return f"HTTP {response.status_code}: {body}"
+
+
+def _is_json(response: httpx.Response) -> bool:
+    try:
+        response.json()
+    except ValueError:
+        return False
+    return True
 
 
 def json_body(response: httpx.Response) -> Any:
@@ -87,7 +104,10 @@ class Client:
     def __init__(self, url: str | None = None, *, timeout: float = 30.0) -> None:
         self.settings = config.load()
         self.url = (url or self.settings.get("url") or config.DEFAULT_URL).rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        try:
+            self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        except httpx.InvalidURL as exc:  # a bad --url is server trouble, like one nobody answers
+            raise CLIError(f"cannot reach {self.url}: {exc}", exit_code=SERVER_TROUBLE) from None
 
     # --- tokens ----------------------------------------------------------------------------------
 
@@ -101,19 +121,23 @@ class Client:
         response = self._send("POST", "/api/v1/auth/token/", json={"username": username, "password": password},
                               auth=False, stream=False)
         if response.status_code != 200:
-            code = SERVER_TROUBLE if response.status_code in RETRYABLE or response.status_code >= 500 else 5
+            busy = response.status_code in RETRYABLE or response.status_code >= 500 or not _is_json(response)
+            code = SERVER_TROUBLE if busy else 5
             raise CLIError(f"login failed: {error_message(response)}", exit_code=code)
         self.settings = {"url": self.url, "username": username, **tokens_of(response)}
         config.save(self.settings)
 
     def refresh(self) -> bool:
+        """False when the refresh token is refused (400/401: log in again); a busy or broken server
+        raises like any other call (ServerBusy for RETRYABLE, SERVER_TROUBLE for a 5xx or an odd reply)."""
         refresh = self.settings.get("refresh") if self.access else None
         if not refresh:
             return False
-        response = self._send("POST", "/api/v1/auth/token/refresh/", json={"refresh": refresh},
-                              auth=False, stream=False)
-        if response.status_code != 200:
+        path = "/api/v1/auth/token/refresh/"
+        response = self._send("POST", path, json={"refresh": refresh}, auth=False, stream=False)
+        if response.status_code in (400, 401):
             return False
+        self._check(response, path, (200,))
         self.settings.update(tokens_of(response))
         config.save(self.settings)
         return True
@@ -148,14 +172,22 @@ class Client:
             response.close()
 
     def _check(self, response: httpx.Response, path: str, ok: tuple[int, ...]) -> None:
-        if response.status_code == 401:
+        """A refusal in the API's JSON error shape (a 4xx) exits 1; a RETRYABLE status, any other 5xx,
+        or an error that is not JSON (a proxy's page, a wrong URL) is server trouble (6)."""
+        status = response.status_code
+        if status == 401:
             raise CLIError("not logged in (or the session expired): run `conveyor login`", exit_code=5)
-        if response.status_code == 404 and "/tasks/" not in path:
+        if status == 404 and "/tasks/" not in path:
             raise NotAvailable(f"{self.url} has no {path} endpoint (404)")
-        if response.status_code not in ok:
+        if status not in ok:
             response.read()
-            if response.status_code in RETRYABLE:
+            if status in RETRYABLE:
                 raise ServerBusy(error_message(response), retry_after=retry_after(response.headers))
+            if not _is_json(response):
+                raise CLIError(f"unexpected non-JSON reply from {response.url}: {error_message(response)}",
+                               exit_code=SERVER_TROUBLE)
+            if status >= 500:
+                raise CLIError(f"server error: {error_message(response)}", exit_code=SERVER_TROUBLE)
             raise CLIError(error_message(response))
 
     def _send(self, method: str, path: str, *, auth: bool = True, stream: bool = True, **kwargs: Any) -> httpx.Response:

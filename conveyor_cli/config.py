@@ -2,8 +2,10 @@
 (``$XDG_CONFIG_HOME/conveyor``, else ``~/.config/conveyor``), file ``config.json``, mode 0600."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,15 @@ def save(data: dict[str, Any]) -> None:
     folder = config_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.json"
-    tmp = path.with_suffix(".tmp")
-    # The file holds a refresh token: readable by its owner only, written atomically.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    # The file holds a refresh token: readable by its owner only (mkstemp makes it 0600), written
+    # atomically through a temporary file of its own, so that two processes saving at once (a refresh
+    # in one, a login in another) each replace the file whole instead of moving each other's half.
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,7 +1,8 @@
 """``conveyor`` command line: login, submit, watch, ls, cancel, logs, result, queues, workers.
 
 Exit status: 0 success (or a task that SUCCEEDED), 1 error or FAILED task, 2 usage, 3 CANCELLED,
-4 TIMED_OUT, 5 not logged in / token refused, 6 server unreachable.
+4 TIMED_OUT, 5 not logged in / token refused, 6 server trouble, 130 Ctrl-C, 141 our output was closed
+(``conveyor ls | head -1``: quietly, as a program killed by SIGPIPE).
 """
 from __future__ import annotations
 
@@ -13,20 +14,34 @@ import os
 import sys
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from conveyor_cli.client import CLIError, Client, NotAvailable, json_body
+from conveyor_cli.client import EXIT_OUTPUT_CLOSED, CLIError, Client, NotAvailable, OutputClosed, json_body
 from conveyor_cli.watch import EXIT_CODES, watch
 
 
 def parse_param(item: str) -> tuple[str, Any]:
-    """``key=value``; the value is JSON when it parses (``n=3``, ``flag=true``, ``xs=[1,2]``), else text."""
+    """``key=value``; the value is JSON when it parses (``n=3``, ``flag=true``, ``xs=[1,2]``), else text.
+    ``NaN``, ``Infinity`` and ``1e999`` are not JSON numbers (the API cannot take them): text too."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
     try:
-        return key, json.loads(raw)
-    except ValueError:
+        value = json.loads(raw)
+        json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError):
         return key, raw
+    return key, value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -36,14 +51,18 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
+    print(json.dumps(data, indent=2) if args.json else text, flush=True)
 
 
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_login(client: Client, args: argparse.Namespace) -> int:
-    username = args.username or input("username: ")
-    password = args.password or os.environ.get("CONVEYOR_PASSWORD") or getpass.getpass("password: ")
+    try:
+        username = args.username or input("username: ")
+        password = args.password or os.environ.get("CONVEYOR_PASSWORD") or getpass.getpass("password: ")
+    except EOFError:
+        raise CLIError("no input: give -u/--username, and -p/--password or CONVEYOR_PASSWORD",
+                       exit_code=2) from None
     client.login(username, password)
     print(f"logged in to {client.url} as {username}")
     return 0
@@ -68,11 +87,25 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
     return watch(client, args.id)
 
 
+# The most the server gives in one page (its max_page_size); more rows are asked for page by page.
+PAGE_MAX = 500
+
+
 def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("status", args.status), ("queue", args.queue), ("algorithm", args.algorithm),
-                                ("page_size", args.limit)) if v}
-    page = client.get("/api/v1/tasks/", params=params)
-    tasks = page["results"] if isinstance(page, dict) else page
+    params: dict[str, Any] = {k: v for k, v in (("status", args.status), ("queue", args.queue),
+                                                ("algorithm", args.algorithm)) if v}
+    tasks: list[dict[str, Any]] = []
+    while len(tasks) < args.limit:
+        page = client.get("/api/v1/tasks/", params={**params, "page_size": min(args.limit - len(tasks), PAGE_MAX)})
+        if not isinstance(page, dict):  # a server that does not paginate
+            tasks += page
+            break
+        tasks += page["results"]
+        cursor = parse_qs(urlsplit(page.get("next") or "").query).get("cursor")
+        if not cursor or not page["results"]:
+            break
+        params["cursor"] = cursor[0]  # the next page of the same listing (the host in `next` may be internal)
+    tasks = tasks[:args.limit]
     rows = [[t["id"], t["algorithm"], t["status"], f"{t['progress']['percent']:.0f}%", t["queue"], t["priority"],
              t["created_at"][:19].replace("T", " ")] for t in tasks]
     emit(args, tasks, table(rows, ["ID", "ALGORITHM", "STATUS", "PROGRESS", "QUEUE", "PRIO", "CREATED"]))
@@ -120,10 +153,16 @@ def cmd_result(client: Client, args: argparse.Namespace) -> int:
 def write_out(chunks: Iterator[bytes], path: str | None) -> int:
     """Write ``chunks`` to ``path`` (stdout without one); returns the number of bytes written."""
     size = 0
-    with open(path, "wb") if path else contextlib.nullcontext(sys.stdout.buffer) as out:
-        for chunk in chunks:
-            out.write(chunk)
-            size += len(chunk)
+    try:
+        with open(path, "wb") if path else contextlib.nullcontext(sys.stdout.buffer) as out:
+            for chunk in chunks:
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+    except OSError as exc:
+        if not path:
+            raise OutputClosed(str(exc)) from exc
+        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
     return size
 
 
@@ -185,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status")
     p.add_argument("--queue")
     p.add_argument("--algorithm")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=positive_int, default=20, help="this many rows (default 20), page by page")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cancel", help="cancel a task")
@@ -210,17 +249,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    client = Client(args.url)
     try:
-        return args.func(client, args)
+        return args.func(Client(args.url), args)
     except NotAvailable as exc:
-        print(f"conveyor: {exc}: this server does not offer `{args.command}`", file=sys.stderr)
-        return exc.exit_code
+        return complain(f"{exc}: this server does not offer `{args.command}`", exc.exit_code)
     except CLIError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return complain(str(exc), exc.exit_code)
+    except (OutputClosed, BrokenPipeError):
+        return output_closed()
+    except OSError as exc:  # a local file (the config dir, say): name it, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        return complain(f"{where}{exc.strerror or exc}", 1)
     except KeyboardInterrupt:
         return 130
+
+
+def complain(message: str, code: int) -> int:
+    try:
+        print(f"conveyor: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is gone too: the exit status says it
+    return code
+
+
+def output_closed() -> int:
+    """Whoever read our output stopped (``| head -1``): exit quietly, as programs killed by SIGPIPE do.
+    stdout is pointed at /dev/null so that the interpreter's last flush does not complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OUTPUT_CLOSED
 
 
 __all__ = ["main", "EXIT_CODES"]

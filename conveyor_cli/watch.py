@@ -2,20 +2,28 @@
 
 The socket authenticates with its first message (the token stays out of URLs and logs). A dropped
 connection is reopened with ``?after_seq=<last seen>`` so nothing is missed or shown twice; so is a
-server that is overloaded or not ready (429, 502, 503, 504: after its ``Retry-After``). Giving up on the
-server exits with SERVER_TROUBLE, never 1 (which is a FAILED task).
+server that is overloaded or not ready (429, 502, 503, 504: after its ``Retry-After``), or answers with
+another 5xx. The tries are counted from the last event shown, so a server that keeps accepting and
+dropping the connection is given up on too. Giving up on the server exits with SERVER_TROUBLE, never 1
+(which is a FAILED task). Our own output going away (``| head -1``) is OutputClosed, not network trouble.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from typing import Any, TextIO
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO, TypeVar
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from conveyor_cli.client import RETRYABLE, SERVER_TROUBLE, CLIError, Client, ServerBusy, retry_after
+from conveyor_cli.client import (RETRYABLE, SERVER_TROUBLE, CLIError, Client, OutputClosed, ServerBusy,
+                                 retry_after)
+
+T = TypeVar("T")
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "CANCELLED": 3, "TIMED_OUT": 4}
@@ -32,6 +40,20 @@ class ProgressView:
         self.last_line = ""
         self.error = ""
 
+    def write(self, text: str) -> None:
+        """A write error on our own output is OutputClosed, never taken for a lost connection."""
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+            raise OutputClosed(str(exc)) from exc
+
+    def interrupted(self) -> None:
+        """Ctrl-C: leave the line of the bar, so the shell's prompt starts on a line of its own."""
+        if self.tty and self.last_line and not self.quiet:
+            with contextlib.suppress(OutputClosed):
+                self.write("\n")
+
     def show(self, body: dict[str, Any]) -> None:
         if self.quiet:
             return
@@ -43,27 +65,19 @@ class ProgressView:
         if line == self.last_line:
             return
         self.last_line = line
-        if self.tty:
-            self.out.write("\r\033[K" + line)
-        else:
-            self.out.write(line + "\n")
-        self.out.flush()
+        self.write("\r\033[K" + line if self.tty else line + "\n")
 
     def log(self, line: str) -> None:
         if self.quiet:
             return
+        text = f"  | {line}\n"
         if self.tty:
-            self.out.write("\r\033[K")
-        self.out.write(f"  | {line}\n")
-        if self.tty and self.last_line:
-            self.out.write(self.last_line)
-        self.out.flush()
+            text = "\r\033[K" + text + self.last_line
+        self.write(text)
 
     def done(self, status: str, error: str = "") -> None:
-        if self.tty and not self.quiet:
-            self.out.write("\n")
-        self.out.write(f"{status}{': ' + error if error else ''}\n")
-        self.out.flush()
+        newline = "\n" if self.tty and not self.quiet else ""
+        self.write(f"{newline}{status}{': ' + error if error else ''}\n")
 
 
 async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects: int = 30) -> str:
@@ -74,11 +88,11 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
     while True:
         url = client.ws_url(f"/ws/tasks/{task_id}/") + f"?after_seq={last_seq}"
         try:
-            token = await asyncio.to_thread(client.fresh_access)
+            token = await in_daemon_thread(client.fresh_access)
             async with connect(url, open_timeout=10, max_size=2**24) as ws:
                 await ws.send(json.dumps({"type": "auth", "token": token}))
                 async for raw in ws:
-                    failures, streamed = 0, True
+                    streamed = True  # the server took the token
                     body = json.loads(raw)
                     if body.get("event") == "task.snapshot":
                         # The replay that follows redraws the way here; the snapshot only tells
@@ -87,6 +101,8 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
                         continue
                     status = _apply(body, view)
                     if body.get("seq") is not None and body.get("event", "").startswith("task."):
+                        if body["seq"] > last_seq:
+                            failures = 0  # something new was shown: the connection was worth it
                         last_seq = max(last_seq, body["seq"])
                     if status in FINAL:
                         return status
@@ -104,15 +120,43 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
             if not streamed:
                 raise CLIError("the server refused the token: run `conveyor login`", exit_code=5)
             streamed = False  # the access token expired mid-stream: fresh_access() refreshes it
-            continue
+            failures += 1
+            if failures <= reconnects:
+                continue
         if closed == 4403:
             raise CLIError(f"task {task_id} not found", exit_code=1)
         if failures == 0:
-            sys.stderr.write(f"connection lost ({problem}); reconnecting\n")
+            try:
+                sys.stderr.write(f"connection lost ({problem}); reconnecting\n")
+                sys.stderr.flush()
+            except (OSError, ValueError) as exc:
+                raise OutputClosed(str(exc)) from exc
         failures += 1
         if failures > reconnects:
             raise CLIError(f"gave up on the server after {reconnects} tries: {problem}", exit_code=SERVER_TROUBLE)
         await asyncio.sleep(max(min(5.0, 0.2 * 2 ** min(failures, 5)), _asked_wait(problem)))
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread: unlike ``asyncio.to_thread``, Ctrl-C does not wait for a blocking
+    REST call to time out (asyncio.run joins its executor's threads, the interpreter joins non-daemon ones)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():  # cancelled meanwhile: nobody waits for it any more
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def run() -> None:
+        try:
+            outcome = (True, fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we were interrupted
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="conveyor-rest", daemon=True).start()
+    return await future
 
 
 def _asked_wait(problem: Exception) -> float:
@@ -139,5 +183,10 @@ def _apply(body: dict[str, Any], view: ProgressView) -> str | None:
 
 
 def watch(client: Client, task_id: str, *, out: TextIO = sys.stdout, quiet: bool = False) -> int:
-    status = asyncio.run(follow(client, task_id, ProgressView(out, quiet=quiet)))
+    view = ProgressView(out, quiet=quiet)
+    try:
+        status = asyncio.run(follow(client, task_id, view))
+    except KeyboardInterrupt:
+        view.interrupted()
+        raise
     return EXIT_CODES.get(status, 1)

@@ -158,3 +158,16 @@ def test_watch_survives_a_server_restart_and_misses_nothing(live_worker, alice, 
     assert steps == [f"{n}/8" for n in range(1, 9)], first + out + err  # every step once, none lost
     assert out.splitlines()[-1] == "SUCCEEDED"
     assert "reconnecting" in err  # it did lose the server on the way
+
+
+def test_submit_wait_piped_into_head_exits_quietly_once_head_is_done(live_worker, cli, alice, live_web, tmp_path):
+    # `conveyor submit demo.hello … --wait | head -1`: head takes the id and leaves
+    login(cli, alice)
+    env = dict(os.environ, CONVEYOR_CONFIG_DIR=str(tmp_path / "config"), CONVEYOR_URL=live_web)
+    waiter = subprocess.Popen([sys.executable, "-m", "conveyor_cli", "submit", "demo.hello", "seconds=1", "steps=3",
+                               "--wait"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    task_id = waiter.stdout.readline().strip()
+    waiter.stdout.close()
+    err = waiter.stderr.read()
+    assert waiter.wait(timeout=60) == 141, err  # 128 + SIGPIPE, as the shell reports for `yes | head -1`
+    assert len(task_id) == 36 and err == ""  # no traceback, no "reconnecting" over and over
