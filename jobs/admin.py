@@ -3,12 +3,13 @@ services (the same guarded transitions as the API), events inline and read-only.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from config.errors import ConveyorError
+from config.errors import ConveyorError, InvalidInput
 from jobs import services
 from jobs.models import Task, TaskEvent
 
@@ -74,10 +75,16 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Raise priority by one", permissions=["change"])
     def raise_priority(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        self._each(request, queryset, "raised", lambda t: services.change_priority(
-            task_id=t.id, priority=min(9, t.priority + 1), by=request.user))
+        self._each(request, queryset, "raised", lambda t: _shift_priority(t, +1, request.user))
 
     @admin.action(description="Lower priority by one", permissions=["change"])
     def lower_priority(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        self._each(request, queryset, "lowered", lambda t: services.change_priority(
-            task_id=t.id, priority=max(0, t.priority - 1), by=request.user))
+        self._each(request, queryset, "lowered", lambda t: _shift_priority(t, -1, request.user))
+
+
+def _shift_priority(task: Task, step: int, by: Any) -> Task:
+    """One step up or down; a task already at 9 (or 0) is reported, not counted as changed."""
+    priority = task.priority + step
+    if not 0 <= priority <= 9:
+        raise InvalidInput(f"already at priority {task.priority}")
+    return services.change_priority(task_id=task.id, priority=priority, by=by)

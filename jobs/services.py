@@ -250,7 +250,8 @@ def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -
 
 @transaction.atomic
 def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Task:
-    """New priority for a PENDING/QUEUED task (``task.priority_changed``); 409 once it runs.
+    """New priority for a PENDING/QUEUED task (``task.priority_changed``); 409 once it runs. The same
+    priority again changes nothing (no event, no new place in the round-robin).
 
     The task joins the round-robin of its new priority (``queueing.ordering.stamp``); a task pinned
     by a reorder stays pinned. Dispatched on commit: a dispatch that ran while this held the row
@@ -259,11 +260,14 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
     from queueing import dispatch, ordering
 
     done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
-                                 values={"priority": priority},
+                                 values={"priority": priority}, where_sql="priority <> %s", where_params=[priority],
                                  data={"priority": priority, "by": getattr(by, "username", None)})
     if done is None:
-        if not Task.objects.filter(id=task_id).exists():
+        task = Task.objects.filter(id=task_id).first()
+        if task is None:
             raise TaskNotFound("task not found")
+        if task.status in NOT_STARTED and task.priority == priority:
+            return task  # already so: no event, and it keeps its turn in the round-robin
         raise InvalidTransition("priority can only change before the task starts")
     ordering.stamp([done.id])
     transaction.on_commit(lambda: dispatch.dispatch([done.queue_id], look_first=True), robust=True)

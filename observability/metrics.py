@@ -124,14 +124,17 @@ class ConveyorCollector(Collector):
         if not _table_exists("queueing_workerrecord"):
             return []
         stale = settings.CONVEYOR.get("WORKER_STALE_SECONDS", 30.0)
-        workers = GaugeMetricFamily("conveyor_workers", "Workers with a fresh heartbeat", labels=["state"])
+        workers = GaugeMetricFamily("conveyor_workers", "Workers by state: alive (fresh heartbeat), stopped "
+                                    "(shut down cleanly), dead (heartbeat stale without a clean stop)", labels=["state"])
         slots = GaugeMetricFamily("conveyor_worker_slots", "Concurrency of the live workers")
-        (alive, dead, concurrency), = _rows(
-            "SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live), "
+        (alive, stopped, dead, concurrency), = _rows(
+            "SELECT count(*) FILTER (WHERE live), count(*) FILTER (WHERE stopped), "
+            "count(*) FILTER (WHERE NOT live AND NOT stopped), "
             "coalesce(sum(concurrency) FILTER (WHERE live), 0) FROM ("
-            "  SELECT concurrency, stopped_at IS NULL AND last_heartbeat > statement_timestamp() - make_interval(secs => %s) AS live"
-            "  FROM queueing_workerrecord) w", [stale])
+            "  SELECT concurrency, stopped_at IS NOT NULL AS stopped, stopped_at IS NULL AND last_heartbeat > "
+            "statement_timestamp() - make_interval(secs => %s) AS live FROM queueing_workerrecord) w", [stale])
         workers.add_metric(["alive"], alive)
+        workers.add_metric(["stopped"], stopped)  # a deploy's old workers: no reason to page anyone
         workers.add_metric(["dead"], dead)
         slots.add_metric([], concurrency)
         return [workers, slots]

@@ -42,23 +42,46 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
     _check_alive(hostname)
     if action in ("add_consumer", "cancel_consumer") and not queue:
         raise InvalidInput("queue: required for this action", fields={"queue": ["required"]})
+    record = WorkerRecord.objects.get(hostname=hostname)
     if action == "add_consumer":
         _check_queue(queue)
+    if action == "cancel_consumer" and queue not in record.queues:
+        reason = f"worker {hostname!r} does not consume {queue!r} (it consumes {', '.join(record.queues) or 'nothing'})"
+        raise InvalidInput(f"queue: {reason}", fields={"queue": [reason]})
+    if action == "pool_shrink" and n >= record.concurrency:
+        raise Conflict(f"pool_shrink by {n} would leave worker {hostname!r} no process (it has {record.concurrency}); "
+                       "to stop it, use shutdown")
     dest = [hostname]
     ctl = app.control
     if action == "shutdown":
-        # No reply: the worker stops right away (warm shutdown, running tasks finish first).
-        ctl.shutdown(destination=dest)
+        # No reply: the worker stops taking tasks at once (warm shutdown); running tasks get
+        # WORKER_SHUTDOWN_GRACE_SECONDS, as on SIGTERM, then are handed back (queueing.heartbeat).
+        ctl.broadcast("conveyor_shutdown", destination=dest)
         return []
     if action == "pool_grow":
         replies = ctl.pool_grow(n=n, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
     elif action == "pool_shrink":
-        replies = ctl.pool_shrink(n=n, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
+        return _shrink(hostname, n)
     elif action == "add_consumer":
         replies = ctl.add_consumer(queue, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
     else:
         replies = ctl.cancel_consumer(queue, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
     return _checked(hostname, action, list(replies or []))
+
+
+def _shrink(hostname: str, n: int) -> list[dict[str, Any]]:
+    """One process at a time: Celery's ``pool_shrink(n)`` stops at the first busy process and reports an
+    error after it has already removed some, so the answer says how many went."""
+    replies: list[dict[str, Any]] = []
+    for done in range(n):
+        try:
+            replies += _checked(hostname, "pool_shrink", list(app.control.pool_shrink(
+                n=1, destination=[hostname], reply=True, timeout=REPLY_TIMEOUT) or []))
+        except (WorkerRefused, WorkerNoReply) as error:
+            if not done:
+                raise
+            raise type(error)(f"shrank worker {hostname!r} by {done} of {n}; then: {error.message}") from None
+    return replies
 
 
 def _check_alive(hostname: str) -> None:

@@ -8,7 +8,8 @@ worker consume this queue?" cheaply, and keeps dead workers visible (stale ``las
 Queues and pool size are read from the running consumer on every beat, so remote-control changes
 (``add_consumer``, ``pool_grow`` …) show up within one heartbeat.
 
-Graceful shutdown lives here too: on a warm shutdown (SIGTERM) Celery stops taking messages and
+Graceful shutdown lives here too: on a warm shutdown (SIGTERM, or the API's ``shutdown`` through the
+``conveyor_shutdown`` control command) Celery stops taking messages and
 waits for running tasks. If they are still running after ``WORKER_SHUTDOWN_GRACE_SECONDS``, the
 pool children are killed first and only then are their tasks handed back to PENDING (another worker
 re-runs them): the order matters, so a task is never running here and elsewhere at once.
@@ -23,7 +24,9 @@ import time
 from typing import Any
 
 import celery
+from celery.exceptions import WorkerShutdown
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.worker.control import control_command
 from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
@@ -122,8 +125,26 @@ def _on_shutdown(sender: Any = None, **kwargs: Any) -> None:
 
 @worker_shutting_down.connect
 def _on_shutting_down(sender: Any = None, how: str | None = None, **kwargs: Any) -> None:
-    if how != "Warm" or "consumer" not in _state:
+    if how == "Warm":
+        _start_grace()
+
+
+@control_command()
+def conveyor_shutdown(state: Any, **kwargs: Any) -> None:
+    """Warm shutdown from ``POST /api/v1/workers/{hostname}/shutdown/`` (``queueing.control``), with the
+    same grace as SIGTERM. Celery's own ``shutdown`` command raises ``WorkerShutdown`` without sending
+    ``worker_shutting_down``, so its warm shutdown waited for a hung task for ever."""
+    log.warning("Got shutdown from remote: running tasks get %gs",
+                settings.CONVEYOR["WORKER_SHUTDOWN_GRACE_SECONDS"])
+    _start_grace()
+    raise WorkerShutdown(0)
+
+
+def _start_grace() -> None:
+    """Once per process: after the grace period, stop what still runs and hand it back."""
+    if "consumer" not in _state or _state.get("grace_started"):
         return
+    _state["grace_started"] = True
     grace = settings.CONVEYOR["WORKER_SHUTDOWN_GRACE_SECONDS"]
     threading.Thread(target=_hand_back_after, args=(grace,), name="conveyor-shutdown-grace", daemon=True).start()
 

@@ -87,6 +87,28 @@ def test_metrics_show_waiting_tasks_and_paused_queues(alice, api):
 
 
 @pytest.mark.django_db
+def test_workers_that_stopped_cleanly_are_not_counted_dead(alice, api):
+    """After a deploy the old workers are ``stopped``: an alert on ``conveyor_workers{state="dead"}`` must
+    not fire for them; a worker whose heartbeat went stale without a clean stop is dead."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from queueing.models import WorkerRecord
+
+    now, old = timezone.now(), timezone.now() - timedelta(hours=1)
+    common = {"queues": ["default"], "concurrency": 2, "pool": "prefork", "pid": 1, "version": "celery 5"}
+    WorkerRecord.objects.create(hostname="alive@h", last_heartbeat=now, started_at=now, **common)
+    WorkerRecord.objects.create(hostname="stopped@h", last_heartbeat=old, started_at=old, stopped_at=old, **common)
+    WorkerRecord.objects.create(hostname="dead@h", last_heartbeat=old, started_at=old, **common)
+
+    samples = scrape(api(alice))
+
+    counts = {state: samples[("conveyor_workers", (("state", state),))] for state in ("alive", "stopped", "dead")}
+    assert counts["stopped"] == 1 and counts["dead"] == 1 and counts["alive"] >= 1, counts
+
+
+@pytest.mark.django_db
 def test_request_id_is_echoed_or_made(client):
     assert client.get("/health/", HTTP_X_REQUEST_ID="trace-abc.123")["X-Request-ID"] == "trace-abc.123"
     made = client.get("/health/")["X-Request-ID"]

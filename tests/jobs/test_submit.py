@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from jobs.models import Task
+from jobs.models import Task, TaskEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -184,3 +184,23 @@ def test_a_batch_key_reused_with_fewer_or_more_tasks_is_a_conflict(alice, api):
     assert (shorter.status_code, longer.status_code) == (409, 409), (shorter.json(), longer.json())
     assert shorter.json()["error"]["code"] == "idempotency_conflict"
     assert Task.objects.count() == 2
+
+
+def test_the_same_priority_again_changes_nothing_and_keeps_the_tasks_turn(alice, api):
+    """No ``task.priority_changed`` (no webhook, no dashboard event) and no new round-robin place."""
+    from queueing.models import Queue
+
+    Queue.objects.update_or_create(name="held-prio", defaults={"paused": True})
+    client = api(alice)
+    task_id = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": "held-prio", "priority": 7},
+                          format="json").json()["id"]
+    before = Task.objects.get(id=task_id)
+
+    response = client.patch(f"/api/v1/tasks/{task_id}/priority/", {"priority": 7}, format="json")
+
+    assert response.status_code == 200 and response.json()["priority"] == 7
+    after = Task.objects.get(id=task_id)
+    assert (after.last_seq, after.fair_seq) == (before.last_seq, before.fair_seq)
+    assert not TaskEvent.objects.filter(task_id=task_id, event="task.priority_changed").exists()
+    assert client.patch(f"/api/v1/tasks/{task_id}/priority/", {"priority": 8}, format="json").json()["priority"] == 8
+    assert TaskEvent.objects.filter(task_id=task_id, event="task.priority_changed").count() == 1

@@ -60,6 +60,27 @@ def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_to_another_worker(l
         assert task.attempts == 1, "an interrupted attempt does not use up a retry"
 
 
+def test_shutdown_through_the_api_gives_a_hung_task_the_grace_period_then_hands_it_back(
+        live_worker, extra_worker, alice, olga, api):
+    """The operator's ``POST /workers/{hostname}/shutdown/`` behaves as SIGTERM does: a task that ignores
+    cancellation does not keep the worker up; after the grace (2 s in tests) it is handed back."""
+    make_queue("remote-stop", concurrency=2)
+    worker = extra_worker("remote-stop", 1, tag="remote-stop")
+    body = {"algorithm": "demo.sleep", "params": {"seconds": 600, "ignore_cancel": True}, "queue": "remote-stop"}
+    response = api(alice).post("/api/v1/tasks/", body, format="json")
+    assert response.status_code == 201, response.content
+    task_id = response.json()["id"]
+    wait_until(lambda: running_on([task_id], worker.hostname), message="the hung task running")
+
+    assert api(olga).post(f"/api/v1/workers/{worker.hostname}/shutdown/").status_code == 202
+    worker.proc.wait(timeout=60)  # Celery's own shutdown command waited for the task's 600 s
+
+    task = Task.objects.get(id=task_id)
+    assert task.status in (Status.PENDING, Status.QUEUED), task.status  # back in its queue, for another worker
+    handed_back = task.events.filter(event="task.retrying").latest("seq")
+    assert handed_back.data["reason"] == "worker shutdown"
+
+
 def test_a_batch_of_one_user_does_not_starve_another_users_single_task(live_worker, extra_worker, alice, bob, api):
     make_queue("fair", concurrency=1)
     extra_worker("fair", 1, tag="fair")

@@ -88,6 +88,18 @@ def test_operator_patches_queue_settings_with_validation(olga, api):
     assert response.json()["priority"] == 8
 
 
+def test_a_patch_naming_a_field_it_cannot_change_is_400_and_changes_nothing(olga, api):
+    """``{"paused": true}`` used to answer 200 and leave the queue running."""
+    make_queue("q2")
+    client = api(olga)
+    response = client.patch("/api/v1/queues/q2/", {"paused": True, "concurrency": 5}, format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert "pause/" in error["fields"]["paused"][0]
+    body = client.get("/api/v1/queues/q2/").json()
+    assert (body["paused"], body["concurrency"]) == (False, 8)
+
+
 async def _receive_queue_events(action, count: int) -> list[dict]:
     layer = get_channel_layer()
     channel = await layer.new_channel()

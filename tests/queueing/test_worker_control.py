@@ -89,3 +89,35 @@ def test_add_consumer_of_an_unknown_queue_is_400_naming_queue(api, olga, worker,
     make_queue("held")
     for queue in ("held", "default", "webhooks"):
         assert post(api, olga, "add_consumer", {"queue": queue}).status_code == 202, queue
+
+
+def test_shutdown_is_conveyors_command_which_keeps_the_grace_period(api, olga, worker, replies):
+    assert post(api, olga, "shutdown").status_code == 202
+    action, args, kwargs = replies.sent[-1]
+    assert (action, args[0], kwargs["destination"]) == ("broadcast", "conveyor_shutdown", [HOST])
+
+
+def test_pool_shrink_that_would_leave_no_process_is_409_and_nothing_is_sent(api, olga, worker, replies):
+    err = error(post(api, olga, "pool_shrink", {"n": 2}), 409)  # the worker has 2
+    assert "no process" in err["message"] and "shutdown" in err["message"]
+    assert not replies.sent
+
+
+def test_pool_shrink_goes_one_process_at_a_time_and_says_how_far_it_got(api, olga, worker, replies, monkeypatch):
+    WorkerRecord.objects.filter(pk=worker.pk).update(concurrency=4)
+    answers = iter([[{HOST: {"ok": "pool will shrink"}}], [{HOST: {"error": "Can't shrink pool. All processes busy!"}}]])
+    monkeypatch.setattr(replies, "pool_shrink", lambda **kwargs: replies.sent.append(("pool_shrink", (), kwargs))
+                        or next(answers), raising=False)
+
+    err = error(post(api, olga, "pool_shrink", {"n": 3}), 409)
+
+    assert err["code"] == "worker_refused"
+    assert "by 1 of 3" in err["message"] and "All processes busy" in err["message"]
+    assert [kwargs["n"] for _, _, kwargs in replies.sent] == [1, 1]
+
+
+def test_cancel_consumer_of_a_queue_the_worker_does_not_consume_is_400_naming_queue(api, olga, worker, replies):
+    err = error(post(api, olga, "cancel_consumer", {"queue": "zzz"}), 400)
+    assert "queue" in err["fields"] and "zzz" in err["message"] and "default" in err["message"]
+    assert not replies.sent
+    assert post(api, olga, "cancel_consumer", {"queue": "default"}).status_code == 202
