@@ -293,7 +293,9 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
     now = timezone.now()
     tasks = transitions.apply(
         task_ids, frm=[Status.QUEUED], to=Status.RUNNING, event="task.started",
-        values={"started_at": now, "heartbeat_at": now, "worker": worker[:255], "cancel_requested": False},
+        # error: the previous attempt's (kept in its events) would read as this run's while it runs
+        values={"started_at": now, "heartbeat_at": now, "worker": worker[:255], "cancel_requested": False,
+                "error": ""},
         sql_values={"attempts": "attempts + 1"}, where_sql=f"NOT {paused}", data={"worker": worker},
         relax=True,  # a lost claim leaves the task QUEUED: the reconciler requeues it
     )

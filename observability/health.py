@@ -59,6 +59,8 @@ def check_workers() -> dict[str, Any]:
 
     replies = app.control.ping(timeout=settings.HEALTH_WORKER_PING_TIMEOUT) or []
     names = sorted(name for reply in replies for name in reply)
+    if not names:  # reported, not required for readiness: but not "ok" either
+        return {"ok": False, "count": 0, "names": [], "error": "no worker answered the ping"}
     return {"count": len(names), "names": names}
 
 

@@ -63,6 +63,14 @@ def test_two_claims_of_the_same_message_start_the_task_once(queued_task):
     assert task.events.filter(event="task.started").count() == 1
 
 
+def test_a_new_attempt_does_not_show_the_previous_attempts_error_while_it_runs(queued_task):
+    """The last attempt's error stays in its ``task.retrying`` event; the running task shows none."""
+    Task.objects.filter(id=queued_task.id).update(error="worker lost (heartbeat stale)")
+    claimed = services.claim(task_id=queued_task.id, worker="w")
+    assert claimed is not None and claimed.error == ""
+    assert Task.objects.get(id=queued_task.id).error == ""
+
+
 def test_cancel_racing_a_claim_ends_in_exactly_one_consistent_state(queued_task):
     claimed, cancelled = race(lambda: services.claim(task_id=queued_task.id, worker="w"),
                               lambda: services.cancel(task_id=queued_task.id))
