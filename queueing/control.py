@@ -39,10 +39,9 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
     if action not in ACTIONS:
         raise InvalidInput(f"action: one of {', '.join(ACTIONS)}", fields={"action": [f"one of {', '.join(ACTIONS)}"]})
     refuse_nul(hostname, field="hostname")  # from the URL path
-    _check_alive(hostname)
+    record = _alive(hostname)
     if action in ("add_consumer", "cancel_consumer") and not queue:
         raise InvalidInput("queue: required for this action", fields={"queue": ["required"]})
-    record = WorkerRecord.objects.get(hostname=hostname)
     if action == "add_consumer":
         _check_queue(queue)
     if action == "cancel_consumer" and queue not in record.queues:
@@ -84,11 +83,14 @@ def _shrink(hostname: str, n: int) -> list[dict[str, Any]]:
     return replies
 
 
-def _check_alive(hostname: str) -> None:
+def _alive(hostname: str) -> WorkerRecord:
+    """The worker's registry row, when it is alive."""
+    record = live_workers().filter(hostname=hostname, lost_at__isnull=True).first()
+    if record is not None:
+        return record
     if not WorkerRecord.objects.filter(hostname=hostname).exists():
         raise WorkerNotFound(f"worker {hostname!r} not found")
-    if not live_workers().filter(hostname=hostname, lost_at__isnull=True).exists():
-        raise WorkerNotAlive(f"worker {hostname!r} is not alive (stopped, lost or no recent heartbeat)")
+    raise WorkerNotAlive(f"worker {hostname!r} is not alive (stopped, lost or no recent heartbeat)")
 
 
 def _check_queue(queue: str) -> None:
