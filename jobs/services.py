@@ -170,17 +170,22 @@ def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) ->
     not a read-then-write, decides between concurrent duplicates. A different body is a 409.
     """
     task = _new_task(owner, spec, idempotency_key)
+    return _create_or_replay(task, spec, same=lambda first: first.request_hash == task.request_hash)
+
+
+def _create_or_replay(task: Task, spec: TaskSpec, *, same: Any) -> tuple[Task, bool]:
+    """(``task`` inserted, True); or, when its idempotency key is taken, (the task that took it, False)
+    if ``same(that task)`` says it was the same request, else a 409."""
     try:
         with transaction.atomic():
-            created = _create_one(task, spec)
+            return _create_one(task, spec), True
     except IntegrityError:
-        if idempotency_key is None:
+        if task.idempotency_key is None:
             raise
-        existing = Task.objects.get(owner=owner, idempotency_key=idempotency_key)
-        if existing.request_hash != task.request_hash:
+        first = Task.objects.get(owner_id=task.owner_id, idempotency_key=task.idempotency_key)
+        if not same(first):
             raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
-        return existing, False
-    return created, True
+        return first, False
 
 
 def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | None = None) -> tuple[list[Task], bool]:
@@ -236,16 +241,7 @@ def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -
                     timeout_seconds=old.timeout_seconds, labels=old.labels)
     new = _new_task(old.owner, spec, idempotency_key)
     new.retry_of = old
-    try:
-        with transaction.atomic():
-            return _create_one(new, spec), True
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        existing = Task.objects.get(owner=old.owner, idempotency_key=idempotency_key)
-        if existing.retry_of_id != old.id:
-            raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
-        return existing, False
+    return _create_or_replay(new, spec, same=lambda first: first.retry_of_id == old.id)
 
 
 @transaction.atomic

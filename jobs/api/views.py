@@ -28,20 +28,21 @@ from webhooks import selectors as webhook_selectors
 # A batch stores ``<key>#<index>`` in Task.idempotency_key (max_length=255): 200 + "#" + the index's digits
 # fits any batch with fewer than 10**54 items (BATCH_MAX; tests/edge/test_bad_input.py checks it).
 IDEMPOTENCY_KEY_MAX = 200
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}, OpenApiParameter.HEADER,
-    required=False,
-    description=f"The same key from the same user returns the same task (alias: X-Request-ID); "
-                f"at most {IDEMPOTENCY_KEY_MAX} characters.",
-)
-REQUEST_ID_HEADER = OpenApiParameter(
-    "X-Request-ID", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}, OpenApiParameter.HEADER,
-    required=False,
-    description="A trace id, echoed in the response and the logs. Without an Idempotency-Key it is also the "
-                "submit's idempotency key: the same id with the same body returns the first task (200), with "
-                "another body answers 409, so send a new one per submit.",
-)
 
+
+def key_header(name: str, description: str) -> OpenApiParameter:
+    """An optional request header holding an idempotency key (at most IDEMPOTENCY_KEY_MAX characters)."""
+    return OpenApiParameter(name, {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX}, OpenApiParameter.HEADER,
+                            required=False, description=description)
+
+
+IDEMPOTENCY_HEADER = key_header(
+    "Idempotency-Key", f"The same key from the same user returns the same task (alias: X-Request-ID); "
+                       f"at most {IDEMPOTENCY_KEY_MAX} characters.")
+REQUEST_ID_HEADER = key_header(
+    "X-Request-ID", "A trace id, echoed in the response and the logs. Without an Idempotency-Key it is also the "
+                    "submit's idempotency key: the same id with the same body returns the first task (200), with "
+                    "another body answers 409, so send a new one per submit.")
 
 
 class TaskWebhookOut(serializers.Serializer):
@@ -159,11 +160,9 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return Response(TaskOut(task).data)
 
     @extend_schema(request=None, responses={201: TaskOut, 200: TaskOut, **errors(409)},
-                   parameters=[OpenApiParameter(
-                       "Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
-                       OpenApiParameter.HEADER, required=False,
-                       description="The same key from the same user retrying the same task answers 200 with "
-                                   "the task the first retry made; used for another request, 409.")])
+                   parameters=[key_header(
+                       "Idempotency-Key", "The same key from the same user retrying the same task answers 200 "
+                                          "with the task the first retry made; used for another request, 409.")])
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         task, created = services.retry(task_id=self.get_object().id, by=request.user,
