@@ -55,6 +55,34 @@ def test_issue_example_reorder_and_priority_give_start_order_d_b_a_c(olga, api):
     assert start_order() == ["d", "b", "a", "c"]
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-bound"])
+@pytest.mark.parametrize("cap", [0, 5], ids=["uncapped", "owner-cap"])
+def test_one_pass_fills_the_window_in_the_listings_order_and_sends_in_that_order(
+        olga, api, settings, monkeypatch, django_capture_on_commit_callbacks, prepared, cap):
+    """Several slots free at once: the dispatcher queues the first tasks of the listing, as many as
+    room, and hands them to the broker in that order (one round trip on the prepared path; with an owner
+    cap, its candidates picked in Python)."""
+    settings.DB_PREPARED_STATEMENTS = prepared
+    make_queue("q1", concurrency=5, user_concurrency=cap, paused=True)
+    client = api(olga)
+    for label, priority in [("a", 1), ("b", 9), ("c", 5), ("d", 5), ("e", 8), ("f", 2)]:
+        submit(client, label, priority)
+    pin = Task.objects.get(queue="q1", labels=["d"]).id
+    assert client.post("/api/v1/queues/q1/reorder/", {"task_ids": [str(pin)]}, format="json").status_code == 200
+    assert listing(client) == ["d", "b", "e", "c", "f", "a"]
+    make_queue("q1", paused=False)
+    sent: list[str] = []
+    monkeypatch.setattr(dispatch, "send", lambda queue, ids: sent.extend(ids))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch.dispatch(["q1"]) == 5
+
+    labels = {str(t.id): t.labels[0] for t in Task.objects.filter(queue="q1")}
+    assert [labels[i] for i in sent] == ["d", "b", "e", "c", "f"]
+    assert Task.objects.get(queue="q1", labels=["a"]).status == Status.PENDING
+    assert Task.objects.filter(queue="q1", status=Status.QUEUED).count() == 5
+
+
 def test_priority_names_and_order_without_reorder(alice, api):
     make_queue("q1", concurrency=1, paused=True)
     client = api(alice)
