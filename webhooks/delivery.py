@@ -7,7 +7,9 @@
   attempt that the next claim marks LOST (at-least-once: the receiver may see that message twice and
   dedupes by ``webhook-id``).
 * ``record`` completes the attempt, schedules a retry or ends the delivery, updates the endpoint's
-  failure streak (and disables it past the limits), and sends the task's next waiting event.
+  failure streak (and disables it past the limits), and sends the task's next waiting event. Should
+  storing the answer fail anyway, the attempt is recorded again from its status code alone: an attempt
+  always ends (a 2xx is delivered), it is never left IN_FLIGHT to be re-sent for ever.
 """
 from __future__ import annotations
 
@@ -88,7 +90,29 @@ def attempt(*, delivery_id: str) -> str | None:
     msg_id = f"msg_{claimed.attempt.delivery_id.hex}"
     headers = signing.headers(claimed.secrets, msg_id, int(time.time()), claimed.body)
     result = transport.send(claimed.url, claimed.body, headers)
-    return record(claimed=claimed, result=result)
+    try:
+        return record(claimed=claimed, result=result)
+    except Exception as exc:
+        # Whatever the answer held, the attempt must end: otherwise it stays IN_FLIGHT, is sent again
+        # each time its hold runs out and blocks its task's later events. Its status code still decides
+        # (a 2xx is delivered); what could not be stored (headers, body, Retry-After) is left out.
+        log.exception("recording attempt %s of webhook delivery %s failed; storing its outcome without the answer",
+                      claimed.attempt.number, claimed.attempt.delivery_id)
+        return record(claimed=claimed, result=_bare(result, exc))
+
+
+def _bare(result: transport.AttemptResult, exc: Exception) -> transport.AttemptResult:
+    """``result`` without what the receiver sent besides its status code."""
+    note = f"the answer could not be stored ({type(exc).__name__})"
+    return transport.AttemptResult(status_code=result.status_code, duration_ms=result.duration_ms,
+                                   error=f"{storable(result.error)}; {note}" if result.error else note,
+                                   transient=result.transient)
+
+
+def storable(text: str, limit: int | None = None) -> str:
+    """``text`` as PostgreSQL text can hold it: no NUL, no lone surrogates; cut to ``limit`` characters."""
+    text = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return text if limit is None else text[:limit]
 
 
 @transaction.atomic
@@ -130,8 +154,9 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
         outcome = Outcome.FAILED
     DeliveryAttempt.objects.filter(id=attempt_row.id).update(
         outcome=outcome, finished_at=now, duration_ms=result.duration_ms, status_code=result.status_code,
-        response_headers=result.headers, response_body=result.body, error=result.error[:1000])
-    error = result.error or ("" if outcome == Outcome.SUCCEEDED else f"HTTP {result.status_code}")
+        response_headers={storable(k): storable(v) for k, v in result.headers.items()},
+        response_body=storable(result.body), error=storable(result.error, 1000))
+    error = storable(result.error) or ("" if outcome == Outcome.SUCCEEDED else f"HTTP {result.status_code}")
     values: dict[str, Any] = {"in_flight_until": None, "last_status_code": result.status_code,
                               "last_error": error[:1000]}
     if outcome == Outcome.RETRY:

@@ -29,15 +29,16 @@ def is_retryable(status_code: int | None, *, transient_error: bool) -> bool:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad."""
+    """Seconds from a ``Retry-After`` header (delta-seconds in ASCII digits, or an HTTP date); None if
+    absent or anything else (``²``, ``１２`` and other Unicode digits included)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)

@@ -207,8 +207,9 @@ def send(url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
     cap = settings.WEBHOOKS["RESPONSE_MAX_BYTES"]
     token = _deadline.set(started + total)
     try:
+        # ``identity``: only an excerpt of the answer is kept, and a compressed one would be stored as binary.
         with client().stream("POST", url, content=body, headers={
-            "content-type": "application/json", "user-agent": USER_AGENT, **headers,
+            "content-type": "application/json", "user-agent": USER_AGENT, "accept-encoding": "identity", **headers,
         }) as response:
             result.status_code = response.status_code
             result.headers = {k: v for k, v in response.headers.items() if k.lower() in _KEEP_HEADERS}

@@ -47,6 +47,7 @@ def test_parse_retry_after_seconds_and_http_date():
     assert policy.parse_retry_after("30") == 30
     assert policy.parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now=now) == 90
     assert policy.parse_retry_after("soon") is None
+    assert policy.parse_retry_after(" 7 ") == 7
     assert policy.parse_retry_after(None) is None
 
 
@@ -54,3 +55,9 @@ def test_gives_up_after_max_attempts(settings):
     settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_ATTEMPTS": 3}
     assert not policy.gives_up(2)
     assert policy.gives_up(3)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "\uff11\uff12", "1\u00b2", "-5", "1.5", "1e3",
+                                   "Mon, 01 Jan 99999 00:00:00 GMT"])
+def test_parse_retry_after_ignores_anything_but_ascii_digits_and_http_dates(value):
+    assert policy.parse_retry_after(value) is None
