@@ -12,7 +12,9 @@ one; the file a row pointed at before is deleted once the row points at the new 
 
 ``finalize_result()`` decides where a finished task's result lives: JSON up to ``RESULT_INLINE_MAX``
 bytes goes back inline (``Task.result``); anything larger, or holding a NUL character (which jsonb
-cannot store), is encoded in chunks into a stored result.
+cannot store), is encoded in chunks into a stored result. A float that is NaN or infinite, which JSON
+cannot hold, is written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` in either
+(``jobs.jsonsafe``), as in a summary.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from django.utils.text import get_valid_filename
 
 from algorithms.context import Scratch
 from algorithms.models import Artifact
+from jobs.jsonsafe import finite_json
 
 RESULT_NAME = "result"
 _NOTHING = object()
@@ -83,7 +86,7 @@ class ArtifactWriter(io.BufferedIOBase):
                  summary: dict[str, Any] | None) -> None:
         super().__init__()
         self._store, self.kind, self.name = store, kind, name
-        self.content_type, self.summary = content_type, dict(summary or {})
+        self.content_type, self.summary = content_type, finite_json(dict(summary or {}))
         fd, path = tempfile.mkstemp(dir=store.scratch_dir, prefix="artifact-")
         self._path = Path(path)
         self._file = os.fdopen(fd, "wb")
@@ -236,9 +239,11 @@ def summarize(obj: Any) -> dict[str, Any]:
 
 def finalize_result(store: ArtifactStore, obj: Any) -> Any:
     """The value for ``Task.result``: ``obj`` itself when its JSON fits inline, else None with ``obj``
-    encoded chunk by chunk into a stored result. A result streamed with ``ctx.open_result()`` wins."""
+    encoded chunk by chunk into a stored result. A result streamed with ``ctx.open_result()`` wins.
+    Non-finite floats become strings in both (``jobs.jsonsafe.finite_json``)."""
     if store.result is not None or obj is None:
         return None if store.result is not None else obj
+    obj = finite_json(obj)  # NaN, ±Infinity: "NaN", "Infinity", "-Infinity", never a failed task
     limit = settings.CONVEYOR["RESULT_INLINE_MAX"]
     head: list[str] = []
     size = 0

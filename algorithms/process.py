@@ -7,7 +7,9 @@ one task.
 * The program writes JSON lines on stdout: ``{"progress": 40, "stage": …, "message": …, "metrics": {…}}``,
   ``{"log": "…"}``, ``{"result": …}``. Anything else on stdout or stderr becomes a log line, a message
   with a field of the wrong type (``{"progress": "50%"}``) included. A line is read up to ``LINE_MAX``
-  bytes; the rest of a longer one is discarded.
+  bytes; the rest of a longer one is discarded. The bare ``NaN``, ``Infinity`` and ``-Infinity`` that
+  Python's json module writes are read, and kept in metrics and results as the strings ``"NaN"``,
+  ``"Infinity"`` and ``"-Infinity"`` (``jobs.jsonsafe``), as for a Python algorithm.
 * Files it writes into ``$CONVEYOR_OUTPUT_DIR`` become the task's artifacts; ``{"result_file": "out.bin",
   "content_type": …, "summary": {…}}`` makes one of them the task's result itself (any size, streamed).
 * It runs in its own process group. On cancel or time limit the whole group gets SIGTERM, then
