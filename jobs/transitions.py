@@ -11,10 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from django.conf import settings
@@ -94,8 +93,37 @@ def apply(
     ids = [str(i) for i in ids]
     if not ids:
         return []
-    sql, params = _update_sql(("%s::uuid[]", [ids]), frm=frm, to=to, values=values, sql_values=sql_values,
-                              where_sql=where_sql, where_params=where_params, row_values=row_values)
+    sets = ["last_seq = last_seq + 1"]
+    params: list[Any] = []
+    if to is not None:
+        sets.append("status = %s")
+        params.append(to)
+    for column, value in (values or {}).items():
+        sets.append(f"{column} = %s")
+        params.append(_prep(column, value))
+    sets.extend(f"{column} = {expr}" for column, expr in (sql_values or {}).items())
+    if row_values:
+        # UPDATE … FROM unnest(ids, col1[], col2[] …): one statement, each row its own values.
+        columns = list(row_values)
+        sets.extend(f"{column} = v.v_{column}" for column in columns)
+        arrays = ", ".join(["%s::uuid[]"] + [f"%s::{_db_type(column)}[]" for column in columns])
+        names = ", ".join(["v_id"] + [f"v_{column}" for column in columns])
+        sql = (f"UPDATE {_TABLE} SET {', '.join(sets)} FROM unnest({arrays}) AS v({names}) "
+               f"WHERE {_TABLE}.id = v.v_id")
+        params.append(ids)
+        for column in columns:
+            assert len(row_values[column]) == len(ids), f"row_values[{column!r}] must align with ids"
+            params.append([_prep(column, value) for value in row_values[column]])
+    else:
+        sql = f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ANY(%s::uuid[])"
+        params.append(ids)
+    if frm is not None:
+        sql += " AND status = ANY(%s)"
+        params.append(list(frm))
+    if where_sql:
+        sql += f" AND ({where_sql})"
+        params.extend(where_params or [])
+    sql += f" RETURNING {_RETURNING}"
     if not events.in_sql(event):
         with connection.cursor() as cur:
             execute(cur, sql, params, relax=relax)
@@ -107,74 +135,6 @@ def apply(
     # One statement: the guarded UPDATE, the event rows of the rows it changed, and each one's
     # matching webhook subscriptions.
     return [task for task, _ in _recording(sql, params, event, data, relax=relax, order=ids)]
-
-
-def read_then_apply(reads: list[str], read_params: Mapping[str, Any], *, ids_sql: str, order_sql: str,
-                    frm: Iterable[str], to: str, event: str, values: Mapping[str, Any] | None = None,
-                    relax: bool = False) -> tuple[list[list[tuple[Any, ...]]], list[Task]]:
-    """``read_together(reads)``, then ``apply`` to the ids that ``ids_sql`` selects (a query of one
-    column, with the same named parameters as ``reads``; it runs after them, with its own snapshot), all
-    in one round trip. Returns each read's rows and the updated tasks, ordered by ``order_sql`` (columns
-    of the task table). Only on the prepared path: without it, read first, then ``apply``."""
-    assert settings.DB_PREPARED_STATEMENTS, "one round trip needs the prepared path (pipelines)"
-    assert transaction.get_connection().in_atomic_block, "transitions run inside a transaction"
-    ids_expr, ids_params = _positional(ids_sql, read_params)
-    sql, params = _update_sql((f"ARRAY({ids_expr})", ids_params), frm=frm, to=to, values=values)
-    statement, params, now = _recording_sql(sql, params, event, None, order_sql=order_sql)
-    found, rows = read_together(reads, read_params, relax=relax, then=(statement, params))
-    return found, [task for task, _ in _recorded(rows, event, None, now)]
-
-
-def _positional(sql: str, named: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """``sql`` with its ``%(name)s`` placeholders turned into ``%s``, and their values in order."""
-    params: list[Any] = []
-
-    def one(match: re.Match[str]) -> str:
-        params.append(named[match.group(1)])
-        return "%s"
-
-    return re.sub(r"%\((\w+)\)s", one, sql), params
-
-
-def _update_sql(ids: tuple[str, list[Any]], *, frm: Iterable[str] | None, to: str | None,
-                values: Mapping[str, Any] | None = None, sql_values: Mapping[str, str] | None = None,
-                where_sql: str = "", where_params: list[Any] | None = None,
-                row_values: Mapping[str, list[Any]] | None = None) -> tuple[str, list[Any]]:
-    """The guarded UPDATE of ``apply`` returning every column; ``ids``: an SQL expression of a uuid[] and
-    its parameters (with ``row_values``, the list of ids itself)."""
-    sets = ["last_seq = last_seq + 1"]
-    params: list[Any] = []
-    if to is not None:
-        sets.append("status = %s")
-        params.append(to)
-    for column, value in (values or {}).items():
-        sets.append(f"{column} = %s")
-        params.append(_prep(column, value))
-    sets.extend(f"{column} = {expr}" for column, expr in (sql_values or {}).items())
-    ids_expr, ids_params = ids
-    if row_values:
-        # UPDATE … FROM unnest(ids, col1[], col2[] …): one statement, each row its own values.
-        [id_list] = ids_params
-        columns = list(row_values)
-        sets.extend(f"{column} = v.v_{column}" for column in columns)
-        arrays = ", ".join(["%s::uuid[]"] + [f"%s::{_db_type(column)}[]" for column in columns])
-        names = ", ".join(["v_id"] + [f"v_{column}" for column in columns])
-        sql = (f"UPDATE {_TABLE} SET {', '.join(sets)} FROM unnest({arrays}) AS v({names}) "
-               f"WHERE {_TABLE}.id = v.v_id")
-        params.append(id_list)
-        for column in columns:
-            assert len(row_values[column]) == len(id_list), f"row_values[{column!r}] must align with ids"
-            params.append([_prep(column, value) for value in row_values[column]])
-    else:
-        sql = f"UPDATE {_TABLE} SET {', '.join(sets)} WHERE id = ANY({ids_expr})"
-        params.extend(ids_params)
-    if frm is not None:
-        sql += " AND status = ANY(%s)"
-        params.append(list(frm))
-    if where_sql:
-        sql += f" AND ({where_sql})"
-        params.extend(where_params or [])
-    return sql + f" RETURNING {_RETURNING}", params
 
 
 def create(task: Task, *, event: str, sql_values: Mapping[str, tuple[str, list[Any]]] | None = None,
@@ -206,16 +166,6 @@ def _recording(sql: str, params: list[Any], event: str, data: dict[str, Any] | N
     it returned and each row's matching webhook subscriptions, in one statement; then the events'
     channel messages and outbox rows (``events.recorded``). Returns (task, ``also``'s value) per row,
     in the order of the ids in ``order`` when given."""
-    statement, params, now = _recording_sql(sql, params, event, data, relax=relax, also=also)
-    with prepared.cursor() as cur:
-        cur.execute(statement, params)
-        rows = cur.fetchall()
-    return _recorded(rows, event, data, now, order=order)
-
-
-def _recording_sql(sql: str, params: list[Any], event: str, data: dict[str, Any] | None, *, relax: bool = False,
-                   also: tuple[str, list[Any]] | None = None, order_sql: str = "") -> tuple[str, list[Any], Any]:
-    """``_recording``'s one statement and its parameters, and the events' time."""
     from webhooks import outbox
 
     now = timezone.now()
@@ -224,18 +174,11 @@ def _recording_sql(sql: str, params: list[Any], event: str, data: dict[str, Any]
     extra, extra_params = also or ("NULL", [])
     statement = (f"WITH changed AS ({sql}), recorded AS ({insert}) "
                  f"SELECT changed.*, {matching[0]}, {extra} FROM changed")
-    if relax and _outermost():  # SET LOCAL as a function: a prepared statement is one statement
-        statement += " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"
-    if order_sql:
-        statement += f" ORDER BY {order_sql}"
-    return statement, params + insert_params + matching[1] + extra_params, now
-
-
-def _recorded(rows: list[tuple[Any, ...]], event: str, data: dict[str, Any] | None, now: Any, *,
-              order: list[str] | None = None) -> list[tuple[Task, Any]]:
-    """The rows of ``_recording_sql``'s statement as (task, ``also``'s value), and their events' channel
-    messages and outbox rows."""
-    hits = [(_task_from_row(row[:-2]), row[-2], row[-1]) for row in rows]
+    with prepared.cursor() as cur:
+        if relax and _outermost():  # SET LOCAL as a function: a prepared statement is one statement
+            statement += " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"
+        cur.execute(statement, params + insert_params + matching[1] + extra_params)
+        hits = [(_task_from_row(row[:-2]), row[-2], row[-1]) for row in cur.fetchall()]
     if order is not None:
         by_id = {str(hit[0].id): hit for hit in hits}
         hits = [by_id[i] for i in order if i in by_id]
@@ -244,26 +187,12 @@ def _recorded(rows: list[tuple[Any, ...]], event: str, data: dict[str, Any] | No
     return [(task, extra) for task, _, extra in hits]
 
 
-@overload
-def read_together(statements: list[str], params: Mapping[str, Any], *,
-                  relax: bool = False) -> list[list[tuple[Any, ...]]]: ...
-
-
-@overload
-def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bool = False,
-                  then: tuple[str, list[Any]]) -> tuple[list[list[tuple[Any, ...]]], list[tuple[Any, ...]]]: ...
-
-
-def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bool = False,
-                  then: tuple[str, list[Any]] | None = None) -> Any:
+def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bool = False) -> list[list[tuple[Any, ...]]]:
     """Run ``statements`` in order (each with its own snapshot, as always in READ COMMITTED) in one round
     trip, and return each one's rows: prepared, in a psycopg pipeline (the transaction's ``BEGIN``
     travels with them); as one client-bound string of them all when ``DB_PREPARED_STATEMENTS`` is off.
-    ``relax`` as in ``execute``. The statements share ``params`` (named placeholders). ``then``: one
-    more statement with its own (positional) parameters, last in the same pipeline; with it, returns
-    (the reads' rows, its rows)."""
+    ``relax`` as in ``execute``. The statements share ``params`` (named placeholders)."""
     if not settings.DB_PREPARED_STATEMENTS:
-        assert then is None, "a statement after the reads needs the prepared path"
         with connection.cursor() as cur:
             execute(cur, "; ".join(statements), params, relax=relax)
             found = [cur.fetchall()]
@@ -275,14 +204,14 @@ def read_together(statements: list[str], params: Mapping[str, Any], *, relax: bo
         if relax and _outermost():
             prepared.cursor(prepare=False).execute("SET LOCAL synchronous_commit TO OFF")
         cursors = []
-        for sql, these in [*((sql, params) for sql in statements), *([then] if then else [])]:
+        for sql in statements:
             cur = prepared.cursor()
-            cur.execute(sql, these)
+            cur.execute(sql, params)
             cursors.append(cur)
     found = [cur.fetchall() for cur in cursors]
     for cur in cursors:
         cur.close()
-    return (found[:-1], found[-1]) if then else found
+    return found
 
 
 def execute(cur: Any, sql: str, params: Any, *, relax: bool = False) -> None:

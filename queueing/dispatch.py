@@ -86,43 +86,35 @@ def dispatch_within(queue_names: Iterable[str], *, look_after: bool = True) -> i
 
 
 # It runs after every submit and in every finish: plain SQL (the ORM's query building cost more than the
-# queries themselves), in one round trip (``transitions.read_then_apply``, prepared): the queue row's
-# lock, then (each statement with its own snapshot, taken once the lock is held) what is busy, and the
-# UPDATE to QUEUED of the first tasks in ``ordering.waiting()``'s order, as many as the free room. With
-# an owner cap (``user_concurrency``) that UPDATE takes none: the candidates (room plus the scan-ahead)
-# are read in the same round trip instead, and Python picks among them (``_pick``) for a second one.
-# The statuses are literals, not parameters, so that a prepared (generic) plan can still use the
-# partial indexes on them.
+# queries themselves), and its three reads in one round trip (``transitions.read_together``, prepared):
+# the queue row's lock, then (each statement with its own snapshot, taken once the lock is held) what is
+# busy and the candidates, in ``ordering.waiting()``'s order, as many as the free room (plus the
+# scan-ahead when owners are capped). The statuses are literals, not parameters, so that a prepared
+# (generic) plan can still use the partial indexes on them.
 _BUSY_STATUSES = "status IN ('QUEUED', 'RUNNING')"
 _LOCK_SQL = ("SELECT paused, concurrency, user_concurrency FROM queueing_queue WHERE name = %(queue)s "
              "FOR NO KEY UPDATE")  # not FOR UPDATE: it would block submits' foreign-key checks (FOR KEY SHARE)
 _BUSY_SQL = f"SELECT owner_id, count(*) FROM jobs_task WHERE queue = %(queue)s AND {_BUSY_STATUSES} GROUP BY owner_id"
 
 
-def _room(queue: str, *, capped: str = "q.room", uncapped: str = "q.room") -> str:
-    """How many tasks queue ``queue`` may start now: 0 when paused or full, else ``capped`` or
-    ``uncapped`` (expressions of its free room ``q.room``) by whether it caps each owner."""
-    return (f"SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 THEN {capped} "
-            f"ELSE {uncapped} END FROM (SELECT paused, user_concurrency, concurrency - "
+def _room(queue: str, ahead: str) -> str:
+    return ("SELECT CASE WHEN q.paused OR q.room <= 0 THEN 0 WHEN q.user_concurrency > 0 "
+            f"THEN q.room + {ahead} ELSE q.room END FROM (SELECT paused, user_concurrency, concurrency - "
             f"(SELECT count(*) FROM jobs_task WHERE queue = {queue} AND {_BUSY_STATUSES}) AS room "
             f"FROM queueing_queue WHERE name = {queue}) AS q")
 
 
+_ROOM_SQL = _room("%(queue)s", "%(ahead)s")
 # "Nothing waits" as the queue's oldest PENDING task, not EXISTS: with a generic plan, EXISTS was planned
 # as a sequential scan expecting to stop early (177 ms with 1M rows, a queue with nothing waiting);
 # ORDER BY created_at LIMIT 1 follows the partial index on PENDING tasks (queue, created_at).
-_NOTHING_TO_START_SQL = (f"SELECT COALESCE(({_room('%(queue)s')}), 0) = 0 OR (SELECT id FROM jobs_task "
-                         f"WHERE queue = %(queue)s AND status = '{Status.PENDING}' ORDER BY created_at LIMIT 1) IS NULL")
+_NOTHING_TO_START_SQL = (f"SELECT COALESCE(({_ROOM_SQL}), 0) = 0 OR (SELECT id FROM jobs_task WHERE queue = %(queue)s "
+                         f"AND status = '{Status.PENDING}' ORDER BY created_at LIMIT 1) IS NULL")
 _STARTABLE = f"queue = %(queue)s AND status = '{Status.PENDING}' AND (not_before IS NULL OR not_before <= %(now)s)"
-
-
-def _first_startable(columns: str, room: str) -> str:
-    return (f"SELECT {columns} FROM jobs_task WHERE {_STARTABLE} ORDER BY {ordering.ORDER_SQL} "
-            f"LIMIT COALESCE(({room}), 0) FOR UPDATE SKIP LOCKED")
-
-
-_UNCAPPED_SQL = _first_startable("id", _room("%(queue)s", capped="0"))
-_CANDIDATES_SQL = _first_startable("id, owner_id", _room("%(queue)s", capped="q.room + %(ahead)s", uncapped="0"))
+_CANDIDATES_SQL = (
+    f"SELECT id, owner_id FROM jobs_task WHERE {_STARTABLE} ORDER BY {ordering.ORDER_SQL} "
+    f"LIMIT COALESCE(({_ROOM_SQL}), 0) FOR UPDATE SKIP LOCKED"
+)
 # When owners at their cap fill the whole scan-ahead, the next owners' tasks lie beyond it: the owners
 # with waiting tasks, one index probe each (a loose scan of ``task_owner_order_idx``; ordered by all its
 # columns so that no other index can serve it, or the owner index would walk their finished tasks), then
@@ -151,13 +143,13 @@ def room_sql(name: str) -> tuple[str, list[str]]:
     """Whether queue ``name`` has room (not paused, window not full), as an SQL expression with its
     parameters, for a submit to look inside its INSERT (``transitions.create``): that task waits, so
     room is all ``dispatch_submitted`` needs to know."""
-    return f"COALESCE(({_room('%s::varchar')}), 0) > 0", [name, name]
+    return f"COALESCE(({_room('%s::varchar', '0')}), 0) > 0", [name, name]
 
 
 def _nothing_to_start(name: str) -> bool:
     """No room (paused, window full, or no such queue) or no task waiting, read without the lock."""
     with prepared.cursor() as cur:
-        cur.execute(_NOTHING_TO_START_SQL, {"queue": name})
+        cur.execute(_NOTHING_TO_START_SQL, {"queue": name, "ahead": 0})
         return bool(cur.fetchone()[0])
 
 
@@ -165,32 +157,24 @@ def _dispatch_queue(name: str) -> tuple[int, bool]:
     """(tasks queued, whether room is left after them)."""
     with transaction.atomic(savepoint=False):  # inside a finish's transaction: a part of it
         now = timezone.now()
-        params = {"queue": name, "now": now, "ahead": settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]}
-        to_queued: dict[str, Any] = {"frm": [Status.PENDING], "to": Status.QUEUED, "event": "task.queued",
-                                     "values": {"queued_at": now, "not_before": None}}  # a pin stays: see ordering
-        reads = [_LOCK_SQL, _BUSY_SQL, _CANDIDATES_SQL]
         # relaxed commit: a lost dispatch leaves the task PENDING, dispatched again
-        if settings.DB_PREPARED_STATEMENTS:
-            (locked, busy_rows, candidates), tasks = transitions.read_then_apply(
-                reads, params, ids_sql=_UNCAPPED_SQL, order_sql=ordering.ORDER_SQL, relax=True, **to_queued)
-        else:
-            locked, busy_rows, candidates, uncapped = transitions.read_together([*reads, _UNCAPPED_SQL], params,
-                                                                               relax=True)
-            tasks = transitions.apply([row[0] for row in uncapped], **to_queued)
+        locked, busy_rows, candidates = transitions.read_together(
+            [_LOCK_SQL, _BUSY_SQL, _CANDIDATES_SQL],
+            {"queue": name, "now": now, "ahead": settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]}, relax=True)
         queue = locked[0] if locked else None
-        if queue is None or queue[0]:  # no such queue, or paused: nothing was queued
+        busy = dict(busy_rows)
+        if queue is None or queue[0]:  # no such queue, or paused
             return 0, False
         _, concurrency, cap = queue
-        busy = dict(busy_rows)
-        # The UPDATE's snapshot came after the busy count's, with the lock held: it saw as much room or
-        # more (only finishes change what is busy meanwhile), so its tasks are sent whatever ``room`` says.
         room = concurrency - sum(busy.values())
-        if cap and room > 0:
-            ids = _pick(candidates, busy, room=room, cap=cap)
-            if len(ids) < room and len(candidates) >= room + settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]:
-                ids += _pick(_beyond_capped(name, busy, ids, cap=cap, room=room - len(ids), now=now), busy,
-                             room=room - len(ids), cap=cap)
-            tasks = transitions.apply(ids, **to_queued)
+        if room <= 0:
+            return 0, False
+        ids = _pick(candidates, busy, room=room, cap=cap)
+        if cap and len(ids) < room and len(candidates) >= room + settings.CONVEYOR["DISPATCH_SCAN_AHEAD"]:
+            ids += _pick(_beyond_capped(name, busy, ids, cap=cap, room=room - len(ids), now=now), busy,
+                         room=room - len(ids), cap=cap)
+        tasks = transitions.apply(ids, frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
+                                  values={"queued_at": now, "not_before": None})  # a pin stays: see ordering
         if tasks:
             sent = [str(t.id) for t in tasks]
             transaction.on_commit(lambda: send(name, sent), robust=True)

@@ -60,8 +60,8 @@ def test_issue_example_reorder_and_priority_give_start_order_d_b_a_c(olga, api):
 def test_one_pass_fills_the_window_in_the_listings_order_and_sends_in_that_order(
         olga, api, settings, monkeypatch, django_capture_on_commit_callbacks, prepared, cap):
     """Several slots free at once: the dispatcher queues the first tasks of the listing, as many as
-    room, and hands them to the broker in that order (one round trip on the prepared path; with an owner
-    cap, its candidates picked in Python)."""
+    room, and hands them to the broker in that order (with an owner cap too, whose candidates are
+    picked in Python)."""
     settings.DB_PREPARED_STATEMENTS = prepared
     make_queue("q1", concurrency=5, user_concurrency=cap, paused=True)
     client = api(olga)
