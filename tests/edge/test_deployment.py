@@ -119,6 +119,21 @@ def test_compose_has_every_service_wired_to_its_dependencies(compose):
     assert (ROOT / services["web"]["build"]["dockerfile"]).exists()
 
 
+def test_compose_roles_without_http_do_not_inherit_the_images_web_health_check(compose):
+    """The image's HEALTHCHECK asks :8000, which only the web server answers: a worker, beat or migrate
+    container left with it would show as unhealthy for ever. Workers ping their own node instead."""
+    assert "HEALTHCHECK" in (DOCKER / "Dockerfile").read_text() and "8000" in (DOCKER / "Dockerfile").read_text()
+    for name, service in compose["services"].items():
+        if "build" not in service or name == "web":
+            continue
+        check = service.get("healthcheck")
+        assert check, f"compose service {name} inherits the image's HTTP health check"
+        if service["command"][:4] == ["celery", "-A", "config", "worker"]:
+            assert "inspect ping -d celery@$$HOSTNAME" in " ".join(check["test"]), name
+        else:
+            assert check == {"disable": True}, name
+
+
 def test_compose_sets_only_variables_conveyor_reads_and_requires_a_secret_key(compose):
     known = known_env_vars()
     for name, service in compose["services"].items():
