@@ -44,6 +44,13 @@ class TaskAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        tasks = super().get_queryset(request)
+        if request.resolver_match is not None and request.resolver_match.url_name == "jobs_task_changelist":
+            # A page of 100 rows shows none of these; each can hold megabytes (inline results, params).
+            tasks = tasks.defer("result", "params", "progress_metrics")
+        return tasks
+
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Task], search_term: str):  # type: ignore[no-untyped-def]
         term = search_term.strip()
         if not term:

@@ -91,3 +91,24 @@ def test_operator_with_staff_login_pauses_queue_and_cancels_task_in_admin(olga, 
     assert Task.objects.get(id=task_id).status == Status.CANCELLED
     events = list(Task.objects.get(id=task_id).events.values_list("event", flat=True))
     assert events[-2:] == ["task.priority_changed", "task.cancelled"]
+
+
+def test_the_admin_task_list_does_not_load_results_or_params(olga, alice, api):
+    """A page of the change list shows none of them, and inline results reach 256 KiB each."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_queue("q1")
+    User.objects.filter(id=olga.id).update(is_staff=True, is_superuser=True)
+    task_id = api(alice).post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": "q1"}, format="json").json()["id"]
+    Task.objects.filter(id=task_id).update(result={"weights": "x" * 200_000})
+    browser = Client()
+    browser.force_login(User.objects.get(id=olga.id))
+
+    with CaptureQueriesContext(connection) as queries:
+        page = browser.get("/admin/jobs/task/")
+    assert page.status_code == 200 and task_id in page.content.decode()
+    listed = [q["sql"] for q in queries if 'FROM "jobs_task"' in q["sql"]]
+    assert listed and not any('"jobs_task"."result"' in sql or '"jobs_task"."params"' in sql for sql in listed)
+    detail = browser.get(f"/admin/jobs/task/{task_id}/change/")  # the row's own page still shows them
+    assert detail.status_code == 200 and "x" * 1000 in detail.content.decode()
