@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -73,9 +74,25 @@ def resolve_checked(host: str, port: int) -> list[str]:
     return addresses
 
 
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.IGNORECASE)
+
+
+def valid_host(host: str) -> bool:
+    """An IP address, or a DNS name of letters, digits, ``-`` and ``_`` (a single label too: the service
+    names of Docker Compose and Kubernetes are ``receiver``, not ``receiver.example.com``)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return 0 < len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
 def validate_url(url: str, *, field_name: str = "url") -> str:
-    """Creation-time check: http(s), a host httpx can send to, and addresses the guard allows (checked
-    again at delivery).
+    """Creation-time check, the only one a URL gets (the API's field is a plain string): http(s), a valid
+    host name or IP address (single labels included), a port in 1-65535, a host httpx can send to, and
+    addresses the guard allows (checked again at delivery).
 
     The URL is parsed by httpx itself: Python's IDNA 2003 codec (``urlsplit``, ``getaddrinfo``) accepts
     hosts that httpx's IDNA 2008 rules refuse (``☃.net``, a zero-width joiner inside a name, fullwidth
@@ -94,6 +111,10 @@ def validate_url(url: str, *, field_name: str = "url") -> str:
         host = target.raw_host.decode("ascii")
     except (httpx.InvalidURL, ValueError) as exc:  # idna's errors are UnicodeErrors
         raise invalid(f"not a URL deliveries can be sent to ({exc})") from None
+    if not valid_host(host):
+        raise invalid(f"{host!r} is not a valid host name or IP address")
+    if target.port is not None and not 1 <= target.port <= 65535:
+        raise invalid(f"port {target.port} is out of range (1-65535)")
     try:
         resolve_checked(host, target.port or (443 if target.scheme == "https" else 80))
     except AddressRefused as exc:

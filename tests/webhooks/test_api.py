@@ -1,7 +1,11 @@
 """The subscription API: CRUD, the secret shown once, rotation, event names, isolation between users."""
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 pytestmark = pytest.mark.django_db
 
@@ -47,6 +51,21 @@ def test_rotate_secret_returns_a_new_secret_and_keeps_the_old_one_for_a_day(alic
     assert 23.9 * 3600 < (row.previous_secret_expires_at - row.updated_at).total_seconds() <= 24 * 3600
 
 
+def test_secret_rotating_until_is_null_once_the_grace_period_has_passed(alice, api, receiver):
+    from webhooks.models import Subscription
+
+    client = api(alice)
+    hook = create(client, receiver)
+    assert hook["secret_rotating_until"] is None  # never rotated
+    client.post(f"/api/v1/webhooks/{hook['id']}/rotate-secret/")
+    assert client.get(f"/api/v1/webhooks/{hook['id']}/").json()["secret_rotating_until"]
+
+    Subscription.objects.filter(id=hook["id"]).update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert client.get(f"/api/v1/webhooks/{hook['id']}/").json()["secret_rotating_until"] is None
+    assert client.get("/api/v1/webhooks/").json()["results"][0]["secret_rotating_until"] is None
+
+
 @pytest.mark.parametrize("events", [[], ["task.nope"], ["*"], ["task.log"]])
 def test_unknown_or_empty_events_are_400(alice, api, receiver, events):
     response = api(alice).post("/api/v1/webhooks/", {"url": receiver.url, "events": events}, format="json")
@@ -87,3 +106,61 @@ def test_a_url_whose_host_httpx_cannot_send_to_is_400_naming_url(alice, api, url
     response = api(alice).post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"]["url"]
+
+
+@pytest.mark.parametrize("port", [0, 65536, 99999, "wrapped"])
+def test_a_port_outside_1_to_65535_is_400_naming_url_on_create_and_update(alice, api, receiver, port):
+    # "wrapped": the receiver's port + 65536, which was accepted and delivered to the receiver's port
+    port = receiver.port + 65536 if port == "wrapped" else port
+    url = f"http://127.0.0.1:{port}/hook"
+    client = api(alice)
+
+    response = client.post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json")
+    assert response.status_code == 400, response.content
+    assert "1-65535" in response.json()["error"]["fields"]["url"][0]
+
+    hook = create(client, receiver)
+    response = client.patch(f"/api/v1/webhooks/{hook['id']}/", {"url": url}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["url"]
+    assert client.get(f"/api/v1/webhooks/{hook['id']}/").json()["url"] == receiver.url
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.com/", "http:///hook", "http://-receiver-/hook",
+                                 "http://" + "a" * 64 + ".com/", "receiver:8080/hook", "not a url"])
+def test_a_malformed_url_is_400_naming_url(alice, api, url):
+    response = api(alice).post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["url"]
+
+
+@pytest.fixture
+def service_name(monkeypatch):
+    """``receiver`` resolves to 127.0.0.1, as a Compose or Kubernetes service name resolves to its address."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == "receiver" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "receiver"
+
+
+def test_a_single_label_host_such_as_a_service_name_is_accepted_and_delivered_to(alice, api, receiver, service_name):
+    from webhooks import delivery
+    from webhooks.models import Delivery
+
+    client = api(alice)
+    response = client.post("/api/v1/webhooks/", {"url": f"http://{service_name}:{receiver.port}/hook",
+                                                 "events": ["task.*"]}, format="json")
+    assert response.status_code == 201, response.content
+    hook = response.json()
+    response = client.patch(f"/api/v1/webhooks/{hook['id']}/", {"url": f"http://{service_name}:{receiver.port}/v2"},
+                            format="json")
+    assert response.status_code == 200, response.content
+
+    row = Delivery.objects.create(subscription_id=hook["id"], event="task.created", payload={"event": "task.created"},
+                                  next_attempt_at=timezone.now())
+    assert delivery.attempt(delivery_id=str(row.id)) == "SUCCEEDED"
+    [request] = receiver.requests
+    assert request.path == "/v2" and request.headers["host"] == f"{service_name}:{receiver.port}"

@@ -61,3 +61,15 @@ def test_a_webhook_url_httpx_cannot_send_to_is_400_and_no_task_is_created(alice,
     assert response.status_code == 400, response.content
     assert "webhook_url" in response.json()["error"]["fields"]
     assert not Task.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("port", [0, 65536, 70000])
+def test_a_webhook_url_with_a_port_outside_1_to_65535_is_400_and_no_task_is_created(alice, api, port):
+    from jobs.models import Task
+
+    url = f"http://127.0.0.1:{port}/hook"
+    response = api(alice).post("/api/v1/tasks/", {"algorithm": "demo.noop", "webhook_url": url}, format="json")
+    assert response.status_code == 400, response.content
+    assert "webhook_url" in response.json()["error"]["fields"]
+    assert not Task.objects.exists()

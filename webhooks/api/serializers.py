@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -12,15 +15,32 @@ class EventNameField(serializers.CharField):
     """An event to subscribe to (checked by ``webhooks.services``, which names the allowed ones)."""
 
 
+@extend_schema_field({"type": "string", "format": "uri", "maxLength": 2000})
+class WebhookUrlField(serializers.CharField):
+    """An http(s) URL, checked by ``transport.validate_url`` (a 400 naming the field), not by DRF's
+    ``URLField``, which refuses single-label hosts such as a Compose or Kubernetes service name
+    (``http://receiver:8080/hook``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=2000, **kwargs)
+
+
+class FutureDateTimeField(serializers.DateTimeField):
+    """A moment while it is ahead; null once it has passed."""
+
+    def to_representation(self, value: Any) -> Any:
+        return super().to_representation(value) if value > timezone.now() else None
+
+
 class WebhookIn(serializers.Serializer):
-    url = serializers.URLField(max_length=2000)
+    url = WebhookUrlField()
     events = serializers.ListField(child=EventNameField(max_length=50), allow_empty=False, max_length=50)
     description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     active = serializers.BooleanField(required=False, default=True)
 
 
 class WebhookPatchIn(serializers.Serializer):
-    url = serializers.URLField(max_length=2000, required=False)
+    url = WebhookUrlField(required=False)
     events = serializers.ListField(child=EventNameField(max_length=50), allow_empty=False, max_length=50,
                                    required=False)
     description = serializers.CharField(max_length=500, required=False, allow_blank=True)
@@ -29,7 +49,8 @@ class WebhookPatchIn(serializers.Serializer):
 
 class WebhookOut(serializers.ModelSerializer):
     task = serializers.UUIDField(source="task_id", allow_null=True)
-    secret_rotating_until = serializers.DateTimeField(source="previous_secret_expires_at", allow_null=True)
+    # The old secret's grace period: null when there is none, or once it has ended (it no longer signs).
+    secret_rotating_until = FutureDateTimeField(source="previous_secret_expires_at", allow_null=True)
 
     class Meta:
         model = Subscription
