@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from config.permissions import OPERATORS_GROUP
 from webhooks.models import Delivery, Subscription
 
 # Every task event except log lines and snapshots (those stay on the API and the WebSocket).
@@ -51,15 +54,24 @@ def enqueue_task_events(tasks: Sequence[Any], event: str, payloads: Sequence[Map
     return _insert(rows)
 
 
+def operator_owned() -> Q:
+    """Subscriptions whose owner is, now, an active operator (``config.permissions.has_operator_role``:
+    staff, superuser or the operators group): the role is checked when the subscription is created, and
+    again here, so a user who stops being an operator (or is deactivated) stops getting queue events."""
+    in_group = Exists(Group.objects.filter(name=OPERATORS_GROUP, user=OuterRef("owner_id")))
+    return Q(owner__is_active=True) & (Q(owner__is_staff=True) | Q(owner__is_superuser=True) | Q(in_group))
+
+
 def enqueue_queue_event(event: str, payload: Mapping[str, Any]) -> list[Delivery]:
-    """One delivery per active ``queue.*`` subscription (only operators may create those)."""
+    """One delivery per active ``queue.*`` subscription of a current operator (only operators may create
+    those, and only operators keep getting them)."""
     if event not in QUEUE_EVENTS:
         return []
     now = timezone.now()
     rows = [
         Delivery(subscription_id=sub_id, event=event, payload=dict(payload), next_attempt_at=now, sent_at=now)
         for sub_id in Subscription.objects.filter(active=True, task__isnull=True, events__overlap=[event, "queue.*"])
-        .values_list("id", flat=True)
+        .filter(operator_owned()).values_list("id", flat=True)
     ]
     return _insert(rows)
 

@@ -1,14 +1,31 @@
-"""Operators' ``queue.*`` webhooks: pause and resume reach them, signed; users' ``task.*`` hooks get none."""
+"""Operators' ``queue.*`` webhooks: pause and resume reach them, signed; users' ``task.*`` hooks get none;
+a user who is no operator any more gets none either."""
 from __future__ import annotations
 
 import pytest
 from standardwebhooks import Webhook
 
+from django.utils import timezone
+
 from tests.conftest import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+def drain() -> list[str]:
+    """What the webhooks worker does, in this process: attempt every due delivery until none is claimable."""
+    from webhooks import delivery
+    from webhooks.models import Delivery
+
+    outcomes: list[str] = []
+    while True:
+        ids = Delivery.objects.filter(status="PENDING", next_attempt_at__lte=timezone.now()).order_by("created_at")
+        done = [o for o in (delivery.attempt(delivery_id=str(i)) for i in ids.values_list("id", flat=True)) if o]
+        if not done:
+            return outcomes
+        outcomes += done
 
 
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
 def test_pause_and_resume_reach_an_operators_queue_webhook(webhooks_worker, olga, alice, api, make_receiver):
     from queueing.models import Queue
 
@@ -26,3 +43,30 @@ def test_pause_and_resume_reach_an_operators_queue_webhook(webhooks_worker, olga
     assert sorted((b["event"], b["queue"], b["paused"]) for b in bodies) == [
         ("queue.paused", "wh-events", True), ("queue.resumed", "wh-events", False)]
     assert users.requests == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("demote", ["leaves the operators group", "is deactivated"])
+def test_a_user_who_stops_being_an_operator_stops_getting_queue_events(olga, make_receiver, demote):
+    from django.contrib.auth.models import User
+
+    from queueing import services as queues
+    from queueing.models import Queue
+    from webhooks import services
+
+    root = User.objects.create_user("root", is_staff=True)  # staff: still an operator, still gets them
+    Queue.objects.create(name="wh-demoted")
+    olgas, roots = make_receiver(), make_receiver()
+    services.subscribe(owner=olga, url=olgas.url, events=["queue.*"])
+    services.subscribe(owner=root, url=roots.url, events=["queue.*"])
+    if demote == "is deactivated":
+        User.objects.filter(id=olga.id).update(is_active=False)
+    else:
+        olga.groups.clear()
+
+    queues.pause(name="wh-demoted", by=root)
+    queues.resume(name="wh-demoted", by=root)
+    drain()
+
+    assert [r.json["event"] for r in roots.ok()] == ["queue.paused", "queue.resumed"]
+    assert olgas.requests == []
