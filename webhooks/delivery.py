@@ -44,7 +44,8 @@ UPDATE webhooks_delivery d
                     WHERE e.subscription_id = d.subscription_id AND e.task_id = d.task_id
                       AND e.status = 'PENDING' AND e.seq < d.seq)
 RETURNING d.attempts, d.payload::text, d.subscription_id, d.task_id, s.url, s.secret, s.previous_secret,
-          s.previous_secret_expires_at, s.consecutive_failures > 0 OR s.failing_since IS NOT NULL
+          s.previous_secret_expires_at, s.consecutive_failures > 0 OR s.failing_since IS NOT NULL,
+          d.redelivered_after
 """
 
 _FINISH_SQL = """
@@ -64,6 +65,12 @@ class Claimed:
     subscription_id: Any
     task_id: Any
     endpoint_failing: bool
+    redelivered_after: int = 0  # attempts before the latest redelivery: retries count from there
+
+    @property
+    def tries(self) -> int:
+        """This attempt's number within its retry budget (1 for the first attempt after a redelivery)."""
+        return self.attempt.number - self.redelivered_after
 
 
 def _lease() -> timedelta:
@@ -129,7 +136,7 @@ def claim(*, delivery_id: str) -> Claimed | None:
         row = cur.fetchone()
     if row is None:
         return None  # done, not due, held by another attempt, waiting behind an earlier event, or gone
-    number, payload, sub_id, task_id, url, secret, previous, previous_until, failing = row
+    number, payload, sub_id, task_id, url, secret, previous, previous_until, failing, redelivered_after = row
     if number > 1:  # an attempt left IN_FLIGHT belongs to a worker that died mid-send
         DeliveryAttempt.objects.filter(delivery_id=delivery_id, outcome=Outcome.IN_FLIGHT).update(
             outcome=Outcome.LOST, finished_at=now, error="worker lost during the attempt")
@@ -137,7 +144,7 @@ def claim(*, delivery_id: str) -> Claimed | None:
     secrets = [secret] + ([previous] if previous and previous_until and previous_until > now else [])
     # The stored JSON re-serialised compactly: the same bytes on every attempt of this delivery.
     body = json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False).encode()
-    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing))
+    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing), redelivered_after)
 
 
 @transaction.atomic
@@ -145,10 +152,10 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
     """Complete the attempt and move the delivery on: SUCCEEDED, a retry at ``next_attempt_at``, or FAILED."""
     now = timezone.now()
     attempt_row = claimed.attempt
-    number = attempt_row.number
+    tries = claimed.tries
     if policy.is_success(result.status_code):
         outcome = Outcome.SUCCEEDED
-    elif policy.is_retryable(result.status_code, transient_error=result.transient) and not policy.gives_up(number):
+    elif policy.is_retryable(result.status_code, transient_error=result.transient) and not policy.gives_up(tries):
         outcome = Outcome.RETRY
     else:
         outcome = Outcome.FAILED
@@ -161,7 +168,7 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
                               "last_error": error[:1000]}
     if outcome == Outcome.RETRY:
         retry_after = policy.parse_retry_after(result.retry_after) if result.status_code in (429, 503) else None
-        values["next_attempt_at"] = now + timedelta(seconds=policy.next_delay(number, retry_after=retry_after))
+        values["next_attempt_at"] = now + timedelta(seconds=policy.next_delay(tries, retry_after=retry_after))
     else:
         done = DeliveryStatus.SUCCEEDED if outcome == Outcome.SUCCEEDED else DeliveryStatus.FAILED
         values.update(status=done.value, finished_at=now)

@@ -69,6 +69,9 @@ class Delivery(models.Model):
     seq = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # ``attempts`` when it was last redelivered: a redelivery's retry budget (MAX_ATTEMPTS, the schedule)
+    # counts from there, whatever its history.
+    redelivered_after = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField()
     # When a Celery message was last sent for it; the beat re-sends only what looks lost.
     sent_at = models.DateTimeField(null=True, blank=True)

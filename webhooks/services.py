@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from config.errors import Conflict, Forbidden, InvalidInput
@@ -88,13 +89,16 @@ def unsubscribe(*, subscription: Subscription) -> None:
 
 @transaction.atomic
 def redeliver(*, delivery_row: Delivery) -> Delivery:
-    """Send a delivery again now, with the same ``webhook-id`` (a new attempt in its log)."""
+    """Send a delivery again now, with the same ``webhook-id`` (a new attempt in its log). It gets a full
+    retry budget of its own (``MAX_ATTEMPTS`` attempts on the schedule from its start), however many
+    attempts it had before."""
     sub = Subscription.objects.only("active").get(id=delivery_row.subscription_id)
     if not sub.active:
         raise Conflict("the webhook is disabled; enable it first")
     now = timezone.now()
     Delivery.objects.filter(id=delivery_row.id).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None)
+        status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None,
+        redelivered_after=F("attempts"))
     transaction.on_commit(lambda: outbox.send([str(delivery_row.id)]), robust=True)
     return Delivery.objects.get(id=delivery_row.id)
 

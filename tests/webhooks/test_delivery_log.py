@@ -111,6 +111,36 @@ def test_a_success_resets_the_failure_streak(hook):
     assert hook.consecutive_failures == 0 and hook.failing_since is None
 
 
+def test_a_redelivery_gets_a_full_retry_budget_of_its_own(settings, alice, api, hook, receiver):
+    from tests.webhooks.conftest import Reply
+
+    # given: a delivery that used up its attempts against a receiver answering 503
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_ATTEMPTS": 3, "RETRY_SCHEDULE": [5, 30, 120]}
+    receiver.default = Reply(503)
+    row = pending(hook, 1)
+    for _ in range(3):
+        due(row)
+        delivery.attempt(delivery_id=str(row.id))
+    row.refresh_from_db()
+    assert row.status == "FAILED" and row.attempts == 3
+
+    # when: its owner redelivers it while the receiver still answers 503
+    assert api(alice).post(f"/api/v1/webhooks/{hook.id}/deliveries/{row.id}/redeliver/").status_code == 202
+    outcomes = [delivery.attempt(delivery_id=str(row.id))]
+    row.refresh_from_db()
+    first_wait = (row.next_attempt_at - timezone.now()).total_seconds()
+    for _ in range(2):
+        due(row)
+        outcomes.append(delivery.attempt(delivery_id=str(row.id)))
+
+    # then: three more tries on the schedule from its start, as the first time round
+    assert outcomes == ["RETRY", "RETRY", "FAILED"]
+    assert 3 < first_wait <= 6  # the schedule's first step, not its fourth
+    row.refresh_from_db()
+    assert row.status == "FAILED" and row.attempts == 6 and len(receiver.requests) == 6
+    assert list(row.attempt_log.values_list("outcome", flat=True)) == ["RETRY", "RETRY", "FAILED"] * 2
+
+
 def test_redeliver_of_a_disabled_endpoint_is_409(alice, api, hook):
     row = pending(hook, 1)
     services.update(subscription=hook, active=False)
