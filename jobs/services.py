@@ -3,9 +3,11 @@ report_progress, log, finish (workers). All state changes go through ``transitio
 effects (dispatch, Celery sends, channel messages) run on commit."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -45,7 +47,8 @@ def parse_priority(value: Any, *, field: str = "priority") -> int:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A validated submit, ready to insert."""
+    """A validated submit, ready to insert; ``request``: the submit as the client sent it (``build_spec``'s
+    arguments before any default), what an idempotency key's replay is compared by."""
 
     algorithm: str
     algorithm_version: str
@@ -56,10 +59,30 @@ class TaskSpec:
     timeout_seconds: int
     labels: list[str]
     webhook_url: str | None = None  # the per-task webhook shortcut (webhooks.services.subscribe_task)
+    request: dict[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def request_hash(self) -> str:
-        canonical = json.dumps(self.__dict__, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """The hash stored with a task (``Task.request_hash``): of the request as sent, so that a replay
+        still matches after an operator changed its queue's default priority or a deploy changed its
+        algorithm's version or a param's default (the resolved spec would differ)."""
+        return _hash(self.request if self.request is not None else self.resolved())
+
+    def resolved_hash(self) -> str:
+        """The hash of the resolved spec, which tasks submitted before the request hash were stored with:
+        a replay matching it is still the same request (``same_request``)."""
+        return _hash(self.resolved())
+
+    def resolved(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "request"}
+
+    def same_request(self, first: Task) -> bool:
+        """Whether ``first`` (the task holding this submit's idempotency key) was made by this request."""
+        return first.request_hash in (self.request_hash(), self.resolved_hash())
+
+
+def _hash(value: dict[str, Any]) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queue: str | None = None,
@@ -91,6 +114,10 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
         cache[queue_name] = q
     _check_resources(alg, q)
     conf = settings.CONVEYOR
+    request = {"algorithm": algorithm, "params": {} if params is None else params,
+               "priority": None if priority is None else parse_priority(priority), "queue": queue or None,
+               "max_retries": max_retries, "timeout_seconds": timeout_seconds or None,
+               "labels": list(labels or []), "webhook_url": webhook_url or None}
     return TaskSpec(
         algorithm=alg.name,
         algorithm_version=alg.version,
@@ -101,6 +128,7 @@ def build_spec(*, algorithm: str, params: Any = None, priority: Any = None, queu
         timeout_seconds=timeout_seconds or alg.timeout_seconds or conf["DEFAULT_TIMEOUT_SECONDS"],
         labels=list(labels or []),
         webhook_url=webhook_url or None,
+        request=request,
     )
 
 
@@ -152,15 +180,50 @@ def _create_one(task: Task, spec: TaskSpec) -> Task:
     """One new task in one statement: its INSERT with its round-robin number (``ordering.new_seq_sql``),
     ``task.created`` with its webhook outbox rows, and the look whether its queue has room; then its
     dispatch (``dispatch.dispatch_submitted``). A ``webhook_url`` subscription is written first, so that
-    ``task.created`` already finds it (its foreign key to the task is checked at commit)."""
+    ``task.created`` already finds it (its foreign key to the task is checked at commit).
+
+    With an idempotency key, the same statement looks whether a batch holds that key (its first task's
+    ``<key>#0``), under the key's lock (``_hold_key``): then the look answers NULL, and it is a 409."""
     from queueing import dispatch, ordering
 
+    room_sql, room_params = dispatch.room_sql(task.queue_id)
+    if task.idempotency_key is not None:
+        _hold_key(task.owner_id, task.idempotency_key)
+        room_sql = (f"CASE WHEN EXISTS (SELECT 1 FROM jobs_task WHERE owner_id = %s AND idempotency_key = %s) "
+                    f"THEN NULL ELSE ({room_sql}) END")
+        room_params = [task.owner_id, f"{task.idempotency_key}#0", *room_params]
     _subscribe_webhooks([task], [spec])
     created, room = transitions.create(task, event="task.created",
                                        sql_values={"fair_seq": ordering.new_seq_sql(task)},
-                                       also=dispatch.room_sql(task.queue_id))
+                                       also=(room_sql, room_params))
+    if room is None:
+        raise IdempotencyConflict(_KEY_OF_A_BATCH)
     dispatch.dispatch_submitted([task.queue_id], full=[] if room else [task.queue_id])
     return created
+
+
+# Idempotency keys: one namespace per owner. A single task (submit, retry) stores its key as it is, the
+# tasks of a batch ``<key>#<index>``; so a single task's key may not end in "#" and digits (a 400), a
+# single task's key held by a batch (its ``<key>#0``) is a 409, and so is a batch's key held by a single
+# task. ``_hold_key`` serialises the submits of one key, so that two concurrent ones never both succeed.
+_BATCH_ITEM_KEY = re.compile(r"#[0-9]+\Z")
+_KEY_LOCK = 0x1DE4  # the class of the advisory locks of idempotency keys (two-key form: (class, key))
+_KEY_OF_A_BATCH = "Idempotency-Key was already used for a batch"
+_KEY_OF_A_TASK = "Idempotency-Key was already used for a single task"
+
+
+def _refuse_batch_item_key(key: str | None) -> None:
+    if key is not None and _BATCH_ITEM_KEY.search(key):
+        reason = ("must not end in '#' and digits: <key>#<index> is how the tasks of a batch submitted "
+                  "with <key> are stored")
+        raise InvalidInput(f"Idempotency-Key: {reason}", fields={"Idempotency-Key": [reason]})
+
+
+def _hold_key(owner_id: Any, key: str) -> None:
+    """Until commit: the lock of ``owner_id``'s idempotency key ``key`` (of a single task, or a batch's),
+    taken before the INSERT and before looking whether the other kind holds it."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_KEY_LOCK, f"{owner_id}:{key}"])
 
 
 def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[Task, bool]:
@@ -168,15 +231,18 @@ def submit(*, owner: Any, spec: TaskSpec, idempotency_key: str | None = None) ->
     room. Returns (task, created).
 
     The same ``idempotency_key`` from the same owner returns the first task; the unique constraint,
-    not a read-then-write, decides between concurrent duplicates. A different body is a 409.
+    not a read-then-write, decides between concurrent duplicates. A different body is a 409, compared
+    as sent (``TaskSpec.request``), or as resolved for a task stored before (``TaskSpec.same_request``).
+    A key ending in "#" and digits is a 400, a key a batch used a 409 (see ``_BATCH_ITEM_KEY``).
     """
     task = _new_task(owner, spec, idempotency_key)
-    return _create_or_replay(task, spec, same=lambda first: first.request_hash == task.request_hash)
+    return _create_or_replay(task, spec, same=spec.same_request)
 
 
 def _create_or_replay(task: Task, spec: TaskSpec, *, same: Any) -> tuple[Task, bool]:
     """(``task`` inserted, True); or, when its idempotency key is taken, (the task that took it, False)
     if ``same(that task)`` says it was the same request, else a 409."""
+    _refuse_batch_item_key(task.idempotency_key)
     try:
         with transaction.atomic():
             return _create_one(task, spec), True
@@ -190,12 +256,17 @@ def _create_or_replay(task: Task, spec: TaskSpec, *, same: Any) -> tuple[Task, b
 
 
 def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | None = None) -> tuple[list[Task], bool]:
-    """Insert all tasks or none (one transaction, one bulk INSERT). Keys are ``<key>#<index>``."""
+    """Insert all tasks or none (one transaction, one bulk INSERT). Keys are ``<key>#<index>``; a replay
+    compares each item as ``submit`` does; ``<key>`` held by a single task is a 409."""
     keys = [f"{idempotency_key}#{i}" for i in range(len(specs))] if idempotency_key else [None] * len(specs)
     tasks = [_new_task(owner, spec, key) for spec, key in zip(specs, keys)]
     try:
         with transaction.atomic():
+            if idempotency_key:
+                _hold_key(owner.pk, idempotency_key)
             Task.objects.bulk_create(tasks)
+            if idempotency_key and Task.objects.filter(owner=owner, idempotency_key=idempotency_key).exists():
+                raise IdempotencyConflict(_KEY_OF_A_TASK)
             _subscribe_webhooks(tasks, specs)
             _created(tasks)
     except IntegrityError:
@@ -205,7 +276,7 @@ def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | No
         beyond = f"{idempotency_key}#{len(specs)}"
         existing = {t.idempotency_key: t for t in Task.objects.filter(owner=owner, idempotency_key__in=[*keys, beyond])}
         if (len(existing) != len(tasks) or beyond in existing
-                or any(existing[k].request_hash != t.request_hash for k, t in zip(keys, tasks))):
+                or not all(spec.same_request(existing[k]) for k, spec in zip(keys, specs))):
             raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
         return [existing[k] for k in keys], False
     return tasks, True
@@ -239,7 +310,7 @@ def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -
         raise InvalidTransition(f"only a finished task can be retried (it is {old.status})")
     spec = TaskSpec(algorithm=old.algorithm, algorithm_version=old.algorithm_version, params=old.params,
                     queue=old.queue_id, priority=old.priority, max_retries=old.max_retries,
-                    timeout_seconds=old.timeout_seconds, labels=old.labels)
+                    timeout_seconds=old.timeout_seconds, labels=old.labels, request={"retry_of": str(old.id)})
     new = _new_task(old.owner, spec, idempotency_key)
     new.retry_of = old
     return _create_or_replay(new, spec, same=lambda first: first.retry_of_id == old.id)
