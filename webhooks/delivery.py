@@ -1,7 +1,8 @@
 """Sending one delivery: claim (guarded UPDATE), attempt row, HTTP POST, outcome, endpoint health.
 
 * ``claim`` takes a PENDING, due delivery that no other attempt holds and that no earlier event of the
-  same task waits in front of (per-task order), in one guarded UPDATE: a duplicate Celery message,
+  same task (or, for a queue event, of the same queue) waits in front of (per-task and per-queue
+  order), in one guarded UPDATE: a duplicate Celery message,
   the beat's re-send and a chain send race, and only one matches.
 * The attempt row is committed *before* the request, so a worker killed mid-send leaves an IN_FLIGHT
   attempt that the next claim marks LOST (at-least-once: the receiver may see that message twice and
@@ -43,9 +44,12 @@ UPDATE webhooks_delivery d
    AND NOT EXISTS (SELECT 1 FROM webhooks_delivery e
                     WHERE e.subscription_id = d.subscription_id AND e.task_id = d.task_id
                       AND e.status = 'PENDING' AND e.seq < d.seq)
+   AND (d.queue = '' OR NOT EXISTS (SELECT 1 FROM webhooks_delivery e
+                                     WHERE e.subscription_id = d.subscription_id AND e.queue = d.queue
+                                       AND e.status = 'PENDING' AND e.seq < d.seq))
 RETURNING d.attempts, d.payload::text, d.subscription_id, d.task_id, s.url, s.secret, s.previous_secret,
           s.previous_secret_expires_at, s.consecutive_failures > 0 OR s.failing_since IS NOT NULL,
-          d.redelivered_after
+          d.redelivered_after, d.queue
 """
 
 _FINISH_SQL = """
@@ -66,6 +70,7 @@ class Claimed:
     task_id: Any
     endpoint_failing: bool
     redelivered_after: int = 0  # attempts before the latest redelivery: retries count from there
+    queue: str = ""  # a queue event's queue (its order line, as ``task_id`` is a task event's)
 
     @property
     def tries(self) -> int:
@@ -136,7 +141,7 @@ def claim(*, delivery_id: str) -> Claimed | None:
         row = cur.fetchone()
     if row is None:
         return None  # done, not due, held by another attempt, waiting behind an earlier event, or gone
-    number, payload, sub_id, task_id, url, secret, previous, previous_until, failing, redelivered_after = row
+    number, payload, sub_id, task_id, url, secret, previous, previous_until, failing, redelivered_after, queue = row
     if number > 1:  # an attempt left IN_FLIGHT belongs to a worker that died mid-send
         DeliveryAttempt.objects.filter(delivery_id=delivery_id, outcome=Outcome.IN_FLIGHT).update(
             outcome=Outcome.LOST, finished_at=now, error="worker lost during the attempt")
@@ -144,7 +149,7 @@ def claim(*, delivery_id: str) -> Claimed | None:
     secrets = [secret] + ([previous] if previous and previous_until and previous_until > now else [])
     # The stored JSON re-serialised compactly: the same bytes on every attempt of this delivery.
     body = json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False).encode()
-    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing), redelivered_after)
+    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing), redelivered_after, queue)
 
 
 @transaction.atomic
@@ -181,8 +186,8 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
             return outcome
     if outcome != Outcome.SUCCEEDED or claimed.endpoint_failing:
         _track_health(claimed.subscription_id, ok=outcome == Outcome.SUCCEEDED, now=now)
-    if outcome != Outcome.RETRY and claimed.task_id is not None:
-        _send_next(claimed.subscription_id, claimed.task_id, now)
+    if outcome != Outcome.RETRY and (claimed.task_id is not None or claimed.queue):
+        _send_next(claimed.subscription_id, claimed.task_id, claimed.queue, now)
     return outcome
 
 
@@ -203,9 +208,11 @@ def _track_health(subscription_id: Any, *, ok: bool, now: Any) -> None:
         disable(subscription_id=subscription_id, reason=f"failing continuously since {sub.failing_since.isoformat()}")
 
 
-def _send_next(subscription_id: Any, task_id: Any, now: Any) -> None:
-    """The task's next waiting event to this endpoint goes now (it bounced off the order guard)."""
-    nxt = (Delivery.objects.filter(subscription_id=subscription_id, task_id=task_id, status=DeliveryStatus.PENDING)
+def _send_next(subscription_id: Any, task_id: Any, queue: str, now: Any) -> None:
+    """The task's (or the queue's) next waiting event to this endpoint goes now (it bounced off the order
+    guard)."""
+    line = Q(task_id=task_id) if task_id is not None else Q(task_id__isnull=True, queue=queue)
+    nxt = (Delivery.objects.filter(line, subscription_id=subscription_id, status=DeliveryStatus.PENDING)
            .order_by("seq").values_list("id", flat=True).first())
     if nxt is not None:
         Delivery.objects.filter(id=nxt).update(sent_at=now)
@@ -276,12 +283,14 @@ def send_due(*, limit: int = 500) -> int:
         lost = Q(sent_at__isnull=True)
     earlier = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), task_id=OuterRef("task_id"),
                                       status=DeliveryStatus.PENDING, seq__lt=OuterRef("seq"))
+    earlier_in_queue = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), queue=OuterRef("queue"),
+                                               status=DeliveryStatus.PENDING, seq__lt=OuterRef("seq")).exclude(queue="")
     with transaction.atomic():
         ids = list(
             Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
             .filter(lost | Q(sent_at__lt=F("next_attempt_at")))
             .filter(Q(in_flight_until__isnull=True) | Q(in_flight_until__lt=now))
-            .filter(~Exists(earlier))
+            .filter(~Exists(earlier), ~Exists(earlier_in_queue))
             .order_by("next_attempt_at").select_for_update(skip_locked=True, of=("self",))
             .values_list("id", flat=True)[:limit]
         )

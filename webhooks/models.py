@@ -66,6 +66,9 @@ class Delivery(models.Model):
     payload = models.JSONField()
     # Per-task order: a task's later event waits while an earlier one to the same endpoint is PENDING.
     task_id = models.UUIDField(null=True, blank=True)
+    # Per-queue order, the same way, for queue events (``queue.paused``/``queue.resumed``): their queue,
+    # and a ``seq`` from the ``webhooks_queue_event_seq`` sequence. Empty for task events.
+    queue = models.CharField(max_length=64, blank=True, default="")
     seq = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)

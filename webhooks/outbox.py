@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -21,6 +21,7 @@ TASK_EVENTS = frozenset({
     "task.cancelled", "task.timed_out", "task.retrying", "task.requeued", "task.priority_changed",
 })
 QUEUE_EVENTS = frozenset({"queue.paused", "queue.resumed"})
+QUEUE_EVENT_SEQ = "webhooks_queue_event_seq"  # one sequence for every queue's events (migration 0003)
 WILDCARDS = frozenset({"task.*", "queue.*"})
 
 
@@ -67,12 +68,19 @@ def enqueue_queue_event(event: str, payload: Mapping[str, Any]) -> list[Delivery
     those, and only operators keep getting them)."""
     if event not in QUEUE_EVENTS:
         return []
+    subscriptions = list(Subscription.objects.filter(active=True, task__isnull=True, events__overlap=[event, "queue.*"])
+                         .filter(operator_owned()).values_list("id", flat=True))
+    if not subscriptions:
+        return []
+    # The caller holds the queue's row lock (queueing.services), so one queue's events take their numbers in
+    # the order they happen: the claim's order guard delivers them in that order, and receivers see ``seq``.
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT nextval('{QUEUE_EVENT_SEQ}')")
+        seq = cur.fetchone()[0]
+    body = {**payload, "seq": seq}
     now = timezone.now()
-    rows = [
-        Delivery(subscription_id=sub_id, event=event, payload=dict(payload), next_attempt_at=now, sent_at=now)
-        for sub_id in Subscription.objects.filter(active=True, task__isnull=True, events__overlap=[event, "queue.*"])
-        .filter(operator_owned()).values_list("id", flat=True)
-    ]
+    rows = [Delivery(subscription_id=sub_id, event=event, payload=body, queue=payload["queue"], seq=seq,
+                     next_attempt_at=now, sent_at=now) for sub_id in subscriptions]
     return _insert(rows)
 
 

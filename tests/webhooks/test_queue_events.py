@@ -1,13 +1,16 @@
 """Operators' ``queue.*`` webhooks: pause and resume reach them, signed; users' ``task.*`` hooks get none;
-a user who is no operator any more gets none either."""
+one queue's events reach an endpoint in order, numbered by ``seq``; a user who is no operator any more
+gets none."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from standardwebhooks import Webhook
 
-from django.utils import timezone
-
 from tests.conftest import wait_until
+from tests.webhooks.conftest import Reply
 
 
 def drain() -> list[str]:
@@ -70,3 +73,36 @@ def test_a_user_who_stops_being_an_operator_stops_getting_queue_events(olga, mak
 
     assert [r.json["event"] for r in roots.ok()] == ["queue.paused", "queue.resumed"]
     assert olgas.requests == []
+
+
+@pytest.mark.django_db
+def test_a_queues_events_reach_an_endpoint_in_order_when_one_is_retried(olga, receiver):
+    from queueing import services as queues
+    from queueing.models import Queue
+    from webhooks import delivery, services
+    from webhooks.models import Delivery
+
+    Queue.objects.create(name="wh-order")
+    Queue.objects.create(name="wh-other")
+    services.subscribe(owner=olga, url=receiver.url, events=["queue.*"])
+    receiver.respond = [Reply(503)]  # the first answer only
+
+    # given: queue.paused failed once and waits for its retry
+    queues.pause(name="wh-order", by=olga)
+    assert drain() == ["RETRY"]
+
+    # when: the queue is resumed meanwhile, and another queue paused
+    queues.resume(name="wh-order", by=olga)
+    queues.pause(name="wh-other", by=olga)
+
+    # then: queue.resumed waits behind the retry (another queue's events do not)
+    assert drain() == ["SUCCEEDED"]
+    assert [(r.json["event"], r.json["queue"]) for r in receiver.ok()] == [("queue.paused", "wh-other")]
+    Delivery.objects.filter(status="PENDING").update(sent_at=timezone.now() - timedelta(hours=1))
+    assert delivery.send_due() == 0  # nor does beat send it, however long ago its message went
+    Delivery.objects.filter(status="PENDING").update(next_attempt_at=timezone.now())  # the retry is due
+    assert drain() == ["SUCCEEDED", "SUCCEEDED"]
+    got = [r.json for r in receiver.ok() if r.json["queue"] == "wh-order"]
+    assert [(b["event"], b["paused"]) for b in got] == [("queue.paused", True), ("queue.resumed", False)]
+    assert got[0]["seq"] < got[1]["seq"]  # receivers can order them by seq, too
+    assert Queue.objects.get(name="wh-order").paused is got[-1]["paused"]
