@@ -3,11 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db import models
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from algorithms import results
 from algorithms.models import Artifact
+from config.errors import InvalidInput
 from jobs import services
 from jobs.models import Task, TaskEvent
 
@@ -72,16 +75,57 @@ class TaskSubmitIn(serializers.Serializer):
         return value
 
 
+# The most failing items one batch answer names (each with all its fields); the message counts them all.
+BATCH_ERRORS_MAX = 100
+
+
+class BatchItems(serializers.ListSerializer):
+    """A batch's ``tasks``: each item is checked as a submit is, by its serializer and then by the services
+    (``build_spec``: the algorithm, params against its schema, the queue and its resources), and every
+    failing item is named (``tasks[3].params.seconds``), not only the first. The valid data are the items'
+    ``TaskSpec``s. The size limit (``TASK_BATCH_MAX``) is checked before any item."""
+
+    default_error_messages = {**serializers.ListSerializer.default_error_messages,
+                              "max_length": "at most {max_length} tasks per batch"}
+
+    def to_internal_value(self, data: Any) -> list[services.TaskSpec]:
+        self.max_length = settings.CONVEYOR["BATCH_MAX"]
+        self.queues: dict[str, Any] = {}  # each queue read once for the whole batch
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError(_first_failing_items(exc.detail)) from None
+
+    def run_child_validation(self, data: Any) -> services.TaskSpec:
+        item = super().run_child_validation(data)
+        try:
+            return services.build_spec(**item, queues=self.queues)
+        except InvalidInput as exc:
+            detail = exc.fields or {api_settings.NON_FIELD_ERRORS_KEY: [exc.message]}
+            raise serializers.ValidationError(detail) from None
+
+
+def _first_failing_items(detail: Any) -> Any:
+    """The items' errors by index (DRF gives a list with ``{}`` for each valid item, or a dict), at most
+    ``BATCH_ERRORS_MAX`` items, and a note on ``tasks`` when more failed; a list's own error unchanged."""
+    if isinstance(detail, list) and all(isinstance(item, dict) for item in detail):
+        detail = {index: item for index, item in enumerate(detail) if item}
+    if not isinstance(detail, dict) or not all(isinstance(key, int) for key in detail):
+        return detail
+    if len(detail) <= BATCH_ERRORS_MAX:
+        return detail
+    shown = dict(list(detail.items())[:BATCH_ERRORS_MAX])
+    shown[api_settings.NON_FIELD_ERRORS_KEY] = [
+        f"{len(detail)} tasks are invalid; the first {BATCH_ERRORS_MAX} are named here"]
+    return shown
+
+
 @extend_schema_serializer(examples=[OpenApiExample("two tasks", request_only=True, value={
     "tasks": [{"algorithm": "demo.noop"}, {"algorithm": "demo.hello", "params": {"seconds": 1}, "priority": 8}]})])
 class TaskBatchSubmitIn(serializers.Serializer):
-    tasks = TaskSubmitIn(many=True, allow_empty=False)
+    """``validated_data["tasks"]``: one ``TaskSpec`` per item, in order (``BatchItems``)."""
 
-    def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        limit = settings.CONVEYOR["BATCH_MAX"]
-        if len(value) > limit:
-            raise serializers.ValidationError(f"at most {limit} tasks per batch")
-        return value
+    tasks = BatchItems(child=TaskSubmitIn(), allow_empty=False)
 
 
 @extend_schema_serializer(examples=[OpenApiExample("by name", request_only=True, value={"priority": "critical"}),
@@ -113,8 +157,9 @@ class ProgressOut(serializers.Serializer):
 
 class ResultMetaOut(serializers.Serializer):
     storage = serializers.ChoiceField(choices=["inline", "file"])
-    size = serializers.IntegerField()
-    sha256 = serializers.CharField()
+    size = serializers.IntegerField(help_text="bytes of the result: a stored one's file; an inline one's JSON "
+                                              "exactly as /result/ serves it (the `result` member)")
+    sha256 = serializers.CharField(help_text="hex SHA-256 of those bytes")
     content_type = serializers.CharField()
     summary = serializers.JSONField()
     expired = serializers.BooleanField()
@@ -134,6 +179,16 @@ class ArtifactOut(serializers.ModelSerializer):
         return f"/api/v1/tasks/{artifact.task_id}/artifacts/{artifact.name}/"
 
 
+class TaskOutList(serializers.ListSerializer):
+    """Many tasks (a list page, a batch, the dashboard): their inline results are described in one query,
+    by PostgreSQL, so the tasks may be read without ``result`` (``selectors.tasks_for`` defers it)."""
+
+    def to_representation(self, data: Any) -> list[dict[str, Any]]:
+        tasks = list(data.all() if isinstance(data, models.manager.BaseManager) else data)
+        results.attach_result_meta(tasks)
+        return super().to_representation(tasks)
+
+
 class TaskOut(serializers.ModelSerializer):
     queue = serializers.CharField(source="queue_id")
     owner = serializers.CharField(source="owner.username", read_only=True)
@@ -150,6 +205,7 @@ class TaskOut(serializers.ModelSerializer):
             "result_meta", "last_seq",
         ]
         read_only_fields = fields
+        list_serializer_class = TaskOutList
         extra_kwargs = {"last_seq": {"help_text": "seq of the last event of the task this copy reflects "
                                                   "(a live event with a higher seq is newer)"}}
 
