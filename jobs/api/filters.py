@@ -4,9 +4,21 @@ from datetime import timezone
 
 import django_filters
 from django import forms
-from django_filters.fields import IsoDateTimeField
+from django_filters.fields import BaseCSVField, IsoDateTimeField
+from drf_spectacular.utils import extend_schema_field
 
+from config.errors import InvalidInput
+from jobs import services
 from jobs.models import Status, Task
+
+# The most ids one ``?id=`` may name: 100 UUIDs are about 3.9 KB of URL (with ``%2C`` between them), well
+# under the 16 KiB that daphne (Twisted) takes for the request line and headers together; past it Twisted
+# answers a bare 400 or drops the connection before the application sees the request. The dashboard
+# asks for at most 100 at a time.
+ID_FILTER_MAX = 100
+# A label is at most this long (``Task.labels``, and the submit checks it): a longer filter value
+# matches no task, and the database would otherwise cut it short and match another label.
+LABEL_MAX = Task._meta.get_field("labels").base_field.max_length  # type: ignore[attr-defined]
 
 
 class UtcDateTimeField(IsoDateTimeField):
@@ -26,8 +38,38 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UtcDateTimeField
 
 
+class CappedCSVField(BaseCSVField):
+    """A comma-separated list of at most ``ID_FILTER_MAX`` values; counted before any is parsed."""
+
+    def clean(self, value):  # type: ignore[no-untyped-def]
+        if value is not None and len(value) > ID_FILTER_MAX:
+            raise forms.ValidationError(f"at most {ID_FILTER_MAX} ids (got {len(value)})", code="max_length")
+        return super().clean(value)
+
+
 class UUIDInFilter(django_filters.BaseInFilter, django_filters.UUIDFilter):
-    """``?id=<uuid>,<uuid>,…``: these tasks (the dashboard fills rows it made from live events)."""
+    """``?id=<uuid>,<uuid>,…``: these tasks, at most ``ID_FILTER_MAX`` (the dashboard fills rows it made
+    from live events)."""
+
+    base_field_class = CappedCSVField
+
+
+class PriorityFormField(forms.Field):
+    """0-9 or a priority's name (``low``, ``normal``, ``high``, ``critical``), as a submit takes it."""
+
+    def to_python(self, value):  # type: ignore[no-untyped-def]
+        if value in self.empty_values:
+            return None
+        try:
+            return services.parse_priority(value)
+        except InvalidInput as exc:
+            raise forms.ValidationError((exc.fields or {}).get("priority", [exc.message])[0], code="invalid") from None
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0, "maximum": 9},
+                                {"type": "string", "enum": list(services.PRIORITY_NAMES)}]})
+class PriorityFilter(django_filters.Filter):
+    field_class = PriorityFormField
 
 
 class TaskFilter(django_filters.FilterSet):
@@ -35,8 +77,9 @@ class TaskFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=Status.choices)
     queue = django_filters.CharFilter(field_name="queue_id")
     algorithm = django_filters.CharFilter()
-    priority = django_filters.NumberFilter()
-    label = django_filters.CharFilter(field_name="labels", lookup_expr="contains", method="filter_label")
+    priority = PriorityFilter()
+    label = django_filters.CharFilter(field_name="labels", lookup_expr="contains", method="filter_label",
+                                      max_length=LABEL_MAX)
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
 

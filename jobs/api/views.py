@@ -91,6 +91,18 @@ class NewestFirst(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+    page_size_query_description = "Rows per page: a whole number from 1 (default 50); more than 500 reads as 500."
+
+    def get_page_size(self, request: Request) -> int:
+        """``?page_size``: a whole number from 1; anything else is a 400 naming it (DRF would quietly use
+        the default); above ``max_page_size`` it is that. Left empty, as an empty filter, it is not there."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if not raw:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            reason = f"must be a whole number from 1 (at most {self.max_page_size} are given)"
+            raise InvalidInput(f"page_size: {reason}", fields={"page_size": [reason]})
+        return min(int(raw), self.max_page_size)
 
     def decode_cursor(self, request: Request) -> Cursor | None:
         """DRF's, with a malformed cursor a 400 naming ``cursor`` (DRF answers 404), and its position read

@@ -37,7 +37,8 @@ RESULTS: list[Any] = [
 
 def succeeded(client: Any, result: Any, **extra: Any) -> str:
     """A task that finished with ``result`` inline (as the worker stores it: ``Task.result``)."""
-    task_id = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "labels": ["listed"]}, format="json").json()["id"]
+    body = {"algorithm": "demo.noop", "labels": ["listed"]}
+    task_id = client.post("/api/v1/tasks/", body, format="json").json()["id"]
     Task.objects.filter(id=task_id).update(status="SUCCEEDED", result=result, finished_at=timezone.now(), **extra)
     return task_id
 
