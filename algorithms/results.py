@@ -2,11 +2,8 @@
 list, and retention (``RESULT_TTL_DAYS``), which deletes bytes but keeps what was said about them."""
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -35,80 +32,31 @@ def stored_result(task: Task) -> Artifact | None:
     return Artifact.objects.filter(task=task, kind=Artifact.Kind.RESULT).first()
 
 
-# An inline result's bytes are PostgreSQL's text of the jsonb (``result::text``): ``/result/`` serves
-# them as its ``result`` member, and its size and sha256 are computed from them, by PostgreSQL, so a
-# task list never loads (or parses, or hashes in Python) the results it only describes. The summary is
-# ``artifacts.summarize()`` of the value, in SQL: the keys in jsonb's order, which is the order the value
-# has when read into Python. A JSON ``null`` is no result (as ``None`` is in Python).
-_INLINE_META_SQL = """
-SELECT id, octet_length(body), encode(sha256(body), 'hex'), summary FROM (
-    SELECT id, convert_to(result::text, 'UTF8') AS body,
-           (CASE jsonb_typeof(result)
-                WHEN 'object' THEN json_build_object(
-                    'type', 'object',
-                    'keys', COALESCE((SELECT json_agg(k ORDER BY n)
-                                      FROM jsonb_object_keys(result) WITH ORDINALITY AS o(k, n)
-                                      WHERE n <= 20), '[]'::json),
-                    'length', (SELECT count(*) FROM jsonb_object_keys(result)))
-                WHEN 'array' THEN json_build_object('type', 'array', 'length', jsonb_array_length(result))
-                WHEN 'string' THEN json_build_object('type', 'str')
-                WHEN 'boolean' THEN json_build_object('type', 'bool')
-                ELSE json_build_object('type', CASE WHEN strpos(result::text, '.') > 0
-                                                    THEN 'float' ELSE 'int' END)
-            END)::text AS summary
-    FROM {table} WHERE id = ANY(%s) AND jsonb_typeof(result) <> 'null'
-) AS inline_results
-"""
-
-
-def _task_table() -> str:
+def inline_result_text(task: Task) -> str | None:
+    """The task's inline result as PostgreSQL writes the jsonb (``result::text``): the bytes whose size
+    and sha256 ``Task.result_size`` / ``result_sha256`` hold (jobs/migrations/0009); None without one."""
     from jobs.models import Task
 
-    return connection.ops.quote_name(Task._meta.db_table)
-
-
-def inline_results_meta(task_ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:
-    """``result_meta`` of the inline results among these tasks, by task id, in one query; a task without
-    an inline result is not in the answer."""
-    ids = list(task_ids)
-    if not ids:
-        return {}
+    table = connection.ops.quote_name(Task._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(_INLINE_META_SQL.format(table=_task_table()), [ids])
-        rows = cursor.fetchall()
-    return {task_id: {"storage": "inline", "size": size, "sha256": sha256, "content_type": "application/json",
-                      "summary": json.loads(summary), "expired": False, "expired_at": None}
-            for task_id, size, sha256, summary in rows}
-
-
-def inline_result_text(task: Task) -> str | None:
-    """The task's inline result as the text whose bytes ``result_meta`` describes; None without one."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT result::text FROM {_task_table()} WHERE id = %s AND jsonb_typeof(result) <> 'null'",
+        cursor.execute(f"SELECT result::text FROM {table} WHERE id = %s AND jsonb_typeof(result) <> 'null'",
                        [task.id])
         row = cursor.fetchone()
     return row[0] if row else None
 
 
-def attach_result_meta(tasks: Iterable[Task]) -> None:
-    """Describe the inline results of these tasks in one query, for ``describe_result`` (a page of a list:
-    the tasks may be read without ``result``)."""
-    succeeded = [t for t in tasks if t.status == "SUCCEEDED"]
-    found = inline_results_meta(t.id for t in succeeded)
-    for task in succeeded:
-        task._inline_result_meta = found.get(task.id)  # type: ignore[attr-defined]
-
-
 def describe_result(task: Task, *, request_path: str = "") -> dict[str, Any] | None:
     """``{storage, size, sha256, content_type, summary, expired, expired_at}`` of a SUCCEEDED task's
-    result; None for any other task and for a task without one. Never reads ``task.result``."""
+    result; None for any other task and for one without a result. An inline result is described by the
+    columns PostgreSQL keeps beside it, so ``task`` may be read without ``result`` (a task list)."""
     if task.status != "SUCCEEDED":
         return None
-    if not hasattr(task, "_inline_result_meta"):
-        attach_result_meta([task])
-    inline = task._inline_result_meta  # type: ignore[attr-defined]
-    if inline is not None:
-        return dict(inline)
+    if task.result_sha256 is None and "result" not in task.get_deferred_fields() and task.result is not None:
+        task.refresh_from_db(fields=["result_size", "result_sha256", "result_summary"])  # written after the read
+    if task.result_sha256 is not None:
+        return {"storage": "inline", "size": task.result_size, "sha256": task.result_sha256,
+                "content_type": "application/json", "summary": task.result_summary, "expired": False,
+                "expired_at": None}
     row = stored_result(task)
     if row is None:
         return None
@@ -153,16 +101,15 @@ def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
     while True:
         with transaction.atomic():
             tasks = list(Task.objects.select_for_update(skip_locked=True).filter(
-                status="SUCCEEDED", finished_at__lt=cutoff, result__isnull=False).only("id")[:batch])
-            described = inline_results_meta(t.id for t in tasks)  # what the detail said: it keeps saying it
+                status="SUCCEEDED", finished_at__lt=cutoff, result__isnull=False)
+                .only("id", "result_size", "result_sha256", "result_summary")[:batch])
             for task in tasks:
-                meta = described.get(task.id)
-                if meta is None:  # a JSON null: no result to remember
+                if task.result_sha256 is None:  # a JSON null: no result to remember
                     continue
-                Artifact.objects.update_or_create(
+                Artifact.objects.update_or_create(  # what the detail said, it keeps saying
                     task=task, kind=Artifact.Kind.RESULT, name=RESULT_NAME,
-                    defaults={"storage_name": "", "size": meta["size"], "sha256": meta["sha256"],
-                              "content_type": meta["content_type"], "summary": meta["summary"],
+                    defaults={"storage_name": "", "size": task.result_size, "sha256": task.result_sha256,
+                              "content_type": "application/json", "summary": task.result_summary,
                               "expired_at": now})
             Task.objects.filter(id__in=[t.id for t in tasks]).update(result=None)
         inline += len(tasks)

@@ -69,6 +69,12 @@ class Task(models.Model):
     progress_metrics = models.JSONField(default=dict, blank=True)
 
     result = models.JSONField(null=True, blank=True)
+    # Set by PostgreSQL whenever ``result`` is written (trigger ``jobs_task_result_meta``, migration 0009),
+    # never by Python: the size and sha256 of ``result::text``, the bytes ``/result/`` serves, and
+    # ``artifacts.summarize()`` of the value. A task list shows them without reading any result.
+    result_size = models.BigIntegerField(null=True, blank=True, editable=False)
+    result_sha256 = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    result_summary = models.JSONField(null=True, blank=True, editable=False)
     error = models.TextField(blank=True)
     # Last event number handed out for this task; bumped by the same UPDATE that changes state.
     last_seq = models.PositiveIntegerField(default=0)

@@ -14,8 +14,8 @@ from jobs.models import Task, TaskEvent
 
 def tasks_for(user: Any) -> QuerySet[Task]:
     """Every task the user may see: their own; operators and staff see all. Read without ``result``
-    (up to RESULT_INLINE_MAX of JSON each): what views show of it, ``result_meta``, PostgreSQL computes
-    (``algorithms.results.inline_results_meta``), and ``/result/`` reads it as text."""
+    (up to RESULT_INLINE_MAX of JSON each): what views show of it, ``result_meta``, is in the columns
+    PostgreSQL keeps beside it (``Task.result_sha256`` …), and ``/result/`` reads it as text."""
     qs = Task.objects.defer("result")
     if not is_operator(user):
         qs = qs.filter(owner=user)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db import models
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.settings import api_settings
@@ -179,16 +178,6 @@ class ArtifactOut(serializers.ModelSerializer):
         return f"/api/v1/tasks/{artifact.task_id}/artifacts/{artifact.name}/"
 
 
-class TaskOutList(serializers.ListSerializer):
-    """Many tasks (a list page, a batch, the dashboard): their inline results are described in one query,
-    by PostgreSQL, so the tasks may be read without ``result`` (``selectors.tasks_for`` defers it)."""
-
-    def to_representation(self, data: Any) -> list[dict[str, Any]]:
-        tasks = list(data.all() if isinstance(data, models.manager.BaseManager) else data)
-        results.attach_result_meta(tasks)
-        return super().to_representation(tasks)
-
-
 class TaskOut(serializers.ModelSerializer):
     queue = serializers.CharField(source="queue_id")
     owner = serializers.CharField(source="owner.username", read_only=True)
@@ -205,7 +194,6 @@ class TaskOut(serializers.ModelSerializer):
             "result_meta", "last_seq",
         ]
         read_only_fields = fields
-        list_serializer_class = TaskOutList
         extra_kwargs = {"last_seq": {"help_text": "seq of the last event of the task this copy reflects "
                                                   "(a live event with a higher seq is newer)"}}
 
