@@ -24,7 +24,7 @@ class ResultExpired(ConveyorError):
 
 def stored_result(task: Task) -> Artifact | None:
     """The task's stored (or expired) result row, if it has one. Callers ask only when the task has no
-    inline result (``inline_result_text``, ``inline_results_meta``): an inline result is the last run's
+    inline result (``inline_result_text``, ``Task.result_sha256``): an inline result is the last run's
     own, so no row can stand for it."""
     rows = getattr(task, "_prefetched_objects_cache", {}).get("artifacts")
     if rows is not None:

@@ -122,9 +122,7 @@ def _first_failing_items(detail: Any) -> Any:
 @extend_schema_serializer(examples=[OpenApiExample("two tasks", request_only=True, value={
     "tasks": [{"algorithm": "demo.noop"}, {"algorithm": "demo.hello", "params": {"seconds": 1}, "priority": 8}]})])
 class TaskBatchSubmitIn(serializers.Serializer):
-    """``validated_data["tasks"]``: one ``TaskSpec`` per item, in order (``BatchItems``)."""
-
-    tasks = BatchItems(child=TaskSubmitIn(), allow_empty=False)
+    tasks = BatchItems(child=TaskSubmitIn(), allow_empty=False)  # validated: one TaskSpec per item, in order
 
 
 @extend_schema_serializer(examples=[OpenApiExample("by name", request_only=True, value={"priority": "critical"}),
