@@ -12,6 +12,7 @@ from algorithms.models import Artifact
 from config.errors import InvalidInput
 from jobs import services
 from jobs.models import Task, TaskEvent
+from webhooks.api.serializers import WebhookUrlField
 
 
 @extend_schema_field({"oneOf": [{"type": "integer", "minimum": 0, "maximum": 9},
@@ -64,8 +65,8 @@ class TaskSubmitIn(serializers.Serializer):
     max_retries = serializers.IntegerField(required=False, min_value=0, max_value=20)
     timeout_seconds = serializers.IntegerField(required=False, min_value=1, max_value=7 * 24 * 3600)
     labels = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20)
-    webhook_url = serializers.URLField(max_length=2000, required=False,
-                                       help_text="POST this task's events here (signed; the secret is in the 201 response)")
+    webhook_url = WebhookUrlField(required=False,
+                                  help_text="POST this task's events here (signed; the secret is in the 201 response)")
 
     def validate_params(self, value: Any) -> Any:
         # PostgreSQL's jsonb refuses \u0000 in any string or key; an algorithm's schema may allow any string.

@@ -73,3 +73,17 @@ def test_a_webhook_url_with_a_port_outside_1_to_65535_is_400_and_no_task_is_crea
     assert response.status_code == 400, response.content
     assert "webhook_url" in response.json()["error"]["fields"]
     assert not Task.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_webhook_url_on_a_service_name_is_accepted_at_submit(alice, api, receiver, monkeypatch):
+    """A Compose or Kubernetes service name (a single-label host) is a receiver like any other."""
+    import socket
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *a, **kw: real("127.0.0.1" if host == "receiver" else host, *a, **kw))
+    url = f"http://receiver:{receiver.port}/hook"
+    response = api(alice).post("/api/v1/tasks/", {"algorithm": "demo.noop", "webhook_url": url}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["webhook"]["url"] == url
