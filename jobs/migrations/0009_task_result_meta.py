@@ -35,12 +35,17 @@ BEGIN
 END
 $$;
 
+-- A new task has no result (a submit's INSERT, thousands a second): not even a call of the function.
+CREATE TRIGGER jobs_task_result_meta_insert
+    BEFORE INSERT ON jobs_task
+    FOR EACH ROW WHEN (NEW.result IS NOT NULL) EXECUTE FUNCTION jobs_task_result_meta();
 CREATE TRIGGER jobs_task_result_meta
-    BEFORE INSERT OR UPDATE OF result, result_size, result_sha256, result_summary ON jobs_task
+    BEFORE UPDATE OF result, result_size, result_sha256, result_summary ON jobs_task
     FOR EACH ROW EXECUTE FUNCTION jobs_task_result_meta();
 """
 
 DROP = """
+DROP TRIGGER IF EXISTS jobs_task_result_meta_insert ON jobs_task;
 DROP TRIGGER IF EXISTS jobs_task_result_meta ON jobs_task;
 DROP FUNCTION IF EXISTS jobs_task_result_meta();
 """

@@ -137,3 +137,16 @@ def test_retention_keeps_what_the_list_said_about_an_inline_result(alice, api):
     assert {k: after[k] for k in ("size", "sha256", "summary")} == {k: before[k] for k in ("size", "sha256", "summary")}
     assert client.get(f"/api/v1/tasks/{task_id}/").json()["result_meta"] == after
     assert client.get(f"/api/v1/tasks/{task_id}/result/").status_code == 410
+
+
+def test_a_row_inserted_with_its_result_is_described_and_one_inserted_without_is_not(alice):
+    """The INSERT trigger runs only for a row that brings a result (a submit's never does)."""
+    with_result = Task.objects.create(owner=alice, algorithm="demo.noop", queue_id="default", status="SUCCEEDED",
+                                      result={"loss": 0.5})
+    without = Task.objects.create(owner=alice, algorithm="demo.noop", queue_id="default")
+    with_result.refresh_from_db()
+    without.refresh_from_db()
+    body = json.dumps({"loss": 0.5}, separators=(", ", ": ")).encode()
+    assert (with_result.result_size, with_result.result_sha256) == (len(body), hashlib.sha256(body).hexdigest())
+    assert with_result.result_summary == summarize({"loss": 0.5})
+    assert (without.result_size, without.result_sha256, without.result_summary) == (None, None, None)
