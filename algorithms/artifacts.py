@@ -13,8 +13,9 @@ one; the file a row pointed at before is deleted once the row points at the new 
 ``finalize_result()`` decides where a finished task's result lives: JSON up to ``RESULT_INLINE_MAX``
 bytes goes back inline (``Task.result``); anything larger, or holding a NUL character (which jsonb
 cannot store), is encoded in chunks into a stored result. A float that is NaN or infinite, which JSON
-cannot hold, is written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` in either
-(``jobs.jsonsafe``), as in a summary.
+cannot hold, is written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` in either, a NumPy
+scalar or array as the Python number or list it holds, as in a summary; a value with no faithful JSON
+form (a set, a Decimal, a model object) fails the task at once, named (``jobs.jsonsafe``).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from django.utils.text import get_valid_filename
 
 from algorithms.context import Scratch
 from algorithms.models import Artifact
-from jobs.jsonsafe import finite_json
+from jobs.jsonsafe import json_safe
 
 RESULT_NAME = "result"
 _NOTHING = object()
@@ -86,7 +87,7 @@ class ArtifactWriter(io.BufferedIOBase):
                  summary: dict[str, Any] | None) -> None:
         super().__init__()
         self._store, self.kind, self.name = store, kind, name
-        self.content_type, self.summary = content_type, finite_json(dict(summary or {}))
+        self.content_type, self.summary = content_type, dict(summary or {})
         fd, path = tempfile.mkstemp(dir=store.scratch_dir, prefix="artifact-")
         self._path = Path(path)
         self._file = os.fdopen(fd, "wb")
@@ -145,6 +146,7 @@ class ArtifactStore:
         if content_type is not None and len(content_type) > _CONTENT_TYPE_MAX:
             raise ValueError(f"content type of {clean!r} is longer than {_CONTENT_TYPE_MAX} characters")
         guessed = mimetypes.guess_type(clean)[0] or ("text/plain" if mode != "wb" else "application/octet-stream")
+        summary = json_safe(dict(summary or {}), "summary")  # NaN, NumPy…: before a file is made
         writer = ArtifactWriter(self, kind=kind, name=clean, summary=summary,
                                 content_type=valid_content_type(content_type or guessed) or "application/octet-stream")
         self._open.append(writer)
@@ -240,10 +242,11 @@ def summarize(obj: Any) -> dict[str, Any]:
 def finalize_result(store: ArtifactStore, obj: Any) -> Any:
     """The value for ``Task.result``: ``obj`` itself when its JSON fits inline, else None with ``obj``
     encoded chunk by chunk into a stored result. A result streamed with ``ctx.open_result()`` wins.
-    Non-finite floats become strings in both (``jobs.jsonsafe.finite_json``)."""
+    Non-finite floats become strings in both, NumPy values Python ones; a value with no faithful JSON
+    form raises ``NotJsonSerialisable`` (not retried) before anything is stored (``jobs.jsonsafe``)."""
     if store.result is not None or obj is None:
         return None if store.result is not None else obj
-    obj = finite_json(obj)  # NaN, ±Infinity: "NaN", "Infinity", "-Infinity", never a failed task
+    obj = json_safe(obj, "result")  # NaN, ±Infinity: "NaN"…; NumPy: Python values; never a retried task
     limit = settings.CONVEYOR["RESULT_INLINE_MAX"]
     head: list[str] = []
     size = 0

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable
 
+from jobs.jsonsafe import json_safe
+
 if TYPE_CHECKING:
     from algorithms.artifacts import ArtifactStore
 
@@ -77,7 +79,8 @@ class RunContext:
                  metrics: dict[str, Any] | None = None) -> None:
         percent = max(0.0, min(100.0, float(percent)))
         stage = self._last_stage or "" if stage is None else stage
-        report = (percent, stage, message or "", dict(metrics or {}))
+        # NaN, NumPy values: made JSON here, so a value JSON cannot hold fails at this call, named
+        report = (percent, stage, message or "", json_safe(dict(metrics or {}), "metrics"))
         now = time.monotonic()
         if stage != self._last_stage or percent >= 100.0 or now - self._last_write >= self._min_interval:
             if stage != self._last_stage:

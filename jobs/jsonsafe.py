@@ -1,15 +1,53 @@
-"""Non-finite floats in what a worker writes as JSON (progress metrics, results, artifact summaries).
+"""What a worker writes as JSON (progress metrics, results, artifact summaries), made storable: the one
+place where a value an algorithm hands over becomes JSON.
 
-JSON has no NaN nor infinities: PostgreSQL's jsonb refuses Python's ``NaN`` literal (``DataError``:
-"invalid input syntax for type json"), a strict encoder raises ``ValueError`` ("Out of range float
-values are not JSON compliant"), and either failed the task, which then ran again for nothing. A
-diverging loss is ordinary in training, so such a value is recorded instead, the way protobuf's JSON
-mapping writes it: as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
+Non-finite floats. JSON has no NaN nor infinities: PostgreSQL's jsonb refuses Python's ``NaN`` literal
+(``DataError``: "invalid input syntax for type json"), a strict encoder raises ``ValueError`` ("Out of
+range float values are not JSON compliant"), and either failed the task, which then ran again for
+nothing. A diverging loss is ordinary in training, so such a value is recorded instead, the way
+protobuf's JSON mapping writes it: as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
+
+NumPy. What NumPy (and scikit-learn, pandas…) code naturally returns, ``(y == 1).sum()`` or
+``np.float32(0.75)``, is a NumPy scalar, which ``json`` refuses (``TypeError: Object of type int64 is
+not JSON serializable``): the task failed after its work was done, and was retried. A NumPy scalar is
+written as the Python number or bool it holds (``.item()``; then the NaN rule applies) and an array as
+nested lists (``.tolist()``). NumPy is never imported here: a value can only be a NumPy one once
+NumPy is loaded (``sys.modules``).
+
+Datetimes and UUIDs are written as the API writes its own: ``datetime``, ``date`` and ``time`` in ISO
+8601 (``isoformat()``, offset and microseconds kept), a ``UUID`` as its string.
+
+Anything else has no faithful JSON form, and no choice made for the author would be right for every
+algorithm: a ``Decimal`` (a float drops digits, a string changes its type), a ``set`` (no order: its
+array would differ from run to run, and so would the result's sha256), ``bytes`` (write an artifact),
+a complex number, a ``timedelta``, a NumPy datetime, an object (a model, a DataFrame). Such a value
+raises ``NotJsonSerialisable``, naming where it is and its type (``result['model']: object of type
+Booster is not JSON-serialisable``); its ``retryable = False`` fails the task at once: running it again
+would end the same way.
 """
 from __future__ import annotations
 
+import datetime
 import math
+import sys
+import uuid
 from typing import Any
+
+_KEY_TYPES = (str, int, float, type(None))  # what a JSON object's key can be written from (bool is an int)
+
+
+class NotJsonSerialisable(TypeError):
+    """A value with no faithful JSON form; the message names where it is and its type. Not retried."""
+
+    retryable = False
+
+
+class _Refused(Exception):
+    """Raised from where the value is, its path filled in on the way out."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what, self.path = what, []  # type: list[str]
 
 
 def nonfinite_text(number: float) -> str:
@@ -19,16 +57,39 @@ def nonfinite_text(number: float) -> str:
     return "Infinity" if number > 0 else "-Infinity"
 
 
-def finite_json(value: Any) -> Any:
-    """``value`` with each non-finite float, in nested dicts, lists and tuples too (dict keys included),
-    written as its string (``nonfinite_text``). A value with none is returned as it is, not copied: a
-    large result costs one walk, no second copy in memory."""
+def json_safe(value: Any, where: str = "value") -> Any:
+    """``value`` as JSON can hold it, in nested dicts, lists and tuples too (dict keys included): each
+    non-finite float written as its string (``nonfinite_text``), NumPy scalars and arrays as Python
+    numbers and lists, datetimes in ISO 8601, UUIDs as strings. A value with nothing to change is
+    returned as it is, not copied: a large result costs one walk, no second copy in memory.
+
+    Anything else raises ``NotJsonSerialisable``, ``where`` (``"result"``, ``"metrics"``…) and the path
+    in it naming the value: ``result['model']: object of type Booster is not JSON-serialisable``."""
+    try:
+        return _clean(value)
+    except _Refused as refused:
+        raise NotJsonSerialisable(f"{where}{''.join(reversed(refused.path))}: {refused.what}") from None
+
+
+finite_json = json_safe  # the name of this morning's NaN fix, still imported
+
+
+def _clean(value: Any) -> Any:
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else nonfinite_text(value)
+        if not math.isfinite(value):
+            return nonfinite_text(value)
+        return value if type(value) is float else float(value)  # numpy.float64 is a float: a plain one
     if isinstance(value, dict):
         changed: dict[Any, Any] | None = None
         for n, (key, item) in enumerate(value.items()):
-            new_key, new_item = finite_json(key), finite_json(item)
+            try:
+                new_key = _key(key)
+                new_item = _clean(item)
+            except _Refused as refused:
+                refused.path.append(f"[{key!r}]")
+                raise
             if changed is None and (new_key is not key or new_item is not item):
                 changed = dict(list(value.items())[:n])
             if changed is not None:
@@ -37,7 +98,11 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         items: list[Any] | None = None
         for n, item in enumerate(value):
-            new = finite_json(item)
+            try:
+                new = _clean(item)
+            except _Refused as refused:
+                refused.path.append(f"[{n}]")
+                raise
             if items is None and new is not item:
                 items = list(value[:n])
             if items is not None:
@@ -45,4 +110,31 @@ def finite_json(value: Any) -> Any:
         if items is None:
             return value
         return items if isinstance(value, list) else tuple(items)
-    return value
+    return _converted(value)
+
+
+def _key(key: Any) -> Any:
+    """A dict key as ``json`` writes one (a string, or a number, bool or None it turns into one)."""
+    new = _clean(key)
+    if not isinstance(new, _KEY_TYPES):
+        raise _Refused(f"key of type {type(key).__name__} is not JSON-serialisable (keys are strings or numbers)")
+    return new
+
+
+def _converted(value: Any) -> Any:
+    """A value of none of JSON's own types: its JSON form, or ``_Refused``."""
+    numpy = sys.modules.get("numpy")  # loaded by whoever made a NumPy value; never imported here
+    if numpy is not None and isinstance(value, numpy.ndarray | numpy.generic):
+        if value.dtype.kind not in "mM":  # datetime64 / timedelta64: .item() may be an int of nanoseconds
+            plain = value.tolist() if isinstance(value, numpy.ndarray) else value.item()
+            if isinstance(plain, numpy.generic) and isinstance(value, numpy.floating):
+                plain = float(value)  # longdouble: .item() gives itself back
+            if not isinstance(plain, numpy.generic):
+                return _clean(plain)
+        if isinstance(value, numpy.ndarray):
+            raise _Refused(f"array of {value.dtype} is not JSON-serialisable")
+    elif isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        return value.isoformat()
+    elif isinstance(value, uuid.UUID):
+        return str(value)
+    raise _Refused(f"object of type {type(value).__name__} is not JSON-serialisable")

@@ -21,7 +21,7 @@ from algorithms import registry
 from config.errors import InvalidInput
 from jobs import transitions
 from jobs.errors import IdempotencyConflict, InvalidTransition, TaskNotFound
-from jobs.jsonsafe import finite_json
+from jobs.jsonsafe import json_safe
 from jobs.models import FINAL, NOT_STARTED, Status, Task
 from observability.logs import current_request_id
 from queueing.models import Queue
@@ -486,12 +486,14 @@ def report_progress(*, task_id: UUID | str, percent: float, stage: str, message:
                     metrics: dict[str, Any], claimed_at: Any = None) -> bool:
     """Store the latest progress of a RUNNING task and append ``task.progress`` (``claimed_at``: only
     while it runs under that claim). A metric that is NaN or infinite (a diverging loss) is stored as
-    the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (``jobs.jsonsafe``), never a ``DataError``."""
+    the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, a NumPy one as the Python number or list it
+    holds (``jobs.jsonsafe``), never a ``DataError`` or ``TypeError``; one with no faithful JSON form
+    raises ``NotJsonSerialisable``."""
     return transitions.apply_one(
         task_id, frm=[Status.RUNNING], to=None, event="task.progress",
         values={"progress_percent": percent, "progress_stage": without_nul(stage[:200]),
                 "progress_message": without_nul(message[:1000]),
-                "progress_metrics": without_nul(finite_json(metrics))},
+                "progress_metrics": without_nul(json_safe(metrics, "metrics"))},
         **_claim_guard(claimed_at),
     ) is not None
 
