@@ -16,6 +16,10 @@ cannot store), is encoded in chunks into a stored result. A float that is NaN or
 cannot hold, is written as the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` in either, a NumPy
 scalar or array as the Python number or list it holds, as in a summary; a value with no faithful JSON
 form (a set, a Decimal, a model object) fails the task at once, named (``jobs.jsonsafe``).
+
+A file is stored only by ``close()`` or by leaving its ``with`` block without an exception, in text
+mode as in binary: one left open when the run fails or is cancelled, one whose ``with`` block raised,
+and one merely dropped (its finalizer) are thrown away, never stored half-written.
 """
 from __future__ import annotations
 
@@ -81,7 +85,8 @@ class _SpooledFile(File):
 
 
 class ArtifactWriter(io.BufferedIOBase):
-    """Binary write-only stream into storage; ``close()`` (or leaving ``with``) stores it."""
+    """Binary write-only stream into storage; ``close()`` (or leaving ``with`` without an exception) stores
+    it, ``abort()`` (or leaving ``with`` by an exception, or being dropped unclosed) throws it away."""
 
     def __init__(self, store: ArtifactStore, *, kind: str, name: str, content_type: str,
                  summary: dict[str, Any] | None) -> None:
@@ -115,6 +120,12 @@ class ArtifactWriter(io.BufferedIOBase):
             self._path.unlink(missing_ok=True)
             super().close()
 
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the block raised: what it wrote is half of what was meant
+            self.abort()
+
     def __del__(self) -> None:
         self.abort()  # a writer nobody closed is dropped, never stored half-written from a finalizer
 
@@ -126,12 +137,42 @@ class ArtifactWriter(io.BufferedIOBase):
             super().close()
 
 
+class TextArtifactWriter(io.TextIOWrapper):
+    """UTF-8 text over an ``ArtifactWriter``, stored the same way: by ``close()`` or a ``with`` block left
+    without an exception, never by a finalizer (a plain ``TextIOWrapper`` closes its writer when it is
+    dropped, which would store it half-written)."""
+
+    def __init__(self, writer: ArtifactWriter) -> None:
+        super().__init__(writer, encoding="utf-8", write_through=True)
+
+    @property
+    def artifact(self) -> Artifact | None:
+        return self.buffer.artifact
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:  # replaces IOBase's finalizer, which closes
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop what was written, with anything not yet passed to the writer."""
+        try:
+            writer = self.buffer
+        except ValueError:  # detached (or never made): nothing of this wrapper to drop
+            return
+        writer.abort()
+
+
 class ArtifactStore:
     """Artifacts of one attempt of one task."""
 
     def __init__(self, *, task_id: str, attempt: int, claimed_at: Any, scratch: Scratch) -> None:
         self.task_id, self.attempt, self.claimed_at, self._scratch = task_id, attempt, claimed_at, scratch
-        self._open: list[ArtifactWriter] = []
+        self._open: list[ArtifactWriter | TextArtifactWriter] = []
         self.result: Artifact | None = None
 
     @property
@@ -149,8 +190,9 @@ class ArtifactStore:
         summary = json_safe(dict(summary or {}), "summary")  # NaN, NumPy…: before a file is made
         writer = ArtifactWriter(self, kind=kind, name=clean, summary=summary,
                                 content_type=valid_content_type(content_type or guessed) or "application/octet-stream")
-        self._open.append(writer)
-        return writer if mode == "wb" else io.TextIOWrapper(writer, encoding="utf-8", write_through=True)
+        handle = writer if mode == "wb" else TextArtifactWriter(writer)
+        self._open.append(handle)  # the text one too: closed or dropped with the run, never by its finalizer
+        return handle
 
     def add_file(self, path: Path, *, name: str | None = None, content_type: str | None = None) -> Artifact:
         """Store an existing local file (an external program's output) as an artifact, streamed."""
