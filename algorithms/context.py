@@ -3,6 +3,8 @@
 directory removed afterwards."""
 from __future__ import annotations
 
+import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -14,6 +16,8 @@ from jobs.jsonsafe import json_safe
 
 if TYPE_CHECKING:
     from algorithms.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 class Scratch:
@@ -42,7 +46,8 @@ class Scratch:
 class RunContext:
     """Progress is coalesced: at most one write per ``min_interval`` seconds, except a stage change
     or 100 %, which always go through; the latest skipped report is flushed before a stage change
-    and when the run ends."""
+    and when the run ends. A percent that is not a finite number (NaN, an infinity) leaves the percent
+    as it was; the rest of the report goes through, and the first such one of a run is logged."""
 
     def __init__(
         self,
@@ -65,6 +70,8 @@ class RunContext:
         self._min_interval = min_interval
         self._last_write = 0.0
         self._last_stage: str | None = None
+        self._percent = 0.0
+        self._warned_percent = False
         self._pending: tuple[float, str, str, dict[str, Any]] | None = None
         self._result: Any = None
         self._has_result = False
@@ -77,7 +84,11 @@ class RunContext:
 
     def progress(self, percent: float, stage: str | None = None, message: str | None = None,
                  metrics: dict[str, Any] | None = None) -> None:
-        percent = max(0.0, min(100.0, float(percent)))
+        percent = float(percent)
+        if not math.isfinite(percent):  # not 100 % (what min() made of NaN), nor 0 %: unknown, so unchanged
+            self._bad_percent(percent)
+            percent = self._percent
+        percent = self._percent = max(0.0, min(100.0, percent))
         stage = self._last_stage or "" if stage is None else stage
         # NaN, NumPy values: made JSON here, so a value JSON cannot hold fails at this call, named
         report = (percent, stage, message or "", json_safe(dict(metrics or {}), "metrics"))
@@ -90,6 +101,15 @@ class RunContext:
             self._write_progress(*report)
         else:
             self._pending = report
+
+    def _bad_percent(self, percent: float) -> None:
+        if self._warned_percent:
+            return
+        self._warned_percent = True
+        text = (f"progress percent {percent} is not a finite number: the percent is left at {self._percent:g} "
+                "(further ones in this run are not logged)")
+        log.warning("task %s: %s", self.task_id, text)
+        self.log(f"[warning] {text}")
 
     def log(self, line: str) -> None:
         self._write_logs([str(line)])
