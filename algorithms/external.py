@@ -21,6 +21,12 @@ A declaration::
 Field types: string, integer, number, boolean, array (of ``items``), object; keys ``default``,
 ``description``, ``minimum``, ``maximum``, ``enum``, ``min_length``/``max_length`` (strings and arrays).
 A field without ``default`` is required. Unknown params are rejected at submit (400), like every algorithm.
+Values are taken as the JSON Schema shown says, strictly: an integer is a JSON integer (not ``7.0`` nor
+``"7"``), a number a finite JSON number, a boolean ``true``/``false``, a string a JSON string.
+
+Each entry stands alone: a bad one (no name or argv, an unknown type, a name already taken, a name or
+version against ``registry.NAME``/``VERSION``) is logged with its file and name and skipped; the file's
+other entries are registered. A file that cannot be read or is not TOML is logged and skipped whole.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boole
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _field_type(spec: dict[str, Any]) -> Any:
@@ -75,26 +81,38 @@ def _run(spec: process.ProgramSpec, ctx: Any, params: BaseModel) -> Any:
     return process.run_program(spec, ctx, params.model_dump(mode="json"))
 
 
+def _register_entry(path: Path, entry: dict[str, Any]) -> bool:
+    spec = process.ProgramSpec(
+        name=entry["name"], argv=list(entry["argv"]), workdir=entry.get("workdir", "scratch"),
+        env={str(k): str(v) for k, v in entry.get("env", {}).items()},
+        inherit_env=bool(entry.get("inherit_env", False)),
+        kill_grace_seconds=float(entry.get("kill_grace_seconds", 3.0)), base_dir=path.parent)
+    if not spec.argv:
+        raise ValueError("argv must not be empty")
+    return registry.register(registry.Algorithm(
+        name=spec.name, fn=partial(_run, spec), params_model=params_model(spec.name, entry.get("params", {})),
+        version=str(entry.get("version", "1.0")), description=entry.get("description", ""),
+        queue=entry.get("queue", "default"), resources=dict(entry.get("resources", {})),
+        timeout_seconds=entry.get("timeout_seconds"), examples=list(entry.get("examples", [])),
+        backend="external", origin=f"the declarations in {path}"))
+
+
 def register_file(path: Path) -> list[str]:
-    """Register every ``[[algorithm]]`` of one TOML file; returns their names."""
+    """Register every good ``[[algorithm]]`` of one TOML file (a bad one is logged and skipped); their names."""
     with open(path, "rb") as fh:
         document = tomllib.load(fh)
-    names = []
-    for entry in document.get("algorithm", []):
-        spec = process.ProgramSpec(
-            name=entry["name"], argv=list(entry["argv"]), workdir=entry.get("workdir", "scratch"),
-            env={str(k): str(v) for k, v in entry.get("env", {}).items()},
-            inherit_env=bool(entry.get("inherit_env", False)),
-            kill_grace_seconds=float(entry.get("kill_grace_seconds", 3.0)), base_dir=path.parent)
-        if not spec.argv:
-            raise ValueError(f"{entry['name']}: argv must not be empty")
-        registry.register(registry.Algorithm(
-            name=spec.name, fn=partial(_run, spec), params_model=params_model(spec.name, entry.get("params", {})),
-            version=str(entry.get("version", "1.0")), description=entry.get("description", ""),
-            queue=entry.get("queue", "default"), resources=dict(entry.get("resources", {})),
-            timeout_seconds=entry.get("timeout_seconds"), examples=list(entry.get("examples", [])),
-            backend="external"))
-        names.append(spec.name)
+    names: list[str] = []
+    for index, entry in enumerate(document.get("algorithm", []), start=1):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"{path}: [[algorithm]] #{index} {name!r}"
+        if name in names:
+            log.error("%s skipped: the name is declared earlier in the same file", where)
+            continue
+        try:
+            if _register_entry(path, entry):  # False: the name is another algorithm's (logged by the registry)
+                names.append(name)
+        except Exception as exc:  # an operator's typo: this entry only
+            log.error("%s skipped: %s: %s", where, type(exc).__name__, exc)
     return names
 
 

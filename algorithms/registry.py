@@ -5,11 +5,20 @@ Public surface: ``@algorithm(name=…, params=Model, queue=…)`` registers a ca
 of the group ``conveyor.algorithms`` (a separate package adds algorithms with
 ``[project.entry-points."conveyor.algorithms"] mine = "mypkg.algos"``) and the operators' external
 programs (``algorithms/external.py``). A broken plugin is logged and skipped, never fatal.
+
+Rules checked by ``register`` (docs/algorithms.md, "Registering"): a name matches ``NAME`` (also the
+rule for remote schemes), a version ``VERSION``; a params model must read back what it writes (its
+params are stored as JSON and validated again by the worker), so a field whose JSON is not its value
+(``SecretStr``: secrets do not belong in params) is refused with ``InvalidAlgorithm``. The first
+algorithm registered under a name keeps it: a later one of another origin (a plugin, an operator's
+declaration) is refused with a logged error naming both; the same function registered again is not.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -26,6 +35,14 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "conveyor.algorithms"
 BUILTIN_MODULES = ["algorithms.builtin.demo", "algorithms.builtin.ml", "algorithms.builtin.grid",
                    "algorithms.builtin.optimize"]
+# An algorithm's name (local or remote): one URL path segment, shown and typed by users.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}\Z")
+# A version: stored with each task (Task.algorithm_version, 50 characters).
+VERSION = re.compile(r"^\S{1,50}\Z")
+
+
+class InvalidAlgorithm(ValueError):
+    """An algorithm that cannot be registered as defined (its author's mistake, not the environment's)."""
 
 
 class AlgorithmFn(Protocol):
@@ -33,7 +50,7 @@ class AlgorithmFn(Protocol):
 
 
 class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,9 @@ class Algorithm:
     # (killed and re-run, or FAILED when attempts are exhausted: queueing/heartbeat.py).
     progress_timeout: float | None = None
     backend: str = "python"  # or "external": a declared program run by algorithms.process
+    # Where it was defined, named in the error when another one wants its name; by default the
+    # function's module and name (external declarations: their file).
+    origin: str = ""
 
     def params_schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()
@@ -70,7 +90,108 @@ class Algorithm:
                 fields.setdefault(path, []).append(err["msg"])
             first = next(iter(fields.items()))
             raise InvalidInput(f"{first[0]}: {first[1][0]}", fields=fields) from None
-        return model.model_dump(mode="json")
+        # By alias, as the client wrote them: the worker validates this again (jobs/runner.py).
+        stored = model.model_dump(mode="json", by_alias=True, round_trip=True)
+        nonfinite = list(_nonfinite(stored, "params"))
+        if nonfinite:  # JSON (and jsonb) has no NaN nor infinities: the params could not be stored
+            fields = {path: ["must be a finite number (NaN and infinities cannot be stored)"] for path in nonfinite}
+            raise InvalidInput(f"{nonfinite[0]}: {fields[nonfinite[0]][0]}", fields=fields)
+        try:  # what the worker will get: the same values (SecretStr compares its secret)
+            same = _values(self.params_model.model_validate(stored)) == _values(model)
+        except ValidationError:
+            same = False
+        if not same:  # a model ``register`` could not see through (a custom serializer …)
+            log.error("params model of algorithm %r does not read back what it writes (%s)", self.name, origin(self))
+            message = "cannot be stored as given: the algorithm's params model does not read back what it writes"
+            raise InvalidInput(f"params: {message}", fields={"params": [message]})
+        return stored
+
+
+def _values(value: Any) -> Any:
+    """A validated model's values as they are, before any serializer (``model_dump`` would apply them)."""
+    if isinstance(value, BaseModel):
+        return (type(value), {k: _values(getattr(value, k)) for k in type(value).model_fields},
+                _values(value.__pydantic_extra__ or {}))
+    if isinstance(value, dict):
+        return {k: _values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_values(v) for v in value]
+    return value
+
+
+def _nonfinite(value: Any, path: str) -> Any:
+    """The paths (``params.a.0``) of the floats in ``value`` that are NaN or infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nonfinite(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _nonfinite(item, f"{path}.{index}")
+
+
+def _params_model_faults(model: type[BaseModel]) -> list[str]:
+    """Why params validated by ``model`` would not validate again, to the same value, from their JSON."""
+    try:
+        reads = model.model_json_schema(mode="validation")
+        writes = model.model_json_schema(mode="serialization")
+    except Exception as exc:  # also what GET /api/v1/algorithms/ would fail on
+        return [f"its JSON Schema cannot be made ({type(exc).__name__}: {exc})"]
+    faults = []
+
+    def objects(schema: dict[str, Any]) -> dict[str, set[str]]:
+        found = {"": set(schema.get("properties") or {})}
+        for key, sub in (schema.get("$defs") or {}).items():  # pydantic names a model differing by mode X-Input/X-Output
+            found[key.removesuffix("-Input").removesuffix("-Output")] = set(sub.get("properties") or {})
+        return found
+
+    def masked(node: Any, name: str) -> None:  # SecretStr, SecretBytes: {"writeOnly": true}
+        if isinstance(node, list):
+            for sub in node:
+                masked(sub, name)
+        elif isinstance(node, dict):
+            if node.get("writeOnly"):
+                faults.append(f"field {name!r} is written as a mask, not its value (a secret?)")
+            for key, sub in node.items():
+                if key == "properties" and isinstance(sub, dict):
+                    for field_name, spec in sub.items():
+                        masked(spec, field_name)
+                elif key != "$defs":
+                    masked(sub, name)
+            for sub in (node.get("$defs") or {}).values():
+                masked(sub, name)
+
+    masked(reads, "")
+    read_names, written_names = objects(reads), objects(writes)
+    for key in sorted(set(read_names) | set(written_names)):
+        if read_names.get(key) != written_names.get(key):
+            where = f" of {key}" if key else ""
+            faults.append(f"the fields{where} are read as {sorted(read_names.get(key) or [])} but written as "
+                          f"{sorted(written_names.get(key) or [])} (aliases, computed or excluded fields?)")
+    return faults
+
+
+def _check(alg: Algorithm) -> None:
+    if not isinstance(alg.name, str) or not NAME.match(alg.name):
+        raise InvalidAlgorithm(f"invalid algorithm name {alg.name!r}: letters, digits, '_', '.', '-' (not first), "
+                               "at most 200 characters")
+    if not isinstance(alg.version, str) or not VERSION.match(alg.version):
+        raise InvalidAlgorithm(f"algorithm {alg.name!r}: invalid version {alg.version!r}: 1 to 50 characters, "
+                               "no spaces")
+    faults = _params_model_faults(alg.params_model)
+    if faults:
+        raise InvalidAlgorithm(
+            f"algorithm {alg.name!r}: its params model {alg.params_model.__name__} would not give the worker the "
+            f"params submitted (they are stored as JSON, shown in the API): {'; '.join(faults)}. Secrets belong "
+            "in the worker's environment or a mounted file, never in params")
+
+
+def origin(alg: Algorithm) -> str:
+    if alg.origin:
+        return alg.origin
+    fn = getattr(alg.fn, "func", alg.fn)  # a functools.partial: its function
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 _registry: dict[str, Algorithm] = {}
@@ -124,9 +245,22 @@ def algorithm(
     return register_fn
 
 
-def register(alg: Algorithm) -> None:
-    """Add (or replace) one algorithm; the decorator and the external declarations both end here."""
+def register(alg: Algorithm) -> bool:
+    """Add one algorithm; the decorator and the external declarations both end here.
+
+    ``InvalidAlgorithm`` when it breaks a rule (module docstring). False, with a logged error, when the
+    name is already taken by an algorithm of another origin: the first one keeps it, whatever the
+    order plugins and declarations load in. The same origin again (a module imported again, a
+    declaration file loaded again) replaces its earlier self.
+    """
+    _check(alg)
+    earlier = _registry.get(alg.name)
+    if earlier is not None and earlier.fn is not alg.fn and origin(earlier) != origin(alg):
+        log.error("algorithm %r from %s refused: the name is already taken by %s (the first one registered "
+                  "keeps it)", alg.name, origin(alg), origin(earlier))
+        return False
     _registry[alg.name] = alg
+    return True
 
 
 def get(name: str) -> Algorithm:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from algorithms.remote.models import RemoteService
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+NAME = registry.NAME  # the same rule as for local algorithms
 FILE_FIELDS = ("kind", "address", "tls", "auth_token", "queue", "connect_timeout", "call_timeout",
                "max_concurrent_calls", "enabled")
 

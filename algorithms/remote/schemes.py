@@ -7,6 +7,7 @@ and every worker agree without restarting; a local algorithm of the same name al
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,9 @@ class RemoteAlgorithm(registry.Algorithm):
         cls = validator_for(self.schema, default=Draft202012Validator)
         fields: dict[str, list[str]] = {}
         for err in sorted(cls(self.schema).iter_errors(params), key=lambda e: list(e.absolute_path)):
-            path = ".".join(["params", *(str(p) for p in err.absolute_path)])
-            fields.setdefault(path, []).append(err.message)
+            for name, message in _named(err):
+                path = ".".join(["params", *(str(p) for p in err.absolute_path), *([name] if name else [])])
+                fields.setdefault(path, []).append(message)
         if fields:
             first = next(iter(fields.items()))
             raise InvalidInput(f"{first[0]}: {first[1][0]}", fields=fields)
@@ -50,6 +52,24 @@ class RemoteAlgorithm(registry.Algorithm):
         defaults = {k: p["default"] for k, p in (self.schema.get("properties") or {}).items()
                     if isinstance(p, dict) and "default" in p and k not in params}
         return {**defaults, **params}
+
+
+def _named(err: Any) -> list[tuple[str | None, str]]:
+    """An error as (property, message) pairs: a missing or unexpected property is the error of that
+    property (``params.size``), as for local algorithms, not of the object holding it."""
+    instance = err.instance if isinstance(err.instance, dict) else None
+    if instance is not None and err.validator == "required":
+        missing = [k for k in err.validator_value if isinstance(k, str) and k not in instance]
+        named = [k for k in missing if err.message.startswith(repr(k))]  # one error per missing property
+        if named:
+            return [(named[0], err.message)]
+    if instance is not None and err.validator == "additionalProperties" and err.validator_value is False:
+        known = err.schema.get("properties") or {}
+        patterns = err.schema.get("patternProperties") or {}
+        extra = [k for k in instance if k not in known and not any(re.search(p, k) for p in patterns)]
+        if extra:
+            return [(k, f"Additional properties are not allowed ({k!r} was unexpected)") for k in extra]
+    return [(None, err.message)]
 
 
 def _algorithm(service: Any, scheme: dict[str, Any]) -> RemoteAlgorithm:

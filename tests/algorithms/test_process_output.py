@@ -17,6 +17,14 @@ from tests.conftest import unconsumed_queue
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def own_registry(monkeypatch):
+    """Each test declares its own ``odd.output``; the first declaration of a name would keep it."""
+    from algorithms import registry
+
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+
+
 def run_program(alice, tmp_path, source: str):
     """Declare ``source`` as an external algorithm and run one task of it in this process."""
     from algorithms import external

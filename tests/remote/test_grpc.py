@@ -76,7 +76,7 @@ def test_submit_checks_params_against_the_services_json_schema(grpc_service, ali
     assert response.status_code == 400, response.content
     fields = response.json()["error"]["fields"]
     assert "params.steps" in fields
-    assert any("colour" in msg for msg in fields["params"])
+    assert "params.colour" in fields  # an unexpected property is named, as for a local algorithm
 
 
 def test_invalid_scheme_from_a_service_is_rejected_with_a_clear_error(alice, api):
