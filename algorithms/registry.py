@@ -92,7 +92,7 @@ class Algorithm:
             raise InvalidInput(f"{first[0]}: {first[1][0]}", fields=fields) from None
         # By alias, as the client wrote them: the worker validates this again (jobs/runner.py).
         stored = model.model_dump(mode="json", by_alias=True, round_trip=True)
-        nonfinite = list(_nonfinite(stored, "params"))
+        nonfinite = list(_nonfinite(model.model_dump(by_alias=True), "params"))  # (JSON may write null)
         if nonfinite:  # JSON (and jsonb) has no NaN nor infinities: the params could not be stored
             fields = {path: ["must be a finite number (NaN and infinities cannot be stored)"] for path in nonfinite}
             raise InvalidInput(f"{nonfinite[0]}: {fields[nonfinite[0]][0]}", fields=fields)
