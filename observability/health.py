@@ -71,9 +71,9 @@ def _bounded(checks: dict[str, Callable[[], dict[str, Any]]], timeout: float) ->
 
 
 def _wait_socket(fd: int, writing: bool, deadline: float, timeout: float) -> None:
-    left = deadline - time.monotonic()
-    ready = select.select([], [fd], [], max(0.0, left)) if writing else select.select([fd], [], [], max(0.0, left))
-    if not any(ready):
+    poller = select.poll()  # not select(): a busy web process may hold file descriptors past 1024
+    poller.register(fd, select.POLLOUT if writing else select.POLLIN)
+    if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
         raise TimeoutError(f"no answer within {timeout:g}s")
 
 
