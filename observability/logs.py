@@ -20,7 +20,9 @@ _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|api[-_]?key|c
 _SECRET_VALUES = [
     (re.compile(r"(Bearer|Api-Key)\s+[A-Za-z0-9._~+/=-]+", re.I), r"\1 [redacted]"),
     (re.compile(r"cvk_[0-9a-f]{8}_[A-Za-z0-9_-]+"), "cvk_[redacted]"),
-    (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),  # passwords in URLs
+    # Passwords in URLs, up to the last "@" before the host (a password may hold "@"), with or without a
+    # user name (redis://:password@host).
+    (re.compile(r"(://[^:/@\s]*:)[^/\s\"'<>]*@"), r"\1[redacted]@"),
 ]
 
 
