@@ -5,8 +5,13 @@ worker needs a metrics port or a multiprocess directory. django-prometheus serve
 next to its own HTTP series. A scrape costs a few aggregate queries over the task table. Totals over
 stored rows (retries, webhook attempts) are gauges, not counters: deleting a task or a subscription
 lowers them, which a counter must never do (Prometheus would read a reset, and ``rate()`` a burst). The
-wait and run time histograms are cumulative over the stored tasks, so they only grow until old tasks are
-deleted.
+wait and run time histograms are computed the same way, over the stored tasks at each scrape: they grow
+as tasks finish and fall when tasks are deleted (a deleted user's tasks go with them), so read them as
+gauges too (``histogram_quantile`` over the buckets as they are), never with ``rate()``/``increase()``.
+
+Every queue (``queueing_queue``) has every series, zero when nothing is counted: ``conveyor_tasks`` has
+every state of every queue, so a state that empties drops to 0 instead of disappearing (Prometheus would
+keep showing the last value for five minutes, and an alert on it could never resolve to 0).
 """
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ class ConveyorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("conveyor_metrics_up", "1 when the last scrape could read the database")
         try:
-            families = [*self._tasks(), *self._queues(), *self._durations(), *self._webhooks(), *self._workers()]
+            queues = [name for (name,) in _rows("SELECT name FROM queueing_queue ORDER BY name")]
+            families = [*self._tasks(queues), *self._queues(), *self._durations(queues), *self._webhooks(),
+                        *self._workers()]
         except DatabaseError as exc:
             log.warning("metrics scrape could not read the database: %s", exc)
             up.add_metric([], 0)
@@ -51,51 +58,66 @@ class ConveyorCollector(Collector):
         yield up
         yield from families
 
-    def _tasks(self) -> list[Metric]:
+    def _tasks(self, queues: list[str]) -> list[Metric]:
+        from jobs.models import Status
+
         tasks = GaugeMetricFamily("conveyor_tasks", "Tasks by state and queue", labels=["state", "queue"])
         retries = GaugeMetricFamily("conveyor_task_retries", "Attempts beyond the first of the stored tasks, by queue",
                                     labels=["queue"])
-        per_queue: dict[str, int] = {}
+        counts: dict[tuple[str, str], int] = {}
+        per_queue: dict[str, int] = dict.fromkeys(queues, 0)
         for queue, state, count, extra in _rows(
             "SELECT queue, status, count(*), coalesce(sum(greatest(attempts - 1, 0)), 0) "
             "FROM jobs_task GROUP BY queue, status"
         ):
-            tasks.add_metric([state, queue], count)
+            counts[(queue, state)] = count
             per_queue[queue] = per_queue.get(queue, 0) + int(extra)
-        for queue, extra in sorted(per_queue.items()):
-            retries.add_metric([queue], extra)
+        for queue in sorted(per_queue):  # every state of every queue: one that empties reads 0, not nothing
+            for state in Status.values:
+                tasks.add_metric([state, queue], counts.get((queue, state), 0))
+            retries.add_metric([queue], per_queue[queue])
         return [tasks, retries]
 
     def _queues(self) -> list[Metric]:
-        depth = GaugeMetricFamily("conveyor_queue_depth", "Tasks waiting (PENDING + QUEUED)", labels=["queue"])
-        oldest = GaugeMetricFamily("conveyor_queue_oldest_wait_seconds",
-                                   "Age of the oldest waiting task (0 when none waits)", labels=["queue"])
+        depth = GaugeMetricFamily("conveyor_queue_depth", "Tasks waiting that can start now (PENDING + QUEUED, "
+                                  "not_before passed or unset)", labels=["queue"])
+        delayed = GaugeMetricFamily("conveyor_queue_delayed", "PENDING tasks that cannot start yet (not_before "
+                                    "in the future: a retry's backoff, a delayed submit)", labels=["queue"])
+        oldest = GaugeMetricFamily("conveyor_queue_oldest_wait_seconds", "How long the longest-waiting task that "
+                                   "can start has waited since it could (0 when none waits)", labels=["queue"])
         paused = GaugeMetricFamily("conveyor_queue_paused", "1 when the queue is paused", labels=["queue"])
-        for name, is_paused, waiting, oldest_age in _rows(
-            "SELECT q.name, q.paused, count(t.id), "
-            "greatest(coalesce(extract(epoch FROM statement_timestamp() - min(t.created_at)), 0), 0) "
-            "FROM queueing_queue q LEFT JOIN jobs_task t ON t.queue = q.name AND t.status IN ('PENDING', 'QUEUED') "
+        for name, is_paused, waiting, later, oldest_age in _rows(
+            "SELECT q.name, q.paused, count(t.id) FILTER (WHERE t.startable), count(t.id) FILTER (WHERE NOT t.startable), "
+            "greatest(coalesce(extract(epoch FROM statement_timestamp() "
+            "- min(coalesce(t.not_before, t.created_at)) FILTER (WHERE t.startable)), 0), 0) "
+            "FROM queueing_queue q LEFT JOIN ("
+            "  SELECT queue, id, not_before, created_at, "
+            "  (not_before IS NULL OR not_before <= statement_timestamp()) AS startable "
+            "  FROM jobs_task WHERE status IN ('PENDING', 'QUEUED')) t ON t.queue = q.name "
             "GROUP BY q.name, q.paused ORDER BY q.name"
         ):
             depth.add_metric([name], waiting)
+            delayed.add_metric([name], later)
             oldest.add_metric([name], float(oldest_age))
             paused.add_metric([name], int(is_paused))
-        return [depth, oldest, paused]
+        return [depth, delayed, oldest, paused]
 
-    def _durations(self) -> list[Metric]:
+    def _durations(self, queues: list[str]) -> list[Metric]:
         out = []
         for name, doc, start, end in (
-            ("conveyor_task_wait_seconds", "Submit to start of the last attempt", "created_at", "started_at"),
-            ("conveyor_task_run_seconds", "Start to finish of finished tasks", "started_at", "finished_at"),
+            ("conveyor_task_wait_seconds", "Submit to start of the last attempt, over the stored tasks", "created_at",
+             "started_at"),
+            ("conveyor_task_run_seconds", "Start to finish of the stored finished tasks", "started_at", "finished_at"),
         ):
             family = HistogramMetricFamily(name, doc, labels=["queue"])
             buckets = ", ".join(f"count(*) FILTER (WHERE d <= {b})" for b in BUCKETS)
-            for row in _rows(
+            rows = {row[0]: row[1:] for row in _rows(
                 f"SELECT queue, {buckets}, count(*), coalesce(sum(d), 0) FROM ("
                 f"  SELECT queue, extract(epoch FROM {end} - {start}) AS d FROM jobs_task"
-                f"  WHERE {start} IS NOT NULL AND {end} IS NOT NULL) spans GROUP BY queue ORDER BY queue"
-            ):
-                queue, counts, total, seconds = row[0], row[1:-2], row[-2], row[-1]
+                f"  WHERE {start} IS NOT NULL AND {end} IS NOT NULL) spans GROUP BY queue"
+            )}
+            for queue in sorted(set(queues) | set(rows)):  # a queue with none (yet, or any more): zeros
+                *counts, total, seconds = rows.get(queue, (0,) * (len(BUCKETS) + 2))
                 family.add_metric([queue], [(str(b), c) for b, c in zip(BUCKETS, counts)] + [("+Inf", total)],
                                   float(seconds))
             out.append(family)
@@ -106,15 +128,18 @@ class ConveyorCollector(Collector):
             return []
         deliveries = GaugeMetricFamily("conveyor_webhook_deliveries", "Webhook deliveries by status",
                                        labels=["status"])
-        for status, count in _rows("SELECT status, count(*) FROM webhooks_delivery GROUP BY status ORDER BY status"):
-            deliveries.add_metric([status], count)
+        from webhooks.models import DeliveryAttempt, DeliveryStatus
+
+        stored = dict(_rows("SELECT status, count(*) FROM webhooks_delivery GROUP BY status"))
+        for status in sorted({*DeliveryStatus.values, *stored}):  # every status, 0 when none
+            deliveries.add_metric([status], stored.get(status, 0))
         attempts = GaugeMetricFamily("conveyor_webhook_attempts", "Stored webhook HTTP attempts by outcome",
                                      labels=["outcome"])
         failures = GaugeMetricFamily("conveyor_webhook_failures", "Stored webhook attempts that did not succeed")
         failed = 0
-        for outcome, count in _rows(
-            "SELECT outcome, count(*) FROM webhooks_deliveryattempt GROUP BY outcome ORDER BY outcome"
-        ):
+        stored = dict(_rows("SELECT outcome, count(*) FROM webhooks_deliveryattempt GROUP BY outcome"))
+        for outcome in sorted({*DeliveryAttempt.Outcome.values, *stored}):
+            count = stored.get(outcome, 0)
             attempts.add_metric([outcome], count)
             failed += count if outcome in {"RETRY", "FAILED", "LOST"} else 0
         failures.add_metric([], failed)
