@@ -62,7 +62,7 @@ run: install-app
 	$(PY) scripts/run_local.py --port $(PORT)
 
 web: install-app
-	$(VENV)/bin/daphne -b 0.0.0.0 -p $(PORT) config.asgi:application
+	$(VENV)/bin/daphne -b 0.0.0.0 -p $(PORT) --access-log /dev/null config.asgi:application
 
 worker: install-app
 	$(VENV)/bin/celery -A config worker -Q $(QUEUES) -c $(CONCURRENCY) -l info

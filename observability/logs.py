@@ -8,6 +8,7 @@ This module is imported by ``config/settings.py``: no Django imports at the top.
 """
 from __future__ import annotations
 
+import logging
 import re
 from contextvars import ContextVar
 from typing import Any
@@ -82,6 +83,10 @@ def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
     """The ``LOGGING`` dict; ``fmt`` is ``json`` (default, for machines) or ``console`` (for people)."""
     if fmt not in {"json", "console"}:
         raise ValueError(f"LOG_FORMAT={fmt!r}: use json or console")
+    # Python warnings (whitenoise's "No directory at: …/staticfiles/" when static files are served from
+    # the finders without collectstatic, deprecations) go through logging as ``py.warnings`` lines
+    # instead of raw text on stderr, in the middle of the JSON stream.
+    logging.captureWarnings(True)
     renderer = (structlog.processors.JSONRenderer() if fmt == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(

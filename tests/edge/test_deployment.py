@@ -3,16 +3,18 @@ compose file has the services and wiring the README promises, the Kubernetes man
 endpoints as non-root, and every environment variable they set is one Conveyor actually reads."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 DOCKER = ROOT / "docker"
 # The images we do not build read their own variables.
@@ -215,3 +217,54 @@ def test_compose_and_kubernetes_consume_every_queue_the_code_routes_to(compose, 
                               for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
                               if "command" in container])
     assert not routed - in_k8s, f"kubernetes: no worker consumes {routed - in_k8s}"
+
+
+def web_commands(compose: dict) -> dict[str, list[str]]:
+    """The production web command as the image, compose and Kubernetes each write it."""
+    cmd = re.search(r"^CMD (\[.*\])$", (DOCKER / "Dockerfile").read_text(), re.M)
+    web = next(d for d in k8s_documents() if d["metadata"]["name"] == "conveyor-web" and d["kind"] == "Deployment")
+    return {"Dockerfile": json.loads(cmd.group(1)), "compose": compose["services"]["web"]["command"],
+            "k8s": web["spec"]["template"]["spec"]["containers"][0]["command"]}
+
+
+def test_the_web_command_is_the_same_everywhere_and_writes_no_access_log(compose):
+    commands = web_commands(compose)
+    assert commands["compose"] == commands["Dockerfile"] == commands["k8s"], commands
+    command = commands["Dockerfile"]
+    # daphne's access lines are not JSON; observability.middleware logs each request as JSON instead.
+    assert command[command.index("--access-log") + 1] == "/dev/null"
+    assert "--access-log /dev/null" in (ROOT / "Makefile").read_text()
+
+
+def test_the_production_web_command_writes_only_json_lines(compose, transactional_db):
+    """Run the image's command (on a loopback port), serve a few requests: every line of its output is a
+    JSON object (no daphne access line, no raw Python warning such as whitenoise's about STATIC_ROOT)."""
+    from tests.conftest import ARTIFACTS, free_port, stop_daphne, subprocess_env
+
+    command = web_commands(compose)["Dockerfile"]
+    port = free_port()
+    command = [str(Path(sys.executable).parent / command[0]), *command[1:]]
+    command[command.index("--bind") + 1], command[command.index("--port") + 1] = "127.0.0.1", str(port)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"web-prodcmd-{os.getpid()}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env={**subprocess_env(), "LOG_FORMAT": "json"}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{url}/health/"), timeout=60, message="the web command to answer")
+        for path in ("/health/", "/api/v1/tasks/", "/metrics", "/static/rest_framework/css/default.css"):
+            httpx.get(f"{url}{path}", timeout=30)
+    finally:
+        stop_daphne(proc)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    assert any('"event": "request"' in line for line in lines), lines[-20:]
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
