@@ -66,7 +66,8 @@ def _bounded(checks: dict[str, Callable[[], dict[str, Any]]], timeout: float) ->
     deadline = time.monotonic() + timeout
     for _, thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    late = {"ok": False, "error": f"TimeoutError: no answer within {timeout:g}s", "latency_ms": round(timeout * 1000, 1)}
+    late = {"ok": False, "error": f"TimeoutError: no answer within {timeout:g}s",
+            "latency_ms": round(timeout * 1000, 1)}
     return {name: done.get(name) or dict(late) for name, _ in threads}
 
 

@@ -87,7 +87,8 @@ class ConveyorCollector(Collector):
                                    "can start has waited since it could (0 when none waits)", labels=["queue"])
         paused = GaugeMetricFamily("conveyor_queue_paused", "1 when the queue is paused", labels=["queue"])
         for name, is_paused, waiting, later, oldest_age in _rows(
-            "SELECT q.name, q.paused, count(t.id) FILTER (WHERE t.startable), count(t.id) FILTER (WHERE NOT t.startable), "
+            "SELECT q.name, q.paused, count(t.id) FILTER (WHERE t.startable), "
+            "count(t.id) FILTER (WHERE NOT t.startable), "
             "greatest(coalesce(extract(epoch FROM statement_timestamp() "
             "- min(coalesce(t.not_before, t.created_at)) FILTER (WHERE t.startable)), 0), 0) "
             "FROM queueing_queue q LEFT JOIN ("

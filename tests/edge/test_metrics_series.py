@@ -50,7 +50,8 @@ def test_every_state_of_every_queue_is_a_series_and_drops_to_zero(client, owner)
 
     (task,) = make_tasks(owner, "edge-series", status="RUNNING", started_at=timezone.now())
     samples = scrape(client)
-    states = {dict(labels)["state"]: value for labels, value in of_queue(samples, "conveyor_tasks", "edge-series").items()}
+    states = {dict(labels)["state"]: value
+              for labels, value in of_queue(samples, "conveyor_tasks", "edge-series").items()}
     assert states == {state: (1 if state == "RUNNING" else 0) for state in STATES}
 
     Task.objects.filter(id=task.id).update(status="SUCCEEDED", finished_at=timezone.now())
