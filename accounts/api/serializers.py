@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
+from django.utils import timezone
 from rest_framework import serializers
 
 from accounts.models import ApiKey, Scope
@@ -14,6 +17,11 @@ class ApiKeyIn(serializers.Serializer):
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices), allow_empty=False,
                                    max_length=3, default=lambda: [Scope.READ, Scope.SUBMIT])
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate_expires_at(self, value: datetime | None) -> datetime | None:
+        if value is not None and value <= timezone.now():  # a key dead on arrival is a mistake, not a key
+            raise serializers.ValidationError("must be in the future")
+        return value
 
 
 class ApiKeyOut(serializers.ModelSerializer):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
@@ -108,8 +110,10 @@ def test_revoked_expired_and_wrong_keys_are_401(api, alice):
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "invalid, expired or revoked API key"
 
-    expired = new_key(client, expires_at="2020-01-01T00:00:00Z")["key"]
-    assert keyed(expired).get("/api/v1/tasks/").status_code == 401
+    expiring = new_key(client, expires_at="2099-01-01T00:00:00Z")
+    assert keyed(expiring["key"]).get("/api/v1/tasks/").status_code == 200
+    ApiKey.objects.filter(id=expiring["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert keyed(expiring["key"]).get("/api/v1/tasks/").status_code == 401
     assert keyed(raw[:-3] + "xyz").get("/api/v1/tasks/").status_code == 401
     assert keyed("cvk_nothing").get("/api/v1/tasks/").status_code == 401
 
@@ -144,3 +148,11 @@ def test_admin_creates_a_key_shows_it_once_and_revokes(admin_client, alice, capl
 
     admin_client.post("/admin/accounts/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
     assert keyed(raw).get("/api/v1/tasks/").status_code == 401
+
+
+def test_a_key_that_would_expire_before_it_is_made_is_400_naming_expires_at(api, alice):
+    response = api(alice).post("/api/v1/auth/keys/", {"name": "ci", "expires_at": "2020-01-01T00:00:00Z"},
+                               format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"] == {"expires_at": ["must be in the future"]}
+    assert not ApiKey.objects.exists()
