@@ -2,20 +2,38 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
-from django.db import models
 
 from webhooks import services
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
 
 
+class SubscriptionForm(forms.ModelForm):
+    """The URL checked as the API checks it (``transport.validate_url``: single-label hosts such as a
+    service name allowed, the address guard applied), not by Django's URL field."""
+
+    class Meta:
+        model = Subscription
+        fields = "__all__"
+
+    def clean_url(self) -> str:
+        from config.errors import InvalidInput
+        from webhooks.transport import validate_url
+
+        try:
+            return validate_url(self.cleaned_data["url"])
+        except InvalidInput as exc:
+            raise forms.ValidationError((exc.fields or {}).get("url") or [exc.message]) from None
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
+    form = SubscriptionForm
     list_display = ["url", "owner", "events", "active", "task", "consecutive_failures", "disabled_at", "created_at"]
     list_filter = ["active"]
     search_fields = ["url", "owner__username", "description"]
     raw_id_fields = ["owner", "task"]
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     readonly_fields = ["secret", "previous_secret", "previous_secret_expires_at", "consecutive_failures",
                        "failing_since", "disabled_at", "disabled_reason", "created_at", "updated_at"]
 

@@ -20,7 +20,9 @@ class Subscription(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks")
-    url = models.URLField(max_length=2000)
+    # http(s) URL, checked by webhooks.transport.validate_url (API and admin), not Django's URLValidator,
+    # which refuses single-label hosts such as a Compose or Kubernetes service name
+    url = models.CharField(max_length=2000)
     events = ArrayField(models.CharField(max_length=50))
     description = models.CharField(max_length=500, blank=True)
     active = models.BooleanField(default=True)

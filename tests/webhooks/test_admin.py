@@ -24,3 +24,27 @@ def test_admin_pages_and_the_redeliver_action(admin_client, alice, receiver):
     assert response.status_code == 302
     row.refresh_from_db()
     assert row.status == "PENDING"
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    ("http://receiver:{port}/hook", None),  # a service name, as the API allows
+    ("http://127.0.0.1:70000/hook", "1-65535"),
+    ("ftp://127.0.0.1/hook", "http"),
+])
+def test_the_admin_form_checks_a_url_as_the_api_does(alice, receiver, monkeypatch, url, error):
+    import socket
+
+    from django.forms.models import model_to_dict
+
+    from webhooks.admin import SubscriptionForm
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *a, **kw: real("127.0.0.1" if host == "receiver" else host, *a, **kw))
+    hook = services.subscribe(owner=alice, url=receiver.url, events=["task.*"])
+    data = {key: value for key, value in model_to_dict(hook).items() if value is not None}
+    form = SubscriptionForm(data={**data, "url": url.format(port=receiver.port)}, instance=hook)
+    if error is None:
+        assert form.is_valid(), form.errors
+    else:
+        assert not form.is_valid() and error in " ".join(form.errors["url"]), form.errors
