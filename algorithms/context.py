@@ -114,6 +114,11 @@ class RunContext:
     def log(self, line: str) -> None:
         self._write_logs([str(line)])
 
+    def log_lines(self, lines: list[str]) -> None:
+        """Several lines, each its own ``task.log`` event, written together (one transaction)."""
+        if lines:
+            self._write_logs([str(line) for line in lines])
+
     def cancelled(self) -> bool:
         """True once the task was cancelled (or hit its time limit): stop soon and return."""
         return self._cancel.is_set()

@@ -41,6 +41,9 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
 LINE_MAX = 16 * 1024 * 1024  # bytes of one output line held in memory; room for a {"result": …} line
 CUT_KEPT = 64 * 1024  # bytes kept of an over-long line (only its first 10,000 characters are logged)
+# Output lines already waiting when the adapter reads are logged together, in one transaction (each
+# still its own ``task.log`` event): a chatty program is not held to one commit per line.
+LOG_BATCH = 500
 
 
 class ExternalProgramFailed(RuntimeError):
@@ -156,8 +159,9 @@ def _stop_group_surely(proc: subprocess.Popen[bytes], grace: float) -> None:
         raise pending
 
 
-def _handle(ctx: RunContext, kind: str, line: str) -> dict[str, Any] | None:
-    """Act on one output line; returns a ``{"result_file": …}`` message for the caller to keep."""
+def _handle(ctx: RunContext, kind: str, line: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Act on one output line. Returns (a log line for the caller to write, in order with the lines
+    around it; a ``{"result_file": …}`` message for the caller to keep)."""
     if kind == "stdout" and line.startswith("{"):
         try:
             message = json.loads(line)
@@ -166,18 +170,27 @@ def _handle(ctx: RunContext, kind: str, line: str) -> dict[str, Any] | None:
         if isinstance(message, dict):
             if "result" in message:
                 ctx.save_result(message["result"])
-                return None
+                return None, None
             if isinstance(message.get("result_file"), str):
-                return message
+                return None, message
             if _is_progress(message):
                 ctx.progress(message["progress"], stage=message.get("stage"), message=message.get("message"),
                              metrics=message.get("metrics") if isinstance(message.get("metrics"), dict) else None)
-                return None
+                return None, None
             if "log" in message:
-                ctx.log(str(message["log"]))
-                return None
-    ctx.log(line if kind == "stdout" else f"[stderr] {line}")
-    return None
+                return str(message["log"]), None
+    return (line if kind == "stdout" else f"[stderr] {line}"), None
+
+
+def _next_lines(lines: queue.Queue[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """The next output line (waiting up to 0.1 s), and those already behind it, up to ``LOG_BATCH``."""
+    batch = [lines.get(timeout=0.1)]
+    while len(batch) < LOG_BATCH:
+        try:
+            batch.append(lines.get_nowait())
+        except queue.Empty:
+            break
+    return batch
 
 
 def _is_progress(message: dict[str, Any]) -> bool:
@@ -255,15 +268,26 @@ def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> A
                 ctx.log(f"stopping {argv[0]}: SIGTERM to its process group, SIGKILL after {grace:g}s")
                 _stop_group(proc, grace)
             try:
-                kind, line = lines.get(timeout=0.1)
+                batch = _next_lines(lines)
             except queue.Empty:
                 if proc.poll() is not None and not stopped:
                     _stop_group(proc, grace)  # exited, but something in its group holds the pipes
                 continue
-            if line is None:
-                open_streams -= 1
-            elif not stopped:
-                result_file = _handle(ctx, kind, line) or result_file
+            logs: list[str] = []
+            for kind, line in batch:
+                if line is None:
+                    open_streams -= 1
+                    continue
+                if stopped:
+                    continue
+                if kind == "stdout" and line.startswith("{"):
+                    ctx.log_lines(logs)  # what came before a message is written before it acts
+                    logs = []
+                text, message = _handle(ctx, kind, line)
+                if text is not None:
+                    logs.append(text)
+                result_file = message or result_file
+            ctx.log_lines(logs)
     finally:
         _stop_group_surely(proc, grace)  # leftovers of the group, or the program itself on timeout/error
         orphans.forget(proc.pid)

@@ -92,3 +92,36 @@ def test_an_endless_line_is_cut_without_being_held_whole(monkeypatch):
     assert len(cut) < process.CUT_KEPT + 100
     assert (message, end) == ('{"result": 1}', None)
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_a_chatty_programs_lines_are_written_together_in_order_with_its_messages(alice, tmp_path, monkeypatch):
+    """Lines already waiting are logged in one transaction (not one commit each), every line still its own
+    event, each stream's in the order the program wrote them, and before a message written after them."""
+    from jobs import services
+    from jobs.models import TaskEvent
+
+    writes: list[int] = []
+    append_log = services.append_log
+    monkeypatch.setattr(services, "append_log", lambda **kw: (writes.append(len(kw["lines"])), append_log(**kw))[1])
+    source = textwrap.dedent("""
+        import sys
+        for i in range(3000):
+            print(f"noise {i}", file=sys.stderr if i % 3 == 0 else sys.stdout)
+            if i == 1499:
+                print('{"progress": 50, "stage": "half"}')
+        print('{"result": 1}')
+    """)
+
+    outcome, logged = run_program(alice, tmp_path, source)
+
+    assert outcome.status == "SUCCEEDED", outcome.error
+    number = lambda line: int(line.split()[-1])  # noqa: E731
+    out = [number(line) for line in logged if line.startswith("noise")]
+    err = [number(line) for line in logged if line.startswith("[stderr] noise")]
+    assert out == [i for i in range(3000) if i % 3] and err == list(range(0, 3000, 3))
+    assert sum(writes) == len(logged) and len(writes) < len(logged) / 10  # all of them, batched
+    events = list(TaskEvent.objects.filter(event__in=["task.log", "task.progress"]).order_by("seq")
+                  .values_list("event", "data"))
+    half = [event for event, _ in events].index("task.progress")
+    before = [number(data["line"]) for event, data in events[:half] if data["line"].startswith("noise")]
+    assert before == [i for i in range(1500) if i % 3]  # stdout's lines before the message, not one after
