@@ -73,6 +73,8 @@ def check_scheme(scheme: dict[str, Any], *, taken: set[str]) -> str | None:
         return f"invalid scheme name {name!r}"
     if not isinstance(scheme.get("version"), str) or not isinstance(scheme.get("description"), str):
         return "version and description must be strings"
+    if not registry.VERSION.match(scheme["version"]):  # stored with each task: the local rule
+        return f"invalid version {scheme['version']!r}: 1 to 50 characters, no whitespace"
     timeout = scheme.get("timeout_seconds")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
         return "timeout_seconds must be a positive integer"

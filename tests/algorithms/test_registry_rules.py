@@ -115,6 +115,9 @@ def test_remote_schemes_and_local_algorithms_share_the_name_rule():
     assert discovery.NAME is registry.NAME
     assert discovery.check_scheme({"name": "team/a b", "version": "1", "description": "", "params_schema": {}},
                                   taken=set()) == "invalid scheme name 'team/a b'"
+    for version in ("", "1 0", "v" * 51):  # a task stores its algorithm's version in 50 characters
+        assert discovery.check_scheme({"name": "team.a", "version": version, "description": "", "params_schema": {}},
+                                      taken=set()) == f"invalid version {version!r}: 1 to 50 characters, no whitespace"
 
 
 DECLARATIONS = '''
