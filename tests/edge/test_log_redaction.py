@@ -26,14 +26,12 @@ def test_url_passwords_are_redacted(text, expected):
 
 
 def test_a_log_line_with_a_password_holding_an_at_sign_shows_none_of_it():
-    from observability.logs import logging_config
+    from tests.edge.test_observability import json_log_line
 
-    config = logging_config(level="INFO", fmt="json")["formatters"]["structured"]
-    formatter = config.pop("()")(**config)
     record = logging.LogRecord("t", logging.WARNING, __file__, 1, "cannot reach %s nor %s", (
         "postgres://u:p@ss@db/x", "redis://:hunter2@redis:6379/0"), None)
     record.broker = "amqp://guest:s3cr@t@rabbit//"
-    line = json.loads(formatter.format(record))
+    line = json_log_line(record)
     text = json.dumps(line)
     for secret in ("p@ss", "ss@db", "hunter2", "s3cr", "t@rabbit"):
         assert secret not in text, secret

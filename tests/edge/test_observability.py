@@ -182,14 +182,18 @@ def test_web_log_lines_are_json_with_request_id_user_and_no_secrets(web_process,
         assert {"request_id", "task_id", "user", "level", "timestamp", "event"} <= set(line)
 
 
-def test_secrets_are_redacted_from_log_lines(capsys):
+def json_log_line(record: logging.LogRecord) -> dict:
+    """``record`` as the JSON log formatter writes it (LOG_FORMAT=json)."""
     from observability.logs import logging_config
 
-    handler_config = logging_config(level="INFO", fmt="json")["formatters"]["structured"]
-    formatter = handler_config.pop("()")(**handler_config)
+    config = logging_config(level="INFO", fmt="json")["formatters"]["structured"]
+    return json.loads(config.pop("()")(**config).format(record))
+
+
+def test_secrets_are_redacted_from_log_lines(capsys):
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "calling %s with %s", (
         "postgres://u:hunter2@db/x", "Authorization: Bearer abc.def.ghi"), None)
     record.api_key = "cvk_1234abcd_secretsecret"
-    line = json.loads(formatter.format(record))
+    line = json_log_line(record)
     assert "hunter2" not in line["event"] and "abc.def.ghi" not in line["event"]
     assert line["api_key"] == "[redacted]"
