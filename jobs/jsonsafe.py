@@ -71,9 +71,6 @@ def json_safe(value: Any, where: str = "value") -> Any:
         raise NotJsonSerialisable(f"{where}{''.join(reversed(refused.path))}: {refused.what}") from None
 
 
-finite_json = json_safe  # the name of this morning's NaN fix, still imported
-
-
 def _clean(value: Any) -> Any:
     if value is None or isinstance(value, str | int):  # bool is an int
         return value

@@ -12,7 +12,7 @@ from django.conf import settings
 
 from algorithms import registry
 from jobs import runner, services
-from jobs.jsonsafe import finite_json
+from jobs.jsonsafe import json_safe
 from jobs.models import Status, Task, TaskEvent
 from tests.algorithms.helpers import body, submit, wait_final
 from tests.conftest import unconsumed_queue
@@ -39,12 +39,12 @@ def progress_metrics(task_id) -> list:
     return [e.data["metrics"] for e in TaskEvent.objects.filter(task_id=task_id, event="task.progress").order_by("seq")]
 
 
-def test_finite_json_writes_nonfinite_floats_as_strings_and_leaves_the_rest_as_it_is():
+def test_json_safe_writes_nonfinite_floats_as_strings_and_leaves_the_rest_as_it_is():
     value = {"a": [1.0, NAN, (INF, -INF)], NAN: "k", "b": {"c": "NaN", "d": 2}}
-    assert finite_json(value) == {"a": [1.0, "NaN", ("Infinity", "-Infinity")], "NaN": "k",
+    assert json_safe(value) == {"a": [1.0, "NaN", ("Infinity", "-Infinity")], "NaN": "k",
                                   "b": {"c": "NaN", "d": 2}}
     clean = {"a": [1.0, 2, "x", None, True], "b": {"c": 0.5}}
-    assert finite_json(clean) is clean  # nothing to change: not copied
+    assert json_safe(clean) is clean  # nothing to change: not copied
 
 
 def test_nan_in_python_progress_metrics_and_result_is_kept_and_the_task_succeeds_first_time(alice, api, monkeypatch):
