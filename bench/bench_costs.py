@@ -126,6 +126,7 @@ def row(mode: str, done: int, counter: Counter, sent: int, event_sends: list[int
         "flushed_commits_per_task": round((counter.commits - counter.relaxed) / done, 2),
         "broker_messages_per_task": round(sent / done, 3),
         "event_sends_per_task": round(len(event_sends) / done, 3),
+        "events_per_task": round(sum(event_sends) / done, 3),  # exact; the sends that carry them depend on timing
         # CPU of this process (every thread: the channel publisher too), timed, so it varies with the machine
         "cpu_ms_per_task": round(cpu * 1000 / done, 2),
     }
