@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.devkey import dev_data_dir, dev_secret_key
 from config.env import (env_bool, env_choice, env_float, env_floats, env_int, env_json_object, env_list,
                         env_sizes, env_str)
 
@@ -18,8 +19,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 DEBUG = env_bool("DEBUG", False)
-# make run sets CONVEYOR_DEV=1 and a throwaway key; anywhere else SECRET_KEY must be given.
-SECRET_KEY = env_str("SECRET_KEY", "insecure-dev-key-only-for-make-run" if env_bool("CONVEYOR_DEV", False) or DEBUG else None)
+# Never a constant (it signs JWTs: whoever knows it can sign an admin's token). Without SECRET_KEY, a local
+# stack (CONVEYOR_DEV, which make run sets, or DEBUG) gets a random key made once per data folder and kept
+# there (.conveyor/secret_key, config/devkey.py); anywhere else SECRET_KEY must be given.
+_local_stack = env_bool("CONVEYOR_DEV", False) or DEBUG
+SECRET_KEY = env_str("SECRET_KEY", "") or (dev_secret_key(dev_data_dir()) if _local_stack else env_str("SECRET_KEY"))
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 

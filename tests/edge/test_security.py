@@ -1,5 +1,5 @@
-"""Security defaults: DEBUG off, SECRET_KEY required, TLS hardening behind SECURE_SSL, CORS allow-list,
-admin behind staff login."""
+"""Security defaults: DEBUG off, SECRET_KEY required (a local stack's is random, kept per data folder),
+TLS hardening behind SECURE_SSL, CORS allow-list, admin behind staff login."""
 from __future__ import annotations
 
 import os
@@ -26,12 +26,99 @@ def test_secret_key_is_required_outside_make_run():
     assert "environment variable SECRET_KEY is required" in out.stderr
 
 
-def test_make_run_gets_a_throwaway_key_and_debug_stays_off():
+def test_make_run_gets_a_key_and_debug_stays_off(tmp_path):
     import json
 
-    out = _settings(CONVEYOR_DEV="1")
+    out = _settings(CONVEYOR_DEV="1", CONVEYOR_DATA_DIR=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["DEBUG"] is False
+
+
+# What config.settings used as SECRET_KEY for make run and DEBUG until it was replaced: published in the source,
+# so anyone could sign an admin's JWT for a dev instance with it.
+FORMER_DEV_KEY = "insecure-dev-key-only-for-make-run"
+
+_CHECK_TOKENS = f"""
+import json, time, django, jwt
+django.setup()
+from django.conf import settings
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import AccessToken
+claims = {{"token_type": "access", "exp": int(time.time()) + 600, "iat": int(time.time()), "jti": "j", "user_id": "1"}}
+def accepted(key):
+    try:
+        AccessToken(jwt.encode(claims, key, algorithm="HS256"))
+        return True
+    except TokenError:
+        return False
+print(json.dumps({{"key": settings.SECRET_KEY, "own": accepted(settings.SECRET_KEY), "former": accepted({FORMER_DEV_KEY!r})}}))
+"""
+
+
+def _dev_instance(data_dir, **env: str) -> dict:
+    """A dev instance's settings in a fresh interpreter: its key, and whether it accepts an admin's token
+    signed with its own key and with the former published one."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _CHECK_TOKENS], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x",
+                              "DJANGO_SETTINGS_MODULE": "config.settings", "CONVEYOR_DATA_DIR": str(data_dir), **env})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_dev_instance_refuses_a_token_signed_with_the_former_published_key(tmp_path):
+    # given: make run's processes (CONVEYOR_DEV) on a fresh data folder
+    make_run = _dev_instance(tmp_path / "data", CONVEYOR_DEV="1")
+
+    # then: they sign with a random key kept in that folder, accept their own tokens and refuse forged ones
+    kept = (tmp_path / "data" / "secret_key").read_text().strip()
+    assert make_run["key"] == kept and len(kept) >= 50
+    assert make_run["own"] and not make_run["former"]
+
+    # and: `DEBUG=1 make web` on the same folder (no SECRET_KEY, no make run) uses that same key
+    debug_web = subprocess.run([sys.executable, "-c", "import config.settings as s; print(s.SECRET_KEY)"], cwd=ROOT,
+                               env={"PATH": os.environ["PATH"], "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x",
+                                    "DEBUG": "1", "CONVEYOR_DATA_DIR": str(tmp_path / "data")},
+                               capture_output=True, text=True)
+    assert debug_web.returncode == 0, debug_web.stderr
+    assert debug_web.stdout.strip() == kept
+
+
+def test_the_dev_key_is_random_per_data_folder_kept_across_restarts_and_private(tmp_path):
+    from config.devkey import dev_secret_key
+
+    first, second = dev_secret_key(tmp_path / "a"), dev_secret_key(tmp_path / "b")
+    assert first != second
+    assert dev_secret_key(tmp_path / "a") == first  # a restart: same key, logins survive
+    assert (tmp_path / "a" / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_processes_starting_at_once_on_a_new_data_folder_agree_on_one_key(tmp_path):
+    import threading
+
+    from config.devkey import dev_secret_key
+
+    start, keys = threading.Barrier(8), []
+
+    def starting() -> None:
+        start.wait()
+        keys.append(dev_secret_key(tmp_path))
+
+    threads = [threading.Thread(target=starting) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 8 and len(set(keys)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]  # no partial files left behind
+
+
+def test_a_dev_key_that_cannot_be_made_stops_the_process_naming_secret_key(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = _settings(CONVEYOR_DEV="1", CONVEYOR_DATA_DIR=str(tmp_path / "file" / "data"))
+    assert out.returncode != 0
+    assert "SECRET_KEY is not set" in out.stderr and "CONVEYOR_DATA_DIR" in out.stderr
 
 
 def test_plain_http_defaults_have_no_secure_cookies_or_hsts():
