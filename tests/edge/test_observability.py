@@ -131,11 +131,16 @@ def test_request_id_follows_the_task_into_its_events_and_worker_logs(live_worker
     carried = {e["event"] for e in events if e["data"].get("request_id") == request_id}
     assert {"task.created", "task.started", "task.succeeded"} <= carried, events
 
-    lines = wait_until(lambda: [line for line in json_lines(live_worker.log_path)
-                                if line.get("task_id") == task_id] or None, timeout=10,
-                       message="worker log lines for the task")
+    def lines_through_success() -> list[dict] | None:
+        """The task's worker log lines once the trace's "succeeded" line is among them: the pool child
+        writes it after committing SUCCEEDED, so it may come after wait_final (the failed first
+        attempt's lines are there before)."""
+        lines = [line for line in json_lines(live_worker.log_path) if line.get("task_id") == task_id]
+        done = any(line["logger"] == "celery.app.trace" and "succeeded" in line["event"] for line in lines)
+        return lines if done else None
+
+    lines = wait_until(lines_through_success, timeout=30, message="the worker's 'succeeded' log line for the task")
     assert all(line["request_id"] == request_id for line in lines)
-    assert any(line["logger"] == "celery.app.trace" and "succeeded" in line["event"] for line in lines)
 
 
 @pytest.mark.django_db(transaction=True)
