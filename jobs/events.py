@@ -86,10 +86,17 @@ _INSERT_SQL = (
 )
 
 
-def _request_id_here() -> str | None:
-    """In a request, its X-Request-ID (the request that touched the tasks). Elsewhere (workers, beat)
-    None: the events carry the request id each task was submitted with."""
-    return current_request_id() if current_request.get() is not None else None
+def _request_id_here() -> tuple[str | None, Any]:
+    """In a request, its X-Request-ID (the request that touched the tasks) and the requesting user's id.
+    The id goes only on the events of that user's own tasks: a submit that dispatches another user's
+    waiting task must not show its X-Request-ID (which may be its idempotency key) in that user's log.
+    Elsewhere (workers, beat), and on others' tasks, the events carry the request id each task was
+    submitted with."""
+    request = current_request.get()
+    if request is None:
+        return None, None
+    user = getattr(request, "user", None)
+    return current_request_id(), getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None
 
 
 def insert_sql(rows: str, event: str, data: dict[str, Any] | None, at: datetime) -> tuple[str, list[Any]]:
@@ -97,9 +104,10 @@ def insert_sql(rows: str, event: str, data: dict[str, Any] | None, at: datetime)
     its UPDATE returned, with their bumped ``last_seq``), to run in the same statement. Not for
     ``task.progress`` (see ``in_sql``)."""
     sql = (f"{_INSERT_INTO}SELECT {rows}.id, {rows}.last_seq, %s, {rows}.status, "
-           f"jsonb_strip_nulls(jsonb_build_object('request_id', COALESCE(%s::text, NULLIF({rows}.request_id, '')))) "
-           f"|| %s::jsonb, %s FROM {rows}")
-    return sql, [event, _request_id_here(), json.dumps(data or {}, cls=DjangoJSONEncoder), at]
+           f"jsonb_strip_nulls(jsonb_build_object('request_id', COALESCE(CASE WHEN {rows}.owner_id = %s::bigint "
+           f"THEN %s::text END, NULLIF({rows}.request_id, '')))) || %s::jsonb, %s FROM {rows}")
+    request_id, requester = _request_id_here()
+    return sql, [event, requester, request_id, json.dumps(data or {}, cls=DjangoJSONEncoder), at]
 
 
 def in_sql(event: str) -> bool:
@@ -116,14 +124,16 @@ def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None
     now = timezone.now()
     tasks = list(tasks)
     rows = []
-    request_id = _request_id_here()
+    request_id, requester = _request_id_here()
     for task in tasks:
         row_data = dict(data or {})
         if event == "task.progress":
             row_data.update(percent=task.progress_percent, stage=task.progress_stage,
                             message=task.progress_message, metrics=task.progress_metrics)
-        elif request_id or task.request_id:
-            row_data.setdefault("request_id", request_id or task.request_id)
+        else:
+            here = request_id if task.owner_id == requester else None
+            if here or task.request_id:
+                row_data.setdefault("request_id", here or task.request_id)
         rows.append((task.id, task.last_seq, json.dumps(row_data, cls=DjangoJSONEncoder)))
     sql = _INSERT_SQL
     params: list[Any] = [[r[0] for r in rows], [r[1] for r in rows], [event] * len(rows), [t.status for t in tasks],

@@ -1,9 +1,12 @@
 """Users see and touch only their own tasks; operators see all."""
 from __future__ import annotations
 
+from uuid import UUID
+
 import pytest
 
 from jobs.models import Task
+from tests.conftest import unconsumed_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -97,3 +100,29 @@ def test_algorithms_list_shows_parameter_schemas(alice, api):
     assert hello["params_schema"]["properties"]["seconds"]["default"] == 3
     assert hello["params_schema"]["properties"]["steps"]["default"] == 10
     assert "demo.noop" in algorithms
+
+
+@pytest.mark.django_db(transaction=True)  # the dispatch runs on commit
+def test_a_request_id_stays_on_its_users_own_task_events(alice, bob, api):
+    """Alice cancels her task, and her next submit dispatches Bob's waiting task in her request: Bob's
+    ``task.queued`` keeps the request id of his own submit, never Alice's X-Request-ID (often her
+    idempotency key or a build name)."""
+    from queueing.models import Queue
+
+    solo = unconsumed_queue()  # no worker takes its tasks: they stay QUEUED and PENDING
+    Queue.objects.filter(name=solo).update(concurrency=1)
+    a, b = api(alice), api(bob)
+    mine = a.post("/api/v1/tasks/", {"algorithm": "demo.hello", "queue": solo}, format="json").json()
+    his = b.post("/api/v1/tasks/", {"algorithm": "demo.hello", "queue": solo}, format="json",
+                 HTTP_X_REQUEST_ID="bob-submit").json()
+    statuses = dict(Task.objects.filter(id__in=[mine["id"], his["id"]]).values_list("id", "status"))
+    assert [statuses[UUID(mine["id"])], statuses[UUID(his["id"])]] == ["QUEUED", "PENDING"]
+
+    assert a.post(f"/api/v1/tasks/{mine['id']}/cancel/").status_code == 200
+    again = a.post("/api/v1/tasks/", {"algorithm": "demo.hello", "queue": solo}, format="json",
+                   HTTP_X_REQUEST_ID="alice-ci:zephyr:4712").json()
+
+    assert Task.objects.get(id=his["id"]).status == "QUEUED"
+    his_events = {e["event"]: e["data"] for e in b.get(f"/api/v1/tasks/{his['id']}/logs/").json()}
+    assert his_events["task.queued"]["request_id"] == "bob-submit"
+    assert a.get(f"/api/v1/tasks/{again['id']}/logs/").json()[0]["data"]["request_id"] == "alice-ci:zephyr:4712"
