@@ -69,4 +69,5 @@ class StoredChunk(models.Model):
         constraints = [models.UniqueConstraint(fields=["file", "index"], name="storedchunk_file_index_uniq")]
 
 
-from algorithms.remote.models import RemoteRun, RemoteService  # noqa: E402,F401  (remote services, docs/remote.md)
+# Remote services, docs/remote.md.
+from algorithms.remote.models import RemoteRun, RemoteSchemeName, RemoteService  # noqa: E402,F401

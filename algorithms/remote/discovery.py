@@ -6,6 +6,13 @@ scheme with a bad name, an invalid JSON Schema or a name already taken is reject
 ``discovery_error`` (shown in the admin); the rest of the service still works. An unreachable
 service, or one whose answer is malformed, keeps its last good cache; a failure of one service's
 discovery never stops the discovery of the others.
+
+Names are first come, first served (``RemoteSchemeName``): a local algorithm's name is never a
+service's; a service holds a name from the discovery that first accepts it there for as long as it
+advertises it, whatever the services are called, so a service registered later cannot take it (nor
+the tasks already queued under it: the worker looks the name up when it runs them). The holder's
+discovery that no longer advertises the name frees it, so does deleting the holder; a disabled
+holder keeps it until another service's discovery takes it. Discoveries decide one at a time.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -25,11 +32,15 @@ from jsonschema.validators import validator_for
 
 from algorithms import registry
 from algorithms.remote import client as c
-from algorithms.remote.models import RemoteService
+from algorithms.remote import schemes as remote_schemes
+from algorithms.remote.models import RemoteSchemeName, RemoteService
 
 log = logging.getLogger(__name__)
 
 NAME = registry.NAME  # the same rule as for local algorithms
+# The class of the advisory lock that makes discoveries decide names one at a time (jobs/services.py
+# uses another class for idempotency keys).
+_NAMES_LOCK = 0x5C4E
 FILE_FIELDS = ("kind", "address", "tls", "auth_token", "queue", "connect_timeout", "call_timeout",
                "max_concurrent_calls", "enabled")
 
@@ -92,10 +103,28 @@ def check_scheme(scheme: dict[str, Any], *, taken: set[str]) -> str | None:
     return None
 
 
-def _taken_by_others(service: RemoteService) -> set[str]:
-    local = {a.name for a in registry._registry.values()}
-    others = RemoteService.objects.filter(enabled=True, name__lt=service.name)  # earlier services win
-    return local | {s["name"] for o in others for s in o.schemes}
+def _held_by_others(service: RemoteService, names: set[str]) -> dict[str, str]:
+    """Of ``names``, those another service holds: {name: that service's name} (``schemes.holder``).
+    Called under the names lock, so no other discovery takes one of them meanwhile."""
+    enabled = list(RemoteService.objects.filter(enabled=True).only("name", "schemes").order_by("pk"))
+    holders = remote_schemes.held_names(names)
+    by_pk = {s.pk: s.name for s in enabled}
+    held = {}
+    for name in names:
+        owner = remote_schemes.holder(name, enabled, holders)
+        if owner is not None and owner != service.pk:
+            held[name] = by_pk[owner]
+    return held
+
+
+def _keep_names(service: RemoteService, accepted: list[str], advertised: set[str], now: Any) -> None:
+    """``service`` holds the names it was accepted for (taking over one a disabled holder left, or no
+    one held), and keeps those it still advertises; it releases the rest."""
+    RemoteSchemeName.objects.filter(service=service).exclude(name__in=advertised).delete()
+    mine = set(RemoteSchemeName.objects.filter(service=service).values_list("name", flat=True))
+    for name in accepted:
+        if name not in mine:
+            RemoteSchemeName.objects.update_or_create(name=name, defaults={"service": service, "claimed_at": now})
 
 
 def refresh(service: RemoteService) -> Discovery:
@@ -109,20 +138,29 @@ def refresh(service: RemoteService) -> Discovery:
         RemoteService.objects.filter(pk=service.pk).update(
             discovery_error=report.error, health=RemoteService.Health.DOWN, health_error=str(exc), checked_at=now)
         return report
-    taken = _taken_by_others(service)
-    schemes = []
-    for scheme in offered:
-        why = check_scheme(scheme, taken=taken)
-        if why:
-            report.rejected[str(scheme.get("name"))] = why
-            continue
-        taken.add(scheme["name"])
-        report.accepted.append(scheme["name"])
-        schemes.append(scheme)
-    report.error = "; ".join(f"scheme {n!r} rejected: {why}" for n, why in report.rejected.items())
-    RemoteService.objects.filter(pk=service.pk).update(
-        schemes=schemes, discovered_at=now, discovery_error=report.error,
-        health=RemoteService.Health.UP, health_error="", checked_at=now)
+    advertised = {s.get("name") for s in offered if isinstance(s.get("name"), str) and NAME.match(s["name"])}
+    with transaction.atomic():
+        with connection.cursor() as cur:  # until commit: one discovery at a time decides names
+            cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", [_NAMES_LOCK])
+        held = _held_by_others(service, advertised)
+        taken = {a.name for a in registry._registry.values()}  # local algorithms come first
+        schemes = []
+        for scheme in offered:
+            why = check_scheme(scheme, taken=taken)
+            if not why and scheme["name"] in held:
+                why = (f"name {scheme['name']!r} is already taken by another algorithm: remote service "
+                       f"{held[scheme['name']]!r} has it (first come, first served)")
+            if why:
+                report.rejected[str(scheme.get("name"))] = why
+                continue
+            taken.add(scheme["name"])  # the same name twice in one answer: the first one
+            report.accepted.append(scheme["name"])
+            schemes.append(scheme)
+        report.error = "; ".join(f"scheme {n!r} rejected: {why}" for n, why in report.rejected.items())
+        _keep_names(service, report.accepted, advertised, now)
+        RemoteService.objects.filter(pk=service.pk).update(
+            schemes=schemes, discovered_at=now, discovery_error=report.error,
+            health=RemoteService.Health.UP, health_error="", checked_at=now)
     if report.rejected:
         log.warning("remote service %s: %s", service.name, report.error)
     return report

@@ -50,6 +50,27 @@ class RemoteService(models.Model):
         return f"{self.name} ({self.kind} {self.address})"
 
 
+class RemoteSchemeName(models.Model):
+    """Which service holds a scheme name: first come, first served (``discovery.refresh``).
+
+    A service takes a name at the discovery that first accepts it there, and holds it while it goes
+    on advertising it (an unreachable service, or one that advertises it with a broken scheme, still
+    holds it); a later service that advertises the name is rejected. The holder's discovery that no
+    longer advertises the name releases it; deleting the holder deletes its names (CASCADE); a
+    disabled holder keeps its names until another service's discovery takes them.
+    """
+
+    name = models.CharField(max_length=200, unique=True)  # registry.NAME: at most 200 characters
+    service = models.ForeignKey(RemoteService, on_delete=models.CASCADE, related_name="held_names")
+    claimed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.service_id}"
+
+
 class RemoteRun(models.Model):
     """Which remote task runs a Conveyor task, so a re-run after a worker death re-attaches to it."""
 

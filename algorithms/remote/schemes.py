@@ -2,7 +2,10 @@
 against the service's JSON Schema (``jsonschema``), run by ``bridge.run``.
 
 They come from the discovery cache in the database (``RemoteService.schemes``), so the web process
-and every worker agree without restarting; a local algorithm of the same name always wins.
+and every worker agree without restarting; a local algorithm of the same name always wins. A name
+two services' caches share (briefly, or in caches written before names had holders) is served by the
+service that holds it (``RemoteSchemeName``: first come, first served, whatever the services'
+names), else by the one registered first; ``holder`` is that rule, which discovery follows too.
 """
 from __future__ import annotations
 
@@ -87,22 +90,47 @@ def _algorithm(service: Any, scheme: dict[str, Any]) -> RemoteAlgorithm:
 def _services() -> Any:
     from algorithms.remote.models import RemoteService
 
-    return RemoteService.objects.filter(enabled=True).only("name", "kind", "queue", "schemes").order_by("name")
+    # Registration order: of two caches that share a name, the first registered service's wins
+    # when neither holds it (a service's name never decides).
+    return RemoteService.objects.filter(enabled=True).only("name", "kind", "queue", "schemes").order_by("pk")
+
+
+def held_names(names: Any = None) -> dict[str, int]:
+    """The enabled services holding scheme names (of ``names``, or all): {name: service pk}."""
+    from algorithms.remote.models import RemoteSchemeName
+
+    held = RemoteSchemeName.objects.filter(service__enabled=True)
+    if names is not None:
+        held = held.filter(name__in=names)
+    return dict(held.values_list("name", "service_id"))
+
+
+def holder(name: str, services: Any, holders: dict[str, int]) -> int | None:
+    """The pk of the service ``name`` belongs to, or None while it is free: the enabled service that
+    holds it (``holders``, from ``held_names``), else the first of the enabled ``services``
+    (registration order) whose cache has it. Discovery lets no other service take it; lookup and
+    listing serve it from that service's cache (from none while the holder's cache lacks it)."""
+    if name in holders:
+        return holders[name]
+    return next((s.pk for s in services if any(x.get("name") == name for x in s.schemes)), None)
 
 
 def lookup(name: str) -> RemoteAlgorithm | None:
-    for service in _services():  # services are few; the first one (by name) that offers it wins
-        for scheme in service.schemes:
-            if scheme.get("name") == name:
-                return _algorithm(service, scheme)
+    offering = list(_services().filter(schemes__contains=[{"name": name}]))
+    owner = holder(name, offering, held_names([name])) if offering else None
+    for service in offering:
+        if service.pk == owner:
+            return _algorithm(service, next(s for s in service.schemes if s.get("name") == name))
     return None
 
 
 def listing() -> list[registry.Algorithm]:
+    holders = held_names()
     seen: dict[str, registry.Algorithm] = {}
-    for service in _services():
+    for service in _services():  # ``holder`` for every name at once
         for scheme in service.schemes:
-            seen.setdefault(scheme["name"], _algorithm(service, scheme))
+            if holders.get(scheme["name"], service.pk) == service.pk:
+                seen.setdefault(scheme["name"], _algorithm(service, scheme))
     return list(seen.values())
 
 
