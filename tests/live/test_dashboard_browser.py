@@ -142,11 +142,13 @@ DATA = "Alpine.$data(document.body)"
 SLOW_TASK_GETS = """(() => {
   const fetch0 = window.fetch
   window.__taskGets = 0
+  window.__taskGetsLanded = 0
   window.fetch = async (url, opts = {}) => {
     const r = await fetch0(url, opts)
     if (String(url).startsWith('/api/v1/tasks/') && (opts.method || 'GET') === 'GET') {
       window.__taskGets++
       await new Promise((resolve) => setTimeout(resolve, 2500))
+      window.__taskGetsLanded++
     }
     return r
   }
@@ -171,7 +173,7 @@ def test_tasks_submitted_elsewhere_reach_their_final_state_even_when_rest_copies
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.add_init_script(SLOW_TASK_GETS)
     log_in(page, live_web, alice)
-    page.wait_for_timeout(3000)  # the first (slow) reload is in
+    page.wait_for_function("window.__taskGetsLanded >= 1", timeout=TIMEOUT_MS)  # the first (slow) reload is in
     gets = page.evaluate("window.__taskGets")
     api = api_client(live_web, alice)
     ids = [t["id"] for t in api.post("/api/v1/tasks/batch/", json={"tasks": [
@@ -181,7 +183,9 @@ def test_tasks_submitted_elsewhere_reach_their_final_state_even_when_rest_copies
         message="the batch to finish")
     wait_until(lambda: ui_status(page, ids) == ["SUCCEEDED"] * len(ids), timeout=15, interval=0.3,
                message="every row of the batch SUCCEEDED in the page")
-    page.wait_for_timeout(3000)  # the late copies have landed: still SUCCEEDED
+    page.wait_for_timeout(3000)
+    page.wait_for_function("window.__taskGetsLanded === window.__taskGets", timeout=TIMEOUT_MS)
+    # the late copies have landed: still SUCCEEDED
     assert ui_status(page, ids) == ["SUCCEEDED"] * len(ids)
     assert page.evaluate("window.__taskGets") - gets <= 2  # the batched fill, not 40 GETs
     assert page.evaluate(f"{DATA}.tasks.filter(t => t.owner === 'alice').length") >= len(ids)  # filled
@@ -200,7 +204,9 @@ def test_a_reconnect_never_lets_the_reloaded_list_undo_newer_events(live_worker,
     page.evaluate(f"{DATA}.socket.close()")
     page.wait_for_selector("[data-testid=connection].live", timeout=TIMEOUT_MS)
     wait_until(lambda: api.get(f"/api/v1/tasks/{tid}/").json()["status"] == "SUCCEEDED", timeout=30, message="success")
-    page.wait_for_timeout(4000)  # the reload's late page has landed
+    page.wait_for_timeout(4000)
+    page.wait_for_function("window.__taskGetsLanded === window.__taskGets", timeout=TIMEOUT_MS)
+    # the reload's late page has landed
     assert ui_status(page, [tid]) == ["SUCCEEDED"]
     page.close()
 
@@ -278,15 +284,21 @@ def test_double_clicking_submit_or_retry_makes_one_task(live_worker, live_web, b
     page.fill("form[data-testid=submit-form] input[name=params]", "{}")
     before = count()
     page.dblclick("form[data-testid=submit-form] button[type=submit]")
-    page.wait_for_timeout(2000)
-    assert count() == before + 1
+    one_more_task(page, count, before)
     tid = api.post("/api/v1/tasks/", json={"algorithm": "demo.noop", "params": {}}).json()["id"]
     row(page, tid).locator("[data-testid=status]").filter(has_text="SUCCEEDED").wait_for(timeout=TIMEOUT_MS)
     before = count()
     row(page, tid).locator("[data-testid=retry]").dblclick()
+    one_more_task(page, count, before)
+    page.close()
+
+
+def one_more_task(page, count, before: int) -> None:
+    """A double click made a task, however slowly the server answers, and a second one does not follow
+    (the second click's request would have left with the first)."""
+    wait_until(lambda: count() >= before + 1, timeout=30, interval=0.2, message="the task of the double click")
     page.wait_for_timeout(2000)
     assert count() == before + 1
-    page.close()
 
 
 def test_the_drawer_stops_on_4403_and_applies_gap_fill_replays(live_worker, live_web, browser, alice):
@@ -341,12 +353,12 @@ def test_the_drawer_opens_a_long_history_at_its_tail_at_once(live_worker, live_w
 
     started = page.evaluate("performance.now()")
     page.evaluate(f"{DATA}.openDrawer('{tid}')")
-    page.wait_for_function(f"{DATA}.drawer.lastSeq >= {seq}", timeout=TIMEOUT_MS, polling=100)
+    page.wait_for_function(f"{DATA}.drawer.lastSeq >= {seq}", timeout=2 * TIMEOUT_MS, polling=100)
     took = page.evaluate("performance.now()") - started
     page.locator("[data-testid=drawer] [data-testid=log]").filter(has_text="line 1499").wait_for(timeout=5000)
     drawer = page.evaluate(f"(() => {{ const d = {DATA}.drawer; return {{log: d.log.length, points: d.points, from: d.from}} }})()")
     print(f"drawer caught up with a 3,000-event history in {took:.0f} ms: {drawer}")
-    assert took < 10_000
+    assert took < 30_000  # a busy machine takes seconds; the per-event redraws took 52 s and 125 s
     assert drawer["log"] <= 500 and drawer["points"] <= 400 and drawer["from"] == seq - 1000
     assert page.locator("[data-testid=drawer] .legend li").filter(has_text="loss").count() == 1
     page.close()
