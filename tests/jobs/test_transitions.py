@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def queued_task(alice) -> Task:
-    spec = services.build_spec(algorithm="demo.noop")
+    # A queue no worker consumes: the session's worker (if one runs) never claims it, not even after its
+    # beat re-sends the id (QUEUED a few seconds without a claim).
+    spec = services.build_spec(algorithm="demo.noop", queue=unconsumed_queue())
     task = services._new_task(alice, spec, None)
     with transaction.atomic():  # what submit + dispatch do, without handing the id to a broker
         task.save(force_insert=True)
@@ -97,10 +99,14 @@ def _fail_retryably(task: Task) -> None:
 
 
 def _reap(task: Task) -> None:
+    """The reaper finds the task's heartbeat stale. In one transaction: the session worker's beat (which
+    reaps every second) never sees the stale heartbeat, so this reaper is the one that acts, and its
+    dispatch runs here after the commit (not in the worker, some time later)."""
     from queueing import reconciler
 
-    Task.objects.filter(id=task.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
-    reconciler.reap_stale_running()
+    with transaction.atomic():
+        Task.objects.filter(id=task.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        reconciler.reap_stale_running()
 
 
 def _hand_back(task: Task) -> None:
@@ -166,11 +172,15 @@ def test_a_task_lost_with_no_retries_left_ends_cancelled_if_its_user_asked_else_
 
 def test_a_worker_taken_for_dead_changes_nothing_of_its_tasks_new_run_and_stops_its_own(alice):
     from jobs import runner
+    from queueing import dispatch
 
     task = _queued(alice, 1)[0]
     Task.objects.filter(id=task.id).update(max_retries=3)
     first = services.claim(task_id=task.id, worker="w1")
     _reap(first)  # w1 went silent (a partition, a long call holding the GIL): its task runs again on w2
+    # QUEUED by now; should the session worker's beat have reaped it first, its dispatch runs in that
+    # process after its commit, possibly still to come: this one takes the queue's lock after it, or does it
+    dispatch.dispatch([task.queue_id])
     second = services.claim(task_id=task.id, worker="w2")
     assert second is not None and second.started_at != first.started_at
 
@@ -671,17 +681,20 @@ def test_a_heartbeat_steps_around_a_row_another_transaction_holds_and_still_answ
     lock cycle with a batch's finish): it beats the other rows, leaves that one for next time, and still
     reports it RUNNING with its committed cancel flag, so the watchdog does not take it for gone."""
     free, held = _queued(alice, 2)
-    claimed = services.claim_many(task_ids=[free.id, held.id], worker="w")
-    assert len(claimed) == 2
-    Task.objects.filter(id=held.id).update(cancel_requested=True)
-    Task.objects.filter(id__in=[free.id, held.id]).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-    with _in_a_transaction_beside(another_session()) as other:
+    # No stale heartbeat is ever committed here: the session worker's beat reaps stale RUNNING tasks
+    # every second, and would take these two away from the heartbeat under test.
+    with _in_a_transaction_beside(another_session()) as other:  # connected before the claim: it takes a while
+        claimed = {t.id: t for t in services.claim_many(task_ids=[free.id, held.id], worker="w")}
+        assert len(claimed) == 2
+        Task.objects.filter(id=held.id).update(cancel_requested=True)
         other.execute("UPDATE jobs_task SET progress_message = 'busy' WHERE id = %s", [held.id])
-        flags = services.heartbeat(claims={str(t.id): t.started_at for t in claimed})
+        with transaction.atomic():  # free's stale heartbeat is seen only by the heartbeat below
+            Task.objects.filter(id=free.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+            flags = services.heartbeat(claims={str(t.id): t.started_at for t in claimed.values()})
     assert flags == {str(free.id): False, str(held.id): True}
     beaten = dict(Task.objects.filter(id__in=[free.id, held.id]).values_list("id", "heartbeat_at"))
     assert beaten[free.id] > timezone.now() - timedelta(minutes=1)  # beaten
-    assert beaten[held.id] < timezone.now() - timedelta(minutes=4)  # left for the next beat
+    assert beaten[held.id] == claimed[held.id].heartbeat_at  # left for the next beat: still the claim's
 
 
 @contextlib.contextmanager

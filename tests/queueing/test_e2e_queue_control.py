@@ -98,13 +98,15 @@ def test_pause_holds_tasks_already_handed_to_the_broker(live_worker, olga, alice
 
 def test_concurrency_one_is_never_exceeded_with_two_workers(live_worker, extra_worker, olga, alice, api):
     make_queue("solo", concurrency=1)
-    extra_worker("solo", 2, tag="solo-a")
-    extra_worker("solo", 2, tag="solo-b")
+    solo_a = extra_worker("solo", 2, tag="solo-a")
+    solo_b = extra_worker("solo", 2, tag="solo-b")
     client = api(alice)
     ids = [submit(client, f"s{i}", 5, queue="solo", seconds=0.15) for i in range(8)]
     bodies = all_final(client, ids)
     assert all(b["status"] == "SUCCEEDED" for b in bodies)
-    assert len({b["worker"] for b in bodies}) == 2, "both workers took tasks"
+    # Which worker takes each message is the broker's choice (nothing promises both get one); the window
+    # is the dispatcher's, so it holds however the tasks were spread over the two workers' four slots.
+    assert {b["worker"] for b in bodies} <= {solo_a.hostname, solo_b.hostname}
     assert_never_overlapping(bodies)
 
 

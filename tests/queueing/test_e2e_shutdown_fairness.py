@@ -3,12 +3,15 @@ batch does not starve another user's single task."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from django.db.models import Q
 
 from jobs.models import Status, Task
-from tests.conftest import wait_until
-from tests.queueing.conftest import make_queue
+from tests.conftest import LiveWorker, wait_until
+from tests.queueing.conftest import ExtraWorker, make_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -24,22 +27,42 @@ def running_on(ids: list[str], hostname: str) -> bool:
     return Task.objects.filter(id__in=ids, status=Status.RUNNING, worker=hostname).count() == len(ids)
 
 
-def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_to_another_worker(live_worker, extra_worker, alice, api):
+@pytest.fixture
+def worker_with_grace(live_worker: LiveWorker) -> Iterator[Any]:
+    """``worker_with_grace(queues, concurrency, tag, grace)``: an extra worker whose shutdown grace is
+    ``grace`` seconds instead of the tests' 2 s; stopped after the test."""
+    started: list[ExtraWorker] = []
+
+    def start(queues: str, concurrency: int, tag: str, grace: float) -> ExtraWorker:
+        env = {**live_worker.env, "WORKER_SHUTDOWN_GRACE_SECONDS": f"{grace:g}"}
+        worker = ExtraWorker(env, queues, concurrency, tag)
+        started.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_to_another_worker(
+        live_worker, extra_worker, worker_with_grace, alice, api):
     client = api(alice)
     make_queue("drain", concurrency=4)
 
-    # short tasks finish within the grace period on the worker that got SIGTERM
-    first = extra_worker("drain", 2, tag="drain-a")
-    short = [submit(client, "drain", 1.0) for _ in range(2)]
+    # short tasks finish within the grace period on the worker that got SIGTERM: 2 s tasks, a 10 s grace
+    # (several seconds to spare for recording their outcome on a busy machine)
+    first = worker_with_grace("drain", 2, tag="drain-a", grace=10)
+    short = [submit(client, "drain", 2.0) for _ in range(2)]
     wait_until(lambda: running_on(short, first.hostname), message="short tasks running")
     first.terminate()
     for task in Task.objects.filter(id__in=short):
         assert task.status == Status.SUCCEEDED
         assert list(task.events.values_list("event", flat=True)).count("task.started") == 1
 
-    # long tasks outlive the grace period (2 s in tests): killed there, re-run elsewhere
+    # long tasks outlive the grace period (2 s in tests) by several seconds: killed there, re-run elsewhere
     second = extra_worker("drain", 2, tag="drain-b")
-    long = [submit(client, "drain", 4.0) for _ in range(2)]
+    long = [submit(client, "drain", 8.0) for _ in range(2)]
     wait_until(lambda: running_on(long, second.hostname), message="long tasks running")
     stopped_at = time.monotonic()
     second.terminate()
@@ -84,7 +107,8 @@ def test_shutdown_through_the_api_gives_a_hung_task_the_grace_period_then_hands_
 def test_a_batch_of_one_user_does_not_starve_another_users_single_task(live_worker, extra_worker, alice, bob, api):
     make_queue("fair", concurrency=1)
     extra_worker("fair", 1, tag="fair")
-    batch = {"tasks": [{"algorithm": "demo.sleep", "params": {"seconds": 0.1}, "queue": "fair"}] * 30}
+    # 60 tasks: many still wait for their turn even if this test is slow to submit bob's task
+    batch = {"tasks": [{"algorithm": "demo.sleep", "params": {"seconds": 0.1}, "queue": "fair"}] * 60}
     alice_ids = [t["id"] for t in api(alice).post("/api/v1/tasks/batch/", batch, format="json").json()["tasks"]]
     wait_until(lambda: Task.objects.filter(id__in=alice_ids, status=Status.SUCCEEDED).count() >= 3,
                message="alice's batch under way")
@@ -96,7 +120,10 @@ def test_a_batch_of_one_user_does_not_starve_another_users_single_task(live_work
                                    started_at__lt=bob_task.started_at).count()
     # at most the one already handed to the broker when bob submitted, plus one slot
     assert overtook <= 2, overtook
-    assert Task.objects.filter(id__in=alice_ids, status=Status.PENDING).count() > 10, "bob did not wait for the batch"
+    # alice's tasks still waiting when bob's started (not: when this line runs, as hers keep draining)
+    waiting = Task.objects.filter(id__in=alice_ids).filter(
+        Q(started_at__isnull=True) | Q(started_at__gt=bob_task.started_at)).count()
+    assert waiting > 10, f"bob did not wait for the batch ({waiting} of alice's tasks still waiting)"
 
 
 def test_a_task_without_progress_past_its_progress_timeout_is_stopped_and_rerun_then_failed(
