@@ -257,6 +257,8 @@ from datetime import timedelta  # noqa: E402
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 30, minimum=1)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 1, minimum=1)),
+    # tokens carry a hash of the password they were issued under: a password change ends them all
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework_simplejwt import views as jwt_views
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.utils import get_md5_hash_password
 
 from accounts import services
 from accounts.api.serializers import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut
@@ -72,3 +74,26 @@ class TokenObtainView(jwt_views.TokenObtainPairView):
     OpenApiExample("new access token", response_only=True, value={"access": "eyJhbGciOiJIUzI1NiIs…"})]))
 class TokenRefreshView(jwt_views.TokenRefreshView):
     """A new access token from a refresh token."""
+
+    serializer_class = None  # set below
+
+
+class RefreshSerializer(TokenRefreshSerializer):
+    """simplejwt's, but a refresh token issued before a password change (``CHECK_REVOKE_TOKEN``), or for
+    a user deleted since, is a 401 here: simplejwt checks the password only on the access token it
+    would mint, and a deleted user was a 500."""
+
+    def validate(self, attrs: dict) -> dict:
+        from django.contrib.auth import get_user_model
+
+        refresh = self.token_class(attrs["refresh"])  # a bad or expired token: TokenError, a 401
+        user = get_user_model().objects.filter(**{jwt_settings.USER_ID_FIELD: refresh.payload.get(
+            jwt_settings.USER_ID_CLAIM)}).first()
+        if user is None:
+            raise AuthenticationFailed("No active account found for the given token.", code="no_active_account")
+        if refresh.payload.get(jwt_settings.REVOKE_TOKEN_CLAIM) != get_md5_hash_password(user.password):
+            raise AuthenticationFailed("The user's password has been changed.", code="password_changed")
+        return super().validate(attrs)
+
+
+TokenRefreshView.serializer_class = RefreshSerializer

@@ -87,6 +87,30 @@ def test_jwt_refresh_gives_a_working_access_token(alice, client):
     assert response.status_code == 200
 
 
+def test_a_password_change_ends_the_tokens_issued_before_it(alice, client):
+    """A stolen token pair is worth nothing once the password is changed: the access token is refused,
+    and the refresh token mints no new one (401 with a JSON error, never a 200 or a 500)."""
+    pair = client.post("/api/v1/auth/token/", {"username": "alice", "password": "correct horse battery staple"},
+                       content_type="application/json").json()
+    alice.set_password("a brand new passphrase")
+    alice.save()
+
+    assert client.get("/api/v1/tasks/", HTTP_AUTHORIZATION=f"Bearer {pair['access']}").status_code == 401
+    refreshed = client.post("/api/v1/auth/token/refresh/", {"refresh": pair["refresh"]}, content_type="application/json")
+    assert refreshed.status_code == 401 and "error" in refreshed.json()
+    fresh = client.post("/api/v1/auth/token/", {"username": "alice", "password": "a brand new passphrase"},
+                        content_type="application/json").json()
+    assert client.get("/api/v1/tasks/", HTTP_AUTHORIZATION=f"Bearer {fresh['access']}").status_code == 200
+
+
+def test_a_deleted_users_refresh_token_is_401(alice, client):
+    pair = client.post("/api/v1/auth/token/", {"username": "alice", "password": "correct horse battery staple"},
+                       content_type="application/json").json()
+    alice.delete()
+    refreshed = client.post("/api/v1/auth/token/refresh/", {"refresh": pair["refresh"]}, content_type="application/json")
+    assert refreshed.status_code == 401 and "error" in refreshed.json()
+
+
 def test_wrong_password_is_401_json(alice, client):
     response = client.post("/api/v1/auth/token/", {"username": "alice", "password": "nope"},
                            content_type="application/json")
