@@ -2,8 +2,11 @@
 
 Scopes are enforced here, the one place every key-authenticated request passes, so no view can forget
 them: GET/HEAD/OPTIONS need ``read``, other methods ``submit``, and views whose permissions include
-``IsOperator`` for the request (or that name ``api_key_scope``) need ``operate``. A key without
-``operate`` never acts as an operator: it sees and touches only its owner's own tasks.
+``IsOperator`` for the request (or that name ``api_key_scope``) need ``operate``; views that name an
+``api_key_write_scope`` need it for their other methods instead of ``submit`` (webhook management:
+``webhooks``, so that a key made to submit cannot redirect the owner's webhooks or mint their
+secrets). A key without ``operate`` never acts as an operator: it sees and touches only its owner's
+own tasks.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ def required_scope(method: str, view: Any) -> str:
     # get_permissions(), not permission_classes: some views choose permissions per action.
     if view is not None and any(isinstance(p, IsOperator) for p in view.get_permissions()):
         return "operate"
-    return "read" if method in SAFE_METHODS else "submit"
+    if method in SAFE_METHODS:
+        return "read"
+    return getattr(view, "api_key_write_scope", None) or "submit"
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

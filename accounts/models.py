@@ -10,6 +10,7 @@ class Scope(models.TextChoices):
     READ = "read", "read: GET anything the owner may see"
     SUBMIT = "submit", "submit: submit, cancel, retry, re-prioritise the owner's tasks"
     OPERATE = "operate", "operate: operator actions (queues, workers), if the owner is an operator"
+    WEBHOOKS = "webhooks", "webhooks: create, change, delete the owner's webhooks, rotate secrets, redeliver"
 
 
 class ApiKey(models.Model):

@@ -3,6 +3,7 @@ used instead of a JWT, limited by scope, revocable; managed in the admin too."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 from datetime import timedelta
 
@@ -67,6 +68,47 @@ def test_scopes_are_enforced(api, alice):
     submit_only = new_key(api(alice), scopes=["submit"])["key"]
     assert keyed(submit_only).post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").status_code == 201
     assert keyed(submit_only).get("/api/v1/tasks/").status_code == 403
+
+
+def test_only_a_key_with_the_webhooks_scope_manages_webhooks(api, alice):
+    """A key made to submit (a CI job's) cannot point the owner's webhooks elsewhere, mint their signing
+    secrets or replay past deliveries to a new URL: that takes the ``webhooks`` scope."""
+    hook = api(alice).post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/a", "events": ["task.succeeded"]},
+                           format="json").json()
+    for scopes in (["submit"], ["read", "submit"]):
+        ci = keyed(new_key(api(alice), scopes=scopes)["key"])
+        refused = [
+            ci.post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/evil", "events": ["task.succeeded"]}, format="json"),
+            ci.patch(f"/api/v1/webhooks/{hook['id']}/", {"url": "http://127.0.0.1:9/evil"}, format="json"),
+            ci.post(f"/api/v1/webhooks/{hook['id']}/rotate-secret/"),
+            ci.delete(f"/api/v1/webhooks/{hook['id']}/"),
+        ]
+        for response in refused:
+            assert response.status_code == 403, response.content
+            assert response.json()["error"]["message"] == "this API key lacks the 'webhooks' scope"
+        assert ci.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").status_code == 201
+    assert api(alice).get(f"/api/v1/webhooks/{hook['id']}/").json()["url"] == "http://127.0.0.1:9/a"
+
+    reader = keyed(new_key(api(alice), scopes=["read"])["key"])
+    assert reader.get("/api/v1/webhooks/").status_code == 200  # listing them is a read
+    manager = keyed(new_key(api(alice), scopes=["webhooks"])["key"])
+    assert manager.patch(f"/api/v1/webhooks/{hook['id']}/", {"url": "http://127.0.0.1:9/b"},
+                         format="json").status_code == 200
+    assert manager.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").status_code == 403
+
+
+def test_the_migration_keeps_webhooks_for_keys_that_could_read_and_submit(alice):
+    from django.db import connection
+
+    keys = {scopes: ApiKey.objects.create(user=alice, name=scopes, prefix=f"p{i}", key_hash="x",
+                                          scopes=scopes.split(",") if scopes else [])
+            for i, scopes in enumerate(["read,submit", "submit", "read", "read,submit,operate"])}
+    migration = importlib.import_module("accounts.migrations.0002_webhooks_scope").Migration
+    with connection.cursor() as cur:
+        cur.execute(migration.operations[1].sql)
+    after = {name: ApiKey.objects.get(pk=key.pk).scopes for name, key in keys.items()}
+    assert after == {"read,submit": ["read", "submit", "webhooks"], "submit": ["submit"], "read": ["read"],
+                     "read,submit,operate": ["read", "submit", "operate", "webhooks"]}
 
 
 def test_operator_actions_need_the_operate_scope(api, olga):

@@ -42,7 +42,7 @@ def test_operators_key_without_operate_sees_and_touches_only_her_own_tasks(alice
 
 
 def test_operators_key_without_operate_cannot_turn_a_webhook_to_queue_events(olga):
-    client = keyed(olga, ["read", "submit"])
+    client = keyed(olga, ["read", "webhooks"])
     url = "http://127.0.0.1:9/hook"
     assert client.post("/api/v1/webhooks/", {"url": url, "events": ["queue.*"]}, format="json").status_code == 403
     hook = client.post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json").json()
@@ -51,7 +51,7 @@ def test_operators_key_without_operate_cannot_turn_a_webhook_to_queue_events(olg
     assert client.put(f"/api/v1/webhooks/{hook['id']}/", {"url": url, "events": ["queue.paused"]},
                       format="json").status_code == 403
     assert client.get(f"/api/v1/webhooks/{hook['id']}/").json()["events"] == ["task.*"]
-    operate = keyed(olga, ["read", "submit", "operate"])
+    operate = keyed(olga, ["read", "webhooks", "operate"])
     assert operate.patch(f"/api/v1/webhooks/{hook['id']}/", {"events": ["queue.*"]}, format="json").status_code == 200
 
 

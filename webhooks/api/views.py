@@ -34,6 +34,7 @@ class WebhookViewSet(viewsets.GenericViewSet):
 
     serializer_class = WebhookOut
     pagination_class = NewestFirst
+    api_key_write_scope = "webhooks"  # an API key needs it for every change here (accounts.authentication)
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
