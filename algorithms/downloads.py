@@ -37,12 +37,17 @@ class RangeNotSatisfiable(ConveyorError):
 
 
 class AnyMediaRenderer(BaseRenderer):
-    """Lets download endpoints accept any ``Accept`` header; errors still render as JSON."""
+    """Lets download endpoints accept any ``Accept`` header; errors still render as JSON, and say so
+    (DRF would label them with this renderer's ``*/*``)."""
 
     media_type = "*/*"
     format = "bin"
+    charset = None
 
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        response = (renderer_context or {}).get("response")
+        if response is not None:
+            response["Content-Type"] = JSONRenderer.media_type
         return JSONRenderer().render(data)
 
 

@@ -150,3 +150,15 @@ def test_a_request_id_stays_on_its_users_own_task_events(alice, bob, api):
     his_events = {e["event"]: e["data"] for e in b.get(f"/api/v1/tasks/{his['id']}/logs/").json()}
     assert his_events["task.queued"]["request_id"] == "bob-submit"
     assert a.get(f"/api/v1/tasks/{again['id']}/logs/").json()[0]["data"]["request_id"] == "alice-ci:zephyr:4712"
+
+
+@pytest.mark.parametrize("suffix", ["result/", "artifacts/<img src=x onerror=alert(1)>/"])
+def test_download_errors_are_json_whatever_a_browser_accepts(alice, api, alices_task, suffix):
+    """A browser asks for text/html first: the download endpoints take any Accept, and their errors are
+    JSON labelled as such, never ``*/*`` (which leaves the browser to guess at a body echoing the URL)."""
+    accept = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+    response = api(alice).get(f"/api/v1/tasks/{alices_task['id']}/{suffix}", HTTP_ACCEPT=accept)
+    assert 400 <= response.status_code < 500
+    assert response["Content-Type"] == "application/json"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "error" in response.json()
