@@ -10,7 +10,10 @@
 * ``record`` completes the attempt, schedules a retry or ends the delivery, updates the endpoint's
   failure streak (and disables it past the limits), and sends the task's next waiting event. Should
   storing the answer fail anyway, the attempt is recorded again from its status code alone: an attempt
-  always ends (a 2xx is delivered), it is never left IN_FLIGHT to be re-sent for ever.
+  always ends (a 2xx is delivered), it is never left IN_FLIGHT to be re-sent for ever. Only the attempt
+  holding the latest claim moves the delivery on (the outcome's UPDATE is guarded by its number): one
+  that answers after its hold ran out and a newer attempt claimed the delivery stays LOST in the log,
+  with the answer it got, and changes nothing else.
 """
 from __future__ import annotations
 
@@ -52,8 +55,11 @@ RETURNING d.attempts, d.payload::text, d.subscription_id, d.task_id, s.url, s.se
           d.redelivered_after, d.queue
 """
 
+# Guarded by the attempt's number as well as the status: only the attempt that holds the latest claim moves
+# the delivery on. One that outlived its hold (``in_flight_until``) and was taken over by a newer claim
+# matches nothing, so its answer can neither end the delivery nor clear or reschedule the newer attempt.
 _FINISH_SQL = """
-UPDATE webhooks_delivery SET {sets} WHERE id = %(id)s AND status = 'PENDING'
+UPDATE webhooks_delivery SET {sets} WHERE id = %(id)s AND status = 'PENDING' AND attempts = %(number)s
 RETURNING subscription_id, task_id
 """
 
@@ -164,10 +170,6 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
         outcome = Outcome.RETRY
     else:
         outcome = Outcome.FAILED
-    DeliveryAttempt.objects.filter(id=attempt_row.id).update(
-        outcome=outcome, finished_at=now, duration_ms=result.duration_ms, status_code=result.status_code,
-        response_headers={storable(k): storable(v) for k, v in result.headers.items()},
-        response_body=storable(result.body), error=storable(result.error, 1000))
     error = storable(result.error) or ("" if outcome == Outcome.SUCCEEDED else f"HTTP {result.status_code}")
     values: dict[str, Any] = {"in_flight_until": None, "last_status_code": result.status_code,
                               "last_error": error[:1000]}
@@ -177,13 +179,30 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
     else:
         done = DeliveryStatus.SUCCEEDED if outcome == Outcome.SUCCEEDED else DeliveryStatus.FAILED
         values.update(status=done.value, finished_at=now)
+    # The delivery row first, then the attempt row: the order ``claim`` locks them in.
     with connection.cursor() as cur:
         _no_fsync_wait(cur)
-        # Guarded: a delivery deleted or failed (endpoint disabled) meanwhile stays as it is.
+        # Guarded: a delivery deleted or failed (endpoint disabled) meanwhile stays as it is, and so does one
+        # a newer attempt has claimed since this one's hold ran out.
         cur.execute(_FINISH_SQL.format(sets=", ".join(f"{k} = %({k})s" for k in values)),
-                    {**values, "id": attempt_row.delivery_id})
-        if cur.fetchone() is None:
-            return outcome
+                    {**values, "id": attempt_row.delivery_id, "number": attempt_row.number})
+        applied = cur.fetchone() is not None
+    answer = {"finished_at": now, "duration_ms": result.duration_ms, "status_code": result.status_code,
+              "response_headers": {storable(k): storable(v) for k, v in result.headers.items()},
+              "response_body": storable(result.body)}
+    attempt_log = DeliveryAttempt.objects.filter(id=attempt_row.id)
+    if applied:
+        attempt_log.update(outcome=outcome, error=storable(result.error, 1000), **answer)
+    else:
+        # Not applied. Taken over by a newer attempt (whose claim marked this one LOST): it stays LOST, with the
+        # answer it got late and a note. Otherwise (the delivery was failed or deleted meanwhile) it is logged
+        # with its own outcome, as before.
+        late = "answered after its hold ran out, a newer attempt had taken over: not applied"
+        late += f"; {error}" if error else ""
+        if attempt_log.filter(outcome=Outcome.LOST).update(error=late[:1000], **answer):
+            return Outcome.LOST
+        attempt_log.update(outcome=outcome, error=storable(result.error, 1000), **answer)
+        return outcome
     if outcome != Outcome.SUCCEEDED or claimed.endpoint_failing:
         _track_health(claimed.subscription_id, ok=outcome == Outcome.SUCCEEDED, now=now)
     if outcome != Outcome.RETRY and (claimed.task_id is not None or claimed.queue):
