@@ -291,28 +291,45 @@ def _broker_backlog() -> int | None:
         return None
 
 
+# While the broker's ``webhooks`` queue has a backlog, at most this many deliveries per beat tick are re-sent
+# because their message looks lost (sent ``RESEND_SECONDS`` ago and not picked up).
+RESEND_WITH_BACKLOG = 50
+
+
 def send_due(*, limit: int = 500) -> int:
     """Beat: send retries that are due, and re-send deliveries whose message looks lost (heads of their
-    task's line only). A message counts as lost only while the broker's ``webhooks`` queue is empty:
-    a slow-draining backlog is not lost, and re-sending it would only pile up duplicates."""
+    task's line only): sent more than ``RESEND_SECONDS`` ago and still not picked up.
+
+    While the broker's ``webhooks`` queue has a backlog, such a message may just be waiting its turn in it,
+    and re-sending all of them would pile duplicates onto the backlog (each one a message and a claim that
+    matches nothing). It may as well be lost, though — the process died between its commit and the send,
+    or the broker lost it — and a queue that is never empty at a tick (steady traffic) must not hold it up
+    for ever, nor the task's later events behind it. So then only ``RESEND_WITH_BACKLOG`` of them are re-sent
+    per tick, the longest unsent first: each gets a fresh ``sent_at`` and goes to the back of that line, so
+    every one comes round, a lost one within a few ticks, for at most ``RESEND_WITH_BACKLOG`` duplicates a
+    tick. Due retries are sent whatever the backlog."""
     now = timezone.now()
     resend_before = now - timedelta(seconds=settings.WEBHOOKS["RESEND_SECONDS"])
-    lost = Q(sent_at__isnull=True) | Q(sent_at__lt=resend_before)
-    if _broker_backlog():
-        lost = Q(sent_at__isnull=True)
     earlier = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), task_id=OuterRef("task_id"),
                                       status=DeliveryStatus.PENDING, seq__lt=OuterRef("seq"))
     earlier_in_queue = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), queue=OuterRef("queue"),
                                                status=DeliveryStatus.PENDING, seq__lt=OuterRef("seq")).exclude(queue="")
+    heads = (Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+             .filter(Q(in_flight_until__isnull=True) | Q(in_flight_until__lt=now))
+             .filter(~Exists(earlier), ~Exists(earlier_in_queue))
+             .select_for_update(skip_locked=True, of=("self",)))
+    retries = Q(sent_at__isnull=True) | Q(sent_at__lt=F("next_attempt_at"))
+    stale = Q(sent_at__lt=resend_before)
+    backlog = _broker_backlog()
     with transaction.atomic():
-        ids = list(
-            Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-            .filter(lost | Q(sent_at__lt=F("next_attempt_at")))
-            .filter(Q(in_flight_until__isnull=True) | Q(in_flight_until__lt=now))
-            .filter(~Exists(earlier), ~Exists(earlier_in_queue))
-            .order_by("next_attempt_at").select_for_update(skip_locked=True, of=("self",))
-            .values_list("id", flat=True)[:limit]
-        )
+        if not backlog:
+            ids = list(heads.filter(retries | stale).order_by("next_attempt_at").values_list("id", flat=True)[:limit])
+        else:
+            ids = list(heads.filter(retries).order_by("next_attempt_at").values_list("id", flat=True)[:limit])
+            room = min(RESEND_WITH_BACKLOG, limit - len(ids))
+            if room > 0:  # sent since it was due (not a retry), long ago
+                ids += heads.filter(stale, sent_at__gte=F("next_attempt_at")).order_by("sent_at").values_list(
+                    "id", flat=True)[:room]
         if ids:
             Delivery.objects.filter(id__in=ids).update(sent_at=now)
             sent = [str(i) for i in ids]
