@@ -6,6 +6,7 @@ and points these variables at them when none are configured).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -25,6 +26,11 @@ DEBUG = env_bool("DEBUG", False)
 _local_stack = env_bool("CONVEYOR_DEV", False) or DEBUG
 SECRET_KEY = env_str("SECRET_KEY", "") or (dev_secret_key(dev_data_dir()) if _local_stack else env_str("SECRET_KEY"))
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+# What kubelet probes, the image's and compose's health checks and Prometheus ask for: they name the pod or
+# container (Host: 10.1.2.3:8000, 127.0.0.1:8000), not the site. A GET or HEAD of exactly one of these
+# paths is answered whatever its Host (observability.probes, first in MIDDLEWARE); every other path
+# keeps the ALLOWED_HOSTS check. They are never redirected to HTTPS either (SECURE_REDIRECT_EXEMPT).
+PROBE_PATHS = ("/health/", "/api/v1/system/health/", "/metrics")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 # --- Security behind TLS (README "Production") ---------------------------------------------------
@@ -35,7 +41,7 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000) if SECURE_SSL els
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL and env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_SSL_REDIRECT = SECURE_SSL and env_bool("SECURE_SSL_REDIRECT", True)
 # Probes and Prometheus scrape over plain HTTP inside the cluster: never redirect them.
-SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^api/v1/system/health/$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [f"^{re.escape(path.lstrip('/'))}$" for path in PROBE_PATHS]
 if env_bool("SECURE_PROXY_SSL_HEADER", SECURE_SSL):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
@@ -74,6 +80,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "observability.probes.ProbeHostMiddleware",  # first: before anything calls request.get_host()
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "observability.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
