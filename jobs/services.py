@@ -393,7 +393,7 @@ def release(*, task_ids: list[UUID | str], worker: str, reason: str, event: str 
         values["error"] = error
     where_sql, where_params = "worker = %s", [worker[:255]]
     if claimed_at is not None:
-        where_sql, where_params = f"{where_sql} AND {_CLAIM_SQL}", [*where_params, claimed_at]
+        where_sql, where_params = f"{where_sql} AND {CLAIM_SQL}", [*where_params, claimed_at]
     back = back_to_pending(task_ids, event=event, values=values, sql_values={"attempts": "GREATEST(attempts - 1, 0)"},
                            where_sql=where_sql, where_params=where_params, data={"reason": reason})
     queues = sorted({t.queue_id for t in back})
@@ -421,10 +421,11 @@ def back_to_pending(task_ids: list[UUID | str], *, event: str, values: dict[str,
 
 
 def give_up(task_ids: list[UUID | str], *, error: str, data: dict[str, Any], where_sql: str = "",
-            where_params: list[Any] | None = None) -> list[Task]:
-    """RUNNING → FAILED for tasks lost with no retries left (a dead worker, no progress), except a task
-    whose cancel was requested while it ran: that one ends CANCELLED, as its user asked."""
-    return _unless_cancelled(task_ids, to=Status.FAILED, event="task.failed", data=data,
+            where_params: list[Any] | None = None, status: str = Status.FAILED) -> list[Task]:
+    """RUNNING → FAILED for tasks lost with no retries left (a dead worker, no progress), or to another
+    final ``status`` (TIMED_OUT: a remote task held past its timeout), except a task whose cancel was
+    requested while it ran: that one ends CANCELLED, as its user asked."""
+    return _unless_cancelled(task_ids, to=status, event=_FINAL_EVENTS[status], data=data,
                              values={"finished_at": timezone.now(), "error": error},
                              where_sql=where_sql, where_params=where_params)
 
@@ -472,13 +473,13 @@ _HEARTBEAT_SQL = (
 )
 
 
-_CLAIM_SQL = "started_at = %s"
+CLAIM_SQL = "started_at = %s"
 
 
-def _claim_guard(claimed_at: Any) -> dict[str, Any]:
+def claim_guard(claimed_at: Any) -> dict[str, Any]:
     """A worker's write only while the task still runs under its claim (``started_at``): a worker taken for
     dead whose task was started again elsewhere changes nothing of the new run."""
-    return {"where_sql": _CLAIM_SQL, "where_params": [claimed_at]} if claimed_at is not None else {}
+    return {"where_sql": CLAIM_SQL, "where_params": [claimed_at]} if claimed_at is not None else {}
 
 
 @transaction.atomic
@@ -494,7 +495,7 @@ def report_progress(*, task_id: UUID | str, percent: float, stage: str, message:
         values={"progress_percent": percent, "progress_stage": without_nul(stage[:200]),
                 "progress_message": without_nul(message[:1000]),
                 "progress_metrics": without_nul(json_safe(metrics, "metrics"))},
-        **_claim_guard(claimed_at),
+        **claim_guard(claimed_at),
     ) is not None
 
 
@@ -503,7 +504,7 @@ def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None)
     """Append log lines (``task.log``) to a task that is still running (under that claim)."""
     for line in lines:
         transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log",
-                              data={"line": without_nul(line[:10_000])}, **_claim_guard(claimed_at))
+                              data={"line": without_nul(line[:10_000])}, **claim_guard(claimed_at))
 
 
 def without_nul(value: Any) -> Any:
@@ -558,7 +559,7 @@ def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bo
     from queueing import dispatch
 
     now = timezone.now()
-    guard = _claim_guard(claimed_at)
+    guard = claim_guard(claimed_at)
     done: dict[str, Task | None] = {}
     succeeded = [(str(i), o) for i, o in outcomes if o.status == Status.SUCCEEDED]
     if succeeded:

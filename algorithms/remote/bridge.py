@@ -67,7 +67,8 @@ def run(ctx: RunContext, params: Any, *, service_name: str, scheme: str) -> Any:
                     # Free the worker slot: back to the queue; the re-run re-attaches via RemoteRun.
                     delay = c.backoff(hold.holds_so_far(ctx.task_id), base=1.0, cap=conf["RETRY_MAX_SECONDS"])
                     ctx.flush()
-                    hold.hold_for_service(task_id=ctx.task_id, service=service.name, error=str(exc), delay=delay)
+                    hold.hold_for_service(task_id=ctx.task_id, service=service.name, error=str(exc), delay=delay,
+                                          claimed_at=ctx.artifacts.claimed_at if ctx.artifacts else None)
                     raise _Cancelled from None
                 _sleep(ctx, c.backoff(waited, base=conf["RETRY_BASE_SECONDS"], cap=conf["RETRY_MAX_SECONDS"]))
                 waited += 1
