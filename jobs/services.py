@@ -284,21 +284,41 @@ def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | No
 
 @transaction.atomic
 def cancel(*, task_id: UUID | str, by: Any = None) -> Task:
-    """PENDING/QUEUED → CANCELLED at once; RUNNING → cancel flag; final → 409.
+    """PENDING/QUEUED → CANCELLED at once (``task.cancelled``); RUNNING → cancel flag; final → 409.
 
-    Races with claim()/finish() are settled by which guarded UPDATE matches the row.
-    """
+    Races with claim()/finish() are settled by which guarded UPDATE matches the row. When neither
+    matched, the row changed between the two statements' snapshots (most often RUNNING → PENDING: a
+    retry, the reaper, a hand-back, a hold; the flag's UPDATE waited for that change's commit, then
+    found the row no longer RUNNING): it is locked and looked at once more, and cancelled or flagged
+    as it is now. Only then is a task that is neither final nor gone ever answered 409."""
     done = transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
                                  values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
-    if done is None:
-        # Running: raise the flag; the worker's heartbeat sees it, ctx.cancelled() turns true, and
-        # the worker records CANCELLED itself (or kills the child after the grace period).
-        flagged = Task.objects.filter(id=task_id, status=Status.RUNNING).update(cancel_requested=True)
-        if not flagged:
-            if not Task.objects.filter(id=task_id).exists():
-                raise TaskNotFound("task not found")
+    if done is not None:
+        return done
+    # Running: raise the flag; the worker's heartbeat sees it, ctx.cancelled() turns true, and
+    # the worker records CANCELLED itself (or kills the child after the grace period).
+    if not _flag_cancel(task_id):
+        status = _locked_status(task_id)  # held until commit: nobody changes it under the next statement
+        if status in NOT_STARTED:
+            return transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
+                                         values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+        if status != Status.RUNNING or not _flag_cancel(task_id):
             raise InvalidTransition("task has already finished")
     return Task.objects.get(id=task_id)
+
+
+def _flag_cancel(task_id: UUID | str) -> bool:
+    return bool(Task.objects.filter(id=task_id, status=Status.RUNNING).update(cancel_requested=True))
+
+
+def _locked_status(task_id: UUID | str) -> str:
+    """The task's status as last committed, its row locked until this transaction ends (a change in
+    progress is waited for); 404 when there is no such task."""
+    status = (Task.objects.select_for_update(no_key=True).filter(id=task_id)
+              .values_list("status", flat=True).first())
+    if status is None:
+        raise TaskNotFound("task not found")
+    return status
 
 
 def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -> tuple[Task, bool]:
@@ -331,12 +351,19 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
                                  values={"priority": priority}, where_sql="priority <> %s", where_params=[priority],
                                  data={"priority": priority, "by": getattr(by, "username", None)})
     if done is None:
-        task = Task.objects.filter(id=task_id).first()
+        # Not started and already at that priority, or not (or no longer, or not yet) PENDING/QUEUED as of
+        # the UPDATE's snapshot: locked, the row says which, after any change in progress has committed
+        # (a running task going back to PENDING is one that has not started, not a 409).
+        task = Task.objects.select_for_update(no_key=True).filter(id=task_id).first()
         if task is None:
             raise TaskNotFound("task not found")
         if task.status in NOT_STARTED and task.priority == priority:
             return task  # already so: no event, and it keeps its turn in the round-robin
-        raise InvalidTransition("priority can only change before the task starts")
+        if task.status not in NOT_STARTED:
+            raise InvalidTransition("priority can only change before the task starts")
+        done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
+                                     values={"priority": priority},
+                                     data={"priority": priority, "by": getattr(by, "username", None)})
     ordering.stamp([done.id])
     transaction.on_commit(lambda: dispatch.dispatch([done.queue_id], look_first=True), robust=True)
     return done

@@ -168,3 +168,136 @@ def test_a_hold_of_its_own_run_goes_back_to_the_queue_without_counting_the_attem
     assert (row.status, row.attempts) == (Status.PENDING, 0) and row.not_before > timezone.now()
     last = row.events.order_by("-seq").first()
     assert (last.event, last.data["reason"]) == ("task.requeued", hold.HOLD_REASON)
+
+
+# --- 4. cancel and priority changes racing a running task going back to PENDING ------------------
+
+def _fail_retryably(running: Task) -> None:
+    services.finish(task_id=running.id, outcome=Outcome(status=Status.FAILED, error="boom", retryable=True),
+                    claimed_at=running.started_at, dispatch_next=False)
+
+
+def _reaped(running: Task) -> None:
+    Task.objects.filter(id=running.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    reconciler.reap_stale_running()
+
+
+def _handed_back(running: Task) -> None:
+    services.release(task_ids=[running.id], worker="w", reason="worker shutdown", event="task.retrying",
+                     claimed_at=running.started_at)
+
+
+def _held(running: Task) -> None:
+    _hold(running, running.started_at)
+
+
+BACK = pytest.mark.parametrize("back", [_fail_retryably, _reaped, _handed_back, _held],
+                               ids=["retry", "reaped", "handed-back", "held"])
+
+
+def _while_it_goes_back(back: Callable[[Task], None], running: Task, call: Callable[[], Any]) -> Any:
+    """``call`` while another transaction moves ``running`` back to PENDING: started once that change is
+    made, still uncommitted (``call``'s statements see the task RUNNING), and the change commits while
+    ``call`` waits for the row, or at once if it does not wait."""
+    other = _Open(lambda: back(running))
+    thread, box = _in_thread(call)
+    wait_until(lambda: _lock_waiters() >= 1 or not thread.is_alive(), message="the call waiting for the row")
+    other.commit()
+    thread.join(30)
+    return box["result"]
+
+
+def _when_it_went_back_just_after_the_first_statement(monkeypatch: pytest.MonkeyPatch, back: Callable[[Task], None],
+                                                      running: Task, call: Callable[[], Any]) -> Any:
+    """``call``, whose first statement sees the task RUNNING (another transaction is moving it back to
+    PENDING), and whose next ones see it PENDING: that transaction commits in between."""
+    other = _Open(lambda: back(running))
+    real, first = transitions.apply_one, []
+
+    def then_the_other_commits(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        if not first:
+            first.append(done)
+            other.commit()
+        return done
+
+    monkeypatch.setattr(transitions, "apply_one", then_the_other_commits)
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the answer under test
+        return exc
+
+
+def _running(owner: Any) -> Task:
+    task = _queued(owner)
+    running = services.claim(task_id=task.id, worker="w")
+    assert running is not None
+    return running
+
+
+def _cancelled_by_its_user(task: Task) -> None:
+    row = Task.objects.get(id=task.id)
+    assert row.status == Status.CANCELLED and row.finished_at is not None
+    cancelled = row.events.filter(event="task.cancelled")
+    assert cancelled.count() == 1 and cancelled.get().data["reason"] == "cancelled by user"
+    assert services.claim(task_id=task.id, worker="w2") is None  # it never runs again
+
+
+@BACK
+def test_a_cancel_waiting_for_a_running_task_going_back_to_pending_cancels_it(alice, back):
+    running = _running(alice)
+
+    answer = _while_it_goes_back(back, running, lambda: services.cancel(task_id=running.id))
+
+    assert isinstance(answer, Task) and answer.status == Status.CANCELLED, f"cancel answered {answer!r}"
+    _cancelled_by_its_user(running)
+
+
+@BACK
+def test_a_cancel_seeing_a_running_task_that_went_back_to_pending_meanwhile_cancels_it(alice, back, monkeypatch):
+    running = _running(alice)
+
+    answer = _when_it_went_back_just_after_the_first_statement(
+        monkeypatch, back, running, lambda: services.cancel(task_id=running.id))
+
+    assert isinstance(answer, Task) and answer.status == Status.CANCELLED, f"cancel answered {answer!r}"
+    _cancelled_by_its_user(running)
+
+
+def test_a_cancel_of_a_running_task_still_only_flags_it_and_of_a_final_one_is_a_409(alice):
+    from jobs.errors import InvalidTransition
+
+    running = _running(alice)
+    assert services.cancel(task_id=running.id).cancel_requested
+    assert Task.objects.get(id=running.id).status == Status.RUNNING
+    assert not Task.objects.get(id=running.id).events.filter(event="task.cancelled").exists()
+    services.finish(task_id=running.id, outcome=Outcome(status=Status.CANCELLED), claimed_at=running.started_at)
+    with pytest.raises(InvalidTransition):
+        services.cancel(task_id=running.id)
+
+
+def _reprioritised(task: Task, answer: Any) -> None:
+    assert isinstance(answer, Task) and answer.priority == 9, f"change_priority answered {answer!r}"
+    row = Task.objects.get(id=task.id)
+    assert row.status in (Status.PENDING, Status.QUEUED) and row.priority == 9
+    assert row.events.filter(event="task.priority_changed").count() == 1
+
+
+@BACK
+def test_a_priority_change_waiting_for_a_running_task_going_back_to_pending_changes_it(alice, back):
+    running = _running(alice)
+
+    answer = _while_it_goes_back(back, running,
+                                 lambda: services.change_priority(task_id=running.id, priority=9))
+
+    _reprioritised(running, answer)
+
+
+@BACK
+def test_a_priority_change_seeing_a_running_task_that_went_back_to_pending_meanwhile_changes_it(alice, back, monkeypatch):
+    running = _running(alice)
+
+    answer = _when_it_went_back_just_after_the_first_statement(
+        monkeypatch, back, running, lambda: services.change_priority(task_id=running.id, priority=9))
+
+    _reprioritised(running, answer)
