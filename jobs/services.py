@@ -385,13 +385,13 @@ def claim_many(*, task_ids: list[UUID | str], worker: str) -> list[Task]:
     A paused queue holds back tasks already handed to the broker: they go back to PENDING.
     """
     paused = "EXISTS (SELECT 1 FROM queueing_queue q WHERE q.name = jobs_task.queue AND q.paused)"
-    now = timezone.now()
     tasks = transitions.apply(
         task_ids, frm=[Status.QUEUED], to=Status.RUNNING, event="task.started",
         # error: the previous attempt's (kept in its events) would read as this run's while it runs
-        values={"started_at": now, "heartbeat_at": now, "worker": worker[:255], "cancel_requested": False,
-                "error": ""},
-        sql_values={"attempts": "attempts + 1"}, where_sql=f"NOT {paused}", data={"worker": worker},
+        values={"started_at": timezone.now(), "worker": worker[:255], "cancel_requested": False, "error": ""},
+        # heartbeat_at: the database's clock, as every heartbeat and the reaper's cutoff (never a host's)
+        sql_values={"attempts": "attempts + 1", "heartbeat_at": "now()"}, where_sql=f"NOT {paused}",
+        data={"worker": worker},
         relax=True,  # a lost claim leaves the task QUEUED: the reconciler requeues it
     )
     if len(tasks) < len(task_ids):

@@ -7,9 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from queueing import dispatch, services
 from queueing.models import Queue, WorkerRecord
@@ -53,10 +52,15 @@ class WorkerRecordAdmin(admin.ModelAdmin):
                     "stopped_at"]
     search_fields = ["hostname"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkerRecord]:
+        from queueing.reconciler import db_cutoff  # last_heartbeat is the database's clock: compared with it
+
+        fresh = Q(stopped_at__isnull=True, last_heartbeat__gte=db_cutoff(settings.CONVEYOR["WORKER_STALE_SECONDS"]))
+        return super().get_queryset(request).annotate(fresh=ExpressionWrapper(fresh, output_field=BooleanField()))
+
     @admin.display(boolean=True)
     def alive(self, obj: WorkerRecord) -> bool:
-        stale = settings.CONVEYOR["WORKER_STALE_SECONDS"]
-        return obj.stopped_at is None and (timezone.now() - obj.last_heartbeat).total_seconds() <= stale
+        return obj.fresh
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -29,6 +29,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker.control import control_command
 from django.conf import settings
 from django.db import close_old_connections, connections
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from queueing import events
@@ -56,10 +57,11 @@ def describe(consumer: Any) -> dict[str, Any]:
 def beat(hostname: str, info: dict[str, Any], *, started_at: Any) -> bool:
     from queueing.models import WorkerRecord
 
+    # last_heartbeat by the database's clock, which the liveness check and the readers compare it with
+    # (reconciler.db_cutoff), never this host's: a worker whose clock drifts is not taken for dead.
     _, created = WorkerRecord.objects.update_or_create(
         hostname=hostname,
-        defaults={**info, "last_heartbeat": timezone.now(), "started_at": started_at, "stopped_at": None,
-                  "lost_at": None},
+        defaults={**info, "last_heartbeat": Now(), "started_at": started_at, "stopped_at": None, "lost_at": None},
     )
     return created
 

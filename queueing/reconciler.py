@@ -3,7 +3,7 @@
 * QUEUED too long without a claim (the broker lost the message: Redis restarted, FLUSHDB) → re-sent.
   A duplicate is harmless: the guarded claim lets one message run the task, the other is dropped.
 * RUNNING with a stale heartbeat (its worker was killed) → back to PENDING while attempts remain,
-  otherwise FAILED.
+  otherwise FAILED. Stale by the database's clock, which also stamps every heartbeat (``db_cutoff``).
 * RUNNING without progress for its algorithm's ``progress_timeout`` while its worker is alive: the
   worker's own heartbeat thread finds it (``stuck_running``), kills the pool child running it, and only
   then re-runs or fails it (``give_up_stuck``), so it never runs twice at once.
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import DateTimeField
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs import services, transitions
@@ -43,16 +47,27 @@ def resend_lost_queued() -> int:
     return len(rows)
 
 
+def db_cutoff(seconds: float) -> RawSQL:
+    """``seconds`` before now by the database's clock, as an expression: liveness timestamps
+    (``heartbeat_at``, ``last_heartbeat``) are written by the database's clock and compared with it
+    only, so that hosts whose clocks drift from it (a worker's, the beat's) neither reap live tasks nor
+    keep dead ones."""
+    return RawSQL(_DB_CUTOFF_SQL, [seconds], output_field=DateTimeField())
+
+
+_DB_CUTOFF_SQL = "now() - make_interval(secs => %s)"
+
+
 def reap_stale_running() -> int:
     """RUNNING tasks whose heartbeat stopped: re-run while attempts remain, else FAILED."""
-    cutoff = timezone.now() - timedelta(seconds=settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"])
-    stale = list(Task.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff)
+    stale_seconds = settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"]
+    stale = list(Task.objects.filter(status=Status.RUNNING, heartbeat_at__lt=db_cutoff(stale_seconds))
                  .values_list("id", "attempts", "max_retries")[:1000])
     retry = [tid for tid, attempts, max_retries in stale if attempts <= max_retries]
     fail = [tid for tid, attempts, max_retries in stale if attempts > max_retries]
     with transaction.atomic():
         # Heartbeat guard repeated in SQL: a worker that came back to life in between keeps its task.
-        guard = {"where_sql": "heartbeat_at < %s", "where_params": [cutoff]}
+        guard = {"where_sql": f"heartbeat_at < {_DB_CUTOFF_SQL}", "where_params": [stale_seconds]}
         rerun = services.back_to_pending(retry, event="task.retrying",
                                          values={"queued_at": None, "error": "worker lost (heartbeat stale)"},
                                          **guard, data={"reason": "worker lost"})
@@ -129,15 +144,15 @@ def check_workers() -> int:
     from queueing.events import publish_worker_event
     from queueing.models import WorkerRecord
 
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"])
-    # Guarded UPDATE: with two beat processes, each lost worker is reported by exactly one of them.
-    lost = list(WorkerRecord.objects.filter(stopped_at__isnull=True, lost_at__isnull=True, last_heartbeat__lt=cutoff)
-                .values_list("hostname", flat=True))
+    stale = settings.CONVEYOR["WORKER_STALE_SECONDS"]
+    # By the database's clock, which also wrote last_heartbeat (heartbeat.beat). Guarded UPDATE: with
+    # two beat processes, each lost worker is reported by exactly one of them.
+    lost = list(WorkerRecord.objects.filter(stopped_at__isnull=True, lost_at__isnull=True,
+                                            last_heartbeat__lt=db_cutoff(stale)).values_list("hostname", flat=True))
     reported = [h for h in lost if WorkerRecord.objects.filter(hostname=h, lost_at__isnull=True,
-                                                                last_heartbeat__lt=cutoff).update(lost_at=now)]
+                                                                last_heartbeat__lt=db_cutoff(stale)).update(lost_at=Now())]
     for hostname in reported:
-        log.warning("worker %s lost: no heartbeat since %s", hostname, cutoff)
+        log.warning("worker %s lost: no heartbeat for %gs", hostname, stale)
         publish_worker_event(hostname=hostname, event="worker.lost")
     return len(reported)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Min, QuerySet, Sum
+from django.db.models import BooleanField, Count, ExpressionWrapper, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from config.permissions import is_operator
@@ -36,8 +36,10 @@ REASONS = {
 
 
 def live_workers() -> QuerySet[WorkerRecord]:
-    cutoff = timezone.now() - timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"])
-    return WorkerRecord.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff)
+    from queueing.reconciler import db_cutoff  # last_heartbeat is the database's clock: compared with it
+
+    return WorkerRecord.objects.filter(stopped_at__isnull=True,
+                                       last_heartbeat__gte=db_cutoff(settings.CONVEYOR["WORKER_STALE_SECONDS"]))
 
 
 def consumed_queues() -> set[str]:
@@ -200,7 +202,10 @@ def waiting_list(*, name: str, user: Any, offset: int = 0, limit: int = 100) -> 
 
 def workers() -> list[dict[str, Any]]:
     """Every worker the registry knows, live ones first, with the tasks running on each."""
-    stale = timezone.now() - timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"])
+    from queueing.reconciler import db_cutoff  # last_heartbeat is the database's clock: compared with it
+
+    fresh = Q(stopped_at__isnull=True, lost_at__isnull=True,
+              last_heartbeat__gte=db_cutoff(settings.CONVEYOR["WORKER_STALE_SECONDS"]))
     running = dict(Task.objects.filter(status=Status.RUNNING).values_list("worker").annotate(n=Count("*")).order_by())
     # Queues with a task handed to the broker long ago and still not started: a worker with free slots
     # that consumes one of them may have stopped consuming (the Redis-reconnect trap).
@@ -208,8 +213,8 @@ def workers() -> list[dict[str, Any]]:
     starving = set(Task.objects.filter(status=Status.QUEUED, queued_at__lt=unclaimed_since)
                    .values_list("queue", flat=True).distinct().order_by())
     out = []
-    for w in WorkerRecord.objects.all():
-        alive = w.stopped_at is None and w.lost_at is None and w.last_heartbeat >= stale
+    for w in WorkerRecord.objects.annotate(fresh=ExpressionWrapper(fresh, output_field=BooleanField())):
+        alive = w.fresh
         busy = running.get(w.hostname, 0)
         out.append({"hostname": w.hostname, "alive": alive, "status": "online" if alive else ("stopped" if w.stopped_at else "dead"),
                     "queues": w.queues, "pool": w.pool, "concurrency": w.concurrency, "pid": w.pid,

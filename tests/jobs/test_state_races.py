@@ -301,3 +301,80 @@ def test_a_priority_change_seeing_a_running_task_that_went_back_to_pending_meanw
         monkeypatch, back, running, lambda: services.change_priority(task_id=running.id, priority=9))
 
     _reprioritised(running, answer)
+
+
+# --- 6. liveness by one clock, the database's ----------------------------------------------------
+
+@contextlib.contextmanager
+def _host_clock(skew: timedelta) -> Iterator[None]:
+    """This host's clock ``skew`` off the database's, for what runs inside."""
+    real = timezone.now
+    timezone.now = lambda: real() + skew
+    try:
+        yield
+    finally:
+        timezone.now = real
+
+
+TASK_STALE = timedelta(seconds=settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"] + 1)
+WORKER_STALE = timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"] + 1)
+
+
+def test_a_task_beaten_just_now_is_not_reaped_when_the_beat_hosts_clock_runs_ahead_of_the_databases(alice):
+    running = _running(alice)
+    assert services.heartbeat(claims={str(running.id): running.started_at}) == {str(running.id): False}
+
+    with _host_clock(TASK_STALE):
+        assert reconciler.reap_stale_running() == 0
+
+    assert Task.objects.get(id=running.id).status == Status.RUNNING
+
+
+def test_a_task_claimed_by_a_worker_whose_clock_runs_behind_the_databases_is_not_reaped(alice):
+    task = _queued(alice)
+    with _host_clock(-TASK_STALE):
+        running = services.claim(task_id=task.id, worker="w")
+
+    assert reconciler.reap_stale_running() == 0
+    assert Task.objects.get(id=running.id).status == Status.RUNNING
+
+
+def test_a_task_whose_heartbeat_stopped_is_reaped_whatever_the_beat_hosts_clock(alice):
+    running = _running(alice)
+    with transaction.atomic():  # (no other reaper sees the stale heartbeat: see _reap)
+        with connection.cursor() as cur:
+            cur.execute("UPDATE jobs_task SET heartbeat_at = now() - make_interval(secs => %s) WHERE id = %s",
+                        [TASK_STALE.total_seconds(), running.id])
+        with _host_clock(-timedelta(hours=2)):
+            assert reconciler.reap_stale_running() == 1
+    assert Task.objects.get(id=running.id).status in (Status.PENDING, Status.QUEUED)
+
+
+def _beat(hostname: str) -> None:
+    heartbeat.beat(hostname, {"queues": ["default"], "concurrency": 2, "pool": "prefork", "pid": 1,
+                              "version": "celery test"}, started_at=timezone.now())
+
+
+@pytest.mark.parametrize("worker_clock, reader_clock", [(-WORKER_STALE, timedelta(0)), (timedelta(0), WORKER_STALE)],
+                         ids=["worker-clock-behind", "beat-and-web-clock-ahead"])
+def test_a_worker_beating_now_is_alive_whatever_the_hosts_clocks(db, worker_clock, reader_clock):
+    from queueing import selectors
+
+    with _host_clock(worker_clock):
+        _beat("celery@drifting")
+    with _host_clock(reader_clock):  # the beat's liveness check, the API's and the admin's readers
+        assert reconciler.check_workers() == 0
+        assert "celery@drifting" in set(selectors.live_workers().values_list("hostname", flat=True))
+        [shown] = [w for w in selectors.workers() if w["hostname"] == "celery@drifting"]
+        assert shown["alive"] and shown["status"] == "online"
+    assert WorkerRecord.objects.get(hostname="celery@drifting").lost_at is None
+
+
+def test_a_silent_worker_is_found_lost_even_when_the_beat_hosts_clock_runs_behind(db):
+    _beat("celery@silent")
+    WorkerRecord.objects.filter(hostname="celery@silent").update(last_heartbeat=timezone.now() - timedelta(hours=1))
+
+    with _host_clock(-timedelta(hours=2)):
+        assert reconciler.check_workers() == 1
+
+    assert WorkerRecord.objects.get(hostname="celery@silent").lost_at is not None
