@@ -189,40 +189,63 @@ def _hand_back_after(grace: float) -> None:
         connections.close_all()
 
 
-def _request_pids() -> dict[str, int]:
-    """Task id → pid of the pool child running it, from Celery's in-memory active requests; only tasks
-    that came one per message. A batch's tasks (``jobs.run_tasks``) were all claimed, ``started_at``
-    stamped, when the message arrived, so their wait for their turn would look like no progress; and
-    killing the child would stop a healthy batch-mate. Their time limit still applies."""
+def _running_requests() -> dict[str, Any]:
+    """Task id → Celery's active request running it in a pool child (``request.worker_pid``), from its
+    in-memory active requests; only tasks that came one per message. A batch's tasks (``jobs.run_tasks``)
+    were all claimed, ``started_at`` stamped, when the message arrived, so their wait for their turn
+    would look like no progress; and killing the child would stop a healthy batch-mate. Their time limit
+    still applies. A task with two active requests (a duplicate message, whose claim is about to be
+    refused) is left out: which child runs it is not known; it is looked at again at the next beat."""
     from celery.worker.state import active_requests
 
-    pids: dict[str, int] = {}
+    found: dict[str, Any] = {}
+    twice: set[str] = set()
     for request in list(active_requests):
         if request.name != "jobs.run_task" or not request.args or not request.worker_pid:
             continue
-        pids[str(request.args[0])] = request.worker_pid
-    return pids
+        task_id = str(request.args[0])
+        if task_id in found:
+            twice.add(task_id)
+        found[task_id] = request
+    return {task_id: request for task_id, request in found.items() if task_id not in twice}
+
+
+def _still_its_child(request: Any, pid: int) -> bool:
+    from celery.worker.state import active_requests
+
+    return request in active_requests and request.worker_pid == pid
 
 
 def _stop_stuck(hostname: str) -> None:
-    """Tasks past their algorithm's ``progress_timeout``: kill their pool child, then re-run or fail them."""
+    """Tasks past their algorithm's ``progress_timeout``: kill their pool child, then re-run or fail them.
+
+    The run found stuck (its claim, ``started_at``) is the one stopped, not a later one in the same or
+    another child: after the active requests are read, the task must still run under that claim (so the
+    one request found for it is that run's: a later run's message comes only after it ended), and right
+    before the kill, that request must still be active in that child (it has not finished and handed
+    the child another message). Re-run or failed under that claim only."""
     from queueing import reconciler
 
     stuck = reconciler.stuck_running(worker=hostname)
     if not stuck:
         return
-    pids = _request_pids()
-    for task_id, timeout in stuck.items():
-        pid = pids.get(task_id)
-        if pid is None or pid == os.getpid():  # not (yet) in a child of ours, or a solo/threads pool
+    requests = _running_requests()
+    for task_id, (timeout, claimed_at) in stuck.items():
+        request = requests.get(task_id)
+        pid = getattr(request, "worker_pid", None)
+        if request is None or not pid or pid == os.getpid():  # not (yet) in a child of ours, or a solo/threads pool
             continue
-        log.warning("task %s made no progress for %gs; killing pool child %s", task_id, timeout, pid)
+        if not reconciler.still_running(task_id=task_id, worker=hostname, claimed_at=claimed_at):
+            continue  # it ended (and may run again, under another claim) since it was found stuck
+        if not _still_its_child(request, pid):  # checked last, right before the kill
+            continue
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        log.warning("task %s made no progress for %gs; killed pool child %s", task_id, timeout, pid)
         _wait_gone([pid])
-        reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout)
+        reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout, claimed_at=claimed_at)
 
 
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:

@@ -98,9 +98,14 @@ def hand_back(*, worker: str) -> int:
     return len(back)
 
 
-def stuck_running(*, worker: str) -> dict[str, float]:
+class Stuck(NamedTuple):
+    timeout: float  # its algorithm's progress_timeout
+    claimed_at: Any  # the started_at of the claim found stuck: only that run is stopped
+
+
+def stuck_running(*, worker: str) -> dict[str, Stuck]:
     """RUNNING tasks of ``worker`` whose algorithm declares ``progress_timeout`` and that reported no
-    progress (nor started) within it: ``{task_id: timeout}``."""
+    progress (nor started) within it: ``{task_id: Stuck(timeout, claimed_at)}``."""
     from algorithms import registry
 
     timeouts = {a.name: a.progress_timeout for a in registry.all_algorithms() if a.progress_timeout}
@@ -114,18 +119,27 @@ def stuck_running(*, worker: str) -> dict[str, float]:
                 .values_list("created_at", flat=True).first())
         since = max(t for t in (started_at, last) if t is not None) if (started_at or last) else now
         if (now - since).total_seconds() > timeouts[algorithm]:
-            stuck[str(task_id)] = timeouts[algorithm]
+            stuck[str(task_id)] = Stuck(timeouts[algorithm], started_at)
     return stuck
 
 
-def give_up_stuck(*, task_id: str, worker: str, timeout: float) -> bool:
-    """A stuck task whose process was already killed: re-run while attempts remain, else FAILED."""
+def still_running(*, task_id: str, worker: str, claimed_at: Any) -> bool:
+    """Whether ``task_id`` still runs on ``worker`` under the claim ``claimed_at``."""
+    return Task.objects.filter(id=task_id, status=Status.RUNNING, worker=worker, started_at=claimed_at).exists()
+
+
+def give_up_stuck(*, task_id: str, worker: str, timeout: float, claimed_at: Any = None) -> bool:
+    """A stuck task whose process was already killed: re-run while attempts remain, else FAILED.
+    ``claimed_at``: the claim found stuck; a later run of the task (the stuck one ended meanwhile and
+    the task started again) is not touched."""
     why = f"no progress for {timeout:g}s (progress_timeout); its process was stopped"
     with transaction.atomic():
         task = Task.objects.filter(id=task_id).only("attempts", "max_retries", "queue").first()
         if task is None:
             return False
         guard = {"where_sql": "worker = %s", "where_params": [worker]}
+        if claimed_at is not None:
+            guard = {"where_sql": f"worker = %s AND {services.CLAIM_SQL}", "where_params": [worker, claimed_at]}
         if task.attempts <= task.max_retries:
             done = next(iter(services.back_to_pending([task_id], event="task.retrying",
                                                       values={"queued_at": None, "error": why}, **guard,

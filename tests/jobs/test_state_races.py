@@ -378,3 +378,125 @@ def test_a_silent_worker_is_found_lost_even_when_the_beat_hosts_clock_runs_behin
         assert reconciler.check_workers() == 1
 
     assert WorkerRecord.objects.get(hostname="celery@silent").lost_at is not None
+
+
+# --- 10. a stuck run's kill and give-up: that run's, never the task's next one ------------------
+
+HOST = "celery@stuck-test"
+
+
+class _Request:
+    """What ``_stop_stuck`` reads of Celery's active request of a pool child."""
+    name = "jobs.run_task"
+
+    def __init__(self, task_id: Any, pid: int) -> None:
+        self.args, self.worker_pid = [str(task_id)], pid
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Fake pool children (pids no process has) in Celery's active requests, and the kills they got."""
+    import celery.worker.state
+
+    class Pool:
+        active: set[_Request] = set()
+        killed: list[int] = []
+        gone: set[int] = set()
+
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if pid < 4_000_000:
+            return real_kill(pid, sig)
+        if pid in Pool.gone:
+            raise ProcessLookupError(pid)
+        if sig:
+            Pool.killed.append(pid)
+            Pool.gone.add(pid)
+
+    monkeypatch.setattr(celery.worker.state, "active_requests", Pool.active)
+    monkeypatch.setattr(os, "kill", kill)
+    return Pool
+
+
+def _stuck(owner: Any) -> Task:
+    """A task of ``demo.stall`` (progress_timeout 3 s) running on HOST, started 10 s ago, no progress since."""
+    task = _queued(owner, algorithm="demo.stall")
+    services.claim(task_id=task.id, worker=HOST)
+    Task.objects.filter(id=task.id).update(started_at=timezone.now() - timedelta(seconds=10))
+    return Task.objects.get(id=task.id)
+
+
+def test_a_stuck_run_has_its_child_killed_and_runs_again(alice, pool):
+    stuck = _stuck(alice)
+    pool.active.add(_Request(stuck.id, 4_000_001))
+
+    heartbeat._stop_stuck(HOST)
+
+    assert pool.killed == [4_000_001]
+    row = Task.objects.get(id=stuck.id)
+    assert row.status in (Status.PENDING, Status.QUEUED) and "progress_timeout" in row.error
+
+
+def test_a_stuck_run_that_ended_and_ran_again_before_the_kill_leaves_the_new_run_alone(alice, pool, monkeypatch):
+    stuck = _stuck(alice)
+    pool.active.add(_Request(stuck.id, 4_000_001))
+    found_stuck, later = reconciler.stuck_running, {}
+
+    def then_it_ends_and_starts_again(**kwargs: Any) -> Any:
+        found = found_stuck(**kwargs)
+        # after the stuck run was found, it ends (a retryable failure) and the task starts again, in
+        # another child of the same worker, before that worker reads its active requests
+        _fail_retryably(stuck)
+        later["run"] = _run_again(stuck, HOST)
+        pool.active.clear()
+        pool.active.add(_Request(stuck.id, 4_000_002))
+        return found
+
+    monkeypatch.setattr(reconciler, "stuck_running", then_it_ends_and_starts_again)
+    heartbeat._stop_stuck(HOST)
+
+    assert pool.killed == []
+    row = Task.objects.get(id=stuck.id)
+    assert (row.status, row.started_at) == (Status.RUNNING, later["run"].started_at)
+
+
+def test_a_stuck_run_that_finishes_just_before_the_kill_is_not_killed(alice, pool, monkeypatch):
+    stuck = _stuck(alice)
+    request = _Request(stuck.id, 4_000_001)
+    pool.active.add(request)
+    looked = reconciler.still_running
+
+    def then_it_finishes(**kwargs: Any) -> bool:
+        running = looked(**kwargs)
+        # it reports, finishes, and Celery lets its child take another message
+        services.finish(task_id=stuck.id, outcome=Outcome(status=Status.SUCCEEDED, result=1),
+                        claimed_at=stuck.started_at)
+        pool.active.discard(request)
+        return running
+
+    monkeypatch.setattr(reconciler, "still_running", then_it_finishes)
+    heartbeat._stop_stuck(HOST)
+
+    assert pool.killed == []
+    assert Task.objects.get(id=stuck.id).status == Status.SUCCEEDED
+
+
+def test_a_task_with_two_active_requests_is_not_killed_until_only_one_is_left(alice, pool):
+    stuck = _stuck(alice)
+    pool.active.update({_Request(stuck.id, 4_000_001), _Request(stuck.id, 4_000_002)})  # a duplicate message
+
+    heartbeat._stop_stuck(HOST)
+
+    assert pool.killed == [] and Task.objects.get(id=stuck.id).status == Status.RUNNING
+
+
+def test_giving_up_a_stuck_run_leaves_a_later_run_of_the_task_alone(alice):
+    stuck = _stuck(alice)
+    _fail_retryably(stuck)
+    later = _run_again(stuck, HOST)
+
+    assert not reconciler.give_up_stuck(task_id=str(stuck.id), worker=HOST, timeout=3, claimed_at=stuck.started_at)
+
+    row = Task.objects.get(id=stuck.id)
+    assert (row.status, row.started_at) == (Status.RUNNING, later.started_at)
