@@ -397,7 +397,8 @@ def prepare_database() -> Prepared:
         user, created = user_model.objects.get_or_create(
             **{user_model.USERNAME_FIELD: username}, defaults={"email": os.environ.get("DJANGO_SUPERUSER_EMAIL", "")})
         user.is_staff = user.is_superuser = user.is_active = True
-        user.set_password(password)  # also when it exists: the environment is the truth
+        if not user.check_password(password):  # also when it exists: the environment is the truth, but
+            user.set_password(password)  # the same password again keeps its hash, so tokens survive a restart
         user.save()
         say(f"superuser {username!r} {'created' if created else 'updated'}")
     queues = set(Queue.objects.values_list("name", flat=True)) | {"default"}
