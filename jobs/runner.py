@@ -2,11 +2,16 @@
 thread per process.
 
 The watchdog beats the heartbeat of every task running in this process (and of the claimed rest of a
-batch), turns a cancel request or the time limit into ``ctx.cancelled()``, and — when the algorithm
-ignores that for the grace period — records the final state itself and terminates this pool child
-(prefork). With ``acks_late`` + ``reject_on_worker_lost`` the message comes back once, and the guarded
-claim drops it because the task is already final. One thread for the life of the process, not one
-per task: starting a thread cost more than a short task itself.
+batch, and of finished tasks until their outcome is recorded), turns a cancel request or the time limit
+into ``ctx.cancelled()``, and — when the algorithm ignores that for the grace period — records the final
+state itself and terminates this pool child (prefork). With ``acks_late`` + ``reject_on_worker_lost`` the
+message comes back once, and the guarded claim drops it because the task is already final. One thread
+for the life of the process, not one per task: starting a thread cost more than a short task itself.
+
+Fencing: when no heartbeat has reached the database for half of ``HEARTBEAT_STALE_SECONDS`` (the worker
+cut off from it), every run here is stopped as lost, and its pool child killed if the algorithm ignores
+that for the cancel grace or by three quarters of it, so that it no longer runs when the reaper, at the
+full ``HEARTBEAT_STALE_SECONDS``, may start the task on another worker.
 """
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 from algorithms import artifacts, registry
 from algorithms.context import RunContext, Scratch
@@ -52,24 +58,29 @@ def _in_pool_child() -> bool:
 class Watch:
     """The watchdog's view of one running task: its cancel flag, time limit and grace period."""
 
-    def __init__(self, task: Task, main: threading.Thread) -> None:
+    def __init__(self, task: Task, main: threading.Thread, since: float | None = None) -> None:
         self.task_id = str(task.id)
         self.claimed_at = task.started_at  # its claim: the heartbeat and the writes are this claim's
         self.main = main
         self.grace = settings.CONVEYOR["CANCEL_GRACE_SECONDS"]
+        self.limit = task.timeout_seconds
         self.deadline = time.monotonic() + task.timeout_seconds
+        # When it was last known beaten (its claim, at the latest; ``monotonic``): the fence counts from here.
+        self.since = time.monotonic() if since is None else since
         self.cancel = threading.Event()
         self.timed_out = threading.Event()
+        self.lost = ""  # why it is no longer this worker's to run, once it is not (the heartbeat's answer, the fence)
         self._cancel_at: float | None = None
         self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
         self.terminating = False  # under ``lock``: the watchdog is recording and terminating it
         self.lock = threading.Lock()
 
-    def tick(self, flag: bool | None, now: float) -> bool:
-        """One heartbeat's answer (``flag``: cancel requested; None: no longer ours). True when the
-        algorithm ignored cancel, its time limit or the loss of its task for the grace period and must be
-        terminated."""
+    def tick(self, flag: bool | None, now: float, lost: str = "") -> bool:
+        """One heartbeat's answer (``flag``: cancel requested; None: no longer ours, ``lost`` says why).
+        True when the algorithm ignored cancel, its time limit or the loss of its task for the grace period
+        and must be terminated."""
         if flag is None:  # no longer RUNNING under this claim (reaped, maybe started again elsewhere): stop
+            self.lost = self.lost or lost or "worker lost (heartbeat stale): the task was taken from it"
             flag = True
         if flag and not self.cancel.is_set():
             self._cancel_at = now
@@ -81,6 +92,18 @@ class Watch:
             _raise_in(self.main, TaskTimeout)
         return self._cancel_at is not None and now - self._cancel_at >= self.grace
 
+    def interrupted(self) -> Outcome | None:
+        """How the run ended if the watchdog stopped it (its time limit, its loss, a cancel); else None.
+        A lost task is a retryable failure, as the reaper would record it: whoever still holds its claim
+        (nobody, when it was reaped) runs it again while attempts remain."""
+        if self.timed_out.is_set():
+            return Outcome(status=Status.TIMED_OUT, error=f"time limit of {self.limit}s reached", retryable=False)
+        if self.lost:
+            return Outcome(status=Status.FAILED, error=self.lost, retryable=True)
+        if self.cancel.is_set():
+            return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
+        return None
+
 
 class Watchdog(threading.Thread):
     """The process's one watchdog thread (created on first use, again after a fork)."""
@@ -91,7 +114,15 @@ class Watchdog(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="conveyor-watchdog", daemon=True)
         self.pid = os.getpid()
-        self.interval = settings.CONVEYOR["HEARTBEAT_SECONDS"]
+        conf = settings.CONVEYOR
+        self.interval = conf["HEARTBEAT_SECONDS"]
+        # Fencing (``_fence``): no heartbeat through for this long, its runs are stopped as lost; by
+        # ``fence_kill`` at the latest their pool child is killed, a quarter of the stale period before the
+        # reaper may start them on another worker.
+        self.fence = conf["HEARTBEAT_STALE_SECONDS"] / 2
+        self.fence_kill = conf["HEARTBEAT_STALE_SECONDS"] * 3 / 4
+        self.beaten_at = time.monotonic()  # when the last heartbeat that went through was sent
+        self._bounded: Any = None  # the database connection ``_bound_network_waits`` last set up
         self.watches: set[Watch] = set()
         self.batches: set[Batch] = set()
         self.guard = threading.Lock()
@@ -108,20 +139,32 @@ class Watchdog(threading.Thread):
         while True:
             time.sleep(self.interval)
             with self.guard:
+                # A watch stopped and never removed (its TaskTimeout landed in the middle of run()'s finally)
+                # is dropped here: its task is no longer this watchdog's to beat.
+                self.watches.difference_update([w for w in self.watches if w.stopped])
                 watches, batches = list(self.watches), list(self.batches)
             if not watches and not batches:
                 continue
             try:
                 self._tick(watches, batches)
             except Exception:  # the database may be away for a moment: beat again next time
-                log.exception("task heartbeat failed")
+                log.exception("task watchdog failed")
                 connections.close_all()
 
     def _tick(self, watches: list[Watch], batches: list[Batch]) -> None:
         claims = {w.task_id: w.claimed_at for w in watches}
         for batch in batches:
             claims.update(dict.fromkeys(batch.waiting_ids(), batch.claimed_at))
-        flags = services.heartbeat(claims=claims)
+        sent = time.monotonic()
+        try:
+            self._bound_network_waits()
+            flags = services.heartbeat(claims=claims)
+        except Exception:  # the database away, for a moment or from this worker only: fenced if it lasts
+            log.exception("task heartbeat failed")
+            connections.close_all()
+            self._fence(watches, batches, time.monotonic())
+            return
+        self.beaten_at = sent
         now = time.monotonic()
         for batch in batches:
             batch.beaten(flags)
@@ -139,20 +182,83 @@ class Watchdog(threading.Thread):
                 with watch.lock:
                     watch.terminating = False
 
+    def _fence(self, watches: list[Watch], batches: list[Batch], now: float) -> None:
+        """After a failed heartbeat. Once none has gone through for ``fence`` seconds, this worker may be
+        cut off from the database while the reaper, at ``HEARTBEAT_STALE_SECONDS``, gives its tasks to
+        another: every run here is stopped as lost (``ctx.cancelled()``; a batch's tasks waiting their
+        turn are skipped), and one that ignores it for the cancel grace, or is still running at
+        ``fence_kill``, has its pool child killed, with nothing recorded (the database is out of reach;
+        the reaper runs the task again). The time counts from the last heartbeat sent that went through,
+        or the task's claim if later."""
+        for batch in batches:
+            if now - max(self.beaten_at, batch.since) >= self.fence:
+                batch.lose_waiting()
+        for watch in watches:
+            silent = now - max(self.beaten_at, watch.since)
+            if silent < self.fence:
+                continue
+            with watch.lock:
+                if watch.stopped or watch.terminating:
+                    continue
+                lost = f"worker lost (cut off from the database: no heartbeat through for {silent:.1f}s)"
+                if not watch.tick(None, now, lost=lost) and silent < self.fence_kill:
+                    continue
+                watch.terminating = True
+            self._kill(watch, "lost contact with the database", batches=None)
+
+    def _bound_network_waits(self) -> None:
+        """This thread's database connection gives up within seconds, not TCP's ~15 minutes, when the
+        network drops its packets: a heartbeat to a database out of reach fails (and ``_fence`` runs)
+        instead of hanging the watchdog. Data left unacknowledged times out (``TCP_USER_TIMEOUT``), and an
+        answer that never comes is found out by keepalive probes. Once per connection."""
+        connection.ensure_connection()
+        raw = connection.connection
+        if raw is self._bounded:
+            return
+        self._bounded = raw
+        seconds = max(1, int(settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"] / 16))
+        try:  # on a duplicate of its socket: closing that leaves the connection open
+            with socket.fromfd(raw.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, seconds)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000)
+        except (OSError, AttributeError):  # a Unix socket (no network to lose there), or not Linux
+            pass
+
     def _terminate(self, watch: Watch, batches: list[Batch]) -> None:
-        status = Status.TIMED_OUT if watch.timed_out.is_set() else Status.CANCELLED
-        why = "time limit reached" if status == Status.TIMED_OUT else "cancelled"
+        if watch.timed_out.is_set():
+            status, why = Status.TIMED_OUT, "time limit reached"
+        elif watch.lost:
+            status, why = Status.FAILED, watch.lost
+        else:
+            status, why = Status.CANCELLED, "cancelled"
         services.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, outcome=Outcome(
             status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and was terminated",
-            retryable=False))
-        if _in_pool_child():
-            for batch in batches:  # its finished tasks recorded, its unstarted ones handed back
-                batch.settle()
-            log.warning("task %s ignored %s; terminating pool child %s", watch.task_id, why, os.getpid())
-            publisher.flush()
+            retryable=status == Status.FAILED))
+        self._kill(watch, f"ignored: {why}", batches=batches)
+
+    def _kill(self, watch: Watch, why: str, *, batches: list[Batch] | None) -> None:
+        """Terminate this pool child, unless its run has stopped meanwhile (``watch.stopped``): watch.lock is
+        held up to the kill, so its thread can neither finish that run nor take its next message first.
+        ``batches`` are settled first, and the live events sent; None: cut off, nothing but the kill."""
+        # solo/threads pool: cannot kill a thread. A recorded state is final (its later finish is a no-op); a
+        # run cut off from the database goes on until it looks at ctx.cancelled().
+        if not _in_pool_child():
+            log.warning("task %s %s; left running in a non-prefork pool", watch.task_id, why)
+            return
+        with watch.lock:
+            if watch.stopped:  # its algorithm returned after all: nothing left to stop, the next message is safe
+                log.warning("task %s %s, then stopped by itself; pool child %s goes on", watch.task_id, why,
+                            os.getpid())
+                return
+            log.warning("task %s %s; terminating pool child %s", watch.task_id, why, os.getpid())
+            if batches is not None:
+                for batch in batches:  # its finished tasks recorded, its unstarted ones handed back
+                    batch.settle()
+                publisher.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        else:  # solo/threads pool: cannot kill a thread; the state is final and its later finish is a no-op
-            log.warning("task %s ignored %s; left running in a non-prefork pool", watch.task_id, why)
 
     def add(self, item: Watch | Batch) -> None:
         with self.guard:
@@ -164,18 +270,23 @@ class Watchdog(threading.Thread):
 
 
 class Batch:
-    """The tasks of one multi-id message (``DISPATCH_BATCH``), claimed together and run one after another.
+    """The tasks of one message, claimed together and run one after another: a multi-id message
+    (``DISPATCH_BATCH``), or a single task's (a batch of one, ``jobs.tasks.run_task``).
 
     While they wait their turn (and once run, until their outcome is recorded) the watchdog beats their
     heartbeats too, so the reaper leaves them alone, and notes a cancel (→ CANCELLED without running) or
     a task taken away (→ skipped). Outcomes are recorded together (``services.finish_many``) at the end,
     or once ``FINISH_FLUSH_SECONDS`` have passed since the last record — by the watchdog too, so a long
-    task in a batch does not hide its batch-mates' results.
+    task in a batch does not hide its batch-mates' results. A record that fails (a database blip) is
+    tried again, the heartbeats beaten meanwhile, instead of leaving the outcome to the reaper.
     """
 
-    def __init__(self, tasks: list[Task], worker: str) -> None:
+    def __init__(self, tasks: list[Task], worker: str, *, dispatch_next: bool = False,
+                 since: float | None = None) -> None:
         self.worker = worker
         self.claimed_at = tasks[0].started_at if tasks else None  # one claim for the message's tasks
+        self.since = time.monotonic() if since is None else since  # that claim, by this process's clock
+        self.dispatch_next = dispatch_next  # each record dispatches its queues' next tasks in its transaction
         self.waiting = {str(t.id): t for t in tasks}
         self.cancelled: set[str] = set()
         self.lost: set[str] = set()
@@ -197,7 +308,7 @@ class Batch:
                     self.flush()
                     return
                 except Exception:
-                    log.exception("could not record a batch's finished tasks; trying again")
+                    log.exception("could not record finished tasks; trying again")
                     connections.close_all()
                     time.sleep(pause)
             self.flush()
@@ -217,17 +328,27 @@ class Batch:
                 elif flags[task_id]:
                     self.cancelled.add(task_id)
 
+    def lose_waiting(self) -> None:
+        """Fenced (``Watchdog._fence``): none of the tasks waiting their turn is started any more."""
+        with self.lock:
+            self.lost.update(self.waiting)
+
     def run(self, task: Task) -> None:
         task_id = str(task.id)
         with self.lock:
             self.waiting.pop(task_id, None)
             lost, cancelled = task_id in self.lost, task_id in self.cancelled
-        if lost:  # reaped or cancelled while waiting: no longer ours
+        if lost:  # reaped or cancelled while waiting, or fenced: no longer ours
             return
-        outcome = Outcome(status=Status.CANCELLED, error="cancelled", retryable=False) if cancelled else run(task)
+        outcome = (Outcome(status=Status.CANCELLED, error="cancelled", retryable=False) if cancelled
+                   else run(task, since=self.since))
         with self.lock:
             self.outcomes.append((task_id, outcome))
-        self.flush(older_than=self.flush_every)
+        try:
+            self.flush(older_than=self.flush_every)
+        except Exception:  # kept, and beaten, for the next record (the watchdog's, or the batch's end)
+            log.exception("could not record finished tasks; trying again later")
+            connections.close_all()
 
     def flush(self, older_than: float = 0.0) -> None:
         """Record the finished tasks (when the last record is at least ``older_than`` seconds old)."""
@@ -237,7 +358,8 @@ class Batch:
             outcomes, self.outcomes = self.outcomes, []
             if outcomes:
                 try:
-                    services.finish_many(outcomes=outcomes, dispatch_next=False, claimed_at=self.claimed_at)
+                    services.finish_many(outcomes=outcomes, dispatch_next=self.dispatch_next,
+                                         claimed_at=self.claimed_at)
                 except Exception:  # kept (and their heartbeats beaten) for the next record
                     self.outcomes = outcomes + self.outcomes
                     raise
@@ -253,15 +375,16 @@ class Batch:
                              reason="its batch's worker process was terminated")
 
 
-def run(task: Task) -> Outcome:
-    """Run the algorithm of a claimed (RUNNING) task and say how it ended."""
+def run(task: Task, *, since: float | None = None) -> Outcome:
+    """Run the algorithm of a claimed (RUNNING) task and say how it ended (``since``: when it was claimed,
+    by ``time.monotonic``; now if not given)."""
     try:
         alg = registry.get(task.algorithm)
         params = alg.params_model.model_validate(task.params)
     except Exception as exc:  # not installed on this worker, or params no longer valid
         return Outcome(status=Status.FAILED, error=f"cannot start: {exc}", retryable=False)
 
-    watch = Watch(task, threading.current_thread())
+    watch = Watch(task, threading.current_thread(), since=since)
     scratch = Scratch(prefix=f"conveyor-{task.id}-")
     conf = settings.CONVEYOR
     store = artifacts.ArtifactStore(task_id=str(task.id), attempt=task.attempts, claimed_at=task.started_at,
@@ -285,9 +408,11 @@ def run(task: Task) -> Outcome:
                 # Large results are encoded into storage here, while the scratch directory still exists.
                 result = artifacts.finalize_result(store, ctx.result_or(returned))
         finally:
-            with watch.lock:
-                watch.stopped = True
-            watchdog.remove(watch)
+            try:
+                with watch.lock:  # from here on the watchdog neither kills this process nor raises in this thread
+                    watch.stopped = True
+            finally:  # even when a TaskTimeout raised while this thread waited for the lock lands here
+                watchdog.remove(watch)
     except TaskTimeout:
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
     except Exception as exc:
@@ -297,8 +422,10 @@ def run(task: Task) -> Outcome:
             services.append_log(task_id=task.id, lines=[traceback.format_exc(limit=20)], claimed_at=task.started_at)
         except Exception:
             log.exception("could not record the traceback of task %s", task.id)
-        if watch.cancel.is_set():  # it was cancelled and failed on the way out: cancelled, never retried
-            return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
+        # Cancelled, and failed on the way out: cancelled, never retried; lost: run again while attempts remain.
+        stopped = watch.interrupted()
+        if stopped is not None:
+            return stopped
         # An exception may say that running again cannot help (``retryable = False``: a remote service's
         # answer out of protocol); any other failure is retried while attempts remain.
         return Outcome(status=Status.FAILED, error=f"{type(exc).__name__}: {exc}",
@@ -306,8 +433,4 @@ def run(task: Task) -> Outcome:
     finally:
         store.abort_open()
         scratch.remove()
-    if watch.timed_out.is_set():
-        return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
-    if watch.cancel.is_set():
-        return Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
-    return Outcome(status=Status.SUCCEEDED, result=result)
+    return watch.interrupted() or Outcome(status=Status.SUCCEEDED, result=result)

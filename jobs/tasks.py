@@ -1,6 +1,8 @@
 """Celery entry points: ids in, services out."""
 from __future__ import annotations
 
+import time
+
 from celery import shared_task
 
 from jobs import runner, services
@@ -9,12 +11,18 @@ from observability.worker import bind_task
 
 @shared_task(name="jobs.run_task", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_task(self, task_id: str) -> None:  # type: ignore[no-untyped-def]
-    """Claim (QUEUED → RUNNING, guarded), run the algorithm, finish. A losing duplicate does nothing."""
-    task = services.claim(task_id=task_id, worker=self.request.hostname or "unknown")
+    """Claim (QUEUED → RUNNING, guarded), run the algorithm, finish. A losing duplicate does nothing.
+
+    Run as a batch of one (``runner.Batch``): its heartbeat goes on until its outcome is recorded, and a
+    record that fails in a database blip is tried again, as for a batch's tasks."""
+    worker = self.request.hostname or "unknown"
+    since = time.monotonic()
+    task = services.claim(task_id=task_id, worker=worker)
     if task is None:
         return
     bind_task(task.id, task.request_id)
-    services.finish(task_id=task_id, outcome=runner.run(task), claimed_at=task.started_at)
+    with runner.Batch([task], worker, dispatch_next=True, since=since) as batch:
+        batch.run(task)
 
 
 @shared_task(name="jobs.run_tasks", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -24,8 +32,9 @@ def run_tasks(self, task_ids: list[str]) -> None:  # type: ignore[no-untyped-def
     from queueing import dispatch
 
     worker = self.request.hostname or "unknown"
+    since = time.monotonic()
     tasks = services.claim_many(task_ids=task_ids, worker=worker)
-    with runner.Batch(tasks, worker) as batch:
+    with runner.Batch(tasks, worker, since=since) as batch:
         for task in tasks:
             bind_task(task.id, task.request_id)
             batch.run(task)
