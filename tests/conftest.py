@@ -78,6 +78,20 @@ def another_session() -> Any:
                            port=params.get("port"), password=params.get("password"), autocommit=True)
 
 
+def terminate_this_backend() -> None:
+    """End the PostgreSQL backend of Django's connection in this thread, as a PostgreSQL restart would,
+    and wait until it is gone: the connection's next statement fails."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    with another_session() as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        wait_until(lambda: not other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
+                   message="the backend to end")
+
+
 # --- database and broker hygiene --------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from django.utils import timezone
 from algorithms import registry
 from jobs import events, runner, services, tasks, transitions
 from jobs.models import Status, Task
-from tests.conftest import another_session, unconsumed_queue, wait_until
+from tests.conftest import another_session, terminate_this_backend, unconsumed_queue, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -246,13 +246,7 @@ def test_a_single_tasks_record_that_meets_a_database_blip_is_tried_again_and_its
         calls.append(1)
         if len(calls) == 1:  # the backend terminated under it, as by a PostgreSQL restart
             beaten.append(heartbeat_at())
-            with connection.cursor() as cur:
-                cur.execute("SELECT pg_backend_pid()")
-                pid = cur.fetchone()[0]
-            with another_session() as other:
-                other.execute("SELECT pg_terminate_backend(%s)", [pid])
-                wait_until(lambda: not other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
-                           message="the backend to end")
+            terminate_this_backend()
         else:  # tried again: meanwhile its heartbeat went on
             wait_until(lambda: heartbeat_at() > beaten[0], timeout=10, message="a heartbeat while the record waits")
         return real(**kwargs)

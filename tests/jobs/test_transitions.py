@@ -15,7 +15,7 @@ from jobs import events, services, transitions
 from jobs.models import Status, Task
 from jobs.services import Outcome
 from queueing.models import Queue
-from tests.conftest import another_session, unconsumed_queue, wait_until
+from tests.conftest import another_session, terminate_this_backend, unconsumed_queue, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -344,13 +344,7 @@ def _connection_lost_in_the_first(monkeypatch: pytest.MonkeyPatch, name: str) ->
     def first_fails(*args: Any, **kwargs: Any) -> Any:
         if not calls:
             calls.append(name)
-            with connection.cursor() as cur:
-                cur.execute("SELECT pg_backend_pid()")
-                pid = cur.fetchone()[0]
-            with another_session() as other:
-                other.execute("SELECT pg_terminate_backend(%s)", [pid])
-                wait_until(lambda: not other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
-                           message="the backend to end")
+            terminate_this_backend()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(services, name, first_fails)
