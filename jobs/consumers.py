@@ -11,7 +11,8 @@ The protocol (README, "WebSocket protocol"):
 * A malformed ``?after_seq=`` (not an integer) closes the socket with 4400, before authentication.
 * When the access token expires the socket is closed with 4401; refresh it and reconnect with
   ``?after_seq=<last seq>``. Every ``WS_RECHECK_SECONDS`` the consumer reads the user again: deactivated
-  is 4401, no longer allowed to see what the socket streams (an operator demoted) is 4403.
+  or with a password changed since the token is 4401, no longer allowed to see what the socket streams
+  (an operator demoted) is 4403.
 * The server sends ``{"event": "ping"}`` every ``WS_PING_SECONDS``; ``{"type": "ping"}`` is answered
   with ``{"event": "pong"}``.
 
@@ -76,6 +77,7 @@ def user_from_token(token: str | None) -> Any | None:
         return None
     from rest_framework_simplejwt.authentication import JWTAuthentication
     from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
+    from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
     auth = JWTAuthentication()
     try:
@@ -87,6 +89,7 @@ def user_from_token(token: str | None) -> Any | None:
         return None
     is_operator(user)  # cache the group lookup now, while we are on a sync thread
     user._conveyor_token_exp = validated.get("exp")
+    user._conveyor_token_password = validated.get(jwt_settings.REVOKE_TOKEN_CLAIM)  # see ``_recheck``
     return user
 
 
@@ -172,8 +175,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 return
 
     def _recheck(self) -> int | None:
+        from rest_framework_simplejwt.utils import get_md5_hash_password
+
         user = type(self.user).objects.filter(pk=self.user.pk, is_active=True).first()
-        return self.refusal(user) if user is not None else CLOSE_UNAUTHENTICATED
+        if user is None or get_md5_hash_password(user.password) != self.user._conveyor_token_password:
+            return CLOSE_UNAUTHENTICATED  # deactivated, deleted, or its password changed since the token
+        return self.refusal(user)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None

@@ -134,6 +134,17 @@ def test_a_deactivated_users_socket_closes_4401(alice, token, quick_recheck):
     assert closes_after(f"/ws/tasks/{task.id}/?token={jwt}", deactivate) == CLOSED_4401
 
 
+def test_a_password_change_closes_the_users_sockets_4401(alice, token, quick_recheck):
+    """The tokens issued before a password change no longer work (README), sockets opened with them included."""
+    task, jwt = submit(alice), token(alice)
+
+    def change_password():
+        alice.set_password("a brand new passphrase")
+        alice.save(update_fields=["password"])
+
+    assert closes_after(f"/ws/tasks/{task.id}/?token={jwt}", change_password) == CLOSED_4401
+
+
 def test_a_demoted_operator_loses_another_users_task_with_4403(alice, olga, token, quick_recheck):
     task, jwt = submit(alice), token(olga)
     assert closes_after(f"/ws/tasks/{task.id}/?token={jwt}", olga.groups.clear) == CLOSED_4403
