@@ -189,10 +189,18 @@ class Watchdog(threading.Thread):
         turn are skipped), and one that ignores it for the cancel grace, or is still running at
         ``fence_kill``, has its pool child killed, with nothing recorded (the database is out of reach;
         the reaper runs the task again). The time counts from the last heartbeat sent that went through,
-        or the task's claim if later."""
+        or the task's claim if later.
+
+        Only in a prefork pool child: a solo or threads pool cannot kill its run, so stopping it as lost
+        would only throw away a result it may still record once the database answers (and leave its time
+        limit unenforced); there a cut-off worker's run goes on, as before fencing existed. A batch's
+        waiting tasks are held back in every pool, and run after all if the database answers again with
+        them still this worker's (``Batch.beaten``), else handed back (``Batch.__exit__``)."""
         for batch in batches:
             if now - max(self.beaten_at, batch.since) >= self.fence:
                 batch.lose_waiting()
+        if not _in_pool_child():
+            return
         for watch in watches:
             silent = now - max(self.beaten_at, watch.since)
             if silent < self.fence:
@@ -290,6 +298,8 @@ class Batch:
         self.waiting = {str(t.id): t for t in tasks}
         self.cancelled: set[str] = set()
         self.lost: set[str] = set()
+        self.fenced: set[str] = set()  # waiting while the heartbeats failed (``lose_waiting``)
+        self.skipped: list[str] = []  # fenced when their turn came: handed back in ``__exit__``
         self.outcomes: list[tuple[str, Outcome]] = []
         self.lock = threading.Lock()
         self.flush_every = settings.CONVEYOR["FINISH_FLUSH_SECONDS"]
@@ -306,19 +316,30 @@ class Batch:
             for pause in (0.5, 1.0, 2.0):
                 try:
                     self.flush()
+                    self._hand_back_skipped()
                     return
                 except Exception:
                     log.exception("could not record finished tasks; trying again")
                     connections.close_all()
                     time.sleep(pause)
             self.flush()
+            self._hand_back_skipped()
         finally:
             Watchdog.get().remove(self)
+
+    def _hand_back_skipped(self) -> None:
+        """The tasks held back by the fence, never started: back to PENDING under this batch's claim
+        (a no-op for one the reaper took meanwhile), without counting an attempt."""
+        with self.lock:
+            skipped, self.skipped = self.skipped, []
+        if skipped:
+            services.release(task_ids=skipped, worker=self.worker, claimed_at=self.claimed_at,
+                             reason="its worker was cut off from the database before it started")
 
     def waiting_ids(self) -> list[str]:
         """Claimed and not yet recorded as finished: still RUNNING, so their heartbeats are ours to beat."""
         with self.lock:
-            return [*self.waiting, *(task_id for task_id, _ in self.outcomes)]
+            return [*self.waiting, *(task_id for task_id, _ in self.outcomes), *self.skipped]
 
     def beaten(self, flags: dict[str, bool]) -> None:
         with self.lock:
@@ -327,17 +348,24 @@ class Batch:
                     self.lost.add(task_id)
                 elif flags[task_id]:
                     self.cancelled.add(task_id)
+                else:  # still ours, its heartbeat through: the fence no longer holds it back
+                    self.fenced.discard(task_id)
+            self.skipped = [task_id for task_id in self.skipped if task_id in flags]  # the rest were taken
 
     def lose_waiting(self) -> None:
-        """Fenced (``Watchdog._fence``): none of the tasks waiting their turn is started any more."""
+        """Fenced (``Watchdog._fence``): none of the tasks waiting their turn is started while the database
+        is out of reach; once a heartbeat answers with them still ours they may run (``beaten``)."""
         with self.lock:
-            self.lost.update(self.waiting)
+            self.fenced.update(self.waiting)
 
     def run(self, task: Task) -> None:
         task_id = str(task.id)
         with self.lock:
             self.waiting.pop(task_id, None)
             lost, cancelled = task_id in self.lost, task_id in self.cancelled
+            if task_id in self.fenced and not lost:  # held back: handed back at the batch's end, still beaten
+                self.skipped.append(task_id)
+                lost = True
         if lost:  # reaped or cancelled while waiting, or fenced: no longer ours
             return
         outcome = (Outcome(status=Status.CANCELLED, error="cancelled", retryable=False) if cancelled
@@ -369,7 +397,7 @@ class Batch:
         """Before this process is killed: record what finished, hand back what never started."""
         self.flush()
         with self.lock:
-            waiting, self.waiting = list(self.waiting), {}
+            waiting, self.waiting, self.skipped = [*self.waiting, *self.skipped], {}, []
         if waiting:
             services.release(task_ids=waiting, worker=self.worker, claimed_at=self.claimed_at,
                              reason="its batch's worker process was terminated")

@@ -147,7 +147,8 @@ def test_a_task_that_still_ignores_its_cancel_when_it_is_recorded_has_its_child_
 
 # --- a worker cut off from the database -----------------------------------------------------------------
 
-def test_a_worker_cut_off_from_the_database_stops_its_run_before_the_reaper_may_run_it_elsewhere(alice, monkeypatch):
+def test_a_worker_cut_off_from_the_database_stops_its_run_before_the_reaper_may_run_it_elsewhere(alice, monkeypatch,
+                                                                                                   kills):
     """Its heartbeats fail (the database out of its reach only): within half the stale period its run sees
     ``ctx.cancelled()``, and its outcome is the reaper's (run again), never the user's CANCELLED. The real
     watchdog thread, beating every ``HEARTBEAT_SECONDS``."""
@@ -197,10 +198,10 @@ def test_the_fence_stops_runs_at_half_the_stale_period_and_kills_at_three_quarte
         watchdog._tick([watch], [batch])
 
     silent_for(stale / 2 - 0.5)
-    assert not watch.cancel.is_set() and not batch.lost
+    assert not watch.cancel.is_set() and not batch.fenced
     silent_for(stale / 2 + 0.01)
     assert watch.cancel.is_set() and "worker lost" in watch.lost and kills == []
-    assert batch.lost == {str(waiting.id)}  # not started any more
+    assert batch.fenced == {str(waiting.id)}  # not started while the database is out of reach
     silent_for(stale * 3 / 4 + 0.01)  # still running (the cancel grace is longer): killed
     assert kills == [(runner.os.getpid(), signal.SIGKILL)]
     for task in (running, waiting):  # nothing recorded: the database was out of reach; the reaper re-runs them
@@ -210,7 +211,8 @@ def test_the_fence_stops_runs_at_half_the_stale_period_and_kills_at_three_quarte
     assert out is not None and out.status == Status.FAILED and out.retryable
 
 
-def test_a_task_claimed_while_the_heartbeats_fail_gets_its_own_half_of_the_stale_period(alice, monkeypatch, watchdog):
+def test_a_task_claimed_while_the_heartbeats_fail_gets_its_own_half_of_the_stale_period(alice, monkeypatch, watchdog,
+                                                                                         kills):
     stale = settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"]
     task, = _queued(alice, 1)
     claimed = services.claim(task_id=task.id, worker="w")  # its claim beat it: it counts from here
@@ -221,6 +223,77 @@ def test_a_task_claimed_while_the_heartbeats_fail_gets_its_own_half_of_the_stale
     watchdog._tick([watch], [])
 
     assert not watch.cancel.is_set()
+
+
+def _fenced_batch(alice: Any, monkeypatch: pytest.MonkeyPatch, watchdog: runner.Watchdog) -> tuple[list[Task], Any]:
+    """Two claimed tasks of one message, none started, and one heartbeat failing after 100 s without one
+    through: the fence holds them back. Returns the tasks and a function that lets the database answer."""
+    tasks = services.claim_many(task_ids=[t.id for t in _queued(alice, 2)], worker="w")
+    watchdog.beaten_at = time.monotonic() - 100
+    real = services.heartbeat
+    monkeypatch.setattr(services, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("db away")))
+    return tasks, lambda: monkeypatch.setattr(services, "heartbeat", real)
+
+
+def test_tasks_a_fence_held_back_run_once_the_database_answers_with_them_still_ours(alice, monkeypatch, watchdog):
+    tasks, answer = _fenced_batch(alice, monkeypatch, watchdog)
+    with runner.Batch(tasks, "w", since=time.monotonic() - 100) as batch:
+        _beat(watchdog)
+        assert batch.fenced == {str(t.id) for t in tasks}
+        answer()
+        _beat(watchdog)  # through: they are still this worker's
+        for task in tasks:
+            batch.run(task)
+    assert [Task.objects.get(id=t.id).status for t in tasks] == [Status.SUCCEEDED, Status.SUCCEEDED]
+
+
+def test_tasks_a_fence_held_back_when_their_turn_came_are_handed_back_not_left_running(alice, monkeypatch, watchdog):
+    """Their turn comes while the database is still out of reach: skipped, beaten meanwhile, and handed
+    back at the batch's end (no attempt counted), not left RUNNING for the reaper to fail."""
+    tasks, answer = _fenced_batch(alice, monkeypatch, watchdog)
+    with runner.Batch(tasks, "w", since=time.monotonic() - 100) as batch:
+        _beat(watchdog)
+        for task in tasks:
+            batch.run(task)
+        assert set(batch.waiting_ids()) == {str(t.id) for t in tasks}  # still beaten until handed back
+        answer()
+    for task in Task.objects.filter(id__in=[t.id for t in tasks]):
+        assert task.status in {Status.PENDING, Status.QUEUED} and task.attempts == 0, (task.status, task.attempts)
+        assert task.events.order_by("-seq").values_list("event", flat=True).first() in {"task.requeued", "task.queued"}
+
+
+def test_in_a_solo_pool_a_cut_off_run_is_not_fenced_and_keeps_its_time_limit(alice, monkeypatch, watchdog):
+    """A solo or threads pool cannot kill its run: stopping it as lost would only throw its result away
+    and leave its time limit unenforced once the database answers again."""
+    release, seen = threading.Event(), {}
+
+    def ignores_cancel(ctx: Any, params: Any) -> Any:
+        try:
+            while not release.is_set():
+                time.sleep(0.02)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            seen["raised"] = type(exc).__name__
+            raise
+        return {"answer": 42}
+
+    _algorithm(monkeypatch, "t.solo", ignores_cancel)
+    task, = _queued(alice, 1, algorithm="t.solo", max_retries=1)
+    Task.objects.filter(id=task.id).update(timeout_seconds=2)
+    box: dict[str, Any] = {}
+    thread = _in_thread(lambda: tasks.run_task.apply(args=[str(task.id)]), box, "run")
+    watch, = wait_until(lambda: _watches(watchdog), message="the run's watch")
+    watchdog.beaten_at = watch.since = time.monotonic() - 100
+    real = services.heartbeat
+    monkeypatch.setattr(services, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("db away")))
+    _beat(watchdog)
+    monkeypatch.setattr(services, "heartbeat", real)
+    assert not watch.lost and not watch.cancel.is_set()
+
+    wait_until(lambda: _beat(watchdog) or "raised" in seen, timeout=30, message="its time limit")
+    release.set()
+    thread.join(30)
+    assert seen["raised"] == "TaskTimeout"
+    assert Task.objects.get(id=task.id).status == Status.TIMED_OUT
 
 
 def test_the_watchdogs_connection_gives_up_on_a_silent_network_within_a_fraction_of_the_stale_period(watchdog):
