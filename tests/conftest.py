@@ -67,6 +67,27 @@ def unconsumed_queue() -> str:
     return Queue.objects.get_or_create(name="unconsumed")[0].name
 
 
+def queued_tasks(owner: Any, n: int, algorithm: str = "demo.noop", max_retries: int = 0) -> list[Any]:
+    """``n`` QUEUED tasks of a queue no worker consumes (the session's worker may be running): what they
+    become is up to the test. ``algorithm`` need not be registered when they are made."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from jobs import events, services, transitions
+    from jobs.models import Status, Task
+
+    spec = services.build_spec(algorithm="demo.noop", queue=unconsumed_queue(), max_retries=max_retries)
+    tasks = [services._new_task(owner, spec, None) for _ in range(n)]
+    for task in tasks:
+        task.algorithm = algorithm
+    with transaction.atomic():
+        Task.objects.bulk_create(tasks)
+        events.record(tasks, "task.created")
+        transitions.apply([t.id for t in tasks], frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
+                          values={"queued_at": timezone.now()})
+    return tasks
+
+
 def another_session() -> Any:
     """A second PostgreSQL session (autocommit) on the test database, beside Django's connection: what
     another process's connection would do, step by step."""

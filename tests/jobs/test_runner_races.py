@@ -12,29 +12,17 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
-from django.utils import timezone
+from django.db import OperationalError, connection
 
 from algorithms import registry
-from jobs import events, runner, services, tasks, transitions
+from jobs import runner, services, tasks
 from jobs.models import Status, Task
-from tests.conftest import another_session, terminate_this_backend, unconsumed_queue, wait_until
+from tests.conftest import another_session, queued_tasks, terminate_this_backend, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _queued(owner: Any, n: int, algorithm: str = "demo.noop", max_retries: int = 0) -> list[Task]:
-    """``n`` QUEUED tasks of a queue no worker consumes (the session's worker may be running)."""
-    spec = services.build_spec(algorithm="demo.noop", queue=unconsumed_queue(), max_retries=max_retries)
-    tasks_ = [services._new_task(owner, spec, None) for _ in range(n)]
-    for task in tasks_:
-        task.algorithm = algorithm
-    with transaction.atomic():
-        Task.objects.bulk_create(tasks_)
-        events.record(tasks_, "task.created")
-        transitions.apply([t.id for t in tasks_], frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
-                          values={"queued_at": timezone.now()})
-    return tasks_
+_queued = queued_tasks
 
 
 def _algorithm(monkeypatch: pytest.MonkeyPatch, name: str, fn: Any) -> None:

@@ -15,7 +15,7 @@ from jobs import events, services, transitions
 from jobs.models import Status, Task
 from jobs.services import Outcome
 from queueing.models import Queue
-from tests.conftest import another_session, terminate_this_backend, unconsumed_queue, wait_until
+from tests.conftest import another_session, queued_tasks, terminate_this_backend, unconsumed_queue, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -275,16 +275,7 @@ def test_event_sequence_numbers_are_gapless_per_task(queued_task):
 
 
 def _queued(owner: Any, n: int) -> list[Task]:
-    """``n`` QUEUED tasks of a queue no worker consumes (the session's worker may be running): what they
-    become is up to the test."""
-    spec = services.build_spec(algorithm="demo.noop", queue=unconsumed_queue())
-    tasks = [services._new_task(owner, spec, None) for _ in range(n)]
-    with transaction.atomic():
-        Task.objects.bulk_create(tasks)
-        events.record(tasks, "task.created")
-        transitions.apply([t.id for t in tasks], frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
-                          values={"queued_at": timezone.now()})
-    return tasks
+    return queued_tasks(owner, n)
 
 
 def test_finishing_a_batch_in_one_statement_keeps_each_tasks_own_result_and_outcome(alice):
