@@ -291,8 +291,11 @@ def cancel(*, task_id: UUID | str, by: Any = None) -> Task:
     retry, the reaper, a hand-back, a hold; the flag's UPDATE waited for that change's commit, then
     found the row no longer RUNNING): it is locked and looked at once more, and cancelled or flagged
     as it is now. Only then is a task that is neither final nor gone ever answered 409."""
-    done = transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
-                                 values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+    def cancel_now() -> Task | None:
+        return transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
+                                     values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+
+    done = cancel_now()
     if done is not None:
         return done
     # Running: raise the flag; the worker's heartbeat sees it, ctx.cancelled() turns true, and
@@ -300,8 +303,7 @@ def cancel(*, task_id: UUID | str, by: Any = None) -> Task:
     if not _flag_cancel(task_id):
         status = _locked_status(task_id)  # held until commit: nobody changes it under the next statement
         if status in NOT_STARTED:
-            return transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
-                                         values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+            return cancel_now()
         if status != Status.RUNNING or not _flag_cancel(task_id):
             raise InvalidTransition("task has already finished")
     return Task.objects.get(id=task_id)
