@@ -349,9 +349,12 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
     """
     from queueing import dispatch, ordering
 
-    done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
-                                 values={"priority": priority}, where_sql="priority <> %s", where_params=[priority],
-                                 data={"priority": priority, "by": getattr(by, "username", None)})
+    def change_now() -> Task | None:
+        return transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
+                                     values={"priority": priority}, where_sql="priority <> %s", where_params=[priority],
+                                     data={"priority": priority, "by": getattr(by, "username", None)})
+
+    done = change_now()
     if done is None:
         # Not started and already at that priority, or not (or no longer, or not yet) PENDING/QUEUED as of
         # the UPDATE's snapshot: locked, the row says which, after any change in progress has committed
@@ -363,9 +366,7 @@ def change_priority(*, task_id: UUID | str, priority: int, by: Any = None) -> Ta
             return task  # already so: no event, and it keeps its turn in the round-robin
         if task.status not in NOT_STARTED:
             raise InvalidTransition("priority can only change before the task starts")
-        done = transitions.apply_one(task_id, frm=NOT_STARTED, to=None, event="task.priority_changed",
-                                     values={"priority": priority},
-                                     data={"priority": priority, "by": getattr(by, "username", None)})
+        done = change_now()  # locked, not started and at another priority: it matches now
     ordering.stamp([done.id])
     transaction.on_commit(lambda: dispatch.dispatch([done.queue_id], look_first=True), robust=True)
     return done
