@@ -89,9 +89,8 @@ def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
     files = 0
     while True:
         with transaction.atomic():
-            rows = list(Artifact.objects.select_for_update(skip_locked=True)
-                        .filter(expired_at__isnull=True, created_at__lt=cutoff)[:batch])
-            Artifact.objects.filter(id__in=[r.id for r in rows]).update(expired_at=now)
+            rows = _mark_expired(Artifact.objects.select_for_update(skip_locked=True)
+                                 .filter(expired_at__isnull=True, created_at__lt=cutoff)[:batch], now)
         for row in rows:
             delete_file(row)
         files += len(rows)
@@ -116,3 +115,23 @@ def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
         if len(tasks) < batch:
             break
     return {"files": files, "inline_results": inline}
+
+
+def _mark_expired(rows: Any, now: datetime) -> list[Artifact]:
+    rows = list(rows)
+    Artifact.objects.filter(id__in=[r.id for r in rows]).update(expired_at=now)
+    return rows
+
+
+def expire_files_of(task_ids: list[Any], *, now: datetime | None = None) -> int:
+    """Whole-task retention (jobs/retention.py): the files of these tasks' live results and artifacts
+    are deleted now, in the caller's transaction, which then deletes the tasks. Their rows are marked
+    expired first, so deleting them later deletes nothing twice (``algorithms.signals``). A storage that
+    fails raises and rolls the marks back: the tasks stay, to be deleted again at the next run, with at
+    worst a file already gone (its download answers 410), never a file left without its row. The
+    default storage deletes its chunks in the same transaction. Returns how many files."""
+    rows = _mark_expired(Artifact.objects.filter(task_id__in=task_ids, expired_at__isnull=True)
+                         .exclude(storage_name=""), now or timezone.now())
+    for row in rows:
+        delete_file(row)
+    return len(rows)

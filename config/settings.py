@@ -338,6 +338,10 @@ CONVEYOR = {
     # Results: JSON up to this many bytes stays in the database, larger goes to storage (docs/algorithms.md).
     "RESULT_INLINE_MAX": env_int("RESULT_INLINE_MAX", 256 * 1024),
     "RESULT_TTL_DAYS": env_float("RESULT_TTL_DAYS", 30.0),
+    # Final tasks finished longer ago than this are deleted by beat with their events, results and
+    # artifacts (jobs/retention.py); 0 keeps them for ever. At least the longest statistics window
+    # (31 days) and RESULT_TTL_DAYS (jobs/checks.py); unset, 90 days or RESULT_TTL_DAYS if longer.
+    "TASK_RETENTION_DAYS": env_float("TASK_RETENTION_DAYS", max(90.0, env_float("RESULT_TTL_DAYS", 30.0))),
     # External programs (algorithms/external.toml): extra declaration files, comma-separated.
     "EXTERNAL_ALGORITHMS": env_list("EXTERNAL_ALGORITHMS", ""),
     # WebSockets: application-level ping interval and how long a socket may wait for its auth message.

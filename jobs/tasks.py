@@ -5,7 +5,7 @@ import time
 
 from celery import shared_task
 
-from jobs import runner, services
+from jobs import retention, runner, services
 from observability.worker import bind_task
 
 
@@ -40,3 +40,10 @@ def run_tasks(self, task_ids: list[str]) -> None:  # type: ignore[no-untyped-def
             batch.run(task)
     if tasks:
         dispatch.dispatch(sorted({t.queue_id for t in tasks}))
+
+
+@shared_task(name="jobs.prune_tasks", ignore_result=True)
+def prune_tasks() -> dict[str, int]:
+    """Beat: task retention (``TASK_RETENTION_DAYS``, jobs/retention.py), a bounded slice per run."""
+    counts = retention.prune()
+    return {k: v for k, v in counts.items() if k != "cutoff"}
