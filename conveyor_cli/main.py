@@ -112,10 +112,31 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+# The most ids one bulk cancel takes (the server's CANCEL_IDS_MAX); more are sent in several requests.
+CANCEL_IDS_MAX = 1000
+CANCEL_FILTERS = ("label", "status", "queue", "algorithm")
+
+
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
-    task = client.post(f"/api/v1/tasks/{args.id}/cancel/")
-    note = " (cancel requested; the worker stops it)" if task["status"] == "RUNNING" else ""
-    emit(args, task, f"{task['id']} {task['status']}{note}")
+    """``cancel ID [ID …]`` or ``cancel --label L [--status S] [--queue Q] [--algorithm A]``: one bulk
+    cancel (``POST /api/v1/tasks/cancel/``), its summary printed. Exit 1 when an id names no task of yours."""
+    filters = {name: getattr(args, name) for name in CANCEL_FILTERS if getattr(args, name)}
+    if bool(args.ids) == bool(filters):
+        raise CLIError("give task ids, or filters (--label, --status, --queue, --algorithm), not both",
+                       exit_code=2)
+    if filters:
+        summary = client.post("/api/v1/tasks/cancel/", {"filters": filters})
+    else:
+        summary = {"cancelled": 0, "cancelling": 0, "already_final": 0, "not_found": []}
+        for start in range(0, len(args.ids), CANCEL_IDS_MAX):
+            part = client.post("/api/v1/tasks/cancel/", {"task_ids": args.ids[start:start + CANCEL_IDS_MAX]})
+            summary = {key: summary[key] + part[key] for key in summary}
+    text = (f"cancelled {summary['cancelled']}, cancelling {summary['cancelling']} (running: their workers "
+            f"stop them), already final {summary['already_final']}")
+    emit(args, summary, text)
+    if summary["not_found"]:
+        complain(f"not found: {' '.join(summary['not_found'])}", 1)
+        return 1
     return 0
 
 
@@ -227,8 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=20, help="this many rows (default 20), page by page")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("cancel", help="cancel a task")
-    p.add_argument("id")
+    p = sub.add_parser("cancel", help="cancel tasks: by id, or all of yours matching --label/--status/…")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--label", help="every task with this label")
+    p.add_argument("--status", action="append", help="only tasks in this status (repeatable)")
+    p.add_argument("--queue")
+    p.add_argument("--algorithm")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("logs", help="a task's log lines and state changes")

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 
 from config.permissions import is_operator
 from jobs.errors import TaskNotFound
-from jobs.models import Task, TaskEvent
+from jobs.models import FINAL, Task, TaskEvent
 
 
 def tasks_for(user: Any) -> QuerySet[Task]:
@@ -28,6 +28,24 @@ def task_for(user: Any, task_id: UUID | str) -> Task:
         return tasks_for(user).get(id=task_id)
     except (Task.DoesNotExist, ValueError, ValidationError):  # a malformed id names no task either
         raise TaskNotFound("task not found") from None
+
+
+def ids_among(tasks: QuerySet[Task], ids: list[str]) -> set[str]:
+    """Those of ``ids`` (well-formed) that name a task of ``tasks`` (``tasks_for(user)``: that user may see)."""
+    return {str(i) for i in tasks.filter(id__in=ids).values_list("id", flat=True)}
+
+
+def count_final(tasks: QuerySet[Task]) -> int:
+    return tasks.filter(status__in=FINAL).count()
+
+
+def unfinished_ids(tasks: QuerySet[Task], *, after: str | None, limit: int) -> list[str]:
+    """The next ``limit`` ids, in id order after ``after``, of the tasks of ``tasks`` that are not final:
+    a large set a page at a time, each page one short query however many tasks match."""
+    qs = tasks.exclude(status__in=FINAL)
+    if after is not None:
+        qs = qs.filter(id__gt=after)
+    return [str(i) for i in qs.order_by("id").values_list("id", flat=True)[:limit]]
 
 
 def events_for(task: Task, *, after_seq: int = 0, include_progress: bool = True) -> QuerySet[TaskEvent]:

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from algorithms import registry
@@ -282,45 +283,141 @@ def submit_batch(*, owner: Any, specs: list[TaskSpec], idempotency_key: str | No
     return tasks, True
 
 
-@transaction.atomic
+# The most tasks one transaction of a bulk cancel changes (``cancel_many``): a filter matching 100,000
+# tasks is 200 short transactions, not one that holds 100,000 rows until it ends.
+CANCEL_CHUNK = 500
+
+
+@dataclass
+class CancelSummary:
+    """What one ``_cancel_now`` did, by task (ids as strings): ``cancelled``: PENDING/QUEUED, CANCELLED now
+    (the rows as changed); ``cancelling``: RUNNING, flagged (their workers stop them); ``already_final``:
+    left as they were; ``not_found``: no such task (or gone meanwhile)."""
+
+    cancelled: list[Task] = dataclasses.field(default_factory=list)
+    cancelling: list[str] = dataclasses.field(default_factory=list)
+    already_final: list[str] = dataclasses.field(default_factory=list)
+    not_found: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class CancelCounts:
+    """What ``cancel_many`` did: how many tasks each ``CancelSummary`` list held, and the ids not found."""
+
+    cancelled: int = 0
+    cancelling: int = 0
+    already_final: int = 0
+    not_found: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, done: CancelSummary) -> None:
+        self.cancelled += len(done.cancelled)
+        self.cancelling += len(done.cancelling)
+        self.already_final += len(done.already_final)
+        self.not_found += done.not_found
+
+
 def cancel(*, task_id: UUID | str, by: Any = None) -> Task:
-    """PENDING/QUEUED → CANCELLED at once (``task.cancelled``); RUNNING → cancel flag; final → 409.
+    """PENDING/QUEUED → CANCELLED at once (``task.cancelled``); RUNNING → cancel flag; final → 409;
+    no such task → 404: ``_cancel_now`` of one task, which says how races are settled."""
+    done = _cancel_now([str(task_id)])
+    if done.not_found:
+        raise TaskNotFound("task not found")
+    if done.already_final:
+        raise InvalidTransition("task has already finished")
+    return done.cancelled[0] if done.cancelled else Task.objects.get(id=task_id)
+
+
+def cancel_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = None, by: Any = None,
+                chunk: int = CANCEL_CHUNK) -> CancelCounts:
+    """``cancel`` for many tasks, ``chunk`` at a time, each chunk in its own transaction: the tasks of
+    ``task_ids`` (an id not among ``tasks``, the tasks the caller may see, is ``not_found``), or, without
+    ``task_ids``, every task of ``tasks`` (a filtered ``selectors.tasks_for``).
+
+    For a queryset the final tasks are counted first, in one query, and only the others are read, by id,
+    a chunk at a time (final states never change, so none is counted twice; one that ends between the
+    count and the read of its chunk is counted nowhere). A task that matches only after the call began
+    (submitted meanwhile) may be left alone."""
+    from jobs import selectors
+
+    counts = CancelCounts()
+    if task_ids is not None:
+        ids = list(dict.fromkeys(str(i) for i in task_ids))
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            visible = selectors.ids_among(tasks, part)
+            counts.not_found += [i for i in part if i not in visible]
+            if visible:
+                counts.add(_cancel_now([i for i in part if i in visible]))
+        return counts
+    counts.already_final = selectors.count_final(tasks)
+    after = None
+    while part := selectors.unfinished_ids(tasks, after=after, limit=chunk):
+        counts.add(_cancel_now(part))
+        after = part[-1]
+    return counts
+
+
+@transitions.atomic_retrying_deadlocks
+def _cancel_now(task_ids: list[str]) -> CancelSummary:
+    """In one transaction (the caller's, if any), each of ``task_ids``: PENDING/QUEUED → CANCELLED (``task.cancelled``,
+    one guarded UPDATE for all), RUNNING → the cancel flag (one UPDATE: the worker's heartbeat sees it,
+    ctx.cancelled() turns true, and the worker records CANCELLED itself, or kills the child after the
+    grace period), final → left alone. A queue where a QUEUED task was cancelled has a free slot: it is
+    dispatched after the commit, once.
 
     Races with claim()/finish() are settled by which guarded UPDATE matches the row. When neither
     matched, the row changed between the two statements' snapshots (most often RUNNING → PENDING: a
     retry, the reaper, a hand-back, a hold; the flag's UPDATE waited for that change's commit, then
-    found the row no longer RUNNING): it is locked and looked at once more, and cancelled or flagged
-    as it is now. Only then is a task that is neither final nor gone ever answered 409."""
-    def cancel_now() -> Task | None:
-        return transitions.apply_one(task_id, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
-                                     values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+    found the row no longer RUNNING): those rows are locked and looked at once more, and cancelled or
+    flagged as they are now. Only then is a task that exists ever counted as final."""
+    from queueing import dispatch
 
-    done = cancel_now()
-    if done is not None:
-        return done
-    # Running: raise the flag; the worker's heartbeat sees it, ctx.cancelled() turns true, and
-    # the worker records CANCELLED itself (or kills the child after the grace period).
-    if not _flag_cancel(task_id):
-        status = _locked_status(task_id)  # held until commit: nobody changes it under the next statement
-        if status in NOT_STARTED:
-            return cancel_now()
-        if status != Status.RUNNING or not _flag_cancel(task_id):
-            raise InvalidTransition("task has already finished")
-    return Task.objects.get(id=task_id)
+    def cancel_not_started(ids: list[str]) -> list[Task]:
+        return transitions.apply(ids, frm=NOT_STARTED, to=Status.CANCELLED, event="task.cancelled",
+                                 values={"finished_at": timezone.now()}, data={"reason": "cancelled by user"})
+
+    done = CancelSummary(cancelled=cancel_not_started(task_ids))
+    rest = _except(task_ids, [str(t.id) for t in done.cancelled])
+    done.cancelling = _flag_cancel(rest)
+    leftovers = _except(rest, done.cancelling)
+    if leftovers:
+        status = _locked_statuses(leftovers)  # held until commit: nobody changes them under the next statements
+        done.not_found = [i for i in leftovers if i not in status]
+        done.cancelled += cancel_not_started([i for i in leftovers if status.get(i) in NOT_STARTED])
+        done.cancelling += _flag_cancel([i for i in leftovers if status.get(i) == Status.RUNNING])
+        changed = [str(t.id) for t in done.cancelled] + done.cancelling + done.not_found
+        done.already_final = _except(leftovers, changed)
+    freed = sorted({t.queue_id for t in done.cancelled if t.queued_at is not None})
+    if freed:
+        transaction.on_commit(lambda: dispatch.dispatch(freed, look_first=True), robust=True)
+    return done
 
 
-def _flag_cancel(task_id: UUID | str) -> bool:
-    return bool(Task.objects.filter(id=task_id, status=Status.RUNNING).update(cancel_requested=True))
+def _except(ids: list[str], these: list[str]) -> list[str]:
+    leave_out = set(these)
+    return [i for i in ids if i not in leave_out]
 
 
-def _locked_status(task_id: UUID | str) -> str:
-    """The task's status as last committed, its row locked until this transaction ends (a change in
-    progress is waited for); 404 when there is no such task."""
-    status = (Task.objects.select_for_update(no_key=True).filter(id=task_id)
-              .values_list("status", flat=True).first())
-    if status is None:
-        raise TaskNotFound("task not found")
-    return status
+_FLAG_CANCEL_SQL = (f"UPDATE {Task._meta.db_table} SET cancel_requested = true "
+                    "WHERE id = ANY(%s::uuid[]) AND status = %s RETURNING id::text")
+
+
+def _flag_cancel(task_ids: list[str]) -> list[str]:
+    """The cancel flag on those of ``task_ids`` that are RUNNING; returns them, in the order given."""
+    if not task_ids:
+        return []
+    with connection.cursor() as cur:
+        cur.execute(_FLAG_CANCEL_SQL, [task_ids, Status.RUNNING])
+        flagged = {row[0] for row in cur.fetchall()}
+    return [i for i in task_ids if i in flagged]
+
+
+def _locked_statuses(task_ids: list[str]) -> dict[str, str]:
+    """The tasks' statuses as last committed, by id (a task that does not exist is missing), their rows
+    locked until this transaction ends (a change in progress is waited for), in the order of their ids."""
+    rows = (Task.objects.select_for_update(no_key=True).filter(id__in=task_ids).order_by("id")
+            .values_list("id", "status"))
+    return {str(task_id): status for task_id, status in rows}
 
 
 def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -> tuple[Task, bool]:

@@ -213,3 +213,130 @@ class TaskEventOut(serializers.ModelSerializer):
         fields = ["seq", "event", "status", "data", "created_at"]
         read_only_fields = fields
 
+
+
+# --- bulk cancel: POST /tasks/cancel/ -------------------------------------------------------------
+
+# The most ids one bulk cancel may name (a filter may match any number of tasks).
+CANCEL_IDS_MAX = 1000
+
+
+class TaskIdList(serializers.ListField):
+    """Task ids, at most ``CANCEL_IDS_MAX``, counted before any is parsed; each must be a UUID."""
+
+    child = serializers.UUIDField()
+    default_error_messages = {**serializers.ListField.default_error_messages,
+                              "max_length": "at most {max_length} ids (got {length}); or cancel by filters"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_empty=False, max_length=CANCEL_IDS_MAX, **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if isinstance(data, list) and len(data) > CANCEL_IDS_MAX:
+            self.fail("max_length", max_length=CANCEL_IDS_MAX, length=len(data))
+        return super().to_internal_value(data)
+
+
+def _filters_schema() -> dict[str, Any]:
+    from jobs.api.filters import LABEL_MAX
+    from jobs.models import Status
+
+    statuses = [s.value for s in Status]
+    return {
+        "type": "object", "minProperties": 1, "additionalProperties": False,
+        "description": "The filters of `GET /api/v1/tasks/`, as JSON (at least one, with a value): the tasks "
+                       "that match all of them.",
+        "properties": {
+            "status": {"oneOf": [{"type": "string", "enum": statuses},
+                                 {"type": "array", "items": {"type": "string", "enum": statuses}, "minItems": 1}],
+                       "description": "one status, or a list: tasks in any of them"},
+            "queue": {"type": "string"},
+            "algorithm": {"type": "string"},
+            "priority": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 9},
+                                   {"type": "string", "enum": list(services.PRIORITY_NAMES)}]},
+            "label": {"type": "string", "maxLength": LABEL_MAX, "description": "tasks carrying this label"},
+            "created_after": {"type": "string", "format": "date-time"},
+            "created_before": {"type": "string", "format": "date-time"},
+            "id": {"type": "string", "description": "comma-separated task ids (better: `task_ids`)"},
+        },
+    }
+
+
+@extend_schema_field(_filters_schema())
+class TaskFiltersField(serializers.Field):
+    """The task list's filters (``jobs.api.filters.TaskFilter``) as a JSON object, applied to the tasks the
+    caller may see (``context["tasks"]``): the valid value is that queryset, filtered. Each value is what
+    the query string would carry (a number is its text; only ``status`` takes a list). Unknown names, bad
+    values and a filter that filters nothing (``{}``, ``{"label": ""}``) are refused, each named."""
+
+    default_error_messages = {
+        "not_a_dict": "must be an object of the task list's filters (label, status, queue, …)",
+        "empty": "at least one filter with a value: an empty filter would cancel every task",
+    }
+
+    def to_internal_value(self, data: Any) -> Any:
+        from django.http import QueryDict
+        from django_filters import MultipleChoiceFilter
+
+        from jobs.api.filters import TaskFilter
+        from jobs.models import Task
+
+        if not isinstance(data, dict):
+            self.fail("not_a_dict")
+        query, errors = QueryDict(mutable=True), {}
+        for name, value in data.items():
+            known = TaskFilter.base_filters.get(name)
+            many = isinstance(known, MultipleChoiceFilter)
+            values = value if many and isinstance(value, list) else [value]
+            if known is None:
+                errors[name] = [f"unknown filter; choose from {', '.join(TaskFilter.base_filters)}"]
+            elif not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+                errors[name] = ["must be a string" + (" or a list of strings" if many else "")]
+            elif any("\x00" in str(v) for v in values):
+                errors[name] = ["must not contain NUL characters"]
+            else:
+                query.setlist(name, [str(v) for v in values])
+        if errors:
+            raise serializers.ValidationError(errors)
+        found = TaskFilter(data=query, queryset=self.context.get("tasks", Task.objects.none()))
+        if not found.is_valid():
+            raise serializers.ValidationError({name: list(problems) for name, problems in found.errors.items()})
+        if all(v in (None, "", [], ()) for v in found.form.cleaned_data.values()):
+            self.fail("empty")
+        return found.qs
+
+
+@extend_schema_serializer(examples=[
+    OpenApiExample("by label", request_only=True, value={"filters": {"label": "sweep-42"}}),
+    OpenApiExample("waiting ones of a label", request_only=True,
+                   value={"filters": {"label": "sweep-42", "status": ["PENDING", "QUEUED"]}}),
+    OpenApiExample("by id", request_only=True, value={"task_ids": ["3f1c2d9e-8a4b-4c6d-9e2f-1a2b3c4d5e6f"]}),
+])
+class TaskCancelManyIn(serializers.Serializer):
+    """Exactly one of `task_ids` and `filters`."""
+
+    # Valid: {"tasks": the tasks the caller may see (filtered, for filters), "task_ids": the ids or None},
+    # services.cancel_many's arguments; context["tasks"]: selectors.tasks_for(the caller).
+
+    task_ids = TaskIdList(required=False, help_text=f"these tasks (at most {CANCEL_IDS_MAX}); an id of no task "
+                                                    "you may see is answered in `not_found`")
+    filters = TaskFiltersField(required=False, help_text="every task you may see that matches these filters")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("task_ids" in attrs) == ("filters" in attrs):
+            reason = "give exactly one of task_ids and filters"
+            raise serializers.ValidationError({"task_ids": [reason], "filters": [reason]})
+        if "filters" in attrs:
+            return {"tasks": attrs["filters"], "task_ids": None}
+        return {"tasks": self.context["tasks"], "task_ids": attrs["task_ids"]}
+
+
+class TaskCancelManyOut(serializers.Serializer):
+    cancelled = serializers.IntegerField(help_text="tasks that had not started (PENDING, QUEUED): CANCELLED now")
+    cancelling = serializers.IntegerField(help_text="RUNNING tasks whose cancel was requested: their workers "
+                                                    "stop them, and they end CANCELLED")
+    already_final = serializers.IntegerField(help_text="tasks already SUCCEEDED, FAILED, CANCELLED or TIMED_OUT: "
+                                                       "left as they are")
+    not_found = serializers.ListField(child=serializers.UUIDField(),
+                                      help_text="of `task_ids`, those naming no task you may see (another "
+                                                "user's, or none); always empty with `filters`")

@@ -20,7 +20,8 @@ from config.schema import errors
 from jobs import selectors, services
 from jobs.api.filters import TaskFilter, UtcDateTimeField
 from jobs.api.serializers import (
-    ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskEventOut, TaskOut, TaskResultOut, TaskSubmitIn, after_seq_of,
+    ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskCancelManyIn, TaskCancelManyOut, TaskEventOut, TaskOut,
+    TaskResultOut, TaskSubmitIn, after_seq_of,
 )
 from jobs.errors import NoResult
 from jobs.models import Status, Task
@@ -122,7 +123,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     serializer_class = TaskOut
     filterset_class = TaskFilter
     pagination_class = NewestFirst
-    rate_limit_scopes = {"batch": "batch"}  # config/ratelimit.py: other writes count as submits
+    # config/ratelimit.py: other writes count as submits
+    rate_limit_scopes = {"batch": "batch", "cancel_many": "batch"}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user, only the model
@@ -171,6 +173,19 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         task = services.cancel(task_id=self.get_object().id, by=request.user)
         return Response(TaskOut(task).data)
+
+    @extend_schema(operation_id="tasks_cancel_many", request=TaskCancelManyIn, responses={200: TaskCancelManyOut},
+                   description="Cancel many tasks at once, each as `POST /tasks/{id}/cancel/` would: PENDING and "
+                               "QUEUED ones at once, RUNNING ones by their workers, final ones left as they are "
+                               "(counted). Give `task_ids` or `filters` (those of the task list), not both. Only "
+                               "your own tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
+    @action(detail=False, methods=["post"], url_path="cancel", url_name="cancel-many", filter_backends=[],
+            pagination_class=None)
+    def cancel_many(self, request: Request) -> Response:
+        data = TaskCancelManyIn(data=request.data, context={"tasks": selectors.tasks_for(request.user)})
+        data.is_valid(raise_exception=True)
+        counts = services.cancel_many(**data.validated_data, by=request.user)
+        return Response(TaskCancelManyOut(counts).data)
 
     @extend_schema(request=None, responses={201: TaskOut, 200: TaskOut, **errors(409)},
                    parameters=[key_header(

@@ -77,6 +77,35 @@ def test_watch_exits_3_for_a_cancelled_task_and_ls_logs_result_show_the_rest(liv
     assert refused.returncode == 1 and "CANCELLED" in refused.stderr
 
 
+def test_cancel_takes_many_ids_or_a_label_and_prints_the_summary(live_web, cli, alice, bob):
+    from jobs import services
+    from jobs.models import Status, Task
+
+    login(cli, alice)
+    queue = unconsumed_queue()
+    first, second, third = (cli("submit", "demo.noop", "--queue", queue, "--label", "sweep-42").stdout.strip()
+                            for _ in range(3))
+    bobs, _ = services.submit(owner=bob, spec=services.build_spec(algorithm="demo.noop", queue=queue,
+                                                                  labels=["sweep-42"]))
+
+    by_ids = cli("cancel", first, second)
+    assert by_ids.returncode == 0, by_ids.stderr
+    assert by_ids.stdout.strip() == "cancelled 2, cancelling 0 (running: their workers stop them), already final 0"
+
+    by_label = cli("--json", "cancel", "--label", "sweep-42", "--queue", queue)
+    assert by_label.returncode == 0, by_label.stderr
+    assert json.loads(by_label.stdout) == {"cancelled": 1, "cancelling": 0, "already_final": 2, "not_found": []}
+    assert set(Task.objects.filter(id__in=[first, second, third]).values_list("status", flat=True)) == {Status.CANCELLED}
+    assert Task.objects.get(id=bobs.id).status != Status.CANCELLED
+
+    foreign = cli("cancel", third, str(bobs.id))
+    assert foreign.returncode == 1 and f"not found: {bobs.id}" in foreign.stderr
+    assert "already final 1" in foreign.stdout
+
+    assert cli("cancel").returncode == 2
+    assert cli("cancel", first, "--label", "sweep-42").returncode == 2
+
+
 def test_logs_prints_a_history_longer_than_the_servers_page(live_web, cli, alice):
     from jobs import services
     from jobs.models import Status, Task, TaskEvent
