@@ -11,10 +11,18 @@ into stripe 0, which no backend writes (no process has pid 0), so the rows stay 
 × the keys. The totals never change: each row's count is moved, in one transaction, by whichever
 ``fold`` deletes it. A row locked at that moment (a new backend that was given a reused pid, writing
 it) is skipped until the next fold, so ``fold`` never waits for a backend and no backend waits for it.
+
+``forget_old()`` (the same beat entry) deletes the per-minute rows of minutes before the longest
+statistics window, which no reader asks for: without it they grow by a row per minute, queue, algorithm
+and status for ever (and task retention, whose deletes the triggers subtract, leaves them at 0).
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import connection, transaction
+
+from queueing.statistics import MAX_WINDOW
 
 _TABLES = {
     "queueing_queuecount": ["queue", "status"],
@@ -47,3 +55,18 @@ def fold() -> int:
             cur.execute(_fold_sql(table, keys))
             moved += cur.fetchone()[0]
     return moved
+
+
+# The longest window's rows, and a day more: a window's first partial minute is read from the tasks.
+_FORGET_SQL = """
+DELETE FROM queueing_taskminutecount WHERE id IN (
+    SELECT id FROM queueing_taskminutecount WHERE minute < now() - %s FOR UPDATE SKIP LOCKED
+)"""
+
+
+def forget_old() -> int:
+    """Delete the per-minute counter rows older than the longest statistics window (plus a day);
+    a row some backend holds is left for the next run. Returns the rows deleted."""
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(_FORGET_SQL, [MAX_WINDOW + timedelta(days=1)])
+        return cur.rowcount

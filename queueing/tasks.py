@@ -25,9 +25,10 @@ def reconcile() -> dict[str, int]:
 
 
 @shared_task(name="queueing.fold_counters", ignore_result=True)
-def fold_counters() -> int:
-    """Move the statistics counter rows of ended database backends into stripe 0."""
-    return counters.fold()
+def fold_counters() -> dict[str, int]:
+    """Move the statistics counter rows of ended database backends into stripe 0; forget the minutes
+    no statistics window reaches."""
+    return {"moved": counters.fold(), "forgotten": counters.forget_old()}
 
 
 # The worker registry's signal handlers live with the worker-side code; importing them here makes

@@ -109,3 +109,20 @@ def _alive(pid: int) -> bool:
     with connection.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
         return cur.fetchone()[0] > 0
+
+
+def test_minutes_older_than_the_longest_window_are_forgotten_and_the_statistics_stay_the_same(alice, olga, api):
+    make_queue("c4", paused=True)
+    submit(alice, "c4", 3)
+    with connection.cursor() as cur:  # a minute no window reaches, as a task of that minute left it
+        cur.execute("INSERT INTO queueing_taskminutecount (minute, queue, algorithm, status, stripe, n) "
+                    "VALUES ('2000-01-01T00:00:00Z', 'c4', 'demo.noop', 'SUCCEEDED', 0, 7)")
+    before = api(olga).get("/api/v1/statistics/tasks/?window=31d").json()
+
+    assert counters.forget_old() == 1
+    assert not TaskMinuteCount.objects.filter(queue="c4", minute__year=2000).exists()
+    assert minute_total("c4") == minute_truth("c4") == {"PENDING": 3}  # this window's rows stay
+    after = api(olga).get("/api/v1/statistics/tasks/?window=31d").json()
+    assert (after["by_status"], after["by_queue"]) == (before["by_status"], before["by_queue"])
+    assert after["by_queue"]["c4"] == 3
+    assert counters.forget_old() == 0
