@@ -139,9 +139,9 @@ def _end_lingering_sessions(django_db_blocker: Any) -> None:
 
 
 def _flush_retrying_deadlocks(original: Callable[[Any], None]) -> Callable[[Any], None]:
-    """Transactional tests end with one ``TRUNCATE`` of every table while the session's live worker
-    (and its beat) may be reading a few of them: PostgreSQL can pick the flush as a deadlock victim.
-    The flush runs in one transaction, so a victim loses nothing and is simply run again."""
+    """Transactional tests end by emptying the tables (tests/dbflush.py) while the session's live worker
+    (and its beat) may be reading or writing a few of them: PostgreSQL can pick the flush as a deadlock
+    victim. The flush runs in one transaction, so a victim loses nothing and is simply run again."""
     from django.core.management.base import CommandError
     from django.db import OperationalError
 
@@ -160,8 +160,11 @@ def _flush_retrying_deadlocks(original: Callable[[Any], None]) -> Callable[[Any]
 def pytest_configure(config: pytest.Config) -> None:
     from django.test import TransactionTestCase
 
+    from tests.dbflush import quick_flush
+
+    full_flush = TransactionTestCase._fixture_teardown
     TransactionTestCase._fixture_teardown = _flush_retrying_deadlocks(  # type: ignore[method-assign]
-        TransactionTestCase._fixture_teardown)
+        lambda test: quick_flush(test, full_flush))
 
 
 # --- the cast ---------------------------------------------------------------------------------
