@@ -118,12 +118,19 @@ CANCEL_FILTERS = ("label", "status", "queue", "algorithm")
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
-    """``cancel ID [ID …]`` or ``cancel --label L [--status S] [--queue Q] [--algorithm A]``: one bulk
-    cancel (``POST /api/v1/tasks/cancel/``), its summary printed. Exit 1 when an id names no task of yours."""
+    """``cancel ID``: that task's cancel, the task's new status printed (a finished task is a refused
+    request, exit 1). ``cancel ID ID …`` or ``cancel --label L [--status S] [--queue Q] [--algorithm A]``:
+    one bulk cancel (``POST /api/v1/tasks/cancel/``), its summary printed; exit 1 when an id names no task
+    of yours."""
     filters = {name: getattr(args, name) for name in CANCEL_FILTERS if getattr(args, name)}
     if bool(args.ids) == bool(filters):
         raise CLIError("give task ids, or filters (--label, --status, --queue, --algorithm), not both",
                        exit_code=2)
+    if len(args.ids) == 1:
+        task = client.post(f"/api/v1/tasks/{args.ids[0]}/cancel/")
+        note = " (cancel requested; the worker stops it)" if task["status"] == "RUNNING" else ""
+        emit(args, task, f"{task['id']} {task['status']}{note}")
+        return 0
     if filters:
         summary = client.post("/api/v1/tasks/cancel/", {"filters": filters})
     else:

@@ -60,6 +60,7 @@ def test_watch_exits_3_for_a_cancelled_task_and_ls_logs_result_show_the_rest(liv
 
     cancelled = cli("cancel", sleeper)
     assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.split()[:2] in ([sleeper, "CANCELLED"], [sleeper, "RUNNING"])
     assert cli("watch", sleeper).returncode == 3
     assert cli("watch", hello).returncode == 0
 
@@ -102,6 +103,8 @@ def test_cancel_takes_many_ids_or_a_label_and_prints_the_summary(live_web, cli, 
     assert foreign.returncode == 1 and f"not found: {bobs.id}" in foreign.stderr
     assert "already final 1" in foreign.stdout
 
+    one = cli("cancel", third)  # one id: that task's own cancel, refused once it has finished
+    assert one.returncode == 1 and "finished" in one.stderr
     assert cli("cancel").returncode == 2
     assert cli("cancel", first, "--label", "sweep-42").returncode == 2
 
