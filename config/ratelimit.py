@@ -8,7 +8,7 @@ new endpoint is limited without anyone remembering a decorator. Each request fal
   password guessing (``RATE_LIMIT_ANON``). A public view may count them elsewhere
   (``rate_limit_anonymous = "read"``: the API's schema and docs, config/urls.py), so a client locked
   out for bad passwords can still read the docs.
-* ``batch``  — batch submits and bulk cancels (``RATE_LIMIT_BATCH`` calls per minute, together).
+* ``batch``  — batch submits, bulk cancels and bulk retries (``RATE_LIMIT_BATCH`` calls per minute, together).
 * ``submit`` — every other write: per user, ``RATE_LIMIT_STANDARD`` or, for the premium group, staff
   and operators, ``RATE_LIMIT_PREMIUM`` per minute.
 * ``read``   — GETs, per user (``RATE_LIMIT_READ``, generous).

@@ -1,4 +1,4 @@
-"""``conveyor`` command line: login, submit, watch, ls, cancel, logs, result, queues, workers.
+"""``conveyor`` command line: login, submit, watch, ls, cancel, retry, logs, result, queues, workers.
 
 Exit status: 0 success (or a task that SUCCEEDED), 1 error or FAILED task, 2 usage, 3 CANCELLED,
 4 TIMED_OUT, 5 not logged in / token refused, 6 server trouble, 130 Ctrl-C, 141 our output was closed
@@ -112,9 +112,39 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-# The most ids one bulk cancel takes (the server's CANCEL_IDS_MAX); more are sent in several requests.
-CANCEL_IDS_MAX = 1000
-CANCEL_FILTERS = ("label", "status", "queue", "algorithm")
+# The most ids one bulk cancel or retry takes (the server's BULK_IDS_MAX); more are sent in several requests.
+BULK_IDS_MAX = 1000
+BULK_FILTERS = ("label", "status", "queue", "algorithm")
+
+
+def bulk(client: Client, path: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """A bulk action's answer for ``args``: its ids (``BULK_IDS_MAX`` a request, the answers merged: counts
+    added, lists joined) or its filters (--label, --status, …); None for one id (the caller's single call)."""
+    filters = {name: getattr(args, name) for name in BULK_FILTERS if getattr(args, name)}
+    if bool(args.ids) == bool(filters):
+        raise CLIError("give task ids, or filters (--label, --status, --queue, --algorithm), not both",
+                       exit_code=2)
+    if filters:
+        return client.post(path, {"filters": filters})
+    if len(args.ids) == 1:
+        return None
+    parts = [client.post(path, {"task_ids": args.ids[start:start + BULK_IDS_MAX]})
+             for start in range(0, len(args.ids), BULK_IDS_MAX)]
+    return {key: merged([part[key] for part in parts]) for key in parts[0]}
+
+
+def merged(values: list[Any]) -> Any:
+    """One answer's value of several: numbers added, lists joined, objects joined."""
+    if isinstance(values[0], dict):
+        return {k: v for value in values for k, v in value.items()}
+    return sum(values[1:], values[0])
+
+
+def not_found(summary: dict[str, Any]) -> int:
+    """Exit 1, the ids named, when an id names no task of yours."""
+    if summary["not_found"]:
+        return complain(f"not found: {' '.join(summary['not_found'])}", 1)
+    return 0
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -122,29 +152,32 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     request, exit 1). ``cancel ID ID …`` or ``cancel --label L [--status S] [--queue Q] [--algorithm A]``:
     one bulk cancel (``POST /api/v1/tasks/cancel/``), its summary printed; exit 1 when an id names no task
     of yours."""
-    filters = {name: getattr(args, name) for name in CANCEL_FILTERS if getattr(args, name)}
-    if bool(args.ids) == bool(filters):
-        raise CLIError("give task ids, or filters (--label, --status, --queue, --algorithm), not both",
-                       exit_code=2)
-    if len(args.ids) == 1:
+    summary = bulk(client, "/api/v1/tasks/cancel/", args)
+    if summary is None:
         task = client.post(f"/api/v1/tasks/{args.ids[0]}/cancel/")
         note = " (cancel requested; the worker stops it)" if task["status"] == "RUNNING" else ""
         emit(args, task, f"{task['id']} {task['status']}{note}")
         return 0
-    if filters:
-        summary = client.post("/api/v1/tasks/cancel/", {"filters": filters})
-    else:
-        summary = {"cancelled": 0, "cancelling": 0, "already_final": 0, "not_found": []}
-        for start in range(0, len(args.ids), CANCEL_IDS_MAX):
-            part = client.post("/api/v1/tasks/cancel/", {"task_ids": args.ids[start:start + CANCEL_IDS_MAX]})
-            summary = {key: summary[key] + part[key] for key in summary}
     text = (f"cancelled {summary['cancelled']}, cancelling {summary['cancelling']} (running: their workers "
             f"stop them), already final {summary['already_final']}")
     emit(args, summary, text)
-    if summary["not_found"]:
-        complain(f"not found: {' '.join(summary['not_found'])}", 1)
-        return 1
-    return 0
+    return not_found(summary)
+
+
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    """``retry ID``: that task's retry, the new task's id printed (a task not finished is a refused request,
+    exit 1). ``retry ID ID …`` or ``retry --label L --status FAILED [--queue Q] [--algorithm A]``: one bulk
+    retry (``POST /api/v1/tasks/retry/``), its summary printed, then the new tasks' ids, one a line; exit 1
+    when an id names no task of yours."""
+    summary = bulk(client, "/api/v1/tasks/retry/", args)
+    if summary is None:
+        task = client.post(f"/api/v1/tasks/{args.ids[0]}/retry/")
+        emit(args, task, task["id"])
+        return 0
+    text = "\n".join([f"retried {summary['retried']}, not finished {summary['not_final']} (left alone)",
+                      *summary["new_task_ids"]])
+    emit(args, summary, text)
+    return not_found(summary)
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
@@ -255,13 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=20, help="this many rows (default 20), page by page")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("cancel", help="cancel tasks: by id, or all of yours matching --label/--status/…")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--label", help="every task with this label")
-    p.add_argument("--status", action="append", help="only tasks in this status (repeatable)")
-    p.add_argument("--queue")
-    p.add_argument("--algorithm")
-    p.set_defaults(func=cmd_cancel)
+    bulk_command(sub, "cancel", cmd_cancel, help="cancel tasks: by id, or all of yours matching --label/--status/…",
+                 status="only tasks in this status (repeatable)")
+    bulk_command(sub, "retry", cmd_retry,
+                 help="retry finished tasks as new ones: by id, or yours matching --label and --status FAILED/…",
+                 status="only tasks in this final status (repeatable; required with filters): FAILED, TIMED_OUT, "
+                        "CANCELLED, SUCCEEDED")
 
     p = sub.add_parser("logs", help="a task's log lines and state changes")
     p.add_argument("id")
@@ -277,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("queues", help="queues: depth, running, paused").set_defaults(func=cmd_queues)
     sub.add_parser("workers", help="workers and their heartbeats").set_defaults(func=cmd_workers)
     return parser
+
+
+def bulk_command(sub: Any, name: str, func: Any, *, help: str, status: str) -> None:
+    """``NAME ID [ID …] | --label L [--status S …] [--queue Q] [--algorithm A]`` (``bulk``)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--label", help="every task with this label")
+    p.add_argument("--status", action="append", help=status)
+    p.add_argument("--queue")
+    p.add_argument("--algorithm")
+    p.set_defaults(func=func)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,13 +39,24 @@ def count_final(tasks: QuerySet[Task]) -> int:
     return tasks.filter(status__in=FINAL).count()
 
 
-def unfinished_ids(tasks: QuerySet[Task], *, after: str | None, limit: int) -> list[str]:
-    """The next ``limit`` ids, in id order after ``after``, of the tasks of ``tasks`` that are not final:
-    a large set a page at a time, each page one short query however many tasks match."""
-    qs = tasks.exclude(status__in=FINAL)
+def unfinished(tasks: QuerySet[Task]) -> QuerySet[Task]:
+    return tasks.exclude(status__in=FINAL)
+
+
+def ids_page(tasks: QuerySet[Task], *, after: str | None, limit: int) -> list[str]:
+    """The next ``limit`` ids, in id order after ``after``, of the tasks of ``tasks``: a large set a page
+    at a time, each page one short query however many tasks match."""
     if after is not None:
-        qs = qs.filter(id__gt=after)
-    return [str(i) for i in qs.order_by("id").values_list("id", flat=True)[:limit]]
+        tasks = tasks.filter(id__gt=after)
+    return [str(i) for i in tasks.order_by("id").values_list("id", flat=True)[:limit]]
+
+
+def retries_keyed(pairs: list[tuple[Any, str]]) -> list[Task]:
+    """The tasks holding these idempotency keys, each ``(owner id, key)`` (a key is its owner's)."""
+    if not pairs:
+        return []
+    return list(Task.objects.filter(owner_id__in={owner for owner, _ in pairs},
+                                    idempotency_key__in={key for _, key in pairs}))
 
 
 def events_for(task: Task, *, after_seq: int = 0, include_progress: bool = True) -> QuerySet[TaskEvent]:

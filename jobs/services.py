@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -340,21 +341,35 @@ def cancel_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = No
     from jobs import selectors
 
     counts = CancelCounts()
+    if task_ids is None:
+        counts.already_final = selectors.count_final(tasks)
+        tasks = selectors.unfinished(tasks)
+    for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=counts.not_found):
+        counts.add(_cancel_now(part))
+    return counts
+
+
+def _chunks_of(tasks: QuerySet[Task], task_ids: list[UUID | str] | None, *, chunk: int,
+               not_found: list[str]) -> Iterator[list[str]]:
+    """The ids a bulk action (``cancel_many``, ``retry_many``) works on, ``chunk`` at a time: those of
+    ``task_ids`` (once each, in their order) that name a task of ``tasks`` (the others are appended to
+    ``not_found``, a chunk at a time), or, without ``task_ids``, every task of ``tasks`` in id order, each
+    chunk read after the one before was worked on."""
+    from jobs import selectors
+
     if task_ids is not None:
         ids = list(dict.fromkeys(str(i) for i in task_ids))
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
             visible = selectors.ids_among(tasks, part)
-            counts.not_found += [i for i in part if i not in visible]
+            not_found += [i for i in part if i not in visible]
             if visible:
-                counts.add(_cancel_now([i for i in part if i in visible]))
-        return counts
-    counts.already_final = selectors.count_final(tasks)
+                yield [i for i in part if i in visible]
+        return
     after = None
-    while part := selectors.unfinished_ids(tasks, after=after, limit=chunk):
-        counts.add(_cancel_now(part))
+    while part := selectors.ids_page(tasks, after=after, limit=chunk):
+        yield part
         after = part[-1]
-    return counts
 
 
 @transitions.atomic_retrying_deadlocks
@@ -423,16 +438,149 @@ def _locked_statuses(task_ids: list[str]) -> dict[str, str]:
 def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -> tuple[Task, bool]:
     """Re-run a final task as a new task (``retry_of`` points back); final states never change. Returns
     (task, created): the same ``idempotency_key`` retrying the same task returns the first retry's task
-    (the key is the task owner's, as at submit); used for anything else, a 409."""
+    (the key is the task owner's, as at submit); used for anything else, a 409.
+
+    The new task is the old one's algorithm, version, params, queue, priority, labels and limits as
+    stored, not checked again: an algorithm gone since, or params it no longer takes, fail the new task
+    on its worker ("cannot start: …"), as they would the old one's run."""
     old = Task.objects.get(id=task_id)
     if old.status not in FINAL:
         raise InvalidTransition(f"only a finished task can be retried (it is {old.status})")
-    spec = TaskSpec(algorithm=old.algorithm, algorithm_version=old.algorithm_version, params=old.params,
-                    queue=old.queue_id, priority=old.priority, max_retries=old.max_retries,
-                    timeout_seconds=old.timeout_seconds, labels=old.labels, request={"retry_of": str(old.id)})
-    new = _new_task(old.owner, spec, idempotency_key)
-    new.retry_of = old
+    spec = _retry_spec(old)
+    new = _retry_task(old, spec, idempotency_key)
     return _create_or_replay(new, spec, same=lambda first: first.retry_of_id == old.id)
+
+
+def _retry_spec(old: Task, *, bulk: dict[str, Any] | None = None) -> TaskSpec:
+    """``old``'s task again; its request (what a replay is compared by) names ``old``, and for a bulk retry
+    (``bulk``: its body as sent) that body too."""
+    return TaskSpec(algorithm=old.algorithm, algorithm_version=old.algorithm_version, params=old.params,
+                    queue=old.queue_id, priority=old.priority, max_retries=old.max_retries,
+                    timeout_seconds=old.timeout_seconds, labels=old.labels,
+                    request=_retry_request(str(old.id), bulk))
+
+
+def _retry_request(task_id: str, bulk: dict[str, Any] | None) -> dict[str, Any]:
+    return {"retry_of": task_id, **({"bulk": bulk} if bulk is not None else {})}
+
+
+def _retry_task(old: Task, spec: TaskSpec, key: str | None) -> Task:
+    """The new task of ``old``'s retry, its owner's (whoever asked: an operator's retry is the owner's task)."""
+    new = _new_task(old.owner, spec, key)
+    new.retry_of = old
+    return new
+
+
+# The most tasks one transaction of a bulk retry creates (``retry_many``), in one INSERT.
+RETRY_CHUNK = 500
+
+
+@dataclass
+class RetryCounts:
+    """What ``retry_many`` did: ``retries``, each retried task's id → its new task's id, in the order of
+    the tasks retried; ``not_final``: tasks of ``task_ids`` left alone (not finished); ``not_found``: ids
+    of no task the caller may see; ``created``: False when an Idempotency-Key's replay made nothing."""
+
+    retries: dict[str, str] = dataclasses.field(default_factory=dict)
+    not_final: int = 0
+    not_found: list[str] = dataclasses.field(default_factory=list)
+    created: bool = True
+
+    @property
+    def retried(self) -> int:
+        return len(self.retries)
+
+    @property
+    def new_task_ids(self) -> list[str]:
+        return list(self.retries.values())
+
+
+def retry_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = None, by: Any = None,
+               request: dict[str, Any] | None = None, idempotency_key: str | None = None,
+               chunk: int = RETRY_CHUNK) -> RetryCounts:
+    """``retry`` for many tasks: each final one of ``task_ids`` (an id not among ``tasks``, the tasks the
+    caller may see, is ``not_found``; a task not finished is counted in ``not_final``), or, without
+    ``task_ids``, every task of ``tasks`` (a filtered ``selectors.tasks_for``, final statuses only), read by
+    id ``chunk`` at a time. Each chunk's new tasks are made in one transaction, in one INSERT, and
+    dispatched after its commit, as ``submit_batch``'s; a chunk's tasks are made all or none.
+
+    ``idempotency_key`` (``request``: the body as sent): each new task stores ``<key>#<id of the task it
+    retries>``, in its owner's keys (as ``retry`` stores its key). A call finding any of those keys among
+    its tasks is a replay: it makes nothing and answers with the tasks found (tasks of ``task_ids``
+    without one as ``not_final``); found with another body, a 409. The key itself is refused as a single
+    task's or a batch's key is when the caller already used it for one (409), or when it ends in "#" and
+    digits (400)."""
+    if idempotency_key is not None:
+        _refuse_batch_item_key(idempotency_key)
+        _refuse_a_used_key(by, idempotency_key)
+        replayed = _retries_made(tasks, task_ids, chunk=chunk, key=idempotency_key, request=request)
+        if replayed is not None:
+            return replayed
+    counts = RetryCounts()
+    try:
+        for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=counts.not_found):
+            made, not_final, gone = _retry_now(part, key=idempotency_key, request=request)
+            counts.retries.update(made)
+            counts.not_final += not_final
+            counts.not_found += gone
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # The same key and body sent twice at once: the other call took the keys first.
+        replayed = _retries_made(tasks, task_ids, chunk=chunk, key=idempotency_key, request=request)
+        if replayed is None:
+            raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
+        return replayed
+    return counts
+
+
+def _refuse_a_used_key(by: Any, key: str) -> None:
+    """409 when ``by`` stored ``key`` for a single task or a batch (its ``<key>#0``)."""
+    held = set(Task.objects.filter(owner_id=getattr(by, "pk", None), idempotency_key__in=[key, f"{key}#0"])
+               .values_list("idempotency_key", flat=True))
+    if key in held:
+        raise IdempotencyConflict(_KEY_OF_A_TASK)
+    if held:
+        raise IdempotencyConflict(_KEY_OF_A_BATCH)
+
+
+def _retries_made(tasks: QuerySet[Task], task_ids: list[UUID | str] | None, *, chunk: int, key: str,
+                  request: dict[str, Any] | None) -> RetryCounts | None:
+    """The answer of the bulk retry that stored ``<key>#<id>`` on the retries of these tasks, or None if
+    none did (no task made: not a replay); a 409 if one was made by another body."""
+    from jobs import selectors
+
+    found = RetryCounts(created=False)
+    for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=found.not_found):
+        olds = {str(i): owner for i, owner in Task.objects.filter(id__in=part).values_list("id", "owner_id")}
+        found.not_found += [i for i in part if i not in olds]
+        keys = {i: (owner, f"{key}#{i}") for i, owner in olds.items()}
+        held = {(t.owner_id, t.idempotency_key): t for t in selectors.retries_keyed(list(keys.values()))}
+        for task_id in (i for i in part if i in olds):
+            new = held.get(keys[task_id])
+            if new is None:
+                found.not_final += task_ids is not None  # with filters: a task that matched only since
+            elif str(new.retry_of_id) != task_id or new.request_hash != _hash(_retry_request(task_id, request)):
+                raise IdempotencyConflict("Idempotency-Key was already used with a different request")
+            else:
+                found.retries[task_id] = str(new.id)
+    return found if found.retries else None
+
+
+@transaction.atomic
+def _retry_now(task_ids: list[str], *, key: str | None, request: dict[str, Any] | None
+               ) -> tuple[dict[str, str], int, list[str]]:
+    """In one transaction, the final ones of ``task_ids`` retried (one INSERT; dispatched after the
+    commit). Returns (task id → new task id, how many were not final, ids of tasks gone meanwhile)."""
+    olds = {str(t.id): t for t in Task.objects.select_related("owner").filter(id__in=task_ids)}
+    final = [olds[i] for i in task_ids if i in olds and olds[i].status in FINAL]
+    specs = [_retry_spec(old, bulk=request) for old in final]
+    news = [_retry_task(old, spec, None if key is None else f"{key}#{old.id}") for old, spec in zip(final, specs)]
+    if news:
+        Task.objects.bulk_create(news)
+        _created(news)
+    gone = [i for i in task_ids if i not in olds]
+    return {str(old.id): str(new.id) for old, new in zip(final, news)}, len(olds) - len(final), gone
 
 
 @transaction.atomic

@@ -215,34 +215,35 @@ class TaskEventOut(serializers.ModelSerializer):
 
 
 
-# --- bulk cancel: POST /tasks/cancel/ -------------------------------------------------------------
+# --- bulk cancel and bulk retry: POST /tasks/cancel/, POST /tasks/retry/ ---------------------------
 
-# The most ids one bulk cancel may name (a filter may match any number of tasks).
-CANCEL_IDS_MAX = 1000
+# The most ids one bulk cancel or retry may name (a filter may match any number of tasks).
+BULK_IDS_MAX = 1000
 
 
 class TaskIdList(serializers.ListField):
-    """Task ids, at most ``CANCEL_IDS_MAX``, counted before any is parsed; each must be a UUID."""
+    """Task ids, at most ``BULK_IDS_MAX``, counted before any is parsed; each must be a UUID."""
 
     child = serializers.UUIDField()
     default_error_messages = {**serializers.ListField.default_error_messages,
-                              "max_length": "at most {max_length} ids (got {length}); or cancel by filters"}
+                              "max_length": "at most {max_length} ids (got {length}); or select them by filters"}
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(allow_empty=False, max_length=CANCEL_IDS_MAX, **kwargs)
+        super().__init__(allow_empty=False, max_length=BULK_IDS_MAX, **kwargs)
 
     def to_internal_value(self, data: Any) -> list[Any]:
-        if isinstance(data, list) and len(data) > CANCEL_IDS_MAX:
-            self.fail("max_length", max_length=CANCEL_IDS_MAX, length=len(data))
+        if isinstance(data, list) and len(data) > BULK_IDS_MAX:
+            self.fail("max_length", max_length=BULK_IDS_MAX, length=len(data))
         return super().to_internal_value(data)
 
 
-def _filters_schema() -> dict[str, Any]:
+def _filters_schema(statuses: list[str] | None = None, *, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``statuses``: those the ``status`` filter takes (default: all); ``required``: filters that must be given."""
     from jobs.api.filters import LABEL_MAX
     from jobs.models import Status
 
-    statuses = [s.value for s in Status]
-    return {
+    statuses = statuses or [s.value for s in Status]
+    schema: dict[str, Any] = {
         "type": "object", "minProperties": 1, "additionalProperties": False,
         "description": "The filters of `GET /api/v1/tasks/`, as JSON (at least one, with a value): the tasks "
                        "that match all of them.",
@@ -260,6 +261,9 @@ def _filters_schema() -> dict[str, Any]:
             "id": {"type": "string", "description": "comma-separated task ids (better: `task_ids`)"},
         },
     }
+    if required:
+        schema["required"] = list(required)
+    return schema
 
 
 @extend_schema_field(_filters_schema())
@@ -271,7 +275,7 @@ class TaskFiltersField(serializers.Field):
 
     default_error_messages = {
         "not_a_dict": "must be an object of the task list's filters (label, status, queue, …)",
-        "empty": "at least one filter with a value: an empty filter would cancel every task",
+        "empty": "at least one filter with a value: an empty filter would select every task",
     }
 
     def to_internal_value(self, data: Any) -> Any:
@@ -303,22 +307,20 @@ class TaskFiltersField(serializers.Field):
             raise serializers.ValidationError({name: list(problems) for name, problems in found.errors.items()})
         if all(v in (None, "", [], ()) for v in found.form.cleaned_data.values()):
             self.fail("empty")
+        self.check(found.form.cleaned_data)
         return found.qs
 
+    def check(self, cleaned: dict[str, Any]) -> None:
+        """More rules on the filters as ``TaskFilter`` read them (a subclass's); a ValidationError names one."""
 
-@extend_schema_serializer(examples=[
-    OpenApiExample("by label", request_only=True, value={"filters": {"label": "sweep-42"}}),
-    OpenApiExample("waiting ones of a label", request_only=True,
-                   value={"filters": {"label": "sweep-42", "status": ["PENDING", "QUEUED"]}}),
-    OpenApiExample("by id", request_only=True, value={"task_ids": ["3f1c2d9e-8a4b-4c6d-9e2f-1a2b3c4d5e6f"]}),
-])
-class TaskCancelManyIn(serializers.Serializer):
-    """Exactly one of `task_ids` and `filters`."""
+
+class TaskSelectionIn(serializers.Serializer):
+    """Exactly one of `task_ids` and `filters`: the tasks a bulk action (cancel, retry) is for."""
 
     # Valid: {"tasks": the tasks the caller may see (filtered, for filters), "task_ids": the ids or None},
-    # services.cancel_many's arguments; context["tasks"]: selectors.tasks_for(the caller).
+    # the bulk service's arguments; context["tasks"]: selectors.tasks_for(the caller) (``selection_of``).
 
-    task_ids = TaskIdList(required=False, help_text=f"these tasks (at most {CANCEL_IDS_MAX}); an id of no task "
+    task_ids = TaskIdList(required=False, help_text=f"these tasks (at most {BULK_IDS_MAX}); an id of no task "
                                                     "you may see is answered in `not_found`")
     filters = TaskFiltersField(required=False, help_text="every task you may see that matches these filters")
 
@@ -331,12 +333,86 @@ class TaskCancelManyIn(serializers.Serializer):
         return {"tasks": self.context["tasks"], "task_ids": attrs["task_ids"]}
 
 
+def selection_of(serializer: type[TaskSelectionIn], request: Any) -> dict[str, Any]:
+    """``serializer``'s valid data for the request's body, the tasks it names among those its user may see
+    (``selectors.tasks_for``); a 400 naming each field otherwise."""
+    from jobs import selectors
+
+    data = serializer(data=request.data, context={"tasks": selectors.tasks_for(request.user)})
+    data.is_valid(raise_exception=True)
+    return dict(data.validated_data)
+
+
+@extend_schema_serializer(examples=[
+    OpenApiExample("by label", request_only=True, value={"filters": {"label": "sweep-42"}}),
+    OpenApiExample("waiting ones of a label", request_only=True,
+                   value={"filters": {"label": "sweep-42", "status": ["PENDING", "QUEUED"]}}),
+    OpenApiExample("by id", request_only=True, value={"task_ids": ["3f1c2d9e-8a4b-4c6d-9e2f-1a2b3c4d5e6f"]}),
+])
+class TaskCancelManyIn(TaskSelectionIn):
+    """Exactly one of `task_ids` and `filters`."""
+
+
+def not_found_field() -> serializers.ListField:
+    """A bulk action's answer: the ids of ``task_ids`` that named no task the caller may see."""
+    return serializers.ListField(child=serializers.UUIDField(),
+                                 help_text="of `task_ids`, those naming no task you may see (another user's, or "
+                                           "none); always empty with `filters`")
+
+
 class TaskCancelManyOut(serializers.Serializer):
     cancelled = serializers.IntegerField(help_text="tasks that had not started (PENDING, QUEUED): CANCELLED now")
     cancelling = serializers.IntegerField(help_text="RUNNING tasks whose cancel was requested: their workers "
                                                     "stop them, and they end CANCELLED")
     already_final = serializers.IntegerField(help_text="tasks already SUCCEEDED, FAILED, CANCELLED or TIMED_OUT: "
                                                        "left as they are")
-    not_found = serializers.ListField(child=serializers.UUIDField(),
-                                      help_text="of `task_ids`, those naming no task you may see (another "
-                                                "user's, or none); always empty with `filters`")
+    not_found = not_found_field()
+
+
+@extend_schema_field(_filters_schema(["FAILED", "TIMED_OUT", "CANCELLED", "SUCCEEDED"], required=("status",)))
+class FinishedTaskFiltersField(TaskFiltersField):
+    """The task list's filters with ``status`` required and final: a retry by filters names which ended
+    tasks it re-runs (FAILED, TIMED_OUT, …), never a whole sweep by accident."""
+
+    def check(self, cleaned: dict[str, Any]) -> None:
+        from jobs.models import FINAL
+
+        statuses = cleaned.get("status") or []
+        if not statuses:
+            raise serializers.ValidationError({"status": [
+                f"required: which finished tasks to retry ({', '.join(sorted(FINAL))})"]})
+        if not set(statuses) <= set(FINAL):
+            raise serializers.ValidationError({"status": [
+                f"only finished tasks can be retried: {', '.join(sorted(FINAL))} (not "
+                f"{', '.join(s for s in statuses if s not in FINAL)})"]})
+
+
+@extend_schema_serializer(examples=[
+    OpenApiExample("failed ones of a label", request_only=True,
+                   value={"filters": {"label": "sweep-42", "status": "FAILED"}}),
+    OpenApiExample("by id", request_only=True, value={"task_ids": ["3f1c2d9e-8a4b-4c6d-9e2f-1a2b3c4d5e6f"]}),
+])
+class TaskRetryManyIn(TaskSelectionIn):
+    """Exactly one of `task_ids` and `filters`; `filters` must name the final `status`es to retry."""
+
+    filters = FinishedTaskFiltersField(required=False, help_text="every task you may see that matches these "
+                                                                 "filters; `status` required, final ones only")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # what an Idempotency-Key's replay is compared by: the body as sent
+        request = ({"filters": self.initial_data["filters"]} if "filters" in attrs
+                   else {"task_ids": [str(i) for i in attrs.get("task_ids", [])]})
+        return {**super().validate(attrs), "request": request}
+
+
+class TaskRetryManyOut(serializers.Serializer):
+    retried = serializers.IntegerField(help_text="finished tasks re-run, each as a new task")
+    new_task_ids = serializers.ListField(child=serializers.UUIDField(),
+                                         help_text="the new tasks, in the order of the tasks they retry (those of "
+                                                   "`task_ids`, or by id for `filters`)")
+    retries = serializers.DictField(child=serializers.UUIDField(),
+                                    help_text="each retried task's id → the id of its new task (whose `retry_of` "
+                                              "points back)")
+    not_final = serializers.IntegerField(help_text="of `task_ids`, tasks not finished yet (PENDING, QUEUED, "
+                                                   "RUNNING): left alone")
+    not_found = not_found_field()

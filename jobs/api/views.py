@@ -21,7 +21,7 @@ from jobs import selectors, services
 from jobs.api.filters import TaskFilter, UtcDateTimeField
 from jobs.api.serializers import (
     ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskCancelManyIn, TaskCancelManyOut, TaskEventOut, TaskOut,
-    TaskResultOut, TaskSubmitIn, after_seq_of,
+    TaskResultOut, TaskRetryManyIn, TaskRetryManyOut, TaskSubmitIn, after_seq_of, selection_of,
 )
 from jobs.errors import NoResult
 from jobs.models import Status, Task
@@ -87,6 +87,12 @@ def idempotency_key(request: Request, *, alias: bool = True) -> str | None:
     return key or None
 
 
+def bulk_action(path: str) -> Any:
+    """``POST /tasks/<path>/``: a bulk action's route (``<path>-many``), its body no list's filters or page."""
+    return action(detail=False, methods=["post"], url_path=path, url_name=f"{path}-many", filter_backends=[],
+                  pagination_class=None)
+
+
 class NewestFirst(CursorPagination):
     ordering = ("-created_at", "-id")
     page_size = 50
@@ -124,7 +130,7 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     filterset_class = TaskFilter
     pagination_class = NewestFirst
     # config/ratelimit.py: other writes count as submits
-    rate_limit_scopes = {"batch": "batch", "cancel_many": "batch"}
+    rate_limit_scopes = {"batch": "batch", "cancel_many": "batch", "retry_many": "batch"}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user, only the model
@@ -179,13 +185,31 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
                                "QUEUED ones at once, RUNNING ones by their workers, final ones left as they are "
                                "(counted). Give `task_ids` or `filters` (those of the task list), not both. Only "
                                "your own tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
-    @action(detail=False, methods=["post"], url_path="cancel", url_name="cancel-many", filter_backends=[],
-            pagination_class=None)
+    @bulk_action("cancel")
     def cancel_many(self, request: Request) -> Response:
-        data = TaskCancelManyIn(data=request.data, context={"tasks": selectors.tasks_for(request.user)})
-        data.is_valid(raise_exception=True)
-        counts = services.cancel_many(**data.validated_data, by=request.user)
+        counts = services.cancel_many(**selection_of(TaskCancelManyIn, request), by=request.user)
         return Response(TaskCancelManyOut(counts).data)
+
+    @extend_schema(operation_id="tasks_retry_many", request=TaskRetryManyIn,
+                   responses={201: TaskRetryManyOut, 200: TaskRetryManyOut, **errors(409)},
+                   parameters=[key_header(
+                       "Idempotency-Key", "The same key from the same user with the same body answers 200 with "
+                                          "the tasks the first call made, and makes none; with another body "
+                                          "naming a task the first call retried, 409. Each new task stores "
+                                          "`<key>#<id of the task it retries>`.")],
+                   description="Retry many finished tasks at once, each as `POST /tasks/{id}/retry/` would: a "
+                               "new task (`retry_of` pointing back) with the same algorithm, params, queue, "
+                               "priority, labels and limits, its owner's. Tasks not finished are counted and "
+                               "left alone. Give `task_ids` or `filters` (those of the task list, `status` "
+                               "required: FAILED, TIMED_OUT, CANCELLED or SUCCEEDED), not both. Only your own "
+                               "tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
+    @bulk_action("retry")
+    def retry_many(self, request: Request) -> Response:
+        key = idempotency_key(request, alias=False)
+        counts = services.retry_many(**selection_of(TaskRetryManyIn, request), by=request.user,
+                                     idempotency_key=key)
+        return Response(TaskRetryManyOut(counts).data,
+                        status=status.HTTP_201_CREATED if counts.created and counts.retried else status.HTTP_200_OK)
 
     @extend_schema(request=None, responses={201: TaskOut, 200: TaskOut, **errors(409)},
                    parameters=[key_header(

@@ -109,6 +109,45 @@ def test_cancel_takes_many_ids_or_a_label_and_prints_the_summary(live_web, cli, 
     assert cli("cancel", first, "--label", "sweep-42").returncode == 2
 
 
+def test_retry_takes_one_id_many_ids_or_a_label_and_status_and_prints_the_new_ids(live_web, cli, alice, bob):
+    from jobs import services
+    from jobs.models import Status, Task
+
+    login(cli, alice)
+    queue = unconsumed_queue()
+    first, second, third = (cli("submit", "demo.noop", "--queue", queue, "--label", "sweep-42").stdout.strip()
+                            for _ in range(3))
+    waiting = cli("submit", "demo.noop", "--queue", queue, "--label", "sweep-42").stdout.strip()
+    assert cli("cancel", first, second, third).returncode == 0
+    bobs, _ = services.submit(owner=bob, spec=services.build_spec(algorithm="demo.noop", queue=queue))
+    services.cancel(task_id=bobs.id)
+
+    one = cli("retry", first)  # one id: that task's own retry, the new task's id printed
+    assert one.returncode == 0, one.stderr
+    assert Task.objects.get(id=one.stdout.strip()).retry_of_id == Task.objects.get(id=first).id
+
+    by_ids = cli("retry", second, waiting)
+    assert by_ids.returncode == 0, by_ids.stderr
+    summary, *new_ids = by_ids.stdout.splitlines()
+    assert summary == "retried 1, not finished 1 (left alone)"
+    assert [str(Task.objects.get(id=i).retry_of_id) for i in new_ids] == [second]
+
+    by_label = cli("--json", "retry", "--label", "sweep-42", "--status", "CANCELLED", "--queue", queue)
+    assert by_label.returncode == 0, by_label.stderr
+    answer = json.loads(by_label.stdout)
+    assert answer["retried"] == 3 and set(answer["retries"]) == {first, second, third}
+    assert Task.objects.get(id=waiting).status != Status.CANCELLED
+
+    foreign = cli("retry", third, str(bobs.id))
+    assert foreign.returncode == 1 and f"not found: {bobs.id}" in foreign.stderr
+    assert "retried 1" in foreign.stdout
+    assert cli("retry", waiting).returncode == 1  # one task not finished: its retry is refused
+    no_status = cli("retry", "--label", "sweep-42")
+    assert no_status.returncode == 1 and "filters.status" in no_status.stderr
+    assert cli("retry").returncode == 2
+    assert cli("retry", first, "--label", "sweep-42").returncode == 2
+
+
 def test_logs_prints_a_history_longer_than_the_servers_page(live_web, cli, alice):
     from jobs import services
     from jobs.models import Status, Task, TaskEvent
