@@ -58,12 +58,13 @@ def prune(*, days: float | None = None, dry_run: bool = False, batch: int = PRUN
     """Delete the final tasks finished more than ``days`` (default ``TASK_RETENTION_DAYS``; 0 there:
     none) ago. At least one batch runs; more while ``seconds`` (None: no limit) have not passed.
 
-    Returns the counts of what was deleted (``tasks``, ``events``, ``artifacts``, ``files``, ``batches``)
-    and ``cutoff``; a dry run deletes nothing and counts the tasks that would go."""
+    Returns the counts of what was deleted (``tasks``, ``events``, ``artifacts``, ``files``, ``batches``),
+    of the tasks ``kept`` because deleting them failed (logged; tried again at the next run), and
+    ``cutoff``; a dry run deletes nothing and counts the tasks that would go."""
     if days is None:
         days = settings.CONVEYOR["TASK_RETENTION_DAYS"]
         if days <= 0:
-            return {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "batches": 0, "cutoff": None}
+            return {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "kept": 0, "batches": 0, "cutoff": None}
     if days < (floor := floor_days()):
         log.warning("task retention of %g days is shorter than the statistics window or RESULT_TTL_DAYS; "
                     "keeping tasks %g days", days, floor)
@@ -71,9 +72,9 @@ def prune(*, days: float | None = None, dry_run: bool = False, batch: int = PRUN
     now = now or timezone.now()
     cutoff = now - timedelta(days=days)
     if dry_run:
-        return {"tasks": prunable(cutoff).count(), "events": 0, "artifacts": 0, "files": 0, "batches": 0,
-                "cutoff": cutoff}
-    counts = {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "batches": 0}
+        return {"tasks": prunable(cutoff).count(), "events": 0, "artifacts": 0, "files": 0, "kept": 0,
+                "batches": 0, "cutoff": cutoff}
+    counts = {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "kept": 0, "batches": 0}
     deadline = None if seconds is None else time.monotonic() + seconds
     after: tuple[datetime, Any] | None = None
     while True:
@@ -85,9 +86,10 @@ def prune(*, days: float | None = None, dry_run: bool = False, batch: int = PRUN
             after = window[-1]
         if len(window) < batch or (deadline is not None and time.monotonic() >= deadline):
             break
-    if counts["tasks"]:
-        log.info("pruned %d tasks finished before %s (%d events, %d artifacts, %d files)", counts["tasks"],
-                 cutoff.isoformat(), counts["events"], counts["artifacts"], counts["files"],
+    if counts["tasks"] or counts["kept"]:
+        log.info("pruned %d tasks finished before %s (%d events, %d artifacts, %d files; %d kept: their deletion "
+                 "failed)", counts["tasks"], cutoff.isoformat(), counts["events"], counts["artifacts"],
+                 counts["files"], counts["kept"],
                  extra={"retention_days": days, **counts})
     return {**counts, "cutoff": cutoff}
 
@@ -103,6 +105,27 @@ def _next_window(cutoff: datetime, after: tuple[datetime, Any] | None, batch: in
 
 
 def _prune_batch(cutoff: datetime, window: list[Any], now: datetime) -> dict[str, int]:
+    """``window``'s tasks in one transaction; if that fails (a file the storage would not delete), each
+    task in a transaction of its own, and those that fail again are logged and left for the next run,
+    so that one file that cannot go never stops the retention of every task behind it."""
+    try:
+        return _prune_tasks(cutoff, window, now)
+    except Exception:
+        log.warning("a batch of task retention failed; deleting its tasks one by one", exc_info=True)
+    counts = {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "kept": 0}
+    for task_id in window:
+        try:
+            done = _prune_tasks(cutoff, [task_id], now)
+        except Exception:
+            log.exception("task retention could not delete task %s; kept for the next run", task_id)
+            counts["kept"] += 1
+            continue
+        for key, n in done.items():
+            counts[key] += n
+    return counts
+
+
+def _prune_tasks(cutoff: datetime, window: list[Any], now: datetime) -> dict[str, int]:
     """One transaction: lock those of ``window``'s tasks that may go and nobody holds, delete their
     files, then them (Django's cascade: events, artifacts, per-task subscriptions and their deliveries;
     a retry of one loses its ``retry_of``)."""

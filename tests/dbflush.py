@@ -28,15 +28,20 @@ _deletes: dict[str, str | None] = {}
 
 
 def _delete_sql(db_name: str) -> str | None:
-    """One ``DELETE`` per model table (flush's tables, less ``_KEPT``); None without superuser rights."""
+    """A lock of every model table (flush's tables, less ``_KEPT``; reads go on), then one ``DELETE`` of
+    each; None without superuser rights."""
     if db_name not in _deletes:
         conn = connections[db_name]
         with conn.cursor() as cur:
             cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             superuser = bool(cur.fetchone()[0])
         tables = sorted(set(conn.introspection.django_table_names(only_existing=True, include_views=False)) - _KEPT)
-        statements = [f"DELETE FROM {conn.ops.quote_name(t)}" for t in tables]
-        _deletes[db_name] = "; ".join(statements) if superuser and statements else None
+        names = ", ".join(conn.ops.quote_name(t) for t in tables)
+        # Locked first, all together: a write from another session (the live worker) waits for the end
+        # and then meets the emptied tables, as with TRUNCATE; without the lock, a row could go into a
+        # table already emptied, pointing at a parent row deleted after it (foreign keys are off here).
+        statements = [f"LOCK TABLE {names} IN EXCLUSIVE MODE"] + [f"DELETE FROM {conn.ops.quote_name(t)}" for t in tables]
+        _deletes[db_name] = "; ".join(statements) if superuser and tables else None
     return _deletes[db_name]
 
 

@@ -159,10 +159,12 @@ def test_files_on_a_volume_go_with_their_task_and_a_storage_that_fails_keeps_the
     def broken(name: str) -> None:
         raise OSError("the volume is read-only")
 
+    behind = finished(alice, 2, days=90.5)  # newer: after it in the walk, in its batch
+
     monkeypatch.setattr(default_storage, "delete", broken)
-    with pytest.raises(OSError):
-        retention.prune()
-    assert left([task_id]) == [task_id] and (tmp_path / "model.bin").exists()
+    counts = retention.prune()
+    assert (counts["tasks"], counts["kept"]) == (2, 1)  # the one that failed does not stop the others
+    assert left([task_id] + behind) == [task_id] and (tmp_path / "model.bin").exists()
     assert Artifact.objects.get(task_id=task_id).expired_at is None  # still downloadable
     monkeypatch.undo()
 
@@ -189,6 +191,9 @@ def test_the_command_counts_in_a_dry_run_prunes_and_refuses_a_retention_below_th
 
     with pytest.raises(CommandError, match="shorter than 31 days"):
         call_command("prune_tasks", "--older-than-days", "10")
+    for bad in ("nan", "inf", "1e300"):
+        with pytest.raises(CommandError, match="older-than-days"):
+            call_command("prune_tasks", "--older-than-days", bad)
     assert retention.prune(days=10)["tasks"] == 0  # the service keeps to the floor too (31 days)
     assert left(recent) == recent
 

@@ -2,11 +2,13 @@
 stripe 0 (queueing/counters.py), with every count exact throughout."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection
 from django.db.models import Count, Sum
+from django.utils import timezone
 
 from jobs import services
 from jobs.models import Status, Task
@@ -114,15 +116,17 @@ def _alive(pid: int) -> bool:
 def test_minutes_older_than_the_longest_window_are_forgotten_and_the_statistics_stay_the_same(alice, olga, api):
     make_queue("c4", paused=True)
     submit(alice, "c4", 3)
-    with connection.cursor() as cur:  # a minute no window reaches, as a task of that minute left it
-        cur.execute("INSERT INTO queueing_taskminutecount (minute, queue, algorithm, status, stripe, n) "
-                    "VALUES ('2000-01-01T00:00:00Z', 'c4', 'demo.noop', 'SUCCEEDED', 0, 7)")
+    with connection.cursor() as cur:  # minutes no window reaches (32 days + a minute, and 2000); one it does
+        for minute, n in (("2000-01-01T00:00:00Z", 7), (timezone.now() - timedelta(days=32, minutes=1), 5),
+                          (timezone.now() - timedelta(days=30), 1)):
+            cur.execute("INSERT INTO queueing_taskminutecount (minute, queue, algorithm, status, stripe, n) "
+                        "VALUES (date_trunc('minute', %s::timestamptz), 'c4', 'demo.noop', 'SUCCEEDED', 0, %s)",
+                        [minute, n])
     before = api(olga).get("/api/v1/statistics/tasks/?window=31d").json()
 
-    assert counters.forget_old() == 1
-    assert not TaskMinuteCount.objects.filter(queue="c4", minute__year=2000).exists()
-    assert minute_total("c4") == minute_truth("c4") == {"PENDING": 3}  # this window's rows stay
+    assert counters.forget_old() == 2
+    assert minute_total("c4") == {"PENDING": 3, "SUCCEEDED": 1}  # this window's rows stay
     after = api(olga).get("/api/v1/statistics/tasks/?window=31d").json()
     assert (after["by_status"], after["by_queue"]) == (before["by_status"], before["by_queue"])
-    assert after["by_queue"]["c4"] == 3
+    assert after["by_queue"]["c4"] == 4
     assert counters.forget_old() == 0
