@@ -442,13 +442,20 @@ def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -
 
     The new task is the old one's algorithm, version, params, queue, priority, labels and limits as
     stored, not checked again: an algorithm gone since, or params it no longer takes, fail the new task
-    on its worker ("cannot start: …"), as they would the old one's run."""
-    old = Task.objects.get(id=task_id)
-    if old.status not in FINAL:
-        raise InvalidTransition(f"only a finished task can be retried (it is {old.status})")
-    spec = _retry_spec(old)
-    new = _retry_task(old, spec, idempotency_key)
-    return _create_or_replay(new, spec, same=lambda first: first.retry_of_id == old.id)
+    on its worker ("cannot start: …"), as they would the old one's run.
+
+    The old task's row stays locked until the new one is committed: task retention (jobs/retention.py)
+    steps over a locked row, and a retry that meets one retention is deleting waits, then finds it gone
+    (404), instead of pointing ``retry_of`` at a deleted row (a foreign key error at commit)."""
+    with transaction.atomic():
+        old = Task.objects.select_for_update(no_key=True).filter(id=task_id).first()
+        if old is None:
+            raise TaskNotFound("task not found")
+        if old.status not in FINAL:
+            raise InvalidTransition(f"only a finished task can be retried (it is {old.status})")
+        spec = _retry_spec(old)
+        new = _retry_task(old, spec, idempotency_key)
+        return _create_or_replay(new, spec, same=lambda first: first.retry_of_id == old.id)
 
 
 def _retry_spec(old: Task, *, bulk: dict[str, Any] | None = None) -> TaskSpec:
@@ -572,7 +579,9 @@ def _retry_now(task_ids: list[str], *, key: str | None, request: dict[str, Any] 
                ) -> tuple[dict[str, str], int, list[str]]:
     """In one transaction, the final ones of ``task_ids`` retried (one INSERT; dispatched after the
     commit). Returns (task id → new task id, how many were not final, ids of tasks gone meanwhile)."""
-    olds = {str(t.id): t for t in Task.objects.select_related("owner").filter(id__in=task_ids)}
+    # Locked as ``retry`` locks its task: none is deleted by task retention before the new ones commit.
+    olds = {str(t.id): t for t in Task.objects.select_related("owner").select_for_update(no_key=True, of=("self",))
+            .filter(id__in=task_ids).order_by("id")}
     final = [olds[i] for i in task_ids if i in olds and olds[i].status in FINAL]
     specs = [_retry_spec(old, bulk=request) for old in final]
     news = [_retry_task(old, spec, None if key is None else f"{key}#{old.id}") for old, spec in zip(final, specs)]

@@ -266,6 +266,12 @@ def _filters_schema(statuses: list[str] | None = None, *, required: tuple[str, .
     return schema
 
 
+def _lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a UTF-16 surrogate on its own (JSON's ``"\\ud800"``): no database or
+    UTF-8 answer can hold it."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 @extend_schema_field(_filters_schema())
 class TaskFiltersField(serializers.Field):
     """The task list's filters (``jobs.api.filters.TaskFilter``) as a JSON object, applied to the tasks the
@@ -287,6 +293,8 @@ class TaskFiltersField(serializers.Field):
 
         if not isinstance(data, dict):
             self.fail("not_a_dict")
+        if any(_lone_surrogate(name) for name in data):  # a name that cannot be written back in an answer
+            raise serializers.ValidationError("filter names must be valid Unicode (no lone surrogates)")
         query, errors = QueryDict(mutable=True), {}
         for name, value in data.items():
             known = TaskFilter.base_filters.get(name)
@@ -298,6 +306,8 @@ class TaskFiltersField(serializers.Field):
                 errors[name] = ["must be a string" + (" or a list of strings" if many else "")]
             elif any("\x00" in str(v) for v in values):
                 errors[name] = ["must not contain NUL characters"]
+            elif any(_lone_surrogate(str(v)) for v in values):  # as DRF's CharField refuses them
+                errors[name] = ["must be valid Unicode (no lone surrogates)"]
             else:
                 query.setlist(name, [str(v) for v in values])
         if errors:

@@ -151,6 +151,22 @@ def test_bad_input_is_a_400_naming_the_field_and_cancels_nothing(alice, api, bod
     assert _status(task) == Status.QUEUED
 
 
+@pytest.mark.parametrize("raw, field", [
+    ('{"filters": {"label": "\\ud800"}}', "filters.label"),
+    ('{"filters": {"queue": "x\\udfffy"}}', "filters.queue"),
+    ('{"filters": {"status": ["PENDING", "\\ud800"]}}', "filters.status"),
+    ('{"filters": {"\\ud800": "x"}}', "filters"),
+])
+def test_a_lone_surrogate_in_a_filter_is_a_400_not_a_500(alice, api, raw, field):
+    # JSON may spell a UTF-16 half on its own; no database or UTF-8 answer can hold one.
+    [task] = queued_tasks(alice, 1)
+    for url in (URL, "/api/v1/tasks/retry/"):
+        response = api(alice).post(url, data=raw, content_type="application/json")
+        assert response.status_code == 400, response.content
+        assert field in response.json()["error"]["fields"]
+    assert _status(task) == Status.QUEUED
+
+
 def test_a_body_that_is_not_an_object_is_a_400(alice, api):
     response = api(alice).post(URL, ["abc"], format="json")
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid"

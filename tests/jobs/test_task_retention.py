@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from jobs import retention
 from jobs import tasks as job_tasks
 from jobs.models import Status, Task, TaskEvent
 from tests.algorithms.helpers import run, submit, wait_final
-from tests.conftest import another_session, queued_tasks
+from tests.conftest import another_session, queued_tasks, wait_until
 from webhooks.models import Delivery, Subscription
 
 OLD = timedelta(days=100)  # past the default 90 days
@@ -223,3 +224,28 @@ def test_beat_runs_it_hourly():
     entry = app.conf.beat_schedule["prune-tasks"]
     assert entry["task"] == "jobs.prune_tasks" == job_tasks.prune_tasks.name
     assert entry["schedule"] == 3600.0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bulk", [False, True], ids=["retry", "bulk retry"])
+def test_a_retry_that_meets_retention_deleting_its_task_is_a_404_or_not_found_never_a_500(alice, api, bulk):
+    (task_id,) = finished(alice, 1, days=100)
+    client = api(alice)
+    pruner = another_session()  # retention's batch: the row locked, the task deleted, not committed yet
+    pruner.execute("BEGIN")
+    pruner.execute("SELECT id FROM jobs_task WHERE id = %s FOR UPDATE", [task_id])
+    pruner.execute("DELETE FROM jobs_taskevent WHERE task_id = %s", [task_id])
+    pruner.execute("DELETE FROM jobs_task WHERE id = %s", [task_id])
+    threading.Timer(0.5, pruner.execute, ["COMMIT"]).start()  # while the retry waits for the row
+    try:
+        if bulk:
+            response = client.post("/api/v1/tasks/retry/", {"task_ids": [str(task_id)]}, format="json")
+            assert response.status_code == 200, response.content
+            assert (response.json()["retried"], response.json()["not_found"]) == (0, [str(task_id)])
+        else:
+            response = client.post(f"/api/v1/tasks/{task_id}/retry/")
+            assert response.status_code == 404, response.content
+    finally:
+        wait_until(lambda: pruner.info.transaction_status == 0, message="the pruner's commit")  # IDLE
+        pruner.close()
+    assert not Task.objects.filter(retry_of_id=task_id).exists() and left([task_id]) == []
