@@ -1,0 +1,30 @@
+"""The task admin's actions go through the same services as the API: cancel is the bulk cancel."""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from jobs.models import Status, Task
+from tests.conftest import queued_tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_cancelling_selected_tasks_in_the_admin_cancels_the_waiting_and_counts_the_finished(alice):
+    waiting = queued_tasks(alice, 3)
+    done = queued_tasks(alice, 1)[0]
+    Task.objects.filter(id=done.id).update(status=Status.SUCCEEDED)
+    untouched = queued_tasks(alice, 1)[0]
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+
+    response = admin.post("/admin/jobs/task/", {"action": "cancel", "_selected_action": [
+        str(t.id) for t in [*waiting, done]]}, follow=True)
+
+    assert response.status_code == 200
+    assert [str(m) for m in response.context["messages"]] == [
+        "cancelled 3 task(s), cancelling 0 (running: their workers stop them), already final 1"]
+    assert set(Task.objects.filter(id__in=[t.id for t in waiting]).values_list("status", flat=True)) == {Status.CANCELLED}
+    assert Task.objects.get(id=done.id).status == Status.SUCCEEDED
+    assert Task.objects.get(id=untouched.id).status == Status.QUEUED
