@@ -126,10 +126,11 @@ def bulk(client: Client, path: str, args: argparse.Namespace) -> dict[str, Any] 
                        exit_code=2)
     if filters:
         return client.post(path, {"filters": filters})
-    if len(args.ids) == 1:
+    ids = list(dict.fromkeys(args.ids))  # once each, also across requests
+    if len(ids) == 1:
         return None
-    parts = [client.post(path, {"task_ids": args.ids[start:start + BULK_IDS_MAX]})
-             for start in range(0, len(args.ids), BULK_IDS_MAX)]
+    parts = [client.post(path, {"task_ids": ids[start:start + BULK_IDS_MAX]})
+             for start in range(0, len(ids), BULK_IDS_MAX)]
     return {key: merged([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -168,14 +169,15 @@ def cmd_retry(client: Client, args: argparse.Namespace) -> int:
     """``retry ID``: that task's retry, the new task's id printed (a task not finished is a refused request,
     exit 1). ``retry ID ID …`` or ``retry --label L --status FAILED [--queue Q] [--algorithm A]``: one bulk
     retry (``POST /api/v1/tasks/retry/``), its summary printed, then the new tasks' ids, one a line; exit 1
-    when an id names no task of yours."""
+    when an id names no task of yours. A task that has a retry already is not retried again, so running
+    the same command again (after a timeout, a 429 half-way) makes nothing twice."""
     summary = bulk(client, "/api/v1/tasks/retry/", args)
     if summary is None:
         task = client.post(f"/api/v1/tasks/{args.ids[0]}/retry/")
         emit(args, task, task["id"])
         return 0
-    text = "\n".join([f"retried {summary['retried']}, not finished {summary['not_final']} (left alone)",
-                      *summary["new_task_ids"]])
+    text = "\n".join([f"retried {summary['retried']}, already retried {summary['already_retried']} (not again), "
+                       f"not finished {summary['not_final']} (left alone)", *summary["new_task_ids"]])
     emit(args, summary, text)
     return not_found(summary)
 

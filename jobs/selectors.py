@@ -51,14 +51,6 @@ def ids_page(tasks: QuerySet[Task], *, after: str | None, limit: int) -> list[st
     return [str(i) for i in tasks.order_by("id").values_list("id", flat=True)[:limit]]
 
 
-def retries_keyed(pairs: list[tuple[Any, str]]) -> list[Task]:
-    """The tasks holding these idempotency keys, each ``(owner id, key)`` (a key is its owner's)."""
-    if not pairs:
-        return []
-    return list(Task.objects.filter(owner_id__in={owner for owner, _ in pairs},
-                                    idempotency_key__in={key for _, key in pairs}))
-
-
 def events_for(task: Task, *, after_seq: int = 0, include_progress: bool = True) -> QuerySet[TaskEvent]:
     qs = TaskEvent.objects.filter(task=task, seq__gt=after_seq).order_by("seq")
     if not include_progress:

@@ -458,17 +458,11 @@ def retry(*, task_id: UUID | str, by: Any, idempotency_key: str | None = None) -
         return _create_or_replay(new, spec, same=lambda first: first.retry_of_id == old.id)
 
 
-def _retry_spec(old: Task, *, bulk: dict[str, Any] | None = None) -> TaskSpec:
-    """``old``'s task again; its request (what a replay is compared by) names ``old``, and for a bulk retry
-    (``bulk``: its body as sent) that body too."""
+def _retry_spec(old: Task) -> TaskSpec:
+    """``old``'s task again; its request (what a replay is compared by) names ``old``."""
     return TaskSpec(algorithm=old.algorithm, algorithm_version=old.algorithm_version, params=old.params,
                     queue=old.queue_id, priority=old.priority, max_retries=old.max_retries,
-                    timeout_seconds=old.timeout_seconds, labels=old.labels,
-                    request=_retry_request(str(old.id), bulk))
-
-
-def _retry_request(task_id: str, bulk: dict[str, Any] | None) -> dict[str, Any]:
-    return {"retry_of": task_id, **({"bulk": bulk} if bulk is not None else {})}
+                    timeout_seconds=old.timeout_seconds, labels=old.labels, request={"retry_of": str(old.id)})
 
 
 def _retry_task(old: Task, spec: TaskSpec, key: str | None) -> Task:
@@ -484,112 +478,71 @@ RETRY_CHUNK = 500
 
 @dataclass
 class RetryCounts:
-    """What ``retry_many`` did: ``retries``, each retried task's id → its new task's id, in the order of
-    the tasks retried; ``not_final``: tasks of ``task_ids`` left alone (not finished); ``not_found``: ids
-    of no task the caller may see; ``created``: False when an Idempotency-Key's replay made nothing."""
+    """What ``retry_many`` did: ``retries``, each finished task's id → its retry's id (made now, or the
+    latest one made before), in the order of the tasks; ``new_task_ids``, the retries this call made;
+    ``already_retried``: tasks that had a retry already (not retried again); ``not_final``: tasks left
+    alone (not finished); ``not_found``: ids of no task the caller may see."""
 
     retries: dict[str, str] = dataclasses.field(default_factory=dict)
+    new_task_ids: list[str] = dataclasses.field(default_factory=list)
+    already_retried: int = 0
     not_final: int = 0
     not_found: list[str] = dataclasses.field(default_factory=list)
-    created: bool = True
 
     @property
     def retried(self) -> int:
-        return len(self.retries)
-
-    @property
-    def new_task_ids(self) -> list[str]:
-        return list(self.retries.values())
+        return len(self.new_task_ids)
 
 
 def retry_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = None, by: Any = None,
-               request: dict[str, Any] | None = None, idempotency_key: str | None = None,
                chunk: int = RETRY_CHUNK) -> RetryCounts:
-    """``retry`` for many tasks: each final one of ``task_ids`` (an id not among ``tasks``, the tasks the
-    caller may see, is ``not_found``; a task not finished is counted in ``not_final``), or, without
-    ``task_ids``, every task of ``tasks`` (a filtered ``selectors.tasks_for``, final statuses only), read by
-    id ``chunk`` at a time. Each chunk's new tasks are made in one transaction, in one INSERT, and
-    dispatched after its commit, as ``submit_batch``'s; a chunk's tasks are made all or none.
+    """Make sure each finished task of ``task_ids`` (an id not among ``tasks``, the tasks the caller may
+    see, is ``not_found``), or, without ``task_ids``, of ``tasks`` (a filtered ``selectors.tasks_for``)
+    has a retry: one that has none gets a new task, as ``retry`` makes it; one that has one already is
+    answered with it and not retried again; one not finished is left alone. ``chunk`` tasks per
+    transaction, each chunk's new tasks in one INSERT and dispatched after its commit, as
+    ``submit_batch``'s.
 
-    ``idempotency_key`` (``request``: the body as sent): each new task stores ``<key>#<id of the task it
-    retries>``, in its owner's keys (as ``retry`` stores its key). A call finding any of those keys among
-    its tasks is a replay: it makes nothing and answers with the tasks found (tasks of ``task_ids``
-    without one as ``not_final``); found with another body, a 409. The key itself is refused as a single
-    task's or a batch's key is when the caller already used it for one (409), or when it ends in "#" and
-    digits (400)."""
-    if idempotency_key is not None:
-        _refuse_batch_item_key(idempotency_key)
-        _refuse_a_used_key(by, idempotency_key)
-        replayed = _retries_made(tasks, task_ids, chunk=chunk, key=idempotency_key, request=request)
-        if replayed is not None:
-            return replayed
+    So a bulk retry is idempotent by itself: sent again (after a timeout, a 503 half-way, twice at once)
+    it makes nothing twice and answers with the same retries; and retrying a sweep's FAILED tasks again
+    later retries the retries that failed, not the originals once more. A filter selects the tasks made
+    before the call, never the retries it makes itself (which may fail while it works)."""
     counts = RetryCounts()
-    try:
-        for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=counts.not_found):
-            made, not_final, gone = _retry_now(part, key=idempotency_key, request=request)
-            counts.retries.update(made)
-            counts.not_final += not_final
-            counts.not_found += gone
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        # The same key and body sent twice at once: the other call took the keys first.
-        replayed = _retries_made(tasks, task_ids, chunk=chunk, key=idempotency_key, request=request)
-        if replayed is None:
-            raise IdempotencyConflict("Idempotency-Key was already used with a different request") from None
-        return replayed
+    if task_ids is None:
+        tasks = tasks.filter(created_at__lt=timezone.now())
+    for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=counts.not_found):
+        _retry_now(part, counts)
     return counts
 
 
-def _refuse_a_used_key(by: Any, key: str) -> None:
-    """409 when ``by`` stored ``key`` for a single task or a batch (its ``<key>#0``)."""
-    held = set(Task.objects.filter(owner_id=getattr(by, "pk", None), idempotency_key__in=[key, f"{key}#0"])
-               .values_list("idempotency_key", flat=True))
-    if key in held:
-        raise IdempotencyConflict(_KEY_OF_A_TASK)
-    if held:
-        raise IdempotencyConflict(_KEY_OF_A_BATCH)
-
-
-def _retries_made(tasks: QuerySet[Task], task_ids: list[UUID | str] | None, *, chunk: int, key: str,
-                  request: dict[str, Any] | None) -> RetryCounts | None:
-    """The answer of the bulk retry that stored ``<key>#<id>`` on the retries of these tasks, or None if
-    none did (no task made: not a replay); a 409 if one was made by another body."""
-    from jobs import selectors
-
-    found = RetryCounts(created=False)
-    for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=found.not_found):
-        olds = {str(i): owner for i, owner in Task.objects.filter(id__in=part).values_list("id", "owner_id")}
-        found.not_found += [i for i in part if i not in olds]
-        keys = {i: (owner, f"{key}#{i}") for i, owner in olds.items()}
-        held = {(t.owner_id, t.idempotency_key): t for t in selectors.retries_keyed(list(keys.values()))}
-        for task_id in (i for i in part if i in olds):
-            new = held.get(keys[task_id])
-            if new is None:
-                found.not_final += task_ids is not None  # with filters: a task that matched only since
-            elif str(new.retry_of_id) != task_id or new.request_hash != _hash(_retry_request(task_id, request)):
-                raise IdempotencyConflict("Idempotency-Key was already used with a different request")
-            else:
-                found.retries[task_id] = str(new.id)
-    return found if found.retries else None
-
-
-@transaction.atomic
-def _retry_now(task_ids: list[str], *, key: str | None, request: dict[str, Any] | None
-               ) -> tuple[dict[str, str], int, list[str]]:
-    """In one transaction, the final ones of ``task_ids`` retried (one INSERT; dispatched after the
-    commit). Returns (task id → new task id, how many were not final, ids of tasks gone meanwhile)."""
-    # Locked as ``retry`` locks its task: none is deleted by task retention before the new ones commit.
-    olds = {str(t.id): t for t in Task.objects.select_related("owner").select_for_update(no_key=True, of=("self",))
-            .filter(id__in=task_ids).order_by("id")}
-    final = [olds[i] for i in task_ids if i in olds and olds[i].status in FINAL]
-    specs = [_retry_spec(old, bulk=request) for old in final]
-    news = [_retry_task(old, spec, None if key is None else f"{key}#{old.id}") for old, spec in zip(final, specs)]
+@transitions.atomic_retrying_deadlocks
+def _retry_now(task_ids: list[str], counts: RetryCounts) -> None:
+    """In one transaction, the finished ones of ``task_ids`` without a retry retried (one INSERT;
+    dispatched after the commit); the rest counted into ``counts``."""
+    # Locked as ``retry`` locks its task (in id order; only finished rows, which no cancel, claim or
+    # finish locks): task retention steps over them, and a second bulk retry of the same tasks waits,
+    # then finds the retries this one made.
+    final = {str(t.id): t for t in Task.objects.select_related("owner").select_for_update(no_key=True, of=("self",))
+             .filter(id__in=task_ids, status__in=FINAL).order_by("id")}
+    present = {str(i) for i in Task.objects.filter(id__in=task_ids).values_list("id", flat=True)}
+    earlier = dict(Task.objects.filter(retry_of_id__in=list(final)).order_by("retry_of_id", "-created_at")
+                   .distinct("retry_of_id").values_list("retry_of_id", "id"))
+    earlier = {str(old): str(new) for old, new in earlier.items()}
+    olds = [final[i] for i in task_ids if i in final and i not in earlier]
+    news = [_retry_task(old, _retry_spec(old), None) for old in olds]
     if news:
         Task.objects.bulk_create(news)
         _created(news)
-    gone = [i for i in task_ids if i not in olds]
-    return {str(old.id): str(new.id) for old, new in zip(final, news)}, len(olds) - len(final), gone
+    made = {str(old.id): str(new.id) for old, new in zip(olds, news)}
+    for task_id in task_ids:
+        if task_id in made or task_id in earlier:
+            counts.retries[task_id] = made.get(task_id) or earlier[task_id]
+        elif task_id in present:
+            counts.not_final += 1
+        else:
+            counts.not_found.append(task_id)  # gone meanwhile (task retention)
+    counts.new_task_ids += made.values()
+    counts.already_retried += sum(1 for i in task_ids if i in earlier)
 
 
 @transaction.atomic

@@ -408,21 +408,16 @@ class TaskRetryManyIn(TaskSelectionIn):
     filters = FinishedTaskFiltersField(required=False, help_text="every task you may see that matches these "
                                                                  "filters; `status` required, final ones only")
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        # what an Idempotency-Key's replay is compared by: the body as sent
-        request = ({"filters": self.initial_data["filters"]} if "filters" in attrs
-                   else {"task_ids": [str(i) for i in attrs.get("task_ids", [])]})
-        return {**super().validate(attrs), "request": request}
-
 
 class TaskRetryManyOut(serializers.Serializer):
-    retried = serializers.IntegerField(help_text="finished tasks re-run, each as a new task")
+    retried = serializers.IntegerField(help_text="finished tasks without a retry, re-run now, each as a new task")
     new_task_ids = serializers.ListField(child=serializers.UUIDField(),
-                                         help_text="the new tasks, in the order of the tasks they retry (those of "
-                                                   "`task_ids`, or by id for `filters`)")
+                                         help_text="the tasks this call made, in the order of the tasks they retry "
+                                                   "(those of `task_ids`, or by id for `filters`)")
     retries = serializers.DictField(child=serializers.UUIDField(),
-                                    help_text="each retried task's id → the id of its new task (whose `retry_of` "
-                                              "points back)")
-    not_final = serializers.IntegerField(help_text="of `task_ids`, tasks not finished yet (PENDING, QUEUED, "
-                                                   "RUNNING): left alone")
+                                    help_text="each finished task's id → its retry's id (whose `retry_of` points "
+                                              "back): made by this call, or the latest made before")
+    already_retried = serializers.IntegerField(help_text="finished tasks that had a retry already: not retried "
+                                                         "again (their retries are in `retries`)")
+    not_final = serializers.IntegerField(help_text="tasks not finished yet (PENDING, QUEUED, RUNNING): left alone")
     not_found = not_found_field()

@@ -87,6 +87,10 @@ def idempotency_key(request: Request, *, alias: bool = True) -> str | None:
     return key or None
 
 
+BULK_SELECTION = ("Give `task_ids` (at most 1000) or `filters` (those of the task list), not both. Only your own "
+                  "tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
+
+
 def bulk_action(path: str) -> Any:
     """``POST /tasks/<path>/``: a bulk action's route (``<path>-many``), its body no list's filters or page."""
     return action(detail=False, methods=["post"], url_path=path, url_name=f"{path}-many", filter_backends=[],
@@ -181,35 +185,29 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return Response(TaskOut(task).data)
 
     @extend_schema(operation_id="tasks_cancel_many", request=TaskCancelManyIn, responses={200: TaskCancelManyOut},
-                   description="Cancel many tasks at once, each as `POST /tasks/{id}/cancel/` would: PENDING and "
-                               "QUEUED ones at once, RUNNING ones by their workers, final ones left as they are "
-                               "(counted). Give `task_ids` or `filters` (those of the task list), not both. Only "
-                               "your own tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
+                   description=("Cancel many tasks at once, each as `POST /tasks/{id}/cancel/` would: PENDING "
+                                "and QUEUED ones at once, RUNNING ones by their workers, final ones left as they "
+                                "are (counted). " + BULK_SELECTION))
     @bulk_action("cancel")
     def cancel_many(self, request: Request) -> Response:
         counts = services.cancel_many(**selection_of(TaskCancelManyIn, request), by=request.user)
         return Response(TaskCancelManyOut(counts).data)
 
     @extend_schema(operation_id="tasks_retry_many", request=TaskRetryManyIn,
-                   responses={201: TaskRetryManyOut, 200: TaskRetryManyOut, **errors(409)},
-                   parameters=[key_header(
-                       "Idempotency-Key", "The same key from the same user with the same body answers 200 with "
-                                          "the tasks the first call made, and makes none; with another body "
-                                          "naming a task the first call retried, 409. Each new task stores "
-                                          "`<key>#<id of the task it retries>`.")],
-                   description="Retry many finished tasks at once, each as `POST /tasks/{id}/retry/` would: a "
-                               "new task (`retry_of` pointing back) with the same algorithm, params, queue, "
-                               "priority, labels and limits, its owner's. Tasks not finished are counted and "
-                               "left alone. Give `task_ids` or `filters` (those of the task list, `status` "
-                               "required: FAILED, TIMED_OUT, CANCELLED or SUCCEEDED), not both. Only your own "
-                               "tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
+                   responses={201: TaskRetryManyOut, 200: TaskRetryManyOut},
+                   description=("Make sure each finished task named has a retry: one without gets a new task, "
+                                "as `POST /tasks/{id}/retry/` makes it (`retry_of` pointing back; the same "
+                                "algorithm, params, queue, priority, labels and limits, its owner's); one that has "
+                                "a retry already is answered with it and not retried again; one not finished is "
+                                "left alone. So the call is idempotent by itself: sent again, it makes nothing "
+                                "twice (an `Idempotency-Key` is not needed and not read). `filters` must name the "
+                                "`status`es: FAILED, TIMED_OUT, CANCELLED or SUCCEEDED. 201 when it made tasks, "
+                                "else 200. " + BULK_SELECTION))
     @bulk_action("retry")
     def retry_many(self, request: Request) -> Response:
-        key = idempotency_key(request, alias=False)
-        counts = services.retry_many(**selection_of(TaskRetryManyIn, request), by=request.user,
-                                     idempotency_key=key)
+        counts = services.retry_many(**selection_of(TaskRetryManyIn, request), by=request.user)
         return Response(TaskRetryManyOut(counts).data,
-                        status=status.HTTP_201_CREATED if counts.created and counts.retried else status.HTTP_200_OK)
+                        status=status.HTTP_201_CREATED if counts.retried else status.HTTP_200_OK)
 
     @extend_schema(request=None, responses={201: TaskOut, 200: TaskOut, **errors(409)},
                    parameters=[key_header(

@@ -1,7 +1,9 @@
 """Retry many finished tasks at once (``POST /api/v1/tasks/retry/``, ``services.retry_many``): a sweep's
-failures by label as a user does it, by ids, the Idempotency-Key, what is refused, and the chunks."""
+failures by label as a user does it, by ids, a call sent again (it makes nothing twice), what is refused,
+and the chunks."""
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -134,62 +136,89 @@ def test_only_ids_of_tasks_not_finished_retry_nothing_and_answer_200(alice, api)
     response = api(alice).post(URL, {"task_ids": [str(waiting.id)]}, format="json")
 
     assert response.status_code == 200, response.content
-    assert response.json() == {"retried": 0, "new_task_ids": [], "retries": {}, "not_final": 1, "not_found": []}
+    assert response.json() == {"retried": 0, "new_task_ids": [], "retries": {}, "already_retried": 0,
+                               "not_final": 1, "not_found": []}
 
 
-# --- Idempotency-Key -----------------------------------------------------------------------------
+# --- sent again ----------------------------------------------------------------------------------
 
-def test_the_same_key_and_body_answer_the_first_call_and_make_nothing(alice, bob, olga, api):
+def _give_up(task_ids: list[str]) -> None:
+    """As a worker whose runs of these tasks failed."""
+    services.claim_many(task_ids=task_ids, worker="w")
+    with transaction.atomic():
+        services.give_up(task_ids, error="CUDA error again", data={})
+
+
+def test_a_call_sent_again_makes_nothing_twice_and_a_later_one_retries_the_retries_that_failed(alice, api):
     ended = _failed(alice, 2)
     [waiting] = queued_tasks(alice, 1)
     client = api(alice)
     body = {"task_ids": [*ended, str(waiting.id)]}
 
-    first = client.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="retry-sweep-42")
-    services.cancel(task_id=waiting.id)  # finished since: a replay still leaves it alone
-    again = client.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="retry-sweep-42")
+    first = client.post(URL, body, format="json")
+    again = client.post(URL, body, format="json")  # a timeout's resend: nothing twice, the same retries
 
     assert (first.status_code, again.status_code) == (201, 200), (first.content, again.content)
-    assert again.json() == first.json() and first.json()["not_final"] == 1
+    assert again.json() == {**first.json(), "retried": 0, "new_task_ids": [], "already_retried": 2}
+    assert first.json()["not_final"] == 1 and first.json()["already_retried"] == 0
     assert {i: len(r) for i, r in _retries_of([*ended, str(waiting.id)]).items()} == {
         ended[0]: 1, ended[1]: 1, str(waiting.id): 0}
-    keys = set(Task.objects.filter(retry_of_id__in=ended).values_list("idempotency_key", flat=True))
-    assert keys == {f"retry-sweep-42#{i}" for i in ended}
 
-    # by filters too: the first call's retries, found by their keys; the tasks that ended since left alone
-    by_label = {"filters": {"label": "sweep-42", "status": ["FAILED", "CANCELLED"]}}
-    first = client.post(URL, by_label, format="json", HTTP_IDEMPOTENCY_KEY="by-label")
-    Task.objects.filter(id=waiting.id).update(labels=["sweep-42"])
-    again = client.post(URL, by_label, format="json", HTTP_IDEMPOTENCY_KEY="by-label")
-    assert (first.status_code, again.status_code) == (201, 200) and again.json() == first.json()
-    assert first.json()["retried"] == 2 and _retries_of([str(waiting.id)]) == {str(waiting.id): []}
+    services.cancel(task_id=waiting.id)  # finished since: the same call now retries it, and only it
+    third = client.post(URL, body, format="json").json()
+    assert (third["retried"], third["already_retried"], third["not_final"]) == (1, 2, 0)
+    assert {k: v for k, v in third["retries"].items() if k in ended} == first.json()["retries"]
 
-    # the key is each user's: bob's and an operator's same key make their own retries
-    bobs = _failed(bob, 1)
-    assert api(bob).post(URL, {"task_ids": bobs}, format="json", HTTP_IDEMPOTENCY_KEY="by-label").status_code == 201
-    assert api(olga).post(URL, {"task_ids": ended}, format="json",
-                          HTTP_IDEMPOTENCY_KEY="retry-sweep-43").status_code == 201
+    # the sweep's retries fail too: the same filter now retries those, not the originals once more
+    retries = [first.json()["retries"][i] for i in ended]
+    _give_up(retries)
+    by_label = client.post(URL, {"filters": {"label": "sweep-42", "status": "FAILED"}}, format="json").json()
+    assert (by_label["retried"], by_label["already_retried"]) == (2, 2)
+    assert sorted(by_label["new_task_ids"]) == sorted(str(t.id) for t in Task.objects.filter(retry_of_id__in=retries))
+    assert {i: len(r) for i, r in _retries_of([*ended, *retries]).items()} == {i: 1 for i in [*ended, *retries]}
 
 
-def test_the_same_key_with_another_body_or_a_single_tasks_key_is_a_conflict(alice, api):
-    ended = _failed(alice, 3)
-    client = api(alice)
-    assert client.post(URL, {"task_ids": ended[:2]}, format="json", HTTP_IDEMPOTENCY_KEY="K").status_code == 201
+def test_two_calls_at_once_over_the_same_tasks_retry_each_task_once(alice):
+    ended = _failed(alice, 6)
+    answers: list[Any] = []
 
-    other = client.post(URL, {"task_ids": ended[1:]}, format="json", HTTP_IDEMPOTENCY_KEY="K")
-    single = client.post(f"/api/v1/tasks/{ended[2]}/retry/", HTTP_IDEMPOTENCY_KEY="S")
-    after_single = client.post(URL, {"task_ids": ended}, format="json", HTTP_IDEMPOTENCY_KEY="S")
-    batch = client.post("/api/v1/tasks/batch/", {"tasks": [{"algorithm": "demo.noop", "queue": "unconsumed"}]},
-                        format="json", HTTP_IDEMPOTENCY_KEY="B")
-    after_batch = client.post(URL, {"task_ids": ended}, format="json", HTTP_IDEMPOTENCY_KEY="B")
-    item_key = client.post(URL, {"task_ids": ended}, format="json", HTTP_IDEMPOTENCY_KEY="K#1")
+    def call(order: list[str]) -> None:
+        from django.db import connection
+        try:
+            answers.append(services.retry_many(tasks=selectors.tasks_for(alice), task_ids=order, chunk=2, by=alice))
+        finally:
+            connection.close()
 
-    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict", other.content
-    assert (single.status_code, batch.status_code) == (201, 201)
-    assert after_single.status_code == 409 and "single task" in after_single.json()["error"]["message"]
-    assert after_batch.status_code == 409 and "batch" in after_batch.json()["error"]["message"]
-    assert item_key.status_code == 400 and "Idempotency-Key" in item_key.json()["error"]["fields"]
-    assert {i: len(r) for i, r in _retries_of(ended).items()} == {ended[0]: 1, ended[1]: 1, ended[2]: 1}
+    threads = [threading.Thread(target=call, args=(ids,)) for ids in (ended, ended[::-1])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(answers) == 2
+    assert {i: len(r) for i, r in _retries_of(ended).items()} == {i: 1 for i in ended}
+    assert sorted(a.retried for a in answers) in ([0, 6], [1, 5], [2, 4], [3, 3])
+    assert sum(a.retried for a in answers) == 6 and answers[0].retries == answers[1].retries
+
+
+def test_a_filter_never_retries_the_retries_it_made_itself(alice, monkeypatch):
+    # A worker that fails each chunk's new tasks at once, before the next chunk is read: they match the
+    # filter (FAILED, the same label) by then, but were made by this call.
+    ended = _failed(alice, 5)
+    real = services._retry_now
+
+    def failing_at_once(task_ids: list[str], counts: Any) -> None:
+        before = len(counts.new_task_ids)
+        real(task_ids, counts)
+        _give_up(counts.new_task_ids[before:])
+
+    monkeypatch.setattr(services, "_retry_now", failing_at_once)
+    counts = services.retry_many(tasks=selectors.tasks_for(alice).filter(labels__contains=["sweep-42"],
+                                                                          status=Status.FAILED), chunk=2, by=alice)
+
+    assert counts.retried == 5 and sorted(counts.retries) == sorted(ended)
+    assert {i: len(r) for i, r in _retries_of(ended).items()} == {i: 1 for i in ended}
+    assert Task.objects.filter(retry_of_id__in=counts.new_task_ids).count() == 0
 
 
 # --- refused -------------------------------------------------------------------------------------
@@ -225,12 +254,6 @@ def test_bad_input_is_a_400_naming_the_field_and_retries_nothing(alice, api, bod
     assert _retries_of(ended) == {ended[0]: []}
 
 
-def test_a_key_too_long_is_a_400(alice, api):
-    ended = _failed(alice, 1)
-    response = api(alice).post(URL, {"task_ids": ended}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 201)
-    assert response.status_code == 400 and "Idempotency-Key" in response.json()["error"]["fields"]
-
-
 def test_bulk_retries_count_with_bulk_cancels_against_the_batch_limit(alice, api, settings):
     from tests.edge.test_rate_limits import assert_limited, clear_of_window_edge
 
@@ -253,9 +276,9 @@ def chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     seen: list[tuple[int, bool]] = []
     real = services._retry_now
 
-    def spy(task_ids: list[str], **kwargs: Any) -> Any:
+    def spy(task_ids: list[str], counts: Any) -> Any:
         seen.append((len(task_ids), transaction.get_connection().in_atomic_block))
-        return real(task_ids, **kwargs)
+        return real(task_ids, counts)
 
     monkeypatch.setattr(services, "_retry_now", spy)
     return seen
@@ -280,16 +303,14 @@ def test_a_filter_is_retried_a_chunk_at_a_time_each_one_insert_in_its_own_transa
     assert all(len(r) == 1 for r in _retries_of(ended).values())
 
 
-def test_ids_are_retried_a_chunk_at_a_time_and_a_replay_reads_them_so_too(alice, chunks):
+def test_ids_are_retried_a_chunk_at_a_time_and_a_second_call_makes_nothing(alice, chunks):
     ended = _failed(alice, 3)
     nobody = str(uuid.uuid4())
     ids = [ended[0], nobody, ended[1], ended[2]]
 
-    counts = services.retry_many(tasks=selectors.tasks_for(alice), task_ids=ids, chunk=2, by=alice,
-                                 idempotency_key="k", request={"task_ids": ids})
-    again = services.retry_many(tasks=selectors.tasks_for(alice), task_ids=ids, chunk=2, by=alice,
-                                idempotency_key="k", request={"task_ids": ids})
+    counts = services.retry_many(tasks=selectors.tasks_for(alice), task_ids=ids, chunk=2, by=alice)
+    again = services.retry_many(tasks=selectors.tasks_for(alice), task_ids=ids, chunk=2, by=alice)
 
-    assert (counts.retried, counts.not_found, counts.created) == (3, [nobody], True)
-    assert chunks == [(1, False), (2, False)]  # the replay made nothing
-    assert (again.retries, again.not_found, again.created) == (counts.retries, [nobody], False)
+    assert (counts.retried, counts.not_found, counts.already_retried) == (3, [nobody], 0)
+    assert chunks == [(1, False), (2, False)] * 2
+    assert (again.retries, again.not_found, again.retried, again.already_retried) == (counts.retries, [nobody], 0, 3)

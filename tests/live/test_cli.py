@@ -129,18 +129,19 @@ def test_retry_takes_one_id_many_ids_or_a_label_and_status_and_prints_the_new_id
     by_ids = cli("retry", second, waiting)
     assert by_ids.returncode == 0, by_ids.stderr
     summary, *new_ids = by_ids.stdout.splitlines()
-    assert summary == "retried 1, not finished 1 (left alone)"
+    assert summary == "retried 1, already retried 0 (not again), not finished 1 (left alone)"
     assert [str(Task.objects.get(id=i).retry_of_id) for i in new_ids] == [second]
 
     by_label = cli("--json", "retry", "--label", "sweep-42", "--status", "CANCELLED", "--queue", queue)
     assert by_label.returncode == 0, by_label.stderr
     answer = json.loads(by_label.stdout)
-    assert answer["retried"] == 3 and set(answer["retries"]) == {first, second, third}
+    # first and second have their retries already: only third is retried now, and all three answered
+    assert (answer["retried"], answer["already_retried"]) == (1, 2) and set(answer["retries"]) == {first, second, third}
     assert Task.objects.get(id=waiting).status != Status.CANCELLED
 
     foreign = cli("retry", third, str(bobs.id))
     assert foreign.returncode == 1 and f"not found: {bobs.id}" in foreign.stderr
-    assert "retried 1" in foreign.stdout
+    assert "retried 0, already retried 1" in foreign.stdout  # the same again makes nothing twice
     assert cli("retry", waiting).returncode == 1  # one task not finished: its retry is refused
     no_status = cli("retry", "--label", "sweep-42")
     assert no_status.returncode == 1 and "filters.status" in no_status.stderr
