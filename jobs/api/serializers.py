@@ -367,7 +367,8 @@ def not_found_field() -> serializers.ListField:
     """A bulk action's answer: the ids of ``task_ids`` that named no task the caller may see."""
     return serializers.ListField(child=serializers.UUIDField(),
                                  help_text="of `task_ids`, those naming no task you may see (another user's, or "
-                                           "none); always empty with `filters`")
+                                           "none); with `filters`, only a task deleted by task retention "
+                                           "while the call ran")
 
 
 class TaskCancelManyOut(serializers.Serializer):
