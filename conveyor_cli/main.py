@@ -169,8 +169,9 @@ def cmd_retry(client: Client, args: argparse.Namespace) -> int:
     """``retry ID``: that task's retry, the new task's id printed (a task not finished is a refused request,
     exit 1). ``retry ID ID …`` or ``retry --label L --status FAILED [--queue Q] [--algorithm A]``: one bulk
     retry (``POST /api/v1/tasks/retry/``), its summary printed, then the new tasks' ids, one a line; exit 1
-    when an id names no task of yours. A task that has a retry already is not retried again, so running
-    the same command again (after a timeout, a 429 half-way) makes nothing twice."""
+    when an id names no task of yours. There a task that has a retry already is not retried again, so
+    running the same command again (after a timeout, a 429 half-way) makes nothing twice; the single retry
+    of one id makes a new task each time, as ``POST /tasks/{id}/retry/`` does."""
     summary = bulk(client, "/api/v1/tasks/retry/", args)
     if summary is None:
         task = client.post(f"/api/v1/tasks/{args.ids[0]}/retry/")

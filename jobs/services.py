@@ -504,21 +504,28 @@ def retry_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = Non
     ``submit_batch``'s.
 
     So a bulk retry is idempotent by itself: sent again (after a timeout, a 503 half-way, twice at once)
-    it makes nothing twice and answers with the same retries; and retrying a sweep's FAILED tasks again
-    later retries the retries that failed, not the originals once more. A filter selects the tasks made
-    before the call, never the retries it makes itself (which may fail while it works)."""
+    it makes nothing twice and answers with the same retries; and a filter of a sweep's FAILED tasks sent
+    again later retries the retries that failed, not the originals once more (ids name the tasks
+    themselves: an id whose retry failed is answered with that retry). A filter selects the tasks made
+    before the call (by this process's clock), never the retries it makes itself (which may fail while
+    it works)."""
     counts = RetryCounts()
     if task_ids is None:
         tasks = tasks.filter(created_at__lt=timezone.now())
     for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=counts.not_found):
-        _retry_now(part, counts)
+        done = _retry_now(part)  # counted once its transaction committed (a deadlock runs it again)
+        counts.retries.update(done.retries)
+        counts.new_task_ids += done.new_task_ids
+        counts.already_retried += done.already_retried
+        counts.not_final += done.not_final
+        counts.not_found += done.not_found
     return counts
 
 
 @transitions.atomic_retrying_deadlocks
-def _retry_now(task_ids: list[str], counts: RetryCounts) -> None:
+def _retry_now(task_ids: list[str]) -> RetryCounts:
     """In one transaction, the finished ones of ``task_ids`` without a retry retried (one INSERT;
-    dispatched after the commit); the rest counted into ``counts``."""
+    dispatched after the commit); what it did, counted."""
     # Locked as ``retry`` locks its task (in id order; only finished rows, which no cancel, claim or
     # finish locks): task retention steps over them, and a second bulk retry of the same tasks waits,
     # then finds the retries this one made.
@@ -534,6 +541,7 @@ def _retry_now(task_ids: list[str], counts: RetryCounts) -> None:
         Task.objects.bulk_create(news)
         _created(news)
     made = {str(old.id): str(new.id) for old, new in zip(olds, news)}
+    counts = RetryCounts()
     for task_id in task_ids:
         if task_id in made or task_id in earlier:
             counts.retries[task_id] = made.get(task_id) or earlier[task_id]
@@ -543,6 +551,7 @@ def _retry_now(task_ids: list[str], counts: RetryCounts) -> None:
             counts.not_found.append(task_id)  # gone meanwhile (task retention)
     counts.new_task_ids += made.values()
     counts.already_retried += sum(1 for i in task_ids if i in earlier)
+    return counts
 
 
 @transaction.atomic

@@ -174,22 +174,24 @@ def test_a_body_that_is_not_an_object_is_a_400(alice, api):
 
 # --- chunks --------------------------------------------------------------------------------------
 
+def spy_on_chunks(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[int, bool]]:
+    """From now on, each chunk of ids ``services.<name>`` is handed, as (its size, whether a transaction
+    was already open)."""
+    seen: list[tuple[int, bool]] = []
+    real = getattr(services, name)
+
+    def spy(task_ids: list[str]) -> Any:
+        seen.append((len(task_ids), transaction.get_connection().in_atomic_block))
+        return real(task_ids)
+
+    monkeypatch.setattr(services, name, spy)
+    return seen
+
+
 @pytest.fixture
 def chunks(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``seen = chunks()``: from then on, each chunk a cancel hands on, as (its size, whether a
-    transaction was already open)."""
-    def watch() -> list[tuple[int, bool]]:
-        seen: list[tuple[int, bool]] = []
-        real = services._cancel_now
-
-        def spy(task_ids: list[str]) -> Any:
-            seen.append((len(task_ids), transaction.get_connection().in_atomic_block))
-            return real(task_ids)
-
-        monkeypatch.setattr(services, "_cancel_now", spy)
-        return seen
-
-    return watch
+    """``seen = chunks()``: from then on, each chunk a cancel hands on (``spy_on_chunks``)."""
+    return lambda: spy_on_chunks(monkeypatch, "_cancel_now")
 
 
 def test_a_filter_is_cancelled_a_chunk_at_a_time_each_in_its_own_transaction(alice, chunks):

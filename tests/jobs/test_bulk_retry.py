@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from jobs import selectors, services
+from jobs import selectors, services, transitions
 from jobs.models import FINAL, Status, Task
 from tests.conftest import queued_tasks, wait_until
-from tests.jobs.test_bulk_cancel import _status, _submit
+from tests.jobs.test_bulk_cancel import _status, _submit, spy_on_chunks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -207,10 +207,10 @@ def test_a_filter_never_retries_the_retries_it_made_itself(alice, monkeypatch):
     ended = _failed(alice, 5)
     real = services._retry_now
 
-    def failing_at_once(task_ids: list[str], counts: Any) -> None:
-        before = len(counts.new_task_ids)
-        real(task_ids, counts)
-        _give_up(counts.new_task_ids[before:])
+    def failing_at_once(task_ids: list[str]) -> Any:
+        done = real(task_ids)
+        _give_up(done.new_task_ids)
+        return done
 
     monkeypatch.setattr(services, "_retry_now", failing_at_once)
     counts = services.retry_many(tasks=selectors.tasks_for(alice).filter(labels__contains=["sweep-42"],
@@ -271,17 +271,8 @@ def test_bulk_retries_count_with_bulk_cancels_against_the_batch_limit(alice, api
 
 @pytest.fixture
 def chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
-    """Each chunk a bulk retry hands on, as (its size, whether a transaction was already open), and how
-    many INSERTs of tasks each made."""
-    seen: list[tuple[int, bool]] = []
-    real = services._retry_now
-
-    def spy(task_ids: list[str], counts: Any) -> Any:
-        seen.append((len(task_ids), transaction.get_connection().in_atomic_block))
-        return real(task_ids, counts)
-
-    monkeypatch.setattr(services, "_retry_now", spy)
-    return seen
+    """Each chunk a bulk retry hands on (``spy_on_chunks``)."""
+    return spy_on_chunks(monkeypatch, "_retry_now")
 
 
 def test_a_filter_is_retried_a_chunk_at_a_time_each_one_insert_in_its_own_transaction(
@@ -314,3 +305,35 @@ def test_ids_are_retried_a_chunk_at_a_time_and_a_second_call_makes_nothing(alice
     assert (counts.retried, counts.not_found, counts.already_retried) == (3, [nobody], 0)
     assert chunks == [(1, False), (2, False)] * 2
     assert (again.retries, again.not_found, again.retried, again.already_retried) == (counts.retries, [nobody], 0, 3)
+
+
+def test_a_task_retried_twice_is_answered_with_its_latest_retry(alice):
+    [ended] = _failed(alice, 1)
+    first, _ = services.retry(task_id=ended, by=alice)
+    latest, _ = services.retry(task_id=ended, by=alice)  # the single retry: always a new task
+    Task.objects.filter(id=first.id).update(created_at=latest.created_at.replace(year=2000))
+
+    counts = services.retry_many(tasks=selectors.tasks_for(alice), task_ids=[ended], by=alice)
+
+    assert (counts.retries, counts.retried, counts.already_retried) == ({ended: str(latest.id)}, 0, 1)
+
+
+def test_a_chunk_run_again_after_a_deadlock_is_counted_once(alice, monkeypatch):
+    ended = _failed(alice, 2)
+    real, runs = services._retry_now.__wrapped__, []
+
+    def deadlocked_once(task_ids: list[str]) -> Any:
+        done = real(task_ids)
+        runs.append(len(done.new_task_ids))
+        if len(runs) == 1:  # as PostgreSQL picking this transaction as a deadlock's victim at its end
+            import psycopg
+            from django.db import OperationalError
+            raise OperationalError("deadlock detected") from psycopg.errors.DeadlockDetected("deadlock detected")
+        return done
+
+    monkeypatch.setattr(services, "_retry_now", transitions.atomic_retrying_deadlocks(deadlocked_once))
+    counts = services.retry_many(tasks=selectors.tasks_for(alice), task_ids=ended, by=alice)
+
+    assert runs == [2, 2]
+    assert (counts.retried, counts.already_retried) == (2, 0)
+    assert sorted(counts.new_task_ids) == sorted(str(t.id) for t in Task.objects.filter(retry_of_id__in=ended))
