@@ -493,6 +493,13 @@ class RetryCounts:
     def retried(self) -> int:
         return len(self.new_task_ids)
 
+    def add(self, done: RetryCounts) -> None:
+        self.retries.update(done.retries)
+        self.new_task_ids += done.new_task_ids
+        self.already_retried += done.already_retried
+        self.not_final += done.not_final
+        self.not_found += done.not_found
+
 
 def retry_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = None, by: Any = None,
                chunk: int = RETRY_CHUNK) -> RetryCounts:
@@ -513,12 +520,7 @@ def retry_many(*, tasks: QuerySet[Task], task_ids: list[UUID | str] | None = Non
     if task_ids is None:
         tasks = tasks.filter(created_at__lt=timezone.now())
     for part in _chunks_of(tasks, task_ids, chunk=chunk, not_found=counts.not_found):
-        done = _retry_now(part)  # counted once its transaction committed (a deadlock runs it again)
-        counts.retries.update(done.retries)
-        counts.new_task_ids += done.new_task_ids
-        counts.already_retried += done.already_retried
-        counts.not_final += done.not_final
-        counts.not_found += done.not_found
+        counts.add(_retry_now(part))  # counted once its transaction committed (a deadlock runs it again)
     return counts
 
 
