@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 1_000
 PRUNE_SECONDS = 60.0
+_COUNTED = ("tasks", "events", "artifacts", "files", "kept", "batches")
+
+
+def _counts(**given: int) -> dict[str, int]:
+    """What a prune (or a part of one) counts: ``given``, the rest 0."""
+    return {key: given.get(key, 0) for key in _COUNTED}
 
 
 def floor_days() -> float:
@@ -64,7 +70,7 @@ def prune(*, days: float | None = None, dry_run: bool = False, batch: int = PRUN
     if days is None:
         days = settings.CONVEYOR["TASK_RETENTION_DAYS"]
         if days <= 0:
-            return {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "kept": 0, "batches": 0, "cutoff": None}
+            return {**_counts(), "cutoff": None}
     if days < (floor := floor_days()):
         log.warning("task retention of %g days is shorter than the statistics window or RESULT_TTL_DAYS; "
                     "keeping tasks %g days", days, floor)
@@ -72,9 +78,8 @@ def prune(*, days: float | None = None, dry_run: bool = False, batch: int = PRUN
     now = now or timezone.now()
     cutoff = now - timedelta(days=days)
     if dry_run:
-        return {"tasks": prunable(cutoff).count(), "events": 0, "artifacts": 0, "files": 0, "kept": 0,
-                "batches": 0, "cutoff": cutoff}
-    counts = {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "kept": 0, "batches": 0}
+        return {**_counts(tasks=prunable(cutoff).count()), "cutoff": cutoff}
+    counts = _counts()
     deadline = None if seconds is None else time.monotonic() + seconds
     after: tuple[datetime, Any] | None = None
     while True:
@@ -112,7 +117,7 @@ def _prune_batch(cutoff: datetime, window: list[Any], now: datetime) -> dict[str
         return _prune_tasks(cutoff, window, now)
     except Exception:
         log.warning("a batch of task retention failed; deleting its tasks one by one", exc_info=True)
-    counts = {"tasks": 0, "events": 0, "artifacts": 0, "files": 0, "kept": 0}
+    counts = _counts()
     for task_id in window:
         try:
             done = _prune_tasks(cutoff, [task_id], now)
@@ -137,8 +142,8 @@ def _prune_tasks(cutoff: datetime, window: list[Any], now: datetime) -> dict[str
         ids = list(prunable(cutoff).filter(id__in=window).order_by().select_for_update(skip_locked=True)
                    .values_list("id", flat=True))
         if not ids:
-            return {"tasks": 0, "events": 0, "artifacts": 0, "files": 0}
+            return _counts()
         files = results.expire_files_of(ids, now=now)
         _, deleted = Task.objects.filter(id__in=ids).only("id").delete()
-    return {"tasks": deleted.get(Task._meta.label, 0), "events": deleted.get(TaskEvent._meta.label, 0),
-            "artifacts": deleted.get(Artifact._meta.label, 0), "files": files}
+    return _counts(tasks=deleted.get(Task._meta.label, 0), events=deleted.get(TaskEvent._meta.label, 0),
+                   artifacts=deleted.get(Artifact._meta.label, 0), files=files)

@@ -11,7 +11,7 @@ from algorithms import results
 from algorithms.models import Artifact
 from config.errors import InvalidInput
 from jobs import services
-from jobs.models import Task, TaskEvent
+from jobs.models import FINAL, Task, TaskEvent
 from webhooks.api.serializers import WebhookUrlField
 
 
@@ -214,7 +214,6 @@ class TaskEventOut(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-
 # --- bulk cancel and bulk retry: POST /tasks/cancel/, POST /tasks/retry/ ---------------------------
 
 # The most ids one bulk cancel or retry may name (a filter may match any number of tasks).
@@ -380,14 +379,12 @@ class TaskCancelManyOut(serializers.Serializer):
     not_found = not_found_field()
 
 
-@extend_schema_field(_filters_schema(["FAILED", "TIMED_OUT", "CANCELLED", "SUCCEEDED"], required=("status",)))
+@extend_schema_field(_filters_schema(sorted(s.value for s in FINAL), required=("status",)))
 class FinishedTaskFiltersField(TaskFiltersField):
     """The task list's filters with ``status`` required and final: a retry by filters names which ended
     tasks it re-runs (FAILED, TIMED_OUT, …), never a whole sweep by accident."""
 
     def check(self, cleaned: dict[str, Any]) -> None:
-        from jobs.models import FINAL
-
         statuses = cleaned.get("status") or []
         if not statuses:
             raise serializers.ValidationError({"status": [

@@ -20,7 +20,7 @@ from config.schema import errors
 from jobs import selectors, services
 from jobs.api.filters import TaskFilter, UtcDateTimeField
 from jobs.api.serializers import (
-    ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskCancelManyIn, TaskCancelManyOut, TaskEventOut, TaskOut,
+    BULK_IDS_MAX, ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskCancelManyIn, TaskCancelManyOut, TaskEventOut, TaskOut,
     TaskResultOut, TaskRetryManyIn, TaskRetryManyOut, TaskSubmitIn, after_seq_of, selection_of,
 )
 from jobs.errors import NoResult
@@ -87,8 +87,8 @@ def idempotency_key(request: Request, *, alias: bool = True) -> str | None:
     return key or None
 
 
-BULK_SELECTION = ("Give `task_ids` (at most 1000) or `filters` (those of the task list), not both. Only your own "
-                  "tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
+BULK_SELECTION = (f"Give `task_ids` (at most {BULK_IDS_MAX}) or `filters` (those of the task list), not both. Only "
+                  "your own tasks (operators: anyone's). Counts as a batch call (`RATE_LIMIT_BATCH`).")
 
 
 def bulk_action(path: str) -> Any:
