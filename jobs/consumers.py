@@ -142,7 +142,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_to_join:
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.append(group)
-        await self.send_initial()
+        if not await self.send_initial():
+            return
         for message in self.buffer:
             await self.deliver(message)
         self.buffer = []
@@ -249,7 +250,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if len(page) < REPLAY_PAGE:
                 return last
 
-    async def send_initial(self) -> None:
+    async def send_initial(self) -> bool:
+        """Send the snapshot (and a replay); False if the socket was closed instead."""
         raise NotImplementedError
 
     def refusal(self, user: Any) -> int | None:
@@ -314,8 +316,11 @@ class TaskConsumer(LiveConsumer):
         self.groups_to_join = [events.task_group(self.task.id)]
         return None
 
-    async def send_initial(self) -> None:
+    async def send_initial(self) -> bool:
         snapshot = await database_sync_to_async(self._snapshot)()
+        if snapshot is None:  # deleted since the access check (task retention, the admin)
+            await self.close(code=CLOSE_FORBIDDEN)
+            return False
         await self.send_json(snapshot)
         replayed = 0
         if self.after_seq is not None:
@@ -323,11 +328,14 @@ class TaskConsumer(LiveConsumer):
             # is dropped by seq), so nothing is skipped between the snapshot and the live stream.
             replayed = await self.send_stored(self.task.id, after=self.after_seq)
         self.last_seq = max(snapshot["seq"], replayed)
+        return True
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> dict[str, Any] | None:
         from jobs.api.serializers import TaskOut
 
-        task = type(self.task).objects.get(id=self.task.id)
+        task = type(self.task).objects.filter(id=self.task.id).first()
+        if task is None:
+            return None
         snapshot = dict(events.payload(task, "task.snapshot", task.last_seq, None, timezone.now()))
         snapshot["task"] = _jsonable(TaskOut(task).data)
         return snapshot
@@ -362,10 +370,11 @@ class DashboardConsumer(LiveConsumer):
         self.seen: dict[str, int] = {}
         return None
 
-    async def send_initial(self) -> None:
+    async def send_initial(self) -> bool:
         snapshot = await database_sync_to_async(self._read)()
         self.seen = {t["id"]: t["last_seq"] for t in snapshot["tasks"]}
         await self.send_json(snapshot)
+        return True
 
     def _read(self) -> dict[str, Any]:
         from jobs.api.serializers import TaskOut

@@ -97,6 +97,29 @@ def test_a_malformed_task_id_closes_4403_like_a_task_that_does_not_exist(alice, 
     assert async_to_sync(scenario)("?token=not-a-jwt") == CLOSED_4401  # authentication first, as for any task
 
 
+def test_a_task_deleted_between_the_access_check_and_the_snapshot_closes_4403(alice, token, monkeypatch):
+    # Task retention (or the admin) deleting the task in that moment: a 4403 as for a task that is gone,
+    # not a server error.
+    from jobs.consumers import TaskConsumer
+
+    task, jwt = submit(alice), token(alice)
+    checked = TaskConsumer.refusal
+
+    def refusal_then_deleted(self, user):
+        refused = checked(self, user)
+        Task.objects.filter(id=task.id).delete()
+        return refused
+
+    monkeypatch.setattr(TaskConsumer, "refusal", refusal_then_deleted)
+
+    async def scenario():
+        comm = communicator(f"/ws/tasks/{task.id}/?token={jwt}")
+        await comm.connect()
+        return await comm.receive_output(timeout=5)
+
+    assert async_to_sync(scenario)() == CLOSED_4403
+
+
 @pytest.mark.parametrize("path", ["/ws/nope/", "/ws/tasks/", "/ws/tasks/a/b/", "/elsewhere"])
 def test_an_unknown_socket_path_is_refused_at_the_handshake(path):
     async def scenario():
