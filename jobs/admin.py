@@ -81,7 +81,11 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected (finished) tasks as new tasks", permissions=["change"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        self._each(request, queryset, "retried", lambda t: services.retry(task_id=t.id, by=request.user)[0])
+        # The API's bulk retry: a task that has a retry already is not retried again (a second click).
+        done = services.retry_many(tasks=queryset, by=request.user)
+        self.message_user(request, f"retried {done.retried} task(s); {done.already_retried} had a retry already "
+                                   f"(not retried again); {done.not_final} not finished (left alone)",
+                          messages.SUCCESS)
 
     @admin.action(description="Raise priority by one", permissions=["change"])
     def raise_priority(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:

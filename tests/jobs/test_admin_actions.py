@@ -1,4 +1,4 @@
-"""The task admin's actions go through the same services as the API: cancel is the bulk cancel."""
+"""The task admin's actions go through the same services as the API: cancel and retry are the bulk ones."""
 from __future__ import annotations
 
 import pytest
@@ -28,3 +28,23 @@ def test_cancelling_selected_tasks_in_the_admin_cancels_the_waiting_and_counts_t
     assert set(Task.objects.filter(id__in=[t.id for t in waiting]).values_list("status", flat=True)) == {Status.CANCELLED}
     assert Task.objects.get(id=done.id).status == Status.SUCCEEDED
     assert Task.objects.get(id=untouched.id).status == Status.QUEUED
+
+
+def test_retrying_selected_tasks_in_the_admin_is_the_bulk_retry_a_double_click_makes_nothing_twice(alice):
+    failed = queued_tasks(alice, 2)
+    Task.objects.filter(id__in=[t.id for t in failed]).update(status=Status.FAILED)
+    waiting = queued_tasks(alice, 1)[0]
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    selected = {"action": "retry", "_selected_action": [str(t.id) for t in [*failed, waiting]]}
+
+    first = admin.post("/admin/jobs/task/", selected, follow=True)
+    again = admin.post("/admin/jobs/task/", selected, follow=True)
+
+    assert [str(m) for m in first.context["messages"]] == [
+        "retried 2 task(s); 0 had a retry already (not retried again); 1 not finished (left alone)"]
+    assert [str(m) for m in again.context["messages"]] == [
+        "retried 0 task(s); 2 had a retry already (not retried again); 1 not finished (left alone)"]
+    retries = Task.objects.filter(retry_of__in=failed)
+    assert sorted(str(t.retry_of_id) for t in retries) == sorted(str(t.id) for t in failed)
+    assert Task.objects.get(id=waiting.id).status == Status.QUEUED
