@@ -42,7 +42,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     from algorithms.remote import bridge, discovery
     from algorithms.remote.models import RemoteService
-    from jobs import runner, services
+    from jobs import execution, runner, services
     from jobs.models import Task, TaskEvent
     from tests.remote.conftest import ServiceProcess
 
@@ -63,10 +63,10 @@ def main() -> None:
         spec = services.build_spec(algorithm=algorithm, params=params, max_retries=0, timeout_seconds=600)
         task, _ = services.submit(owner=user, spec=spec)
         Task.objects.filter(id=task.id).update(status="QUEUED")
-        claimed = services.claim(task_id=task.id, worker="bench")
+        claimed = execution.claim(task_id=task.id, worker="bench")
         assert claimed is not None
         outcome = runner.run(claimed)
-        services.finish(task_id=task.id, outcome=outcome)
+        execution.finish(task_id=task.id, outcome=outcome)
         done = Task.objects.get(id=task.id)
         assert done.status == "SUCCEEDED", (done.status, done.error)
         return done

@@ -1,7 +1,7 @@
 """WebSocket push: latency and throughput of live progress, against a bare channels-redis hop.
 
 Setup (all real, all on loopback): one daphne web process; ``--tasks`` RUNNING tasks; a "worker"
-process that reports progress for them through ``services.report_progress`` (the code path a Celery
+process that reports progress for them through ``execution.report_progress`` (the code path a Celery
 worker child uses: guarded UPDATE + ``TaskEvent`` row, channel-layer publish after commit), each report
 carrying ``time.time()`` in its metrics; ``--sockets`` WebSocket clients on ``/ws/tasks/<id>/``
 spread evenly over the tasks (200 sockets / 50 tasks = 4 watchers per task).
@@ -121,7 +121,7 @@ def worker_main(task_ids: list[str], rate: float, seconds: float, start_at: floa
     from django.db import transaction
     from django.utils import timezone as dj_tz
 
-    from jobs import events, services
+    from jobs import events, execution
     from jobs.events import publisher
     from jobs.models import Task
 
@@ -159,7 +159,7 @@ def worker_main(task_ids: list[str], rate: float, seconds: float, start_at: floa
                 time.sleep(delay)
             continue
         with transaction.atomic():
-            services.report_progress(task_id=task_id, percent=min(99.0, i / 10), stage="bench",
+            execution.report_progress(task_id=task_id, percent=min(99.0, i / 10), stage="bench",
                                      message=f"report {i}", metrics={"t": before, "i": i})
             # Runs right after the publish callback that record() registered first: the commit time.
             transaction.on_commit(lambda: committed.append(time.time()))

@@ -30,10 +30,10 @@ from django.db import connection, connections
 
 from algorithms import artifacts, registry
 from algorithms.context import RunContext, Scratch
-from jobs import services
+from jobs import execution
 from jobs.events import publisher
 from jobs.models import Status, Task
-from jobs.services import Outcome
+from jobs.execution import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Watchdog(threading.Thread):
         sent = time.monotonic()
         try:
             self._bound_network_waits()
-            flags = services.heartbeat(claims=claims)
+            flags = execution.heartbeat(claims=claims)
         except Exception:  # the database away, for a moment or from this worker only: fenced if it lasts
             log.exception("task heartbeat failed")
             connections.close_all()
@@ -242,7 +242,7 @@ class Watchdog(threading.Thread):
             status, why = Status.FAILED, watch.lost
         else:
             status, why = Status.CANCELLED, "cancelled"
-        services.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, outcome=Outcome(
+        execution.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, outcome=Outcome(
             status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and was terminated",
             retryable=status == Status.FAILED))
         self._kill(watch, f"ignored: {why}", batches=batches)
@@ -283,7 +283,7 @@ class Batch:
 
     While they wait their turn (and once run, until their outcome is recorded) the watchdog beats their
     heartbeats too, so the reaper leaves them alone, and notes a cancel (→ CANCELLED without running) or
-    a task taken away (→ skipped). Outcomes are recorded together (``services.finish_many``) at the end,
+    a task taken away (→ skipped). Outcomes are recorded together (``execution.finish_many``) at the end,
     or once ``FINISH_FLUSH_SECONDS`` have passed since the last record — by the watchdog too, so a long
     task in a batch does not hide its batch-mates' results. A record that fails (a database blip) is
     tried again, the heartbeats beaten meanwhile, instead of leaving the outcome to the reaper.
@@ -333,7 +333,7 @@ class Batch:
         with self.lock:
             skipped, self.skipped = self.skipped, []
         if skipped:
-            services.release(task_ids=skipped, worker=self.worker, claimed_at=self.claimed_at,
+            execution.release(task_ids=skipped, worker=self.worker, claimed_at=self.claimed_at,
                              reason="its worker was cut off from the database before it started")
 
     def waiting_ids(self) -> list[str]:
@@ -386,7 +386,7 @@ class Batch:
             outcomes, self.outcomes = self.outcomes, []
             if outcomes:
                 try:
-                    services.finish_many(outcomes=outcomes, dispatch_next=self.dispatch_next,
+                    execution.finish_many(outcomes=outcomes, dispatch_next=self.dispatch_next,
                                          claimed_at=self.claimed_at)
                 except Exception:  # kept (and their heartbeats beaten) for the next record
                     self.outcomes = outcomes + self.outcomes
@@ -399,7 +399,7 @@ class Batch:
         with self.lock:
             waiting, self.waiting, self.skipped = [*self.waiting, *self.skipped], {}, []
         if waiting:
-            services.release(task_ids=waiting, worker=self.worker, claimed_at=self.claimed_at,
+            execution.release(task_ids=waiting, worker=self.worker, claimed_at=self.claimed_at,
                              reason="its batch's worker process was terminated")
 
 
@@ -419,9 +419,9 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
                                     scratch=scratch)
     ctx = RunContext(
         task_id=str(task.id), attempt=task.attempts, scratch=scratch, cancel_event=watch.cancel,
-        write_progress=lambda p, s, m, x: services.report_progress(task_id=task.id, percent=p, stage=s, message=m,
+        write_progress=lambda p, s, m, x: execution.report_progress(task_id=task.id, percent=p, stage=s, message=m,
                                                                    metrics=x, claimed_at=task.started_at),
-        write_logs=lambda lines: services.append_log(task_id=task.id, lines=lines, claimed_at=task.started_at),
+        write_logs=lambda lines: execution.append_log(task_id=task.id, lines=lines, claimed_at=task.started_at),
         min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store,
     )
     watchdog = Watchdog.get()
@@ -447,7 +447,7 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
         if watch.timed_out.is_set():
             return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
         try:  # best effort: the outcome below is what must be recorded
-            services.append_log(task_id=task.id, lines=[traceback.format_exc(limit=20)], claimed_at=task.started_at)
+            execution.append_log(task_id=task.id, lines=[traceback.format_exc(limit=20)], claimed_at=task.started_at)
         except Exception:
             log.exception("could not record the traceback of task %s", task.id)
         # Cancelled, and failed on the way out: cancelled, never retried; lost: run again while attempts remain.

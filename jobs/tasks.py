@@ -5,7 +5,7 @@ import time
 
 from celery import shared_task
 
-from jobs import retention, runner, services
+from jobs import execution, retention, runner
 from observability.worker import bind_task
 
 
@@ -17,7 +17,7 @@ def run_task(self, task_id: str) -> None:  # type: ignore[no-untyped-def]
     record that fails in a database blip is tried again, as for a batch's tasks."""
     worker = self.request.hostname or "unknown"
     since = time.monotonic()
-    task = services.claim(task_id=task_id, worker=worker)
+    task = execution.claim(task_id=task_id, worker=worker)
     if task is None:
         return
     bind_task(task.id, task.request_id)
@@ -33,7 +33,7 @@ def run_tasks(self, task_ids: list[str]) -> None:  # type: ignore[no-untyped-def
 
     worker = self.request.hostname or "unknown"
     since = time.monotonic()
-    tasks = services.claim_many(task_ids=task_ids, worker=worker)
+    tasks = execution.claim_many(task_ids=task_ids, worker=worker)
     with runner.Batch(tasks, worker, since=since) as batch:
         for task in tasks:
             bind_task(task.id, task.request_id)

@@ -251,7 +251,7 @@ def atomic_retrying_deadlocks(fn: Callable[P, R]) -> Callable[P, R]:
 
     Two such statements lock their task rows one after the other, and another session can lock the same
     rows in the opposite order (the watchdog's heartbeat could, against a batch's finish of successes,
-    then failures, until it learned to step around held rows: ``services.heartbeat``). (The statistics
+    then failures, until it learned to step around held rows: ``execution.heartbeat``). (The statistics
     counters once made this far likelier: with 8 stripes shared by all sessions, any two of one stripe
     changing statuses in opposite orders could deadlock; each session has counter rows of its own now,
     ``queueing/counters.py``.) The

@@ -21,7 +21,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs import services, transitions
+from jobs import execution
 from jobs.models import Status, Task, TaskEvent
 from queueing import dispatch
 
@@ -68,10 +68,10 @@ def reap_stale_running() -> int:
     with transaction.atomic():
         # Heartbeat guard repeated in SQL: a worker that came back to life in between keeps its task.
         guard = {"where_sql": f"heartbeat_at < {_DB_CUTOFF_SQL}", "where_params": [stale_seconds]}
-        rerun = services.back_to_pending(retry, event="task.retrying",
+        rerun = execution.back_to_pending(retry, event="task.retrying",
                                          values={"queued_at": None, "error": "worker lost (heartbeat stale)"},
                                          **guard, data={"reason": "worker lost"})
-        failed = services.give_up(fail, error="worker lost (heartbeat stale); no retries left", **guard,
+        failed = execution.give_up(fail, error="worker lost (heartbeat stale); no retries left", **guard,
                                   data={"error": "worker lost"})
         queues = {t.queue_id for t in rerun + failed}
         if queues:
@@ -91,7 +91,7 @@ def hand_back(*, worker: str) -> int:
     """
     with transaction.atomic():
         ids = list(Task.objects.filter(status=Status.RUNNING, worker=worker).values_list("id", flat=True))
-        back = services.release(task_ids=ids, worker=worker, reason="worker shutdown", event="task.retrying",
+        back = execution.release(task_ids=ids, worker=worker, reason="worker shutdown", event="task.retrying",
                                 error="worker shut down before the task finished")
     if back:
         log.warning("handed back %d tasks of %s, which shut down before they finished", len(back), worker)
@@ -139,13 +139,13 @@ def give_up_stuck(*, task_id: str, worker: str, timeout: float, claimed_at: Any 
             return False
         guard = {"where_sql": "worker = %s", "where_params": [worker]}
         if claimed_at is not None:
-            guard = {"where_sql": f"worker = %s AND {services.CLAIM_SQL}", "where_params": [worker, claimed_at]}
+            guard = {"where_sql": f"worker = %s AND {execution.CLAIM_SQL}", "where_params": [worker, claimed_at]}
         if task.attempts <= task.max_retries:
-            done = next(iter(services.back_to_pending([task_id], event="task.retrying",
+            done = next(iter(execution.back_to_pending([task_id], event="task.retrying",
                                                       values={"queued_at": None, "error": why}, **guard,
                                                       data={"reason": "no progress", "error": why})), None)
         else:
-            done = next(iter(services.give_up([task_id], error=why, **guard, data={"error": why})), None)
+            done = next(iter(execution.give_up([task_id], error=why, **guard, data={"error": why})), None)
         if done is not None:
             transaction.on_commit(lambda: dispatch.dispatch([done.queue_id]), robust=True)
     outcome = {Status.PENDING: "re-run", Status.CANCELLED: "cancelled as asked"}

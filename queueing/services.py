@@ -16,7 +16,7 @@ from django.db import connection, transaction
 
 from jobs import transitions
 from jobs.models import Status, Task
-from jobs.services import hold_back
+from jobs.execution import hold_back
 from queueing import dispatch, ordering
 from queueing.errors import InvalidReorder, NotWaiting, QueueNotFound
 from queueing.events import record_queue_event

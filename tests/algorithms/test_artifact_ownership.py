@@ -20,9 +20,9 @@ from algorithms import process, registry
 from algorithms.artifacts import ArtifactStore, TaskLost
 from algorithms.context import RunContext, Scratch
 from algorithms.models import Artifact, StoredFile
-from jobs import runner, services
+from jobs import execution, runner, services
 from jobs.models import Status, Task
-from jobs.services import Outcome
+from jobs.execution import Outcome
 from queueing import reconciler
 from tests.algorithms.helpers import body
 from tests.conftest import PASSWORD, ROOT, unconsumed_queue
@@ -51,13 +51,13 @@ def submitted(owner, name):
 def claimed(task_id, worker="w1"):
     """QUEUED then claimed by ``worker``, as a worker's message would."""
     Task.objects.filter(id=task_id).update(status=Status.QUEUED, queued_at=timezone.now())
-    task = services.claim(task_id=task_id, worker=worker)
+    task = execution.claim(task_id=task_id, worker=worker)
     assert task is not None
     return task
 
 
 def run_to_the_end(task):
-    return services.finish(task_id=task.id, outcome=runner.run(task), claimed_at=task.started_at)
+    return execution.finish(task_id=task.id, outcome=runner.run(task), claimed_at=task.started_at)
 
 
 def store_of(task):
@@ -79,7 +79,7 @@ def test_a_run_taken_for_dead_that_comes_back_stores_nothing_over_the_new_runs_o
         again = claimed(ctx.task_id, worker="w2")
         with store_of(again).open("out.txt") as out:
             out.write(b"new run")
-        services.finish(task_id=again.id, outcome=Outcome(status=Status.SUCCEEDED, result={"run": 2}),
+        execution.finish(task_id=again.id, outcome=Outcome(status=Status.SUCCEEDED, result={"run": 2}),
                         claimed_at=again.started_at)
         files_before = StoredFile.objects.count()
         with pytest.raises(TaskLost), ctx.open_result() as result:
@@ -285,10 +285,10 @@ def test_conveyor_result_writes_a_stored_json_result_as_it_is(alice, cli, algori
         task = claimed(submitted(alice, algorithm(name, lambda ctx, params: None)).id)
         with store_of(task).open("result", content_type="application/json", kind=Artifact.Kind.RESULT) as out:
             out.write(data)
-        services.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED), claimed_at=task.started_at)
+        execution.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED), claimed_at=task.started_at)
         ids[name] = str(task.id)
     inline = claimed(submitted(alice, algorithm("t.inline", lambda ctx, params: None)).id)
-    services.finish(task_id=inline.id, outcome=Outcome(status=Status.SUCCEEDED, result={"result": 1}),
+    execution.finish(task_id=inline.id, outcome=Outcome(status=Status.SUCCEEDED, result={"result": 1}),
                     claimed_at=inline.started_at)
     assert cli("login", "-u", alice.username, "-p", PASSWORD).returncode == 0
 

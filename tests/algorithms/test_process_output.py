@@ -28,7 +28,7 @@ def own_registry(monkeypatch):
 def run_program(alice, tmp_path, source: str):
     """Declare ``source`` as an external algorithm and run one task of it in this process."""
     from algorithms import external
-    from jobs import runner, services
+    from jobs import execution, runner, services
     from jobs.models import Status, Task, TaskEvent
 
     (tmp_path / "p.py").write_text(source)
@@ -41,7 +41,7 @@ def run_program(alice, tmp_path, source: str):
     spec = services.build_spec(algorithm="odd.output", params={}, queue=unconsumed_queue())
     task, _ = services.submit(owner=alice, spec=spec)
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
-    outcome = runner.run(services.claim(task_id=task.id, worker="w-1"))
+    outcome = runner.run(execution.claim(task_id=task.id, worker="w-1"))
     logged = [e.data["line"] for e in TaskEvent.objects.filter(task_id=task.id, event="task.log").order_by("seq")]
     return outcome, logged
 
@@ -97,12 +97,12 @@ def test_an_endless_line_is_cut_without_being_held_whole(monkeypatch):
 def test_a_chatty_programs_lines_are_written_together_in_order_with_its_messages(alice, tmp_path, monkeypatch):
     """Lines already waiting are logged in one transaction (not one commit each), every line still its own
     event, each stream's in the order the program wrote them, and before a message written after them."""
-    from jobs import services
+    from jobs import execution, services
     from jobs.models import TaskEvent
 
     writes: list[int] = []
-    append_log = services.append_log
-    monkeypatch.setattr(services, "append_log", lambda **kw: (writes.append(len(kw["lines"])), append_log(**kw))[1])
+    append_log = execution.append_log
+    monkeypatch.setattr(execution, "append_log", lambda **kw: (writes.append(len(kw["lines"])), append_log(**kw))[1])
     source = textwrap.dedent("""
         import sys
         for i in range(3000):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from jobs import selectors, services
+from jobs import execution, selectors, services
 from jobs.models import Status, Task
 from queueing.models import Queue
 from tests.conftest import queued_tasks, unconsumed_queue, wait_until
@@ -75,7 +75,7 @@ def test_a_sweep_is_cancelled_by_its_label_running_and_waiting_tasks_alike_and_o
 
 def test_ids_of_no_task_or_of_another_users_task_are_reported_and_final_tasks_counted(alice, bob, api):
     waiting, running, final = queued_tasks(alice, 3)
-    services.claim(task_id=running.id, worker="w")
+    execution.claim(task_id=running.id, worker="w")
     services.cancel(task_id=final.id)
     [bobs] = queued_tasks(bob, 1)
     nobody = str(uuid.uuid4())

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from jobs import selectors, services, transitions
+from jobs import execution, selectors, services, transitions
 from jobs.models import FINAL, Status, Task
 from tests.conftest import queued_tasks, wait_until
 from tests.jobs.test_bulk_cancel import _status, _submit, spy_on_chunks
@@ -27,9 +27,9 @@ def _failed(owner: Any, n: int, *, label: str = "sweep-42", status: str = Status
     ids = [str(t.id) for t in tasks]
     Task.objects.filter(id__in=ids).update(labels=[label], priority=7)
     if status == Status.FAILED:
-        services.claim_many(task_ids=ids, worker="w")
+        execution.claim_many(task_ids=ids, worker="w")
         with transaction.atomic():
-            services.give_up(ids, error="CUDA error: an illegal memory access", data={})
+            execution.give_up(ids, error="CUDA error: an illegal memory access", data={})
     else:
         services.cancel_many(tasks=selectors.tasks_for(owner), task_ids=ids)
     assert {_status(i) for i in ids} == {status}
@@ -144,9 +144,9 @@ def test_only_ids_of_tasks_not_finished_retry_nothing_and_answer_200(alice, api)
 
 def _give_up(task_ids: list[str]) -> None:
     """As a worker whose runs of these tasks failed."""
-    services.claim_many(task_ids=task_ids, worker="w")
+    execution.claim_many(task_ids=task_ids, worker="w")
     with transaction.atomic():
-        services.give_up(task_ids, error="CUDA error again", data={})
+        execution.give_up(task_ids, error="CUDA error again", data={})
 
 
 def test_a_call_sent_again_makes_nothing_twice_and_a_later_one_retries_the_retries_that_failed(alice, api):

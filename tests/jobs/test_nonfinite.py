@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 
 from algorithms import registry
-from jobs import runner, services
+from jobs import execution, runner, services
 from jobs.jsonsafe import json_safe
 from jobs.models import Status, Task, TaskEvent
 from tests.algorithms.helpers import body, submit, wait_final
@@ -30,8 +30,8 @@ def run_once(owner, monkeypatch, fn, *, max_retries: int) -> Task:
     task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm="t.fn", queue=unconsumed_queue(),
                                                                      max_retries=max_retries))
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
-    claimed = services.claim(task_id=task.id, worker="w")
-    services.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
+    claimed = execution.claim(task_id=task.id, worker="w")
+    execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
     return Task.objects.get(id=task.id)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from algorithms import registry
-from jobs import runner, services
+from jobs import execution, runner, services
 from jobs.models import Status, Task
 from tests.conftest import unconsumed_queue
 
@@ -21,8 +21,8 @@ def run_once(owner, monkeypatch, fn, *, max_retries: int) -> Task:
     task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm="t.fn", queue=queue,
                                                                      max_retries=max_retries))
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
-    claimed = services.claim(task_id=task.id, worker="w")
-    services.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
+    claimed = execution.claim(task_id=task.id, worker="w")
+    execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
     return task
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from config.errors import InvalidInput
-from jobs.services import backoff_seconds, parse_priority
+from jobs.execution import backoff_seconds
+from jobs.services import parse_priority
 
 
 @pytest.mark.parametrize(("given", "expected"), [

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import OperationalError, connection
 
 from algorithms import registry
-from jobs import runner, services, tasks
+from jobs import execution, runner, services, tasks
 from jobs.models import Status, Task
 from tests.conftest import another_session, queued_tasks, terminate_this_backend, wait_until
 
@@ -83,7 +83,7 @@ def test_a_task_that_stops_while_the_watchdog_records_its_termination_leaves_the
     _algorithm(monkeypatch, "t.stubborn", lambda ctx, params: release.wait(30) and None)
     t, = _queued(alice, 1, algorithm="t.stubborn")
     u, = _queued(alice, 1)
-    real_finish = services.finish
+    real_finish = execution.finish
 
     def finish(**kwargs: Any) -> Any:
         done = real_finish(**kwargs)
@@ -92,11 +92,11 @@ def test_a_task_that_stops_while_the_watchdog_records_its_termination_leaves_the
             assert moved_on.wait(10), "the child did not take its next message"  # ... and the child goes on
         return done
 
-    monkeypatch.setattr(services, "finish", finish)
+    monkeypatch.setattr(execution, "finish", finish)
 
     def child() -> Any:
         tasks.run_task.apply(args=[str(t.id)])
-        next_task = services.claim(task_id=u.id, worker="w")  # its next message
+        next_task = execution.claim(task_id=u.id, worker="w")  # its next message
         moved_on.set()
         return next_task
 
@@ -155,17 +155,17 @@ def test_a_worker_cut_off_from_the_database_stops_its_run_before_the_reaper_may_
         raise OperationalError("could not receive data from server: Connection timed out")
 
     _algorithm(monkeypatch, "t.long", long)
-    monkeypatch.setattr(services, "heartbeat", partitioned)  # only the watchdog beats
+    monkeypatch.setattr(execution, "heartbeat", partitioned)  # only the watchdog beats
     t, = _queued(alice, 1, algorithm="t.long", max_retries=3)
     seen["claimed"] = time.monotonic()
-    claimed = services.claim(task_id=t.id, worker="A")
+    claimed = execution.claim(task_id=t.id, worker="A")
 
     outcome = runner.run(claimed)
 
     assert "stopped" in seen, outcome
     assert seen["stopped"] - seen["claimed"] < stale  # before its heartbeat could be found stale
     assert outcome.status == Status.FAILED and outcome.retryable and "worker lost" in outcome.error
-    services.finish(task_id=t.id, outcome=outcome, claimed_at=claimed.started_at)
+    execution.finish(task_id=t.id, outcome=outcome, claimed_at=claimed.started_at)
     row = Task.objects.get(id=t.id)  # run again (by this record, or by a reaper that came first)
     assert row.status in {Status.PENDING, Status.QUEUED}, (row.status, row.error)
 
@@ -174,12 +174,12 @@ def test_the_fence_stops_runs_at_half_the_stale_period_and_kills_at_three_quarte
         alice, monkeypatch, watchdog, kills):
     stale = settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"]
     running, waiting = _queued(alice, 2)
-    claimed = services.claim_many(task_ids=[running.id, waiting.id], worker="w")
+    claimed = execution.claim_many(task_ids=[running.id, waiting.id], worker="w")
     now = time.monotonic()
     batch = runner.Batch(claimed, "w", since=now)  # a batch: its first task running, the other waiting its turn
     batch.waiting.pop(str(running.id))
     watch = runner.Watch(claimed[0], threading.current_thread(), since=now)
-    monkeypatch.setattr(services, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("timed out")))
+    monkeypatch.setattr(execution, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("timed out")))
 
     def silent_for(seconds: float) -> None:  # the last heartbeat that got through, that long ago
         watchdog.beaten_at = batch.since = watch.since = time.monotonic() - seconds
@@ -203,9 +203,9 @@ def test_a_task_claimed_while_the_heartbeats_fail_gets_its_own_half_of_the_stale
                                                                                          kills):
     stale = settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"]
     task, = _queued(alice, 1)
-    claimed = services.claim(task_id=task.id, worker="w")  # its claim beat it: it counts from here
+    claimed = execution.claim(task_id=task.id, worker="w")  # its claim beat it: it counts from here
     watch = runner.Watch(claimed, threading.current_thread())
-    monkeypatch.setattr(services, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("timed out")))
+    monkeypatch.setattr(execution, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("timed out")))
     watchdog.beaten_at = time.monotonic() - stale
 
     watchdog._tick([watch], [])
@@ -216,11 +216,11 @@ def test_a_task_claimed_while_the_heartbeats_fail_gets_its_own_half_of_the_stale
 def _fenced_batch(alice: Any, monkeypatch: pytest.MonkeyPatch, watchdog: runner.Watchdog) -> tuple[list[Task], Any]:
     """Two claimed tasks of one message, none started, and one heartbeat failing after 100 s without one
     through: the fence holds them back. Returns the tasks and a function that lets the database answer."""
-    tasks = services.claim_many(task_ids=[t.id for t in _queued(alice, 2)], worker="w")
+    tasks = execution.claim_many(task_ids=[t.id for t in _queued(alice, 2)], worker="w")
     watchdog.beaten_at = time.monotonic() - 100
-    real = services.heartbeat
-    monkeypatch.setattr(services, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("db away")))
-    return tasks, lambda: monkeypatch.setattr(services, "heartbeat", real)
+    real = execution.heartbeat
+    monkeypatch.setattr(execution, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("db away")))
+    return tasks, lambda: monkeypatch.setattr(execution, "heartbeat", real)
 
 
 def test_tasks_a_fence_held_back_run_once_the_database_answers_with_them_still_ours(alice, monkeypatch, watchdog):
@@ -271,10 +271,10 @@ def test_in_a_solo_pool_a_cut_off_run_is_not_fenced_and_keeps_its_time_limit(ali
     thread = _in_thread(lambda: tasks.run_task.apply(args=[str(task.id)]), box, "run")
     watch, = wait_until(lambda: _watches(watchdog), message="the run's watch")
     watchdog.beaten_at = watch.since = time.monotonic() - 100
-    real = services.heartbeat
-    monkeypatch.setattr(services, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("db away")))
+    real = execution.heartbeat
+    monkeypatch.setattr(execution, "heartbeat", lambda **kw: (_ for _ in ()).throw(OperationalError("db away")))
     _beat(watchdog)
-    monkeypatch.setattr(services, "heartbeat", real)
+    monkeypatch.setattr(execution, "heartbeat", real)
     assert not watch.lost and not watch.cancel.is_set()
 
     wait_until(lambda: _beat(watchdog) or "raised" in seen, timeout=30, message="its time limit")
@@ -297,7 +297,7 @@ def test_the_watchdogs_connection_gives_up_on_a_silent_network_within_a_fraction
 def test_a_single_tasks_record_that_meets_a_database_blip_is_tried_again_and_its_heartbeat_goes_on(alice, monkeypatch):
     """The real watchdog thread beats it while its record is retried, as for a batch's tasks."""
     t, = _queued(alice, 1)
-    real, calls, beaten = services.finish_many, [], []
+    real, calls, beaten = execution.finish_many, [], []
 
     def heartbeat_at() -> Any:
         with another_session() as other:
@@ -312,7 +312,7 @@ def test_a_single_tasks_record_that_meets_a_database_blip_is_tried_again_and_its
             wait_until(lambda: heartbeat_at() > beaten[0], timeout=10, message="a heartbeat while the record waits")
         return real(**kwargs)
 
-    monkeypatch.setattr(services, "finish_many", blip)
+    monkeypatch.setattr(execution, "finish_many", blip)
 
     tasks.run_task.apply(args=[str(t.id)])
 
@@ -329,7 +329,7 @@ def test_a_time_limit_raised_while_the_run_waits_for_its_watch_still_lets_go_of_
     release = threading.Event()
     _algorithm(monkeypatch, "t.late", lambda ctx, params: release.wait(30) and None)
     task, = _queued(alice, 1, algorithm="t.late")
-    claimed = services.claim(task_id=task.id, worker="w")
+    claimed = execution.claim(task_id=task.id, worker="w")
     lines, first = inspect.getsourcelines(runner.run)
     at_lock = first + next(i for i, line in enumerate(lines) if "with watch.lock:" in line)
 

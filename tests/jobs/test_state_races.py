@@ -17,9 +17,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from algorithms.remote import hold
-from jobs import events, services, transitions
+from jobs import events, execution, services, transitions
 from jobs.models import Status, Task
-from jobs.services import Outcome
+from jobs.execution import Outcome
 from queueing import dispatch, heartbeat, reconciler
 from queueing.models import WorkerRecord
 from tests.conftest import another_session, unconsumed_queue, wait_until
@@ -52,7 +52,7 @@ def _run_again(task: Task, worker: str) -> Task:
     """The task, back in PENDING, dispatched and claimed again: its next run."""
     Task.objects.filter(id=task.id).update(not_before=None)
     dispatch.dispatch([task.queue_id])
-    again = services.claim(task_id=task.id, worker=worker)
+    again = execution.claim(task_id=task.id, worker=worker)
     assert again is not None
     return again
 
@@ -124,7 +124,7 @@ def _past_its_timeout(task: Task) -> None:
 @pytest.mark.parametrize("timed_out", [False, True], ids=["held", "timed-out"])
 def test_a_cancel_requested_before_a_hold_for_the_service_ends_the_task_cancelled(alice, timed_out):
     task = _queued(alice)
-    running = services.claim(task_id=task.id, worker="w")
+    running = execution.claim(task_id=task.id, worker="w")
     if timed_out:
         _past_its_timeout(task)
     assert services.cancel(task_id=task.id).cancel_requested  # the user is told it will stop
@@ -137,13 +137,13 @@ def test_a_cancel_requested_before_a_hold_for_the_service_ends_the_task_cancelle
     assert (row.status, last.event, last.data["reason"]) == (Status.CANCELLED, "task.cancelled", "cancelled by user")
     assert row.finished_at is not None
     assert not row.events.filter(event__in=["task.requeued", "task.timed_out"]).exists()
-    assert services.claim(task_id=task.id, worker="w2") is None  # a late message finds nothing to run
+    assert execution.claim(task_id=task.id, worker="w2") is None  # a late message finds nothing to run
 
 
 @pytest.mark.parametrize("timed_out", [False, True], ids=["held", "timed-out"])
 def test_a_hold_from_a_run_taken_for_dead_changes_nothing_of_the_tasks_new_run(alice, timed_out):
     task = _queued(alice)
-    first = services.claim(task_id=task.id, worker="w1")
+    first = execution.claim(task_id=task.id, worker="w1")
     _reap(first)  # w1 went silent: its task runs again on w2
     second = _run_again(task, "w2")
     if timed_out:
@@ -153,14 +153,14 @@ def test_a_hold_from_a_run_taken_for_dead_changes_nothing_of_the_tasks_new_run(a
 
     row = Task.objects.get(id=task.id)
     assert (row.status, row.worker, row.started_at) == (Status.RUNNING, "w2", second.started_at)
-    done = services.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="w2"),
+    done = execution.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="w2"),
                            claimed_at=second.started_at)
     assert done is not None and done.status == Status.SUCCEEDED and done.result == "w2"
 
 
 def test_a_hold_of_its_own_run_goes_back_to_the_queue_without_counting_the_attempt(alice):
     task = _queued(alice)
-    running = services.claim(task_id=task.id, worker="w")
+    running = execution.claim(task_id=task.id, worker="w")
 
     assert _hold(running, running.started_at) == Status.PENDING
 
@@ -173,7 +173,7 @@ def test_a_hold_of_its_own_run_goes_back_to_the_queue_without_counting_the_attem
 # --- 4. cancel and priority changes racing a running task going back to PENDING ------------------
 
 def _fail_retryably(running: Task) -> None:
-    services.finish(task_id=running.id, outcome=Outcome(status=Status.FAILED, error="boom", retryable=True),
+    execution.finish(task_id=running.id, outcome=Outcome(status=Status.FAILED, error="boom", retryable=True),
                     claimed_at=running.started_at, dispatch_next=False)
 
 
@@ -183,7 +183,7 @@ def _reaped(running: Task) -> None:
 
 
 def _handed_back(running: Task) -> None:
-    services.release(task_ids=[running.id], worker="w", reason="worker shutdown", event="task.retrying",
+    execution.release(task_ids=[running.id], worker="w", reason="worker shutdown", event="task.retrying",
                      claimed_at=running.started_at)
 
 
@@ -230,7 +230,7 @@ def _when_it_went_back_just_after_the_first_statement(monkeypatch: pytest.Monkey
 
 def _running(owner: Any) -> Task:
     task = _queued(owner)
-    running = services.claim(task_id=task.id, worker="w")
+    running = execution.claim(task_id=task.id, worker="w")
     assert running is not None
     return running
 
@@ -240,7 +240,7 @@ def _cancelled_by_its_user(task: Task) -> None:
     assert row.status == Status.CANCELLED and row.finished_at is not None
     cancelled = row.events.filter(event="task.cancelled")
     assert cancelled.count() == 1 and cancelled.get().data["reason"] == "cancelled by user"
-    assert services.claim(task_id=task.id, worker="w2") is None  # it never runs again
+    assert execution.claim(task_id=task.id, worker="w2") is None  # it never runs again
 
 
 @BACK
@@ -271,7 +271,7 @@ def test_a_cancel_of_a_running_task_still_only_flags_it_and_of_a_final_one_is_a_
     assert services.cancel(task_id=running.id).cancel_requested
     assert Task.objects.get(id=running.id).status == Status.RUNNING
     assert not Task.objects.get(id=running.id).events.filter(event="task.cancelled").exists()
-    services.finish(task_id=running.id, outcome=Outcome(status=Status.CANCELLED), claimed_at=running.started_at)
+    execution.finish(task_id=running.id, outcome=Outcome(status=Status.CANCELLED), claimed_at=running.started_at)
     with pytest.raises(InvalidTransition):
         services.cancel(task_id=running.id)
 
@@ -322,7 +322,7 @@ WORKER_STALE = timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"] + 1)
 
 def test_a_task_beaten_just_now_is_not_reaped_when_the_beat_hosts_clock_runs_ahead_of_the_databases(alice):
     running = _running(alice)
-    assert services.heartbeat(claims={str(running.id): running.started_at}) == {str(running.id): False}
+    assert execution.heartbeat(claims={str(running.id): running.started_at}) == {str(running.id): False}
 
     with _host_clock(TASK_STALE):
         assert reconciler.reap_stale_running() == 0
@@ -333,7 +333,7 @@ def test_a_task_beaten_just_now_is_not_reaped_when_the_beat_hosts_clock_runs_ahe
 def test_a_task_claimed_by_a_worker_whose_clock_runs_behind_the_databases_is_not_reaped(alice):
     task = _queued(alice)
     with _host_clock(-TASK_STALE):
-        running = services.claim(task_id=task.id, worker="w")
+        running = execution.claim(task_id=task.id, worker="w")
 
     assert reconciler.reap_stale_running() == 0
     assert Task.objects.get(id=running.id).status == Status.RUNNING
@@ -422,7 +422,7 @@ def pool(monkeypatch: pytest.MonkeyPatch) -> Any:
 def _stuck(owner: Any) -> Task:
     """A task of ``demo.stall`` (progress_timeout 3 s) running on HOST, started 10 s ago, no progress since."""
     task = _queued(owner, algorithm="demo.stall")
-    services.claim(task_id=task.id, worker=HOST)
+    execution.claim(task_id=task.id, worker=HOST)
     Task.objects.filter(id=task.id).update(started_at=timezone.now() - timedelta(seconds=10))
     return Task.objects.get(id=task.id)
 
@@ -470,7 +470,7 @@ def test_a_stuck_run_that_finishes_just_before_the_kill_is_not_killed(alice, poo
     def then_it_finishes(**kwargs: Any) -> bool:
         running = looked(**kwargs)
         # it reports, finishes, and Celery lets its child take another message
-        services.finish(task_id=stuck.id, outcome=Outcome(status=Status.SUCCEEDED, result=1),
+        execution.finish(task_id=stuck.id, outcome=Outcome(status=Status.SUCCEEDED, result=1),
                         claimed_at=stuck.started_at)
         pool.active.discard(request)
         return running

@@ -11,9 +11,9 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs import events, services, transitions
+from jobs import events, execution, services, transitions
 from jobs.models import Status, Task
-from jobs.services import Outcome
+from jobs.execution import Outcome
 from queueing.models import Queue
 from tests.conftest import another_session, queued_tasks, terminate_this_backend, unconsumed_queue, wait_until
 
@@ -57,7 +57,7 @@ def race(*calls: Callable[[], Any]) -> list[Any]:
 
 
 def test_two_claims_of_the_same_message_start_the_task_once(queued_task):
-    results = race(*[lambda: services.claim(task_id=queued_task.id, worker="w")] * 4)
+    results = race(*[lambda: execution.claim(task_id=queued_task.id, worker="w")] * 4)
 
     assert sum(r is not None for r in results) == 1
     task = Task.objects.get(id=queued_task.id)
@@ -68,13 +68,13 @@ def test_two_claims_of_the_same_message_start_the_task_once(queued_task):
 def test_a_new_attempt_does_not_show_the_previous_attempts_error_while_it_runs(queued_task):
     """The last attempt's error stays in its ``task.retrying`` event; the running task shows none."""
     Task.objects.filter(id=queued_task.id).update(error="worker lost (heartbeat stale)")
-    claimed = services.claim(task_id=queued_task.id, worker="w")
+    claimed = execution.claim(task_id=queued_task.id, worker="w")
     assert claimed is not None and claimed.error == ""
     assert Task.objects.get(id=queued_task.id).error == ""
 
 
 def test_cancel_racing_a_claim_ends_in_exactly_one_consistent_state(queued_task):
-    claimed, cancelled = race(lambda: services.claim(task_id=queued_task.id, worker="w"),
+    claimed, cancelled = race(lambda: execution.claim(task_id=queued_task.id, worker="w"),
                               lambda: services.cancel(task_id=queued_task.id))
 
     task = Task.objects.get(id=queued_task.id)
@@ -86,16 +86,16 @@ def test_cancel_racing_a_claim_ends_in_exactly_one_consistent_state(queued_task)
 
 
 def test_finish_after_the_task_was_reaped_changes_nothing(queued_task):
-    services.claim(task_id=queued_task.id, worker="w")
+    execution.claim(task_id=queued_task.id, worker="w")
     services.cancel(task_id=queued_task.id)
     Task.objects.filter(id=queued_task.id).update(status=Status.CANCELLED)
 
-    assert services.finish(task_id=queued_task.id, outcome=Outcome(status=Status.SUCCEEDED, result=1)) is None
+    assert execution.finish(task_id=queued_task.id, outcome=Outcome(status=Status.SUCCEEDED, result=1)) is None
     assert Task.objects.get(id=queued_task.id).result is None
 
 
 def _fail_retryably(task: Task) -> None:
-    services.finish(task_id=task.id, outcome=Outcome(status=Status.FAILED, error="boom", retryable=True))
+    execution.finish(task_id=task.id, outcome=Outcome(status=Status.FAILED, error="boom", retryable=True))
 
 
 def _reap(task: Task) -> None:
@@ -110,14 +110,14 @@ def _reap(task: Task) -> None:
 
 
 def _hand_back(task: Task) -> None:
-    services.release(task_ids=[task.id], worker="w", reason="worker shutdown", event="task.retrying")
+    execution.release(task_ids=[task.id], worker="w", reason="worker shutdown", event="task.retrying")
 
 
 @pytest.mark.parametrize("back", [_fail_retryably, _reap, _hand_back], ids=["retry", "reaped", "handed-back"])
 def test_a_running_task_cancelled_before_it_would_run_again_ends_cancelled_and_never_runs_again(alice, back):
     queued_task = _queued(alice, 1)[0]
     Task.objects.filter(id=queued_task.id).update(max_retries=3)
-    services.claim(task_id=queued_task.id, worker="w")
+    execution.claim(task_id=queued_task.id, worker="w")
     assert services.cancel(task_id=queued_task.id).cancel_requested  # the user is told it will stop
 
     back(queued_task)  # it failed, its worker died or shut down, before the worker saw the cancel
@@ -127,14 +127,14 @@ def test_a_running_task_cancelled_before_it_would_run_again_ends_cancelled_and_n
     last = task.events.order_by("-seq").first()
     assert last.event == "task.cancelled" and last.data["reason"] == "cancelled by user"
     assert not task.events.filter(event="task.retrying").exists()
-    assert services.claim(task_id=queued_task.id, worker="w2") is None  # a late message finds nothing to run
+    assert execution.claim(task_id=queued_task.id, worker="w2") is None  # a late message finds nothing to run
 
 
 @pytest.mark.parametrize("back", [_fail_retryably, _reap, _hand_back], ids=["retry", "reaped", "handed-back"])
 def test_a_running_task_nobody_cancelled_goes_back_to_pending_to_run_again(alice, back):
     queued_task = _queued(alice, 1)[0]
     Task.objects.filter(id=queued_task.id).update(max_retries=3)
-    services.claim(task_id=queued_task.id, worker="w")
+    execution.claim(task_id=queued_task.id, worker="w")
 
     back(queued_task)
 
@@ -154,7 +154,7 @@ def _give_up_stuck(task: Task) -> None:
 def test_a_task_lost_with_no_retries_left_ends_cancelled_if_its_user_asked_else_failed(alice, lose, cancelled):
     task = _queued(alice, 1)[0]
     Task.objects.filter(id=task.id).update(max_retries=0)
-    services.claim(task_id=task.id, worker="w")
+    execution.claim(task_id=task.id, worker="w")
     if cancelled:
         services.cancel(task_id=task.id)
 
@@ -176,19 +176,19 @@ def test_a_worker_taken_for_dead_changes_nothing_of_its_tasks_new_run_and_stops_
 
     task = _queued(alice, 1)[0]
     Task.objects.filter(id=task.id).update(max_retries=3)
-    first = services.claim(task_id=task.id, worker="w1")
+    first = execution.claim(task_id=task.id, worker="w1")
     _reap(first)  # w1 went silent (a partition, a long call holding the GIL): its task runs again on w2
     # QUEUED by now; should the session worker's beat have reaped it first, its dispatch runs in that
     # process after its commit, possibly still to come: this one takes the queue's lock after it, or does it
     dispatch.dispatch([task.queue_id])
-    second = services.claim(task_id=task.id, worker="w2")
+    second = execution.claim(task_id=task.id, worker="w2")
     assert second is not None and second.started_at != first.started_at
 
     # w1 comes back: its heartbeat, progress and finish are no longer its task's
-    assert services.heartbeat(claims={str(task.id): first.started_at}) == {}
-    assert not services.report_progress(task_id=task.id, percent=90, stage="stale", message="", metrics={},
+    assert execution.heartbeat(claims={str(task.id): first.started_at}) == {}
+    assert not execution.report_progress(task_id=task.id, percent=90, stage="stale", message="", metrics={},
                                         claimed_at=first.started_at)
-    assert services.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="stale"),
+    assert execution.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="stale"),
                            claimed_at=first.started_at) is None
     watch = runner.Watch(first, threading.current_thread())
     watch.grace = 0
@@ -197,8 +197,8 @@ def test_a_worker_taken_for_dead_changes_nothing_of_its_tasks_new_run_and_stops_
 
     row = Task.objects.get(id=task.id)
     assert (row.status, row.worker, row.result, row.progress_stage) == (Status.RUNNING, "w2", None, "")
-    assert services.heartbeat(claims={str(task.id): second.started_at}) == {str(task.id): False}
-    done = services.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="fresh"),
+    assert execution.heartbeat(claims={str(task.id): second.started_at}) == {str(task.id): False}
+    done = execution.finish(task_id=task.id, outcome=Outcome(status=Status.SUCCEEDED, result="fresh"),
                            claimed_at=second.started_at)
     assert done.status == Status.SUCCEEDED and done.result == "fresh"
 
@@ -208,7 +208,7 @@ def test_claim_in_a_paused_queue_sends_the_task_back_to_pending(queued_task):
 
     Queue.objects.filter(name=queued_task.queue_id).update(paused=True)
 
-    assert services.claim(task_id=queued_task.id, worker="w") is None
+    assert execution.claim(task_id=queued_task.id, worker="w") is None
     task = Task.objects.get(id=queued_task.id)
     assert task.status == Status.PENDING and task.attempts == 0
     assert task.events.order_by("-seq").first().event == "task.requeued"
@@ -227,7 +227,7 @@ def test_once_a_pause_has_answered_no_task_of_its_queue_starts(alice):
 
     def claim() -> None:
         try:
-            seen["claimed"] = services.claim(task_id=task.id, worker="w")
+            seen["claimed"] = execution.claim(task_id=task.id, worker="w")
         finally:
             connection.close()
 
@@ -265,10 +265,10 @@ def test_once_a_pause_has_answered_no_task_of_its_queue_starts(alice):
 
 
 def test_event_sequence_numbers_are_gapless_per_task(queued_task):
-    services.claim(task_id=queued_task.id, worker="w")
+    execution.claim(task_id=queued_task.id, worker="w")
     for i in range(3):
-        services.report_progress(task_id=queued_task.id, percent=i * 10, stage="s", message="", metrics={})
-    services.finish(task_id=queued_task.id, outcome=Outcome(status=Status.SUCCEEDED, result={}))
+        execution.report_progress(task_id=queued_task.id, percent=i * 10, stage="s", message="", metrics={})
+    execution.finish(task_id=queued_task.id, outcome=Outcome(status=Status.SUCCEEDED, result={}))
 
     seqs = list(Task.objects.get(id=queued_task.id).events.order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, len(seqs) + 1))
@@ -280,9 +280,9 @@ def _queued(owner: Any, n: int) -> list[Task]:
 
 def test_finishing_a_batch_in_one_statement_keeps_each_tasks_own_result_and_outcome(alice):
     a, b, c, d = _queued(alice, 4)
-    assert len(services.claim_many(task_ids=[a.id, b.id, c.id, d.id], worker="w")) == 4
+    assert len(execution.claim_many(task_ids=[a.id, b.id, c.id, d.id], worker="w")) == 4
 
-    done = services.finish_many(outcomes=[
+    done = execution.finish_many(outcomes=[
         (a.id, Outcome(status=Status.SUCCEEDED, result={"n": 1})),
         (b.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
         (c.id, Outcome(status=Status.SUCCEEDED, result=[2, "two"])),
@@ -302,8 +302,8 @@ def test_two_workers_claiming_overlapping_batches_start_each_task_once(alice):
     tasks = _queued(alice, 6)
     ids = [t.id for t in tasks]
 
-    first, second = race(lambda: services.claim_many(task_ids=ids[:4], worker="w1"),
-                         lambda: services.claim_many(task_ids=ids[2:], worker="w2"))
+    first, second = race(lambda: execution.claim_many(task_ids=ids[:4], worker="w1"),
+                         lambda: execution.claim_many(task_ids=ids[2:], worker="w2"))
 
     claimed = [t.id for t in first] + [t.id for t in second]
     assert sorted(claimed) == sorted(ids)  # each exactly once, between them
@@ -314,7 +314,7 @@ def test_a_batch_cut_short_records_the_finished_task_and_hands_back_the_unstarte
     from jobs import runner
 
     tasks = _queued(alice, 3)
-    claimed = services.claim_many(task_ids=[t.id for t in tasks], worker="w")
+    claimed = execution.claim_many(task_ids=[t.id for t in tasks], worker="w")
     batch = runner.Batch(claimed, "w")
     batch.run(claimed[0])  # a no-op: its outcome waits for the batch's next record
 
@@ -328,9 +328,9 @@ def test_a_batch_cut_short_records_the_finished_task_and_hands_back_the_unstarte
 
 
 def _connection_lost_in_the_first(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    """The first call of ``services.<name>`` finds its database connection gone (its backend terminated,
+    """The first call of ``execution.<name>`` finds its database connection gone (its backend terminated,
     as by a PostgreSQL restart), the later ones a fresh connection."""
-    real, calls = getattr(services, name), []
+    real, calls = getattr(execution, name), []
 
     def first_fails(*args: Any, **kwargs: Any) -> Any:
         if not calls:
@@ -338,7 +338,7 @@ def _connection_lost_in_the_first(monkeypatch: pytest.MonkeyPatch, name: str) ->
             terminate_this_backend()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(services, name, first_fails)
+    monkeypatch.setattr(execution, name, first_fails)
 
 
 def test_a_batch_whose_record_fails_keeps_its_finished_tasks_beaten_and_records_them_next_time(alice, monkeypatch):
@@ -347,7 +347,7 @@ def test_a_batch_whose_record_fails_keeps_its_finished_tasks_beaten_and_records_
     from jobs import runner
 
     tasks = _queued(alice, 2)
-    claimed = services.claim_many(task_ids=[t.id for t in tasks], worker="w")
+    claimed = execution.claim_many(task_ids=[t.id for t in tasks], worker="w")
     batch = runner.Batch(claimed, "w")
     batch.flush_every = 3600  # recorded only when asked below
     batch.run(claimed[0])
@@ -367,7 +367,7 @@ def test_a_watchdog_that_cannot_record_a_terminated_task_tries_again_at_the_next
     from jobs import runner
 
     task = _queued(alice, 1)[0]
-    claimed = services.claim(task_id=task.id, worker="w")
+    claimed = execution.claim(task_id=task.id, worker="w")
     services.cancel(task_id=task.id)  # and the algorithm ignores it
     watch = runner.Watch(claimed, threading.current_thread())
     watch.grace = 0
@@ -386,7 +386,7 @@ def test_a_submit_into_a_full_queue_does_not_wait_for_a_dispatcher_and_the_next_
     Queue.objects.create(name="full", concurrency=1)
     spec = services.build_spec(algorithm="demo.noop", queue="full")
     first, _ = services.submit(owner=alice, spec=spec)
-    assert services.claim(task_id=first.id, worker="w") is not None  # the window (1) is taken
+    assert execution.claim(task_id=first.id, worker="w") is not None  # the window (1) is taken
 
     locked, release = threading.Event(), threading.Event()
 
@@ -421,7 +421,7 @@ def test_a_submit_into_a_full_queue_does_not_wait_for_a_dispatcher_and_the_next_
     second = Task.objects.get(id=submitted[0].id)
     assert second.status == Status.PENDING
 
-    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))  # frees the slot, dispatches
+    execution.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))  # frees the slot, dispatches
     assert Task.objects.get(id=second.id).status == Status.QUEUED
 
 
@@ -434,20 +434,20 @@ def test_a_finish_queues_the_next_task_in_its_own_commit_and_sends_it_only_after
     spec = services.build_spec(algorithm="demo.noop", queue="one-txn")
     first, _ = services.submit(owner=alice, spec=spec)
     second, _ = services.submit(owner=alice, spec=spec)
-    assert services.claim(task_id=first.id, worker="w") is not None
+    assert execution.claim(task_id=first.id, worker="w") is not None
     sent: list[tuple[str, list[str], bool]] = []
     monkeypatch.setattr(dispatch, "send", lambda name, ids: sent.append(
         (name, ids, connection.in_atomic_block)))
 
     with pytest.raises(RuntimeError), transaction.atomic():  # e.g. the commit never happens
-        services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+        execution.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
         assert Task.objects.get(id=second.id).status == Status.QUEUED  # inside the finish's transaction
         raise RuntimeError("rolled back")
     assert Task.objects.get(id=first.id).status == Status.RUNNING
     assert Task.objects.get(id=second.id).status == Status.PENDING
     assert sent == []
 
-    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+    execution.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
     assert Task.objects.get(id=first.id).status == Status.SUCCEEDED
     assert Task.objects.get(id=second.id).status == Status.QUEUED
     assert sent == [("one-txn", [str(second.id)], False)]  # after the commit
@@ -488,7 +488,7 @@ def test_a_task_submitted_while_a_finish_commits_is_queued_by_that_finish_not_th
     Queue.objects.create(name="meanwhile", concurrency=1)
     spec = services.build_spec(algorithm="demo.noop", queue="meanwhile")
     first, _ = services.submit(owner=alice, spec=spec)
-    assert services.claim(task_id=first.id, worker="w") is not None
+    assert execution.claim(task_id=first.id, worker="w") is not None
     monkeypatch.setattr(dispatch, "send", lambda name, ids: None)  # no broker: only the rows matter here
     submitted: list[Task] = []
     original = dispatch._dispatch_queue
@@ -508,7 +508,7 @@ def test_a_task_submitted_while_a_finish_commits_is_queued_by_that_finish_not_th
         return found
 
     monkeypatch.setattr(dispatch, "_dispatch_queue", then_a_submit_commits)
-    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+    execution.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
     assert Task.objects.get(id=submitted[0].id).status == Status.QUEUED
 
 
@@ -516,7 +516,7 @@ def test_a_finish_in_a_queue_with_nothing_waiting_takes_the_queue_lock_once(alic
     """Its look after the commit sees nothing waiting and stops: no second dispatcher transaction."""
     Queue.objects.create(name="drained", concurrency=2)
     first, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="demo.noop", queue="drained"))
-    assert services.claim(task_id=first.id, worker="w") is not None
+    assert execution.claim(task_id=first.id, worker="w") is not None
     locks: list[str] = []
 
     def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -525,7 +525,7 @@ def test_a_finish_in_a_queue_with_nothing_waiting_takes_the_queue_lock_once(alic
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(count):
-        services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
+        execution.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED))
     assert len(locks) == 1
 
 
@@ -539,8 +539,8 @@ def test_a_task_goes_through_dispatch_claim_and_finish_with_and_without_prepared
     second, _ = services.submit(owner=alice, spec=spec)  # waits: the window is 1
     assert Task.objects.get(id=second.id).status == Status.PENDING
 
-    assert services.claim(task_id=first.id, worker="w") is not None
-    services.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED, result={"n": 1}))
+    assert execution.claim(task_id=first.id, worker="w") is not None
+    execution.finish(task_id=first.id, outcome=Outcome(status=Status.SUCCEEDED, result={"n": 1}))
 
     done, next_up = Task.objects.get(id=first.id), Task.objects.get(id=second.id)
     assert done.status == Status.SUCCEEDED and done.result == {"n": 1}
@@ -588,10 +588,10 @@ def test_two_backends_changing_statuses_in_opposite_orders_never_wait_on_each_ot
     the finish waited for that transaction, and with the other backend's next statement the two
     deadlocked. Each backend counts on rows of its own now: the finish goes through at once."""
     mine_ok, mine_failed, theirs_failed, theirs_ok = _queued(alice, 4)
-    assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id, theirs_ok.id], worker="w")) == 3
+    assert len(execution.claim_many(task_ids=[mine_ok.id, mine_failed.id, theirs_ok.id], worker="w")) == 3
     with _in_a_transaction_beside(_backend_of_the_old_stripe()) as other:
         other.execute("UPDATE jobs_task SET status = 'FAILED', finished_at = now() WHERE id = %s", [theirs_failed.id])
-        done = services.finish_many(outcomes=[
+        done = execution.finish_many(outcomes=[
             (mine_ok.id, Outcome(status=Status.SUCCEEDED, result={"ok": True})),
             (mine_failed.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
         ])
@@ -610,7 +610,7 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
     runs its transaction again instead of leaving its tasks RUNNING for the reaper to hand back and run
     a second time."""
     mine_ok, mine_failed = _queued(alice, 2)
-    assert len(services.claim_many(task_ids=[mine_ok.id, mine_failed.id], worker="w")) == 2
+    assert len(execution.claim_many(task_ids=[mine_ok.id, mine_failed.id], worker="w")) == 2
     other = another_session()
     other.execute("SET deadlock_timeout = '60s'")  # so that the worker's side is the one PostgreSQL ends
     other_moved = threading.Event()
@@ -628,7 +628,7 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
             other_done.append(exc)
 
     thread = threading.Thread(target=the_other_backend)
-    original = services._finish_other
+    original = execution._finish_other
     attempts: list[int] = []
 
     def finish_other_once_the_other_backend_waits(*args: Any) -> Any:
@@ -640,9 +640,9 @@ def test_a_batch_finish_chosen_as_a_deadlock_victim_runs_again_and_records_every
                        message="the other backend to wait on a task row")
         return original(*args)  # wants mine_failed's row, which the other backend holds
 
-    monkeypatch.setattr(services, "_finish_other", finish_other_once_the_other_backend_waits)
+    monkeypatch.setattr(execution, "_finish_other", finish_other_once_the_other_backend_waits)
     try:
-        done = services.finish_many(outcomes=[
+        done = execution.finish_many(outcomes=[
             (mine_ok.id, Outcome(status=Status.SUCCEEDED, result={"ok": True})),
             (mine_failed.id, Outcome(status=Status.FAILED, error="boom", retryable=False)),
         ])
@@ -669,13 +669,13 @@ def test_a_heartbeat_steps_around_a_row_another_transaction_holds_and_still_answ
     # No stale heartbeat is ever committed here: the session worker's beat reaps stale RUNNING tasks
     # every second, and would take these two away from the heartbeat under test.
     with _in_a_transaction_beside(another_session()) as other:  # connected before the claim: it takes a while
-        claimed = {t.id: t for t in services.claim_many(task_ids=[free.id, held.id], worker="w")}
+        claimed = {t.id: t for t in execution.claim_many(task_ids=[free.id, held.id], worker="w")}
         assert len(claimed) == 2
         Task.objects.filter(id=held.id).update(cancel_requested=True)
         other.execute("UPDATE jobs_task SET progress_message = 'busy' WHERE id = %s", [held.id])
         with transaction.atomic():  # free's stale heartbeat is seen only by the heartbeat below
             Task.objects.filter(id=free.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
-            flags = services.heartbeat(claims={str(t.id): t.started_at for t in claimed.values()})
+            flags = execution.heartbeat(claims={str(t.id): t.started_at for t in claimed.values()})
     assert flags == {str(free.id): False, str(held.id): True}
     beaten = dict(Task.objects.filter(id__in=[free.id, held.id]).values_list("id", "heartbeat_at"))
     assert beaten[free.id] > timezone.now() - timedelta(minutes=1)  # beaten

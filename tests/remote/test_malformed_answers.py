@@ -241,7 +241,7 @@ class _Finished(list):
 def test_a_result_longer_than_announced_is_stopped_at_the_first_chunk_past_it(alice, monkeypatch):
     from algorithms.models import Artifact
     from algorithms.remote.models import RemoteService
-    from jobs import runner, services
+    from jobs import execution, runner, services
     from jobs.models import Status, Task
 
     RemoteService.objects.create(name="fake", kind="grpc", address="127.0.0.1:1",
@@ -252,7 +252,7 @@ def test_a_result_longer_than_announced_is_stopped_at_the_first_chunk_past_it(al
     task, _ = services.submit(owner=alice, spec=spec)
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
 
-    outcome = runner.run(services.claim(task_id=task.id, worker="w-1"))
+    outcome = runner.run(execution.claim(task_id=task.id, worker="w-1"))
 
     assert outcome.status == Status.FAILED and "larger than the announced 10 bytes" in outcome.error
     assert fake.sent == 1

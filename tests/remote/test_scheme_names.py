@@ -103,7 +103,7 @@ def test_a_newcomer_whose_name_sorts_first_cannot_take_a_name_nor_the_tasks_queu
     """Team B's service holds ``teamb.train``; B's task is queued. Another team registers a service
     named ``aa-…`` that advertises the same name: B's task still runs on B's service, with B's params,
     and the rejection is shown on the newcomer, never on B's service."""
-    from jobs import runner, services
+    from jobs import execution, runner, services
     from jobs.models import Status, Task
 
     assert add(fakes, "teamb-svc", "teamb.train").accepted == ["teamb.train"]
@@ -114,7 +114,7 @@ def test_a_newcomer_whose_name_sorts_first_cannot_take_a_name_nor_the_tasks_queu
 
     newcomer = add(fakes, "aa-other-team", "teamb.train", "aa.own")  # registered later, sorts first
     again = rediscover("teamb-svc")  # beat: B's service is discovered again before the task runs
-    outcome = runner.run(services.claim(task_id=task.id, worker="w-1"))
+    outcome = runner.run(execution.claim(task_id=task.id, worker="w-1"))
 
     assert fakes["aa-other-team"].submitted == []
     assert fakes["teamb-svc"].submitted == [("teamb.train", {"secret_dataset": "team-b-only"})]
