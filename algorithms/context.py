@@ -47,7 +47,13 @@ class RunContext:
     """Progress is coalesced: at most one write per ``min_interval`` seconds, except a stage change
     or 100 %, which always go through; the latest skipped report is flushed before a stage change
     and when the run ends. A percent that is not a finite number (NaN, an infinity) leaves the percent
-    as it was; the rest of the report goes through, and the first such one of a run is logged."""
+    as it was; the rest of the report goes through, and the first such one of a run is logged.
+
+    Log lines are written together: a line after ``log_interval`` seconds without a write goes at once,
+    the lines that follow it within that time wait for the next write, which takes them all in one
+    transaction (the next line after the interval, a progress report, ``flush()``, or the watchdog's
+    ``flush_logs(wait=False)`` at every heartbeat). Every line is kept, in order, and written before any
+    progress report made after it."""
 
     def __init__(
         self,
@@ -60,6 +66,7 @@ class RunContext:
         write_logs: Callable[[list[str]], None],
         min_interval: float,
         artifacts: ArtifactStore | None = None,
+        log_interval: float = 0.0,
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
@@ -76,6 +83,10 @@ class RunContext:
         self._result: Any = None
         self._has_result = False
         self.artifacts = artifacts
+        self._log_interval = log_interval
+        self._logs: list[str] = []
+        self._log_lock = threading.Lock()  # held while lines are written: one writer at a time, in order
+        self._last_log_write = -math.inf
 
     @property
     def scratch_dir(self) -> Path:
@@ -96,6 +107,8 @@ class RunContext:
         if stage != self._last_stage or percent >= 100.0 or now - self._last_write >= self._min_interval:
             if stage != self._last_stage:
                 self.flush()  # the last report of a stage (its final epoch) is never coalesced away
+            else:
+                self.flush_logs()  # what was logged before this report comes before it
             self._pending = None
             self._last_write, self._last_stage = now, stage
             self._write_progress(*report)
@@ -112,12 +125,40 @@ class RunContext:
         self.log(f"[warning] {text}")
 
     def log(self, line: str) -> None:
-        self._write_logs([str(line)])
+        """One ``task.log`` event (written at once, or with the lines around it: see the class)."""
+        self._add_logs([str(line)])
 
     def log_lines(self, lines: list[str]) -> None:
         """Several lines, each its own ``task.log`` event, written together (one transaction)."""
         if lines:
-            self._write_logs([str(line) for line in lines])
+            self._add_logs([str(line) for line in lines])
+
+    def _add_logs(self, lines: list[str]) -> None:
+        with self._log_lock:
+            self._logs += lines
+            if time.monotonic() - self._last_log_write >= self._log_interval:
+                self._write_buffered_logs()
+
+    def flush_logs(self, *, wait: bool = True) -> None:
+        """Write the lines that wait now. ``wait=False`` (the watchdog's thread, which must never block):
+        not if a write is under way, which takes them anyway or leaves them for the next flush."""
+        if not self._log_lock.acquire(blocking=wait):
+            return
+        try:
+            self._write_buffered_logs()
+        finally:
+            self._log_lock.release()
+
+    def _write_buffered_logs(self) -> None:
+        if not self._logs:
+            return
+        lines, self._logs = self._logs, []
+        self._last_log_write = time.monotonic()
+        try:
+            self._write_logs(lines)
+        except BaseException:  # the database away: kept, in order, for the next write
+            self._logs[:0] = lines
+            raise
 
     def cancelled(self) -> bool:
         """True once the task was cancelled (or hit its time limit): stop soon and return."""
@@ -149,6 +190,8 @@ class RunContext:
         return self.artifacts
 
     def flush(self) -> None:
+        """Write what waits: the log lines, then the latest coalesced progress report."""
+        self.flush_logs()
         if self._pending is not None:
             report, self._pending = self._pending, None
             self._write_progress(*report)

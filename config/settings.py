@@ -318,6 +318,8 @@ CONVEYOR = {
     "HEARTBEAT_STALE_SECONDS": env_float("TASK_HEARTBEAT_STALE_SECONDS", 60.0, positive=True),
     "QUEUED_RESEND_SECONDS": env_float("TASK_QUEUED_RESEND_SECONDS", 30.0, positive=True),
     "PROGRESS_MIN_INTERVAL": env_float("TASK_PROGRESS_MIN_INTERVAL", 0.25),
+    # ctx.log lines within this long of the last write wait for the next one (algorithms/context.py)
+    "LOG_MIN_INTERVAL": env_float("TASK_LOG_MIN_INTERVAL", 0.25),
     # Live events leave a process this long after the first of them, together (jobs/events.py); 0: at once.
     "EVENT_COALESCE_MS": env_float("EVENT_COALESCE_MS", 1.0),
     "QUEUE_DEFAULT_CONCURRENCY": env_int("QUEUE_DEFAULT_CONCURRENCY", 8),

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -116,17 +117,29 @@ def in_sql(event: str) -> bool:
     return event != "task.progress"
 
 
-def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None) -> list[TaskEventPayload]:
+def record_series(tasks: list[Task], event: str, series: list[dict[str, Any]]) -> list[TaskEventPayload]:
+    """``record`` of ``len(series)`` events per task, the data of each in order, numbered up to the
+    task's ``last_seq`` (which the guarded UPDATE moved by their number)."""
+    rows = [copy.copy(task) for task in tasks for _ in series]
+    for i, row in enumerate(rows):
+        row.last_seq -= len(series) - 1 - i % len(series)
+    return record(rows, event, series * len(tasks))
+
+
+def record(tasks: Iterable[Task], event: str,
+           data: dict[str, Any] | list[dict[str, Any]] | None = None) -> list[TaskEventPayload]:
     """Append one event per task (its ``last_seq`` was already bumped by the guarded UPDATE, or set at
-    insert), and its webhook outbox rows: the event rows and the subscription lookup in one statement."""
+    insert), and its webhook outbox rows: the event rows and the subscription lookup in one statement.
+    ``data``: the same for every task, or a list of each one's."""
     from webhooks import outbox
 
     now = timezone.now()
     tasks = list(tasks)
+    each = data if isinstance(data, list) else [data] * len(tasks)
     rows = []
     request_id, requester = _request_id_here()
-    for task in tasks:
-        row_data = dict(data or {})
+    for task, its_data in zip(tasks, each):
+        row_data = dict(its_data or {})
         if event == "task.progress":
             row_data.update(percent=task.progress_percent, stage=task.progress_stage,
                             message=task.progress_message, metrics=task.progress_metrics)
@@ -146,16 +159,17 @@ def record(tasks: Iterable[Task], event: str, data: dict[str, Any] | None = None
     with prepared.cursor() as cur:  # on every state change: plain SQL, a fraction of bulk_create's cost
         cur.execute(sql, params)
         subscriptions = [r[0] for r in cur.fetchall()] if matching is not None else []
-    return recorded(tasks, event, data, now, subscriptions)
+    return recorded(tasks, event, each, now, subscriptions)
 
 
-def recorded(tasks: list[Task], event: str, data: dict[str, Any] | None, at: datetime,
-             subscriptions: list[list[Any]]) -> list[TaskEventPayload]:
+def recorded(tasks: list[Task], event: str, data: dict[str, Any] | list[dict[str, Any] | None] | None,
+             at: datetime, subscriptions: list[list[Any]]) -> list[TaskEventPayload]:
     """After the event rows are written: their channel messages (on commit) and webhook outbox rows
-    (``subscriptions``: each task's matching subscription ids)."""
+    (``subscriptions``: each task's matching subscription ids). ``data``: as ``record``'s."""
     from webhooks import outbox
 
-    out = [payload(t, event, t.last_seq, data, at) for t in tasks]
+    each = data if isinstance(data, list) else [data] * len(tasks)
+    out = [payload(t, event, t.last_seq, its_data, at) for t, its_data in zip(tasks, each)]
     by_owner = [(t.owner_id, body) for t, body in zip(tasks, out)]
     transaction.on_commit(lambda: publisher.publish(by_owner), robust=True)
     outbox.enqueue_task_events(tasks, event, out, subscriptions)  # in this same transaction, sent on commit

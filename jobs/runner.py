@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from django.conf import settings
 from django.db import connection, connections
@@ -32,8 +32,8 @@ from algorithms import artifacts, registry
 from algorithms.context import RunContext, Scratch
 from jobs import execution
 from jobs.events import publisher
-from jobs.models import Status, Task
 from jobs.execution import Outcome
+from jobs.models import Status, Task
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Watch:
         self.timed_out = threading.Event()
         self.lost = ""  # why it is no longer this worker's to run, once it is not (the heartbeat's answer, the fence)
         self._cancel_at: float | None = None
+        self.flush_logs: Callable[[], None] | None = None  # the run's waiting log lines, written (never blocks)
         self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
         self.terminating = False  # under ``lock``: the watchdog is recording and terminating it
         self.lock = threading.Lock()
@@ -169,6 +170,13 @@ class Watchdog(threading.Thread):
         for batch in batches:
             batch.beaten(flags)
             batch.flush(older_than=batch.flush_every)  # finished tasks behind a long one: record them now
+        for watch in watches:  # log lines that waited since the last write (``RunContext``)
+            if watch.flush_logs is not None and not watch.stopped:
+                try:
+                    watch.flush_logs()
+                except Exception:  # kept for the run's next write
+                    log.exception("could not write the log lines of task %s", watch.task_id)
+                    connections.close_all()
         for watch in watches:
             with watch.lock:
                 if watch.stopped or watch.terminating or not watch.tick(flags.get(watch.task_id), now):
@@ -403,6 +411,13 @@ class Batch:
                              reason="its batch's worker process was terminated")
 
 
+def _flush_logs_of(ctx: RunContext, task: Task) -> None:
+    try:
+        ctx.flush_logs()
+    except Exception:  # best effort, as the traceback's line: the outcome is what must be recorded
+        log.exception("could not write the log lines of task %s", task.id)
+
+
 def run(task: Task, *, since: float | None = None) -> Outcome:
     """Run the algorithm of a claimed (RUNNING) task and say how it ended (``since``: when it was claimed,
     by ``time.monotonic``; now if not given)."""
@@ -422,8 +437,9 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
         write_progress=lambda p, s, m, x: execution.report_progress(task_id=task.id, percent=p, stage=s, message=m,
                                                                    metrics=x, claimed_at=task.started_at),
         write_logs=lambda lines: execution.append_log(task_id=task.id, lines=lines, claimed_at=task.started_at),
-        min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store,
+        min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store, log_interval=conf["LOG_MIN_INTERVAL"],
     )
+    watch.flush_logs = lambda: ctx.flush_logs(wait=False)
     watchdog = Watchdog.get()
     watchdog.add(watch)
     try:
@@ -441,6 +457,7 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
                     watch.stopped = True
             finally:  # even when a TaskTimeout raised while this thread waited for the lock lands here
                 watchdog.remove(watch)
+                _flush_logs_of(ctx, task)  # before the traceback or the final state
     except TaskTimeout:
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
     except Exception as exc:

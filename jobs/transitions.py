@@ -81,20 +81,23 @@ def apply(
     data: dict[str, Any] | None = None,
     row_values: Mapping[str, list[Any]] | None = None,
     relax: bool = False,
+    series: list[dict[str, Any]] | None = None,
 ) -> list[Task]:
     """Move the rows still in ``frm`` to ``to`` (``None`` keeps the status) and record ``event``.
 
     ``values`` are plain column values, ``sql_values`` SQL expressions (``"attempts + 1"``),
     ``row_values`` a value per id for each column (aligned with ``ids``: every task its own result, in
     the same one statement), ``where_sql`` an extra guard (with ``where_params``), ``relax`` an
-    asynchronous commit (``execute``). Returns the updated tasks, in the order of ``ids``.
+    asynchronous commit (``execute``), ``series`` several ``event``s per row instead of one, the data of
+    each in order (a run's log lines: ``last_seq`` moves by their number). Returns the updated tasks, in
+    the order of ``ids``.
     """
     assert transaction.get_connection().in_atomic_block, "transitions run inside a transaction"
     ids = [str(i) for i in ids]
     if not ids:
         return []
-    sets = ["last_seq = last_seq + 1"]
-    params: list[Any] = []
+    sets = ["last_seq = last_seq + 1" if series is None else "last_seq = last_seq + %s"]
+    params: list[Any] = [] if series is None else [len(series)]
     if to is not None:
         sets.append("status = %s")
         params.append(to)
@@ -124,12 +127,14 @@ def apply(
         sql += f" AND ({where_sql})"
         params.extend(where_params or [])
     sql += f" RETURNING {_RETURNING}"
-    if not events.in_sql(event):
+    if not events.in_sql(event) or series is not None:
         with connection.cursor() as cur:
             execute(cur, sql, params, relax=relax)
             rows = {str(t.id): t for t in map(_task_from_row, cur.fetchall())}
         tasks = [rows[i] for i in ids if i in rows]
-        if tasks:
+        if tasks and series is not None:
+            events.record_series(tasks, event, series)
+        elif tasks:
             events.record(tasks, event, data)
         return tasks
     # One statement: the guarded UPDATE, the event rows of the rows it changed, and each one's
