@@ -211,8 +211,13 @@ Alpine.data('dashboard', () => {
       this.connection = 'live'
       this.attempts = 0
       // The resync point after a reconnect: the snapshot's tasks (each with its last_seq), then the
-      // REST list of the filters; both merged by seq, so neither undoes a newer live event.
+      // REST list of the filters; both merged by seq, so neither undoes a newer live event. The events
+      // sent while the socket was down are not replayed, and the snapshot and the list hold only the
+      // newest tasks (and those of the filters): every other row that was not final is read again,
+      // 100 ids a call, whatever the filters (a row that left them leaves the table).
+      const stale = [...index.values()].filter((t) => !FINAL.includes(t.status)).map((t) => t.id)
       for (const task of ev.tasks || []) this.put(task)
+      for (const id of stale) this.fillSoon(id)
       this.schedule()
       this.reload()
       this.loadQueues()

@@ -211,6 +211,35 @@ def test_a_reconnect_never_lets_the_reloaded_list_undo_newer_events(live_worker,
     page.close()
 
 
+def test_after_a_reconnect_every_row_the_table_holds_shows_the_state_it_reached_meanwhile(
+        live_worker, live_web, browser, alice):
+    """Events sent while the socket was down are not replayed to a dashboard: after a reconnect the page
+    reads again every row it holds that was not final. Before, only the snapshot's 100 newest tasks and
+    the list's first 200 were read, so in a sweep of 250 the oldest rows stayed PENDING for good."""
+    from jobs.models import Task
+    from queueing import services as queues
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, alice)
+    api = api_client(live_web, alice)
+    queues.pause(name="default")
+    try:
+        ids = [t["id"] for t in api.post("/api/v1/tasks/batch/", json={"tasks": [
+            {"algorithm": "demo.noop"} for _ in range(250)]}).json()["tasks"]]
+        wait_until(lambda: ui_status(page, ids) == ["PENDING"] * len(ids), timeout=30, interval=0.3,
+                   message="every row of the sweep in the page, PENDING")
+        # The socket goes away and stays away (no reconnect) while the sweep runs: its events are missed.
+        page.evaluate(f"(() => {{ const d = {DATA}; const ws = d.socket; d.socket = null; ws.close() }})()")
+    finally:
+        queues.resume(name="default")
+    wait_until(lambda: Task.objects.filter(id__in=ids, status="SUCCEEDED").count() == len(ids), timeout=120,
+               interval=0.5, message="the sweep to finish")
+    page.evaluate(f"{DATA}.connect()")
+    wait_until(lambda: ui_status(page, ids) == ["SUCCEEDED"] * len(ids), timeout=30, interval=0.5,
+               message="every row of the sweep SUCCEEDED in the page after the reconnect")
+    page.close()
+
+
 def test_a_status_filter_picks_up_tasks_entering_that_state(live_worker, live_web, browser, alice):
     """Before, only ``task.created`` (always PENDING) could add a row, so a RUNNING filter never showed a
     task that started after the filter was set."""
