@@ -1,12 +1,29 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 
 def _default_concurrency() -> int:
     return settings.CONVEYOR["QUEUE_DEFAULT_CONCURRENCY"]
+
+
+MAX_RESOURCE = 1024
+
+
+def validate_resources(value: object) -> None:
+    """What a queue's workers provide: resource names to counts (0 to ``MAX_RESOURCE``), as the API's
+    ``PATCH /queues/{name}/`` takes them; the admin saves only such a value (anything else in the
+    column made every queue listing fail)."""
+    if not isinstance(value, dict):
+        raise ValidationError('an object of resource names to counts, e.g. {"gpu": 1}')
+    for name, count in value.items():
+        if not name or "\x00" in name:
+            raise ValidationError("a resource name must be a non-empty text without NUL characters")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_RESOURCE:
+            raise ValidationError(f"{name}: a whole number from 0 to {MAX_RESOURCE}")
 
 
 class Queue(models.Model):
@@ -27,7 +44,7 @@ class Queue(models.Model):
     user_concurrency = models.PositiveIntegerField(default=0)
     # What every worker consuming this queue provides, e.g. {"gpu": 1}. An algorithm that declares
     # resource needs is accepted only on a queue that provides them (jobs.services.build_spec).
-    resources = models.JSONField(default=dict, blank=True)
+    resources = models.JSONField(default=dict, blank=True, validators=[validate_resources])
     # Every reorder pins its head below this and lowers it (queueing.services.reorder), so the newest
     # pins sort first, also ahead of an older pin that comes back to PENDING with its task.
     pin_floor = models.BigIntegerField(default=1, editable=False)

@@ -52,3 +52,28 @@ def test_a_new_queue_gets_its_name_in_the_admin():
                              "user_concurrency": 0, "resources": "{}"})
     assert response.status_code == 302, response.content
     assert Queue.objects.filter(name="fresh").exists()
+
+
+@pytest.mark.parametrize("resources", ['["gpu"]', '"gpu"', '{"gpu": "x"}', '{"gpu": -1}', '{"gpu": true}',
+                                       '{"gpu": 1.5}', '{"": 1}'])
+def test_a_queues_resources_that_are_not_names_to_counts_are_refused_in_the_admin(browser, resources):
+    # Before, the admin saved any JSON and every GET /api/v1/queues/ was a 500 from then on, for everyone.
+    queue = make_queue("q1")
+
+    response = browser.post(f"/admin/queueing/queue/{queue.pk}/change/", change_form(queue, resources=resources))
+
+    assert response.status_code == 200  # the form again, with the error
+    assert "resources" in response.context["adminform"].form.errors
+    queue.refresh_from_db()
+    assert queue.resources == {}
+    assert browser.get("/api/v1/queues/").status_code == 200
+
+
+def test_a_queues_resources_as_names_to_counts_are_saved_in_the_admin(browser):
+    queue = make_queue("q1")
+
+    response = browser.post(f"/admin/queueing/queue/{queue.pk}/change/", change_form(queue, resources='{"gpu": 2}'))
+
+    assert response.status_code == 302, response.content
+    queue.refresh_from_db()
+    assert queue.resources == {"gpu": 2}
