@@ -42,6 +42,11 @@ class TaskTimeout(Exception):
     """Raised inside the algorithm's thread when its time limit passes (the soft limit)."""
 
 
+class TaskStopped(Exception):
+    """Raised inside the algorithm's thread of a solo or threads pool, which cannot kill it, when it
+    ignored a cancel (or the loss of its task) for the grace period: its state is recorded already."""
+
+
 def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
     if thread.ident is not None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
@@ -250,8 +255,13 @@ class Watchdog(threading.Thread):
             status, why = Status.FAILED, watch.lost
         else:
             status, why = Status.CANCELLED, "cancelled"
+        if _in_pool_child():
+            how = "was terminated"
+        else:
+            how = ("was interrupted: it stops at its next Python instruction (a solo or threads pool cannot kill "
+                   "it, so code outside Python, a sleep or a GPU kernel, runs on until it returns)")
         execution.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, outcome=Outcome(
-            status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and was terminated",
+            status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and {how}",
             retryable=status == Status.FAILED))
         self._kill(watch, f"ignored: {why}", batches=batches)
 
@@ -259,9 +269,15 @@ class Watchdog(threading.Thread):
         """Terminate this pool child, unless its run has stopped meanwhile (``watch.stopped``): watch.lock is
         held up to the kill, so its thread can neither finish that run nor take its next message first.
         ``batches`` are settled first, and the live events sent; None: cut off, nothing but the kill."""
-        # solo/threads pool: cannot kill a thread. A recorded state is final (its later finish is a no-op); a
-        # run cut off from the database goes on until it looks at ctx.cancelled().
+        # solo/threads pool: cannot kill a thread, only raise in it (``TaskStopped``, when it next runs Python
+        # code, as a time limit's ``TaskTimeout``). A recorded state is final (its later finish is a no-op); a
+        # run cut off from the database (``batches`` None) goes on until it looks at ctx.cancelled().
         if not _in_pool_child():
+            with watch.lock:  # never into the thread's next run: ``stopped`` is set under this lock
+                if batches is not None and not watch.stopped:
+                    log.warning("task %s %s; interrupting its thread (a non-prefork pool)", watch.task_id, why)
+                    _raise_in(watch.main, TaskStopped)
+                    return
             log.warning("task %s %s; left running in a non-prefork pool", watch.task_id, why)
             return
         with watch.lock:
