@@ -1,9 +1,14 @@
 """Reads for operators and users: queue summaries, the waiting list with "why is it waiting",
 the worker registry.
 
-Every number here comes from indexed reads: active states per queue from ``task_status_queue_idx``,
-finishes in the throughput window from ``task_queue_finished_idx``, positions from the queue order
-(``task_queue_order_idx``). Nothing scans finished history.
+Every number here comes from indexed reads: active states per queue from the trigger-kept
+``QueueCount`` rows, finishes in the throughput window from ``task_finished_cover_idx`` (a range of
+``finished_at``, index-only: ``status``, ``queue`` and ``started_at`` are included in it), positions from
+the queue order (``task_queue_order_idx``). Nothing scans finished history.
+
+Throughput, and the start estimates made from it, count the finishes of tasks that ran (``started_at``
+set): a task cancelled while it waited took no slot, so a bulk cancel of a backlog is no throughput.
+``finished`` (the API's ``finished_recently``) reports every finish by final state.
 """
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ class QueueState:
 
     queue: Queue
     counts: dict[str, int]
-    finished: dict[str, int]
+    finished: dict[str, int]  # every finish in the window, by final state
+    ran: int  # of those, the tasks that had started: what throughput is
     oldest_waiting: datetime | None
     has_worker: bool
     window_seconds: int
@@ -64,13 +70,15 @@ class QueueState:
 
     @property
     def throughput_per_minute(self) -> float:
-        return round(sum(self.finished.values()) * 60.0 / self.window_seconds, 3)
+        return round(self.ran * 60.0 / self.window_seconds, 3)
 
     def estimate(self, position: int, not_before: datetime | None = None) -> datetime | None:
-        """Start estimate from recent throughput: ``position`` tasks must start before this one."""
+        """Start estimate from recent throughput: ``position`` tasks must start before this one.
+
+        It does not model ``user_concurrency``: callers give none for a task whose owner is at the cap."""
         if self.queue.paused or not self.has_worker:
             return None
-        rate = sum(self.finished.values()) / self.window_seconds  # tasks per second
+        rate = self.ran / self.window_seconds  # started tasks finishing per second
         now = timezone.now()
         if position <= max(0, self.queue.concurrency - self.in_flight):
             at = now
@@ -92,14 +100,19 @@ def queue_states(names: list[str] | None = None) -> list[QueueState]:
                              .values_list("queue", "status").annotate(n=Sum("n")).order_by()):
         counts[queue][status] = int(n)
     finished: dict[str, dict[str, int]] = {n: {} for n in names}
-    for queue, status, n in (Task.objects.filter(queue__in=names, finished_at__gte=since)
-                             .values_list("queue", "status").annotate(n=Count("*")).order_by()):
+    ran: dict[str, int] = dict.fromkeys(names, 0)
+    for queue, status, n, started in (Task.objects.filter(queue__in=names, finished_at__gte=since)
+                                      .values_list("queue", "status")
+                                      .annotate(n=Count("*"), started=Count("started_at"))
+                                      .order_by()):
         finished[queue][status] = n
+        ran[queue] += started
     # One probe of task_pending_created_idx per queue (a GROUP BY would read every waiting row).
     oldest = {n: Task.objects.filter(queue=n, status=Status.PENDING).aggregate(m=Min("created_at"))["m"]
               for n in names if counts[n][Status.PENDING]}
     consumed = consumed_queues()
-    return [QueueState(queue=q, counts=counts[q.name], finished=finished[q.name], oldest_waiting=oldest.get(q.name),
+    return [QueueState(queue=q, counts=counts[q.name], finished=finished[q.name], ran=ran[q.name],
+                       oldest_waiting=oldest.get(q.name),
                        has_worker=q.name in consumed, window_seconds=window) for q in queues]
 
 
@@ -118,6 +131,11 @@ def _busy_by_owner(state: QueueState) -> dict[int, int]:
     return state.busy_by_owner
 
 
+def _owner_at_cap(task: Task, state: QueueState) -> bool:
+    cap = state.queue.user_concurrency
+    return bool(cap) and _busy_by_owner(state).get(task.owner_id, 0) >= cap
+
+
 def _reason(task: Task, state: QueueState, position: int, now: datetime) -> str:
     queue = state.queue
     if queue.paused:
@@ -126,7 +144,7 @@ def _reason(task: Task, state: QueueState, position: int, now: datetime) -> str:
         return "backing_off"
     if not state.has_worker:
         return "no_worker"
-    if queue.user_concurrency and _busy_by_owner(state).get(task.owner_id, 0) >= queue.user_concurrency:
+    if _owner_at_cap(task, state):
         return "owner_cap_reached"
     free = queue.concurrency - state.in_flight
     if free <= 0:
@@ -143,8 +161,12 @@ def waiting_info(task: Task, state: QueueState, position: int | None, now: datet
     if task.status != Status.PENDING or position is None:
         return None
     reason = _reason(task, state, position, now)
+    # An owner at the cap starts nothing until one of its own tasks ends, which the queue's throughput
+    # says nothing about: unknown (null), whatever room the queue has (a backing-off task's too).
+    held = reason == "owner_cap_reached" or (reason == "backing_off" and _owner_at_cap(task, state))
     return {"position": position, "reason": reason, "message": REASONS[reason],
-            "estimated_start": state.estimate(position, task.not_before), "not_before": task.not_before}
+            "estimated_start": None if held else state.estimate(position, task.not_before),
+            "not_before": task.not_before}
 
 
 # Rows ahead of a task, as three index range scans on task_queue_order_idx (pinned ones; unpinned

@@ -23,9 +23,12 @@ class QueueOut(serializers.Serializer):
     oldest_waiting_at = serializers.DateTimeField(allow_null=True)
     oldest_waiting_seconds = serializers.FloatField(allow_null=True)
     finished_recently = serializers.DictField(child=serializers.IntegerField(),
-                                              help_text="finishes by final state in the throughput window")
+                                              help_text="finishes by final state in the throughput window, "
+                                                        "tasks cancelled before they started included")
     throughput_window_seconds = serializers.IntegerField()
-    throughput_per_minute = serializers.FloatField()
+    throughput_per_minute = serializers.FloatField(
+        help_text="finishes of tasks that had started, per minute over the throughput window (a task cancelled "
+                  "while it waited is not counted); what estimated_start is made from")
     has_live_worker = serializers.BooleanField()
 
 
