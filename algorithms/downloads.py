@@ -15,7 +15,8 @@ from urllib.parse import quote
 from asgiref.sync import sync_to_async
 from django.core.files.storage import default_storage
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponseNotModified, StreamingHttpResponse
+from django.utils.http import parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -66,6 +67,7 @@ def _error(code: str, message: str, description: str) -> OpenApiResponse:
 SCHEMA_RESPONSES: dict[Any, Any] = {
     (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The stored bytes, streamed (zstd on request)."),
     (206, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The requested `Range` of the stored bytes."),
+    304: OpenApiResponse(description="`If-None-Match` names these bytes' `ETag` (their sha256): no body."),
     410: _error("result_expired", "result expired on 2026-12-23 and was deleted",
                 "Retention deleted the bytes; the task keeps size, sha256 and summary."),
     416: _error("range_not_satisfiable", "range 'bytes=5000-' is outside the 1024 bytes of this file",
@@ -164,13 +166,28 @@ def _unsatisfiable(exc: RangeNotSatisfiable, size: int) -> Response:
                     headers={"Content-Range": f"bytes */{size}"})
 
 
-def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> StreamingHttpResponse | Response:
-    """The artifact's bytes: 200, or 206 for a Range (416 outside the file); 410 once retention deleted them."""
+def _has_already(request: HttpRequest, etag: str) -> bool:
+    """``If-None-Match`` names this content (``*``, or its tag, compared weakly as RFC 9110 says)."""
+    given = request.headers.get("If-None-Match")
+    if not given:
+        return False
+    tags = parse_etags(given)
+    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+
+
+def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> StreamingHttpResponse | HttpResponseNotModified | Response:
+    """The artifact's bytes: 200, or 206 for a Range (416 outside the file); 304 when ``If-None-Match`` names
+    them; 410 once retention deleted them."""
     if artifact.expired or not artifact.storage_name:
         raise ResultExpired(f"{filename} expired on {artifact.expired_at:%Y-%m-%d} and was deleted"
                             if artifact.expired_at else f"{filename} is no longer stored")
+    etag = f'"{artifact.sha256}"'
+    if _has_already(request, etag):
+        not_modified = HttpResponseNotModified()
+        not_modified["ETag"] = etag
+        return not_modified
     size = artifact.size
-    current = request.headers.get("If-Range") in (None, f'"{artifact.sha256}"')  # else the whole file
+    current = request.headers.get("If-Range") in (None, etag)  # else the whole file
     try:
         span = parse_range(request.headers.get("Range") if current else None, size)
     except RangeNotSatisfiable as exc:
@@ -191,7 +208,7 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
     response = StreamingHttpResponse(content, status=206 if span else 200,
                                      content_type=valid_content_type(artifact.content_type) or "application/octet-stream")
     response["Accept-Ranges"] = "bytes"
-    response["ETag"] = f'"{artifact.sha256}"'
+    response["ETag"] = etag
     response["Content-Disposition"] = content_disposition(filename)
     response["Vary"] = "Accept-Encoding"
     if compress:

@@ -65,6 +65,21 @@ def test_blob_result_is_stored_as_a_file_and_downloads_whole_in_ranges_and_zstd(
     assert zstandard.ZstdDecompressor().decompressobj().decompress(body(packed)) == expected
 
 
+def test_a_stored_result_the_client_has_already_is_a_304_without_its_bytes(live_worker, alice, api):
+    # A client that keeps downloads (a notebook re-run, a sync script) asks with the ETag it has.
+    client = api(alice)
+    task = run(client, "demo.blob", {"size_mb": 0.5, "seed": 5})
+    url, etag = f"/api/v1/tasks/{task['id']}/result/", f'"{task["result_meta"]["sha256"]}"'
+
+    same = client.get(url, HTTP_IF_NONE_MATCH=etag)
+    listed = client.get(url, HTTP_IF_NONE_MATCH=f'"other", W/{etag}')
+    other = client.get(url, HTTP_IF_NONE_MATCH='"not-this-one"')
+
+    assert same.status_code == 304 and same["ETag"] == etag and body(same) == b""
+    assert listed.status_code == 304
+    assert other.status_code == 200 and len(body(other)) == int(0.5 * MIB)
+
+
 def test_json_result_over_the_inline_limit_goes_to_storage_and_small_one_stays_inline(live_worker, alice, api):
     client = api(alice)
 
