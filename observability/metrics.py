@@ -12,6 +12,10 @@ gauges too (``histogram_quantile`` over the buckets as they are), never with ``r
 Every queue (``queueing_queue``) has every series, zero when nothing is counted: ``conveyor_tasks`` has
 every state of every queue, so a state that empties drops to 0 instead of disappearing (Prometheus would
 keep showing the last value for five minutes, and an alert on it could never resolve to 0).
+
+A queue's waiting tasks (PENDING or QUEUED) are each in one of three series: ``conveyor_queue_depth`` (can
+start now: what KEDA scales workers on), ``conveyor_queue_delayed`` (``not_before`` still ahead) and
+``conveyor_queue_paused_waiting`` (could start but for the queue's pause). A paused queue has no depth.
 """
 from __future__ import annotations
 
@@ -79,14 +83,20 @@ class ConveyorCollector(Collector):
         return [tasks, retries]
 
     def _queues(self) -> list[Metric]:
+        # Every PENDING or QUEUED task is in exactly one of depth, delayed and paused_waiting: a paused
+        # queue's tasks cannot start on any worker, so they are no depth (KEDA would add workers for them).
         depth = GaugeMetricFamily("conveyor_queue_depth", "Tasks waiting that can start now (PENDING + QUEUED, "
-                                  "not_before passed or unset)", labels=["queue"])
+                                  "not_before passed or unset, queue not paused)", labels=["queue"])
         delayed = GaugeMetricFamily("conveyor_queue_delayed", "PENDING tasks that cannot start yet (not_before "
                                     "in the future: a retry's backoff, a delayed submit)", labels=["queue"])
+        held = GaugeMetricFamily("conveyor_queue_paused_waiting", "Tasks of a paused queue that could start but "
+                                 "for the pause (the depth it has again on resume); 0 for a queue not paused",
+                                 labels=["queue"])
         oldest = GaugeMetricFamily("conveyor_queue_oldest_wait_seconds", "How long the longest-waiting task that "
-                                   "can start has waited since it could (0 when none waits)", labels=["queue"])
+                                   "can start has waited since it could (0 when none waits or the queue is paused)",
+                                   labels=["queue"])
         paused = GaugeMetricFamily("conveyor_queue_paused", "1 when the queue is paused", labels=["queue"])
-        for name, is_paused, waiting, later, oldest_age in _rows(
+        for name, is_paused, startable, later, oldest_age in _rows(
             "SELECT q.name, q.paused, count(t.id) FILTER (WHERE t.startable), "
             "count(t.id) FILTER (WHERE NOT t.startable), "
             "greatest(coalesce(extract(epoch FROM statement_timestamp() "
@@ -97,11 +107,12 @@ class ConveyorCollector(Collector):
             "  FROM jobs_task WHERE status IN ('PENDING', 'QUEUED')) t ON t.queue = q.name "
             "GROUP BY q.name, q.paused ORDER BY q.name"
         ):
-            depth.add_metric([name], waiting)
+            depth.add_metric([name], 0 if is_paused else startable)
             delayed.add_metric([name], later)
-            oldest.add_metric([name], float(oldest_age))
+            held.add_metric([name], startable if is_paused else 0)
+            oldest.add_metric([name], 0.0 if is_paused else float(oldest_age))
             paused.add_metric([name], int(is_paused))
-        return [depth, delayed, oldest, paused]
+        return [depth, delayed, held, oldest, paused]
 
     def _durations(self, queues: list[str]) -> list[Metric]:
         out = []

@@ -1,6 +1,6 @@
 """The ``conveyor_`` series an alert or an autoscaler reads: every state of every queue is always there (0,
 not missing, once nothing is in it), and the queue's depth and oldest wait count only the tasks that can
-start now, the delayed ones (retry backoff, a later not_before) apart."""
+start now, the delayed ones (retry backoff, a later not_before) and those of a paused queue apart."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -101,3 +101,36 @@ def test_queue_depth_and_oldest_wait_leave_out_tasks_that_cannot_start_yet(clien
     assert samples[("conveyor_queue_delayed", (("queue", "edge-delayed"),))] == 50
     oldest = samples[("conveyor_queue_oldest_wait_seconds", (("queue", "edge-delayed"),))]
     assert 290 <= oldest <= 600, oldest  # five minutes, not the hour since the submit nor two hours
+
+
+def test_a_paused_queue_has_no_depth_its_waiting_tasks_are_paused_waiting(client, owner):
+    """KEDA scales workers on the depth: a paused queue's tasks cannot start on any worker, so they must not
+    add workers. They show in ``conveyor_queue_paused_waiting`` (the depth the queue has again on resume);
+    the delayed ones stay in ``conveyor_queue_delayed``; depth + delayed + paused_waiting = PENDING + QUEUED."""
+    from django.utils import timezone
+
+    from queueing.models import Queue
+
+    now = timezone.now()
+    make_tasks(owner, "edge-held", 2, status="PENDING", created_at=now - timedelta(minutes=10))
+    make_tasks(owner, "edge-held", 1, status="PENDING", not_before=now + timedelta(days=1))
+    Queue.objects.filter(name="edge-held").update(paused=True)
+
+    def series(samples):
+        return {name: samples[(f"conveyor_queue_{name}", (("queue", "edge-held"),))]
+                for name in ("depth", "delayed", "paused_waiting", "oldest_wait_seconds", "paused")}
+
+    assert series(scrape(client)) == {"depth": 0, "delayed": 1, "paused_waiting": 2, "oldest_wait_seconds": 0,
+                                      "paused": 1}
+
+    Queue.objects.filter(name="edge-held").update(paused=False)
+    resumed = series(scrape(client))
+    assert (resumed["depth"], resumed["delayed"], resumed["paused_waiting"], resumed["paused"]) == (2, 1, 0, 0)
+    assert resumed["oldest_wait_seconds"] >= 590  # submitted ten minutes ago
+
+
+def test_every_queue_has_a_paused_waiting_series(client, owner):
+    make_tasks(owner, "edge-open", 1, status="PENDING")
+    samples = scrape(client)
+    assert samples[("conveyor_queue_paused_waiting", (("queue", "edge-open"),))] == 0
+    assert samples[("conveyor_queue_paused_waiting", (("queue", "default"),))] == 0
