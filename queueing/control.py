@@ -17,6 +17,7 @@ from queueing.selectors import live_workers
 
 ACTIONS = ("shutdown", "pool_grow", "pool_shrink", "add_consumer", "cancel_consumer")
 REPLY_TIMEOUT = 2.0
+SHRINK_COMMAND = "conveyor_pool_shrink"  # queueing.heartbeat
 # Queues Celery itself routes to besides the Queue rows: the default one and webhook deliveries.
 SYSTEM_QUEUES = {app.conf.task_default_queue, "webhooks"}
 
@@ -47,9 +48,8 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
     if action == "cancel_consumer" and queue not in record.queues:
         reason = f"worker {hostname!r} does not consume {queue!r} (it consumes {', '.join(record.queues) or 'nothing'})"
         raise InvalidInput(f"queue: {reason}", fields={"queue": [reason]})
-    if action == "pool_shrink" and n >= record.concurrency:
-        raise Conflict(f"pool_shrink by {n} would leave worker {hostname!r} no process (it has {record.concurrency}); "
-                       "to stop it, use shutdown")
+    # pool_shrink's "would it leave no process?" is the worker's to answer (conveyor_pool_shrink), from its
+    # live pool: the row is a heartbeat old, and two quick shrinks or a shrink right after a grow misread it.
     dest = [hostname]
     ctl = app.control
     if action == "shutdown":
@@ -60,7 +60,7 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
     if action == "pool_grow":
         replies = ctl.pool_grow(n=n, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
     elif action == "pool_shrink":
-        return _shrink(hostname, n)
+        return _shrink(record, n)
     elif action == "add_consumer":
         replies = ctl.add_consumer(queue, destination=dest, reply=True, timeout=REPLY_TIMEOUT)
     else:
@@ -68,19 +68,53 @@ def control(*, hostname: str, action: str, queue: str | None = None, n: int = 1)
     return _checked(hostname, action, list(replies or []))
 
 
-def _shrink(hostname: str, n: int) -> list[dict[str, Any]]:
+def _shrink(record: WorkerRecord, n: int) -> list[dict[str, Any]]:
     """One process at a time: Celery's ``pool_shrink(n)`` stops at the first busy process and reports an
-    error after it has already removed some, so the answer says how many went."""
+    error after it has already removed some, so the answer says how many went.
+
+    Each step is Conveyor's ``conveyor_pool_shrink`` (``queueing.heartbeat``), which the worker refuses
+    when what is left of the request would leave it no process, judged by its live pool: a request that
+    would is refused before its first step, and two requests at once cannot both pass. A worker of an
+    earlier release (a rolling deploy) does not know the command and answers with the KeyError: it
+    gets Celery's ``pool_shrink``, guarded by the registry row as before."""
+    hostname = record.hostname
     replies: list[dict[str, Any]] = []
     for done in range(n):
         try:
-            replies += _checked(hostname, "pool_shrink", list(app.control.pool_shrink(
-                n=1, destination=[hostname], reply=True, timeout=REPLY_TIMEOUT) or []))
-        except (WorkerRefused, WorkerNoReply) as error:
+            replies += _shrink_one(record, left=n - done, done=done)
+        except (Conflict, WorkerNoReply) as error:
             if not done:
                 raise
             raise type(error)(f"shrank worker {hostname!r} by {done} of {n}; then: {error.message}") from None
     return replies
+
+
+def _shrink_one(record: WorkerRecord, *, left: int, done: int) -> list[dict[str, Any]]:
+    """Remove one process of the ``left`` this request still has to remove."""
+    hostname, dest = record.hostname, [record.hostname]
+    replies = list(app.control.broadcast(SHRINK_COMMAND, arguments={"n": 1, "total": left}, destination=dest,
+                                         reply=True, timeout=REPLY_TIMEOUT) or [])
+    if _unknown_command(replies, SHRINK_COMMAND):  # an old worker: the row's count, less what went already
+        if left >= record.concurrency - done:
+            raise _no_process_left(hostname, left, record.concurrency - done)
+        replies = list(app.control.pool_shrink(n=1, destination=dest, reply=True, timeout=REPLY_TIMEOUT) or [])
+        return _checked(hostname, "pool_shrink", replies)
+    for reply in replies:
+        for answer in reply.values():
+            if isinstance(answer, dict) and answer.get("would_leave_none"):
+                raise _no_process_left(hostname, left, answer.get("processes"))
+    return _checked(hostname, "pool_shrink", replies)
+
+
+def _no_process_left(hostname: str, n: int, processes: Any) -> Conflict:
+    return Conflict(f"pool_shrink by {n} would leave worker {hostname!r} no process (it has {processes}); "
+                    "to stop it, use shutdown")
+
+
+def _unknown_command(replies: list[dict[str, Any]], command: str) -> bool:
+    """Whether the worker answered that it has no such control command (kombu replies with the KeyError)."""
+    errors = [answer.get("error") for reply in replies for answer in reply.values() if isinstance(answer, dict)]
+    return bool(errors) and all(isinstance(e, str) and e.startswith("KeyError(") and command in e for e in errors)
 
 
 def _alive(hostname: str) -> WorkerRecord:

@@ -26,7 +26,7 @@ from typing import Any
 import celery
 from celery.exceptions import WorkerShutdown
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
-from celery.worker.control import control_command
+from celery.worker.control import control_command, nok, ok
 from django.conf import settings
 from django.db import close_old_connections, connections
 from django.db.models.functions import Now
@@ -140,6 +140,38 @@ def conveyor_shutdown(state: Any, **kwargs: Any) -> None:
                 settings.CONVEYOR["WORKER_SHUTDOWN_GRACE_SECONDS"])
     _start_grace()
     raise WorkerShutdown(0)
+
+
+@control_command(args=[("n", int), ("total", int)], signature="[N=1] [TOTAL=N]")
+def conveyor_pool_shrink(state: Any, n: int = 1, total: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``POST /api/v1/workers/{hostname}/pool_shrink/`` (``queueing.control``): Celery's ``pool_shrink``,
+    decided here against the live pool instead of the registry row (a heartbeat old: two quick shrinks of
+    a 2-process worker left it none). Removes ``n`` processes; refused, with nothing done, when the
+    ``total`` the request still has to remove (``n`` by default) would leave fewer than one. The worker
+    runs its control commands one at a time, so two requests cannot both pass the check. A refusal
+    carries ``processes`` (the live pool size). Solo and threads pools cannot shrink (no processes to
+    stop, and Celery gives them no ``shrink``): always refused, the pool left as it is."""
+    consumer = state.consumer
+    pool = consumer.pool
+    kind = type(pool).__module__.rsplit(".", 1)[-1]
+    if consumer.controller.autoscaler:
+        return nok("pool_shrink is not supported with autoscale. Adjust autoscale range instead.")
+    if not callable(getattr(pool, "shrink", None)):
+        return {**nok(f"a {kind} pool cannot shrink; restart the worker with another --concurrency"),
+                "processes": int(getattr(pool, "num_processes", 0) or 0), "cannot_shrink": True}
+    size = int(pool.num_processes)
+    total = n if total is None else total
+    if n < 1 or total < n:
+        return nok(f"pool_shrink: n must be at least 1 and total at least n (got n={n}, total={total})")
+    if total >= size:
+        return {**nok(f"shrinking by {total} would leave no process (it has {size})"),
+                "processes": size, "would_leave_none": True}
+    try:
+        pool.shrink(n)
+    except ValueError as exc:  # billiard: "Can't shrink pool. All processes busy!"
+        return {**nok(str(exc)), "processes": int(pool.num_processes)}
+    consumer._update_prefetch_count(-n)
+    return {**ok("pool will shrink"), "processes": int(pool.num_processes)}
 
 
 def _start_grace() -> None:

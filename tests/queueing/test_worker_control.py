@@ -97,23 +97,125 @@ def test_shutdown_is_conveyors_command_which_keeps_the_grace_period(api, olga, w
     assert (action, args[0], kwargs["destination"]) == ("broadcast", "conveyor_shutdown", [HOST])
 
 
-def test_pool_shrink_that_would_leave_no_process_is_409_and_nothing_is_sent(api, olga, worker, replies):
-    err = error(post(api, olga, "pool_shrink", {"n": 2}), 409)  # the worker has 2
-    assert "no process" in err["message"] and "shutdown" in err["message"]
-    assert not replies.sent
+def answering(replies: FakeControl, monkeypatch: pytest.MonkeyPatch, *answers: dict[str, Any]) -> None:
+    """The worker's answers, in turn, to what is sent (``broadcast`` of Conveyor's command or ``pool_shrink``)."""
+    queue = iter(answers)
+
+    def send(action: str) -> Any:
+        return lambda *args, **kwargs: replies.sent.append((action, args, kwargs)) or [{HOST: next(queue)}]
+    for action in ("broadcast", "pool_shrink"):
+        monkeypatch.setattr(replies, action, send(action), raising=False)
+
+
+def shrinks(replies: FakeControl) -> list[tuple[str, Any]]:
+    """What was sent: ("conveyor", {n, total}) for Conveyor's command, ("celery", n) for Celery's pool_shrink."""
+    return [("conveyor", kwargs["arguments"]) if action == "broadcast" else ("celery", kwargs["n"])
+            for action, _, kwargs in replies.sent]
+
+
+def test_pool_shrink_is_decided_by_the_worker_which_refuses_leaving_no_process(api, olga, worker, replies,
+                                                                                  monkeypatch):
+    # the row says 2 processes; the worker has just been grown to 3 and shrunk to 1 (a heartbeat ago)
+    answering(replies, monkeypatch, {"error": "shrinking by 1 would leave no process (it has 1)", "processes": 1,
+                                     "would_leave_none": True})
+    err = error(post(api, olga, "pool_shrink"), 409)
+    assert err["code"] == "conflict"
+    assert "no process" in err["message"] and "it has 1" in err["message"] and "shutdown" in err["message"]
+    assert shrinks(replies) == [("conveyor", {"n": 1, "total": 1})]
+
+
+def test_pool_shrink_that_would_leave_no_process_is_409_before_anything_goes(api, olga, worker, replies,
+                                                                              monkeypatch):
+    answering(replies, monkeypatch, {"error": "shrinking by 2 would leave no process (it has 2)", "processes": 2,
+                                     "would_leave_none": True})
+    err = error(post(api, olga, "pool_shrink", {"n": 2}), 409)
+    assert "pool_shrink by 2" in err["message"] and "it has 2" in err["message"] and "shrank" not in err["message"]
+    assert shrinks(replies) == [("conveyor", {"n": 1, "total": 2})]
 
 
 def test_pool_shrink_goes_one_process_at_a_time_and_says_how_far_it_got(api, olga, worker, replies, monkeypatch):
-    WorkerRecord.objects.filter(pk=worker.pk).update(concurrency=4)
-    answers = iter([[{HOST: {"ok": "pool will shrink"}}], [{HOST: {"error": "Can't shrink pool. All processes busy!"}}]])
-    monkeypatch.setattr(replies, "pool_shrink", lambda **kwargs: replies.sent.append(("pool_shrink", (), kwargs))
-                        or next(answers), raising=False)
+    answering(replies, monkeypatch, {"ok": "pool will shrink", "processes": 3},
+              {"error": "Can't shrink pool. All processes busy!", "processes": 3})
 
     err = error(post(api, olga, "pool_shrink", {"n": 3}), 409)
 
     assert err["code"] == "worker_refused"
     assert "by 1 of 3" in err["message"] and "All processes busy" in err["message"]
-    assert [kwargs["n"] for _, _, kwargs in replies.sent] == [1, 1]
+    assert shrinks(replies) == [("conveyor", {"n": 1, "total": 3}), ("conveyor", {"n": 1, "total": 2})]
+
+
+def test_a_shrink_part_way_stopped_by_the_last_process_says_how_far_it_got(api, olga, worker, replies,
+                                                                            monkeypatch):
+    # another request shrank the worker meanwhile: the second step would leave it none
+    answering(replies, monkeypatch, {"ok": "pool will shrink", "processes": 2},
+              {"error": "shrinking by 1 would leave no process (it has 1)", "processes": 1, "would_leave_none": True})
+    err = error(post(api, olga, "pool_shrink", {"n": 2}), 409)
+    assert "by 1 of 2" in err["message"] and "no process (it has 1)" in err["message"]
+
+
+def test_a_worker_without_conveyors_command_gets_celerys_pool_shrink_guarded_by_its_row(api, olga, worker, replies,
+                                                                                      monkeypatch):
+    """A rolling deploy: this web process is newer than the worker, which answers the KeyError."""
+    unknown = {"error": "KeyError('conveyor_pool_shrink')"}
+    answering(replies, monkeypatch, unknown, {"ok": "pool will shrink"})
+    response = post(api, olga, "pool_shrink")
+    assert response.status_code == 202 and response.json()["replies"] == [{HOST: {"ok": "pool will shrink"}}]
+    assert shrinks(replies) == [("conveyor", {"n": 1, "total": 1}), ("celery", 1)]
+
+    replies.sent.clear()
+    answering(replies, monkeypatch, unknown)
+    err = error(post(api, olga, "pool_shrink", {"n": 2}), 409)  # the row says 2
+    assert "no process" in err["message"] and "it has 2" in err["message"]
+    assert shrinks(replies) == [("conveyor", {"n": 1, "total": 2})]
+
+
+class FakePool:
+    def __init__(self, processes: int, busy: bool = False) -> None:
+        self.num_processes, self.busy = processes, busy
+
+    def shrink(self, n: int = 1) -> None:
+        if self.busy:
+            raise ValueError("Can't shrink pool. All processes busy!")
+        self.num_processes -= n
+
+
+def worker_state(pool: Any, autoscaler: Any = None) -> Any:
+    from types import SimpleNamespace
+
+    consumer = SimpleNamespace(pool=pool, controller=SimpleNamespace(autoscaler=autoscaler), prefetch=[])
+    consumer._update_prefetch_count = consumer.prefetch.append
+    return SimpleNamespace(consumer=consumer)
+
+
+def test_the_worker_command_shrinks_its_live_pool_and_never_below_one_process():
+    from queueing.heartbeat import conveyor_pool_shrink
+
+    state = worker_state(FakePool(2))
+    assert conveyor_pool_shrink(state, n=1) == {"ok": "pool will shrink", "processes": 1}
+    assert state.consumer.prefetch == [-1]
+    refused = conveyor_pool_shrink(state, n=1)
+    assert refused["would_leave_none"] and refused["processes"] == 1 and "no process" in refused["error"]
+    assert state.consumer.pool.num_processes == 1 and state.consumer.prefetch == [-1]
+
+    state = worker_state(FakePool(3))
+    assert conveyor_pool_shrink(state, n=1, total=3)["would_leave_none"]  # the whole request is refused
+    assert conveyor_pool_shrink(state, n=1, total=2)["ok"] and state.consumer.pool.num_processes == 2
+
+    busy = conveyor_pool_shrink(worker_state(FakePool(2, busy=True)), n=1)
+    assert "All processes busy" in busy["error"] and "would_leave_none" not in busy
+    assert "autoscale" in conveyor_pool_shrink(worker_state(FakePool(4), autoscaler=object()), n=1)["error"]
+
+
+@pytest.mark.parametrize("kind", ["solo", "thread"])
+def test_the_worker_command_refuses_pools_that_cannot_shrink(kind):
+    """Solo and threads pools have no ``shrink`` in Celery: refused, whatever their size."""
+    import importlib
+
+    from queueing.heartbeat import conveyor_pool_shrink
+
+    pool = importlib.import_module(f"celery.concurrency.{kind}").TaskPool(limit=4)
+    answer = conveyor_pool_shrink(worker_state(pool), n=1)
+    assert "cannot shrink" in answer["error"] and answer["cannot_shrink"]
 
 
 def test_cancel_consumer_of_a_queue_the_worker_does_not_consume_is_400_naming_queue(api, olga, worker, replies):
