@@ -21,9 +21,9 @@ def cli(live_web: str, tmp_path: Path):
     """``cli("ls")`` runs ``python -m conveyor_cli --url <server> ls`` with its own config dir."""
     env = dict(os.environ, CONVEYOR_CONFIG_DIR=str(tmp_path / "config"), CONVEYOR_URL=live_web)
 
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "conveyor_cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=input)
 
     return run
 
@@ -243,3 +243,183 @@ def test_submit_wait_piped_into_head_exits_quietly_once_head_is_done(live_worker
     err = waiter.stderr.read()
     assert waiter.wait(timeout=60) == 141, err  # 128 + SIGPIPE, as the shell reports for `yes | head -1`
     assert len(task_id) == 36 and err == ""  # no traceback, no "reconnecting" over and over
+
+
+def test_ls_filters_by_label_and_by_several_statuses(live_web, cli, alice):
+    from jobs.models import Task
+
+    login(cli, alice)
+    queue = unconsumed_queue()
+    first, second = (cli("submit", "demo.noop", "--queue", queue, "--label", "sweep-2").stdout.strip() for _ in range(2))
+    other = cli("submit", "demo.noop", "--queue", queue, "--label", "sweep-1").stdout.strip()
+    assert cli("cancel", first).returncode == 0
+    waiting = Task.objects.get(id=second).status  # PENDING or QUEUED: what a task no worker takes is
+
+    by_label = cli("ls", "--label", "sweep-2")
+    assert by_label.returncode == 0, by_label.stderr
+    assert first in by_label.stdout and second in by_label.stdout and other not in by_label.stdout
+
+    def listed(*args: str) -> set[str]:
+        done = cli("--json", "ls", *args)
+        assert done.returncode == 0, done.stderr
+        return {t["id"] for t in json.loads(done.stdout)}
+
+    assert listed("--label", "sweep-2", "--status", "CANCELLED") == {first}
+    assert listed("--status", "CANCELLED", "--status", waiting) == {first, second, other}
+    assert listed("--label", "sweep-1", "--status", "CANCELLED", "--status", waiting, "--queue", queue) == {other}
+    assert listed("--label", "sweep-2", "--status", "SUCCEEDED") == set()
+    refused = cli("ls", "--status", "SOMETIMES")
+    assert refused.returncode == 1 and "status" in refused.stderr
+
+
+def write_lines(path: Path, items: list[object]) -> Path:
+    path.write_text("".join((item if isinstance(item, str) else json.dumps(item)) + "\n" for item in items))
+    return path
+
+
+def test_submit_from_file_makes_every_line_a_task_in_chunks_and_a_resend_makes_nothing_twice(live_web, cli, alice,
+                                                                                               tmp_path):
+    from jobs.models import Task
+
+    login(cli, alice)
+    queue = unconsumed_queue()
+    lines = [{"algorithm": "demo.hello", "params": {"seconds": n, "steps": 1}} for n in range(5)]
+    lines[3] = {"algorithm": "demo.noop", "priority": "high", "queue": queue, "labels": ["odd-one"]}
+    sweep = write_lines(tmp_path / "sweep.jsonl", [*lines[:2], "", *lines[2:]])  # a blank line is skipped
+
+    done = cli("submit", "--from-file", str(sweep), "--batch-size", "2", "--queue", queue, "--label", "sweep-2",
+               "--priority", "low", "--idempotency-key", "sweep-2")
+
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 5 and len(set(ids)) == 5
+    tasks = [Task.objects.get(id=i) for i in ids]
+    assert [t.algorithm for t in tasks] == ["demo.hello"] * 3 + ["demo.noop", "demo.hello"]
+    assert [t.params.get("seconds") for t in tasks] == [0, 1, 2, None, 4]
+    assert [t.queue_id for t in tasks] == [queue] * 5
+    assert [t.labels for t in tasks] == [["sweep-2"]] * 3 + [["odd-one", "sweep-2"]] + [["sweep-2"]]
+    assert tasks[3].priority > tasks[0].priority  # a line's own priority wins over --priority
+    assert sorted({t.idempotency_key.rsplit("#", 1)[0] for t in tasks}) == [
+        "sweep-2#chunk-1", "sweep-2#chunk-2", "sweep-2#chunk-3"]
+
+    # the same command again (after a timeout, say): the same tasks, none made twice
+    again = cli("submit", "--from-file", str(sweep), "--batch-size", "2", "--queue", queue, "--label", "sweep-2",
+                "--priority", "low", "--idempotency-key", "sweep-2")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == ids and "sent before" in again.stderr
+    assert Task.objects.filter(owner=alice).count() == 5
+    assert {t["id"] for t in json.loads(cli("--json", "ls", "--label", "sweep-2").stdout)} == set(ids)
+
+    # stdin, and --json: the API's answer, {"tasks": [...]}
+    piped = cli("--json", "submit", "--from-file", "-", "--queue", queue,
+                input="".join(json.dumps({"algorithm": "demo.noop"}) + "\n" for _ in range(3)))
+    assert piped.returncode == 0, piped.stderr
+    made = json.loads(piped.stdout)["tasks"]
+    assert len(made) == 3 and all(t["algorithm"] == "demo.noop" and t["queue"] == queue for t in made)
+
+
+def test_submit_from_file_sends_a_chunk_per_thousand_lines(live_web, cli, alice, tmp_path):
+    from jobs.models import Task
+
+    login(cli, alice)
+    queue = unconsumed_queue()
+    sweep = write_lines(tmp_path / "big.jsonl", [{"algorithm": "demo.noop", "queue": queue}] * 1001)
+
+    done = cli("submit", "--from-file", str(sweep), "--idempotency-key", "big", timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(set(ids)) == 1001
+    keys = set(Task.objects.filter(id__in=ids).values_list("idempotency_key", flat=True))
+    assert {k.rsplit("#", 1)[0] for k in keys} == {"big#chunk-1", "big#chunk-2"}
+    assert Task.objects.get(id=ids[-1]).idempotency_key == "big#chunk-2#0"
+
+
+def test_submit_from_file_names_bad_lines_and_sends_nothing(live_web, cli, alice, tmp_path):
+    from jobs.models import Task
+
+    login(cli, alice)
+    good = {"algorithm": "demo.noop"}
+    bad = write_lines(tmp_path / "bad.jsonl", [good, "{not json", good, ["demo.noop"], {"params": {}},
+                                               {"algorithm": "demo.noop", "prams": {"n": 1}},
+                                               '{"algorithm": "demo.noop", "params": {"x": NaN}}'])
+
+    done = cli("submit", "--from-file", str(bad))
+
+    assert done.returncode == 2 and done.stdout == ""
+    for number, what in ((2, "not JSON"), (4, "not a JSON object"), (5, "algorithm"), (6, "prams"), (7, "NaN")):
+        assert f"line {number}: " in done.stderr and what in done.stderr, done.stderr
+    assert "line 1:" not in done.stderr and "line 3:" not in done.stderr
+    assert "nothing was sent" in done.stderr
+    assert not Task.objects.filter(owner=alice).exists()
+
+    empty = cli("submit", "--from-file", str(write_lines(tmp_path / "empty.jsonl", [""])))
+    assert empty.returncode == 2 and "no tasks" in empty.stderr
+    missing = cli("submit", "--from-file", str(tmp_path / "nowhere.jsonl"))
+    assert missing.returncode == 2 and "nowhere.jsonl" in missing.stderr
+    one = str(write_lines(tmp_path / "one.jsonl", [good]))
+    for usage in (("submit",), ("submit", "demo.noop", "--from-file", one), ("submit", "--from-file", one, "--wait"),
+                  ("submit", "demo.noop", "--batch-size", "2"),
+                  ("submit", "--from-file", one, "--idempotency-key", "k" * 195)):
+        refused = cli(*usage)
+        assert refused.returncode == 2, (usage, refused.stderr)
+    assert not Task.objects.filter(owner=alice).exists()
+
+
+def test_submit_from_file_refused_by_the_server_names_the_line_and_a_fixed_resend_completes_it(live_web, cli, alice,
+                                                                                                tmp_path):
+    from jobs.models import Task
+
+    login(cli, alice)
+    queue = unconsumed_queue()
+    lines = [{"algorithm": "demo.noop", "queue": queue, "labels": [f"n{n}"]} for n in range(4)]
+    lines[2] = {"algorithm": "demo.hello", "queue": queue, "params": {"seconds": "abc"}}
+    sweep = write_lines(tmp_path / "sweep.jsonl", lines)
+    command = ("submit", "--from-file", str(sweep), "--batch-size", "2", "--idempotency-key", "fix-me")
+
+    failed = cli(*command)
+
+    # the first chunk was made and its ids printed; the second was refused, naming the file's line 3
+    assert failed.returncode == 1
+    made = failed.stdout.split()
+    assert len(made) == 2 and Task.objects.filter(owner=alice).count() == 2
+    assert "line 3: params.seconds" in failed.stderr, failed.stderr
+    assert "2 tasks" in failed.stderr and "fix-me" in failed.stderr
+
+    lines[2] = {"algorithm": "demo.hello", "queue": queue, "params": {"seconds": 0}}
+    write_lines(sweep, lines)
+    fixed = cli(*command)
+    assert fixed.returncode == 0, fixed.stderr
+    ids = fixed.stdout.split()
+    assert ids[:2] == made and len(set(ids)) == 4
+    assert Task.objects.filter(owner=alice).count() == 4
+
+
+def test_logs_prints_the_reason_of_a_state_change(live_web, cli, alice):
+    from jobs import services
+    from jobs.models import Status, Task, TaskEvent
+
+    queue = unconsumed_queue()
+    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="demo.noop", queue=queue))
+    first = Task.objects.get(id=task.id).last_seq
+    events = [("task.requeued", Status.PENDING, {"reason": "queue paused"}),
+              ("task.log", Status.RUNNING, {"line": "working"}),
+              ("task.retrying", Status.PENDING, {"error": "no progress for 3s (progress_timeout)", "attempt": 1}),
+              ("task.cancelled", Status.CANCELLED,
+               {"error": "cancelled; the algorithm did not stop within 5s and was terminated",
+                "reason": "cancelled by user"})]
+    TaskEvent.objects.bulk_create(TaskEvent(task_id=task.id, seq=first + n, event=event, status=status, data=data)
+                                  for n, (event, status, data) in enumerate(events, 1))
+    Task.objects.filter(id=task.id).update(last_seq=first + len(events))
+    login(cli, alice)
+
+    logs = cli("logs", str(task.id), "--after-seq", str(first))
+
+    assert logs.returncode == 0, logs.stderr
+    shown = [line.split(" ", 2)[2] if line.startswith("# ") else line for line in logs.stdout.splitlines()]
+    assert shown == ["task.requeued PENDING: queue paused",
+                     "working",
+                     "task.retrying PENDING: no progress for 3s (progress_timeout)",
+                     "task.cancelled CANCELLED: cancelled; the algorithm did not stop within 5s and was terminated "
+                     "(cancelled by user)"]
+    assert cli("logs", str(task.id), "--after-seq", str(first), "--lines-only").stdout.splitlines() == ["working"]
