@@ -74,6 +74,25 @@ def too_large() -> RequestTooLarge:
                            "batch into smaller ones, or pass large inputs by reference (a URL, an artifact)")
 
 
+class RefuseNulInQueryMiddleware:
+    """A NUL character in a query parameter outside the API (the admin's list filters and search, which
+    no serializer checks) is a 400 naming the parameter, before any view runs, instead of PostgreSQL's
+    ``DataError`` as a 500. The API's views check their own parameters (``refuse_nul`` and the filters)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if not request.path.startswith("/api/"):
+            for name, values in request.GET.lists():
+                if "\x00" in name or any("\x00" in value for value in values):
+                    name = name.replace("\x00", "\\x00")
+                    reason = "must not contain NUL characters"
+                    return JsonResponse({"error": {"code": InvalidInput.code, "message": f"{name}: {reason}",
+                                                   "fields": {name: [reason]}}}, status=400)
+        return self.get_response(request)
+
+
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     """DRF's nested error dict → {"params.seconds": ["…"]}, so every field is named by its path."""
     out: dict[str, list[str]] = {}

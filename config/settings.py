@@ -83,6 +83,7 @@ MIDDLEWARE = [
     "observability.probes.ProbeHostMiddleware",  # first: before anything calls request.get_host()
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "observability.middleware.RequestContextMiddleware",
+    "config.errors.RefuseNulInQueryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

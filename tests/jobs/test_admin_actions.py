@@ -48,3 +48,14 @@ def test_retrying_selected_tasks_in_the_admin_is_the_bulk_retry_a_double_click_m
     retries = Task.objects.filter(retry_of__in=failed)
     assert sorted(str(t.retry_of_id) for t in retries) == sorted(str(t.id) for t in failed)
     assert Task.objects.get(id=waiting.id).status == Status.QUEUED
+
+
+@pytest.mark.parametrize("query", ["status__exact=%00", "q=a%00b", "o=1%00", "%00=1"])
+def test_a_nul_in_an_admin_lists_query_is_a_400_naming_the_parameter(query):
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+
+    response = admin.get(f"/admin/jobs/task/?{query}")
+
+    assert response.status_code == 400
+    assert "must not contain NUL characters" in response.json()["error"]["message"]
