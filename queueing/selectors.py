@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import BooleanField, Count, ExpressionWrapper, Min, Q, QuerySet, Sum
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from config.permissions import is_operator
@@ -65,6 +65,11 @@ class QueueState:
     busy_by_owner: dict[int, int] = field(default_factory=dict)
 
     @property
+    def waiting(self) -> int:
+        """Tasks not started yet: PENDING, and QUEUED (handed to the broker, no worker has claimed them)."""
+        return self.counts.get(Status.PENDING, 0) + self.counts.get(Status.QUEUED, 0)
+
+    @property
     def in_flight(self) -> int:
         return self.counts.get(Status.QUEUED, 0) + self.counts.get(Status.RUNNING, 0)
 
@@ -107,9 +112,15 @@ def queue_states(names: list[str] | None = None) -> list[QueueState]:
                                       .order_by()):
         finished[queue][status] = n
         ran[queue] += started
-    # One probe of task_pending_created_idx per queue (a GROUP BY would read every waiting row).
-    oldest = {n: Task.objects.filter(queue=n, status=Status.PENDING).aggregate(m=Min("created_at"))["m"]
-              for n in names if counts[n][Status.PENDING]}
+    # The oldest submit among the tasks not started yet (PENDING or QUEUED): one probe of
+    # task_pending_created_idx per queue with PENDING tasks (a GROUP BY would read every waiting row), and
+    # a read of the QUEUED ones (task_queue_status_idx; at most the queue's concurrency window).
+    oldest: dict[str, datetime] = {}
+    for n in names:
+        firsts = [Task.objects.filter(queue=n, status=status).aggregate(m=Min("created_at"))["m"]
+                  for status in (Status.PENDING, Status.QUEUED) if counts[n][status]]
+        if firsts := [f for f in firsts if f is not None]:
+            oldest[n] = min(firsts)
     consumed = consumed_queues()
     return [QueueState(queue=q, counts=counts[q.name], finished=finished[q.name], ran=ran[q.name],
                        oldest_waiting=oldest.get(q.name),
@@ -206,20 +217,33 @@ def why_waiting(task: Task) -> dict[str, Any] | None:
 
 
 def waiting_list(*, name: str, user: Any, offset: int = 0, limit: int = 100) -> tuple[QueueState, list[tuple[Task, dict[str, Any]]]]:
-    """The queue's waiting tasks in start order with their positions and reasons.
+    """The queue's waiting tasks with their positions and reasons: first the QUEUED ones (handed to the
+    broker, not started: dispatched before any PENDING task; position 0), in the order they were handed
+    over, then the PENDING ones in start order (positions 1, 2, …). ``offset``/``limit`` page through both.
 
     Operators see every task; other users see their own, with their real positions in the queue.
     """
     state = queue_state(name)
     now = timezone.now()
-    qs = ordering.waiting(name).select_related("owner").defer("params", "result", "progress_metrics")
-    if is_operator(user):
-        rows = list(qs[offset: offset + limit])
-        positions = range(offset + 1, offset + 1 + len(rows))
+    heavy = ("params", "result", "progress_metrics")
+    queued = (Task.objects.filter(queue=name, status=Status.QUEUED).select_related("owner").defer(*heavy)
+              .order_by(F("queued_at").asc(nulls_last=True), "created_at", "id"))
+    qs = ordering.waiting(name).select_related("owner").defer(*heavy)
+    operator = is_operator(user)
+    if not operator:
+        queued, qs = queued.filter(owner=user), qs.filter(owner=user)
+    # At most the queue's concurrency window of QUEUED rows (task_queue_status_idx), read only on the
+    # pages they are on.
+    n_queued = queued.count()
+    head = list(queued[offset: offset + limit]) if offset < n_queued else []
+    pending_offset, pending_limit = max(0, offset - n_queued), limit - len(head)
+    rows = list(qs[pending_offset: pending_offset + pending_limit]) if pending_limit > 0 else []
+    if operator:
+        positions: Any = range(pending_offset + 1, pending_offset + 1 + len(rows))
     else:
-        rows = list(qs.filter(owner=user)[offset: offset + limit])
         positions = [position_of(t) or 0 for t in rows]
-    return state, [(t, waiting_info(t, state, p, now) or {}) for t, p in zip(rows, positions)]
+    return state, ([(t, waiting_info(t, state, 0, now) or {}) for t in head]
+                   + [(t, waiting_info(t, state, p, now) or {}) for t, p in zip(rows, positions)])
 
 
 def workers() -> list[dict[str, Any]]:

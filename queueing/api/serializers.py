@@ -18,9 +18,10 @@ class QueueOut(serializers.Serializer):
     resources = serializers.DictField(child=serializers.IntegerField(),
                                       help_text='what the workers of this queue provide, e.g. {"gpu": 1}')
     counts = serializers.DictField(child=serializers.IntegerField(), help_text="tasks now PENDING/QUEUED/RUNNING")
-    waiting = serializers.IntegerField()
+    waiting = serializers.IntegerField(help_text="tasks not started yet: PENDING + QUEUED (handed to the broker, "
+                                                 "no worker has claimed them); the waiting list's length")
     running = serializers.IntegerField()
-    oldest_waiting_at = serializers.DateTimeField(allow_null=True)
+    oldest_waiting_at = serializers.DateTimeField(allow_null=True, help_text="submit of the oldest PENDING or QUEUED task")
     oldest_waiting_seconds = serializers.FloatField(allow_null=True)
     finished_recently = serializers.DictField(child=serializers.IntegerField(),
                                               help_text="finishes by final state in the throughput window, "
@@ -38,7 +39,7 @@ def queue_out(state: QueueState, now: Any) -> dict[str, Any]:
     return QueueOut({
         "name": q.name, "description": q.description, "paused": q.paused, "concurrency": q.concurrency,
         "user_concurrency": q.user_concurrency, "default_priority": q.default_priority, "resources": q.resources, "counts": state.counts,
-        "waiting": state.counts.get("PENDING", 0), "running": state.counts.get("RUNNING", 0),
+        "waiting": state.waiting, "running": state.counts.get("RUNNING", 0),
         "oldest_waiting_at": oldest, "oldest_waiting_seconds": round((now - oldest).total_seconds(), 3) if oldest else None,
         "finished_recently": state.finished, "throughput_window_seconds": state.window_seconds,
         "throughput_per_minute": state.throughput_per_minute, "has_live_worker": state.has_worker,
@@ -101,6 +102,9 @@ class WaitingOut(serializers.Serializer):
 
 class WaitingTaskOut(serializers.Serializer):
     id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=["QUEUED", "PENDING"],
+                                     help_text="QUEUED: handed to the broker, listed first (position 0); "
+                                               "PENDING: in the queue's start order (reorder moves only these)")
     owner = serializers.CharField(source="owner.username")
     algorithm = serializers.CharField()
     priority = serializers.IntegerField()

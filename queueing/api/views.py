@@ -87,12 +87,13 @@ class QueueViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["get"])
     def tasks(self, request: Request, name: str) -> Response:
-        """The waiting (PENDING) tasks in start order, each with its position and why it waits."""
+        """The waiting tasks, each with its position and why it waits: the QUEUED ones (handed to the
+        broker, not started; position 0) first, then the PENDING ones in start order."""
         offset = _int_param(request, "offset", 0, lo=0, hi=10**9)
         limit = _int_param(request, "limit", 100, lo=1, hi=1000)
         state, rows = selectors.waiting_list(name=name, user=request.user, offset=offset, limit=limit)
         # One serializer for the page (not one per row: building DRF fields dominates otherwise).
-        tasks = WaitingTaskOut([{"id": t.id, "owner": t.owner, "algorithm": t.algorithm, "priority": t.priority,
+        tasks = WaitingTaskOut([{"id": t.id, "status": t.status, "owner": t.owner, "algorithm": t.algorithm, "priority": t.priority,
                                  "pinned": t.queue_position is not None, "created_at": t.created_at,
                                  "labels": t.labels, "waiting": info} for t, info in rows], many=True).data
         return Response({"queue": queue_out(state, timezone.now()), "offset": offset, "limit": limit, "tasks": tasks})
