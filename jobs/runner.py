@@ -34,6 +34,7 @@ from jobs import execution
 from jobs.events import publisher
 from jobs.execution import Outcome
 from jobs.models import Status, Task
+from observability.logs import about_task
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ class Watchdog(threading.Thread):
                 try:
                     watch.flush_logs()
                 except Exception:  # kept for the run's next write
-                    log.exception("could not write the log lines of task %s", watch.task_id)
+                    with about_task(watch.task_id):
+                        log.exception("could not write the log lines of task %s", watch.task_id)
                     connections.close_all()
         for watch in watches:
             with watch.lock:
@@ -188,9 +190,11 @@ class Watchdog(threading.Thread):
                     continue
                 watch.terminating = True
             try:
-                self._terminate(watch, batches)
+                with about_task(watch.task_id):
+                    self._terminate(watch, batches)
             except Exception:  # its final state not recorded (the database away): again at the next beat
-                log.exception("could not terminate task %s; trying again", watch.task_id)
+                with about_task(watch.task_id):
+                    log.exception("could not terminate task %s; trying again", watch.task_id)
                 connections.close_all()
                 with watch.lock:
                     watch.terminating = False

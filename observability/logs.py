@@ -53,6 +53,12 @@ def current_request_id() -> str | None:
     return structlog.contextvars.get_contextvars().get("request_id")
 
 
+def about_task(task_id: Any) -> Any:
+    """Log lines written inside carry ``task_id``: for a thread that serves many tasks (the watchdog, the
+    heartbeat's stuck-task check), whose context names none."""
+    return structlog.contextvars.bound_contextvars(task_id=str(task_id))
+
+
 def _username(request: Any) -> str | None:
     user = request.__dict__.get("user")  # DRF stores the authenticated user here; Django a lazy object
     if user is None or (isinstance(user, SimpleLazyObject) and user._wrapped is empty):

@@ -32,6 +32,7 @@ from django.db import close_old_connections, connections
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from observability.logs import about_task
 from queueing import events
 
 log = logging.getLogger(__name__)
@@ -275,9 +276,10 @@ def _stop_stuck(hostname: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        log.warning("task %s made no progress for %gs; killed pool child %s", task_id, timeout, pid)
-        _wait_gone([pid])
-        reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout, claimed_at=claimed_at)
+        with about_task(task_id):
+            log.warning("task %s made no progress for %gs; killed pool child %s", task_id, timeout, pid)
+            _wait_gone([pid])
+            reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout, claimed_at=claimed_at)
 
 
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.e2e.test_spine import wait_final
+from tests.edge.test_observability import json_lines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -74,6 +75,10 @@ def test_running_task_that_ignores_cancel_is_terminated_after_grace_and_worker_g
     assert wait_final(client, after["id"])["status"] == "SUCCEEDED"
     assert client.get(f"/api/v1/tasks/{task['id']}/").json()["status"] == "CANCELLED"
     assert event_names(client, task["id"]).count("task.started") == 1
+    # the worker's log says which task it killed for, in the task_id field (the watchdog's thread has no task)
+    killed = [line for line in json_lines(live_worker.log_path)
+              if "terminating pool child" in line.get("event", "") and task["id"] in line["event"]]
+    assert killed and all(line["task_id"] == task["id"] for line in killed)
 
 
 def test_failing_task_retries_with_backoff_then_succeeds(live_worker, alice, api):
