@@ -425,7 +425,8 @@ Alpine.data('dashboard', () => {
     if (!dragged || dragged === t.id) return
     try {
       const waiting = await this.api(`/api/v1/queues/${t.queue}/tasks/?limit=1000`)
-      const position = waiting.tasks.findIndex((x) => x.id === t.id) + 1
+      // the target's own start position (the list begins with the QUEUED tasks, position 0: not movable)
+      const position = waiting.tasks.find((x) => x.id === t.id)?.waiting?.position ?? 0
       if (position < 1) return
       await this.api(`/api/v1/queues/${t.queue}/reorder/`, { method: 'POST', body: { task_id: dragged, position } })
       this.reorderedAt = Date.now()

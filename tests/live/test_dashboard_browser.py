@@ -240,6 +240,29 @@ def test_after_a_reconnect_every_row_the_table_holds_shows_the_state_it_reached_
     page.close()
 
 
+def test_an_operators_drop_lands_where_it_is_dropped_in_a_queue_with_tasks_handed_to_the_broker(
+        live_web, browser, olga):
+    """The queue's waiting list begins with its QUEUED tasks (position 0, not movable): a drop onto the
+    first PENDING task moves the dragged one there, not as many places further back as tasks are QUEUED."""
+    from queueing.models import Queue
+    from tests.conftest import unconsumed_queue
+
+    name = unconsumed_queue()  # no worker takes its tasks: two stay QUEUED (its window), the rest PENDING
+    Queue.objects.filter(name=name).update(concurrency=2)
+    api = api_client(live_web, olga)
+    ids = [api.post("/api/v1/tasks/", json={"algorithm": "demo.noop", "queue": name}).json()["id"] for _ in range(5)]
+    queued, (p1, p2, p3) = ids[:2], ids[2:]
+    wait_for_order(live_web, olga, [*queued, p1, p2, p3], queue=name)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, live_web, olga)
+    row(page, p1).wait_for(timeout=TIMEOUT_MS)
+
+    page.drag_and_drop(f"tr[data-task='{p3}']", f"tr[data-task='{p1}']")
+
+    wait_for_order(live_web, olga, [*queued, p3, p1, p2], queue=name)
+    page.close()
+
+
 def test_a_status_filter_picks_up_tasks_entering_that_state(live_worker, live_web, browser, alice):
     """Before, only ``task.created`` (always PENDING) could add a row, so a RUNNING filter never showed a
     task that started after the filter was set."""
@@ -438,7 +461,7 @@ def _queue(base: str, user) -> dict:
     return _get(base, user, "/api/v1/queues/default/")
 
 
-def wait_for_order(base: str, user, expected: list[str]) -> None:
-    """The default queue's waiting tasks, in the order the dispatcher will start them."""
-    wait_until(lambda: [t["id"] for t in _get(base, user, "/api/v1/queues/default/tasks/")["tasks"]] == expected,
+def wait_for_order(base: str, user, expected: list[str], queue: str = "default") -> None:
+    """A queue's waiting tasks (QUEUED first, then PENDING), in the order the dispatcher will start them."""
+    wait_until(lambda: [t["id"] for t in _get(base, user, f"/api/v1/queues/{queue}/tasks/")["tasks"]] == expected,
                timeout=15, interval=0.2, message=f"waiting order {expected}")
