@@ -218,10 +218,12 @@ def test_after_a_reconnect_every_row_the_table_holds_shows_the_state_it_reached_
     the list's first 200 were read, so in a sweep of 250 the oldest rows stayed PENDING for good."""
     from jobs.models import Task
     from queueing import services as queues
+    from queueing.models import Queue
 
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     log_in(page, live_web, alice)
     api = api_client(live_web, alice)
+    Queue.objects.get_or_create(name="default")  # made by the first submit otherwise
     queues.pause(name="default")
     try:
         ids = [t["id"] for t in api.post("/api/v1/tasks/batch/", json={"tasks": [
