@@ -43,6 +43,15 @@ class Scratch:
                 self._path = None
 
 
+def _refused(exc: BaseException) -> bool:
+    """The database refused the statement itself (``DataError``, ``IntegrityError``…): sending it again
+    cannot help. Not an outage (``OperationalError``, ``InterfaceError``), nor an exception raised in the
+    thread (a time limit)."""
+    from django.db import DatabaseError, InterfaceError, OperationalError
+
+    return isinstance(exc, DatabaseError) and not isinstance(exc, (OperationalError, InterfaceError))
+
+
 class RunContext:
     """Progress is coalesced: at most one write per ``min_interval`` seconds, except a stage change
     or 100 %, which always go through; the latest skipped report is flushed before a stage change
@@ -63,7 +72,7 @@ class RunContext:
         scratch: Scratch,
         cancel_event: threading.Event,
         write_progress: Callable[[float, str, str, dict[str, Any]], None],
-        write_logs: Callable[[list[str]], None],
+        write_logs: Callable[[list[str], bool, Callable[[], None]], bool],
         min_interval: float,
         artifacts: ArtifactStore | None = None,
         log_interval: float = 0.0,
@@ -141,23 +150,29 @@ class RunContext:
 
     def flush_logs(self, *, wait: bool = True) -> None:
         """Write the lines that wait now. ``wait=False`` (the watchdog's thread, which must never block):
-        not if a write is under way, which takes them anyway or leaves them for the next flush."""
+        not if a write is under way, which takes them anyway, nor while another transaction holds the
+        task's row (``write_logs`` answers False): they wait for the next write."""
         if not self._log_lock.acquire(blocking=wait):
             return
         try:
-            self._write_buffered_logs()
+            self._write_buffered_logs(wait=wait)
         finally:
             self._log_lock.release()
 
-    def _write_buffered_logs(self) -> None:
+    def _write_buffered_logs(self, *, wait: bool = True) -> None:
         if not self._logs:
             return
         lines, self._logs = self._logs, []
         self._last_log_write = time.monotonic()
+        committed = threading.Event()
         try:
-            self._write_logs(lines)
-        except BaseException:  # the database away: kept, in order, for the next write
-            self._logs[:0] = lines
+            if self._write_logs(lines, wait, committed.set) is False:
+                self._logs[:0] = lines  # not now: the next write takes them, in order
+        except BaseException as exc:
+            # Kept for the next write unless they were stored (a time limit landing after the commit) or
+            # could never be (the database refused them: dropped, not sent again with every later line).
+            if not committed.is_set() and not _refused(exc):
+                self._logs[:0] = lines
             raise
 
     def cancelled(self) -> bool:

@@ -6,9 +6,10 @@ channel messages) run on commit. The clients' writes (submit, cancel, retry, cha
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 from uuid import UUID
 
 from django.conf import settings
@@ -175,20 +176,47 @@ def report_progress(*, task_id: UUID | str, percent: float, stage: str, message:
     ) is not None
 
 
+LOG_LOCK_TIMEOUT = "100ms"
+
+
 @transaction.atomic
-def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None) -> None:
+def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None, wait: bool = True,
+               committed: Callable[[], None] | None = None) -> bool:
     """Append log lines (``task.log``, one event each, in order) to a task that is still running (under
-    that claim): one UPDATE and one INSERT of all the events."""
-    if lines:
-        transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log", **claim_guard(claimed_at),
-                              series=[{"line": without_nul(line[:10_000])} for line in lines])
+    that claim): one UPDATE and one INSERT of all the events. ``committed`` is called once they are.
+
+    ``wait=False`` (the watchdog's thread, which heartbeats every task of the process and must never
+    wait): nothing is written, and False returned, when another transaction holds the task's row (the
+    algorithm's own, a cancel, a finish) — the lines wait for the next write — and no other lock is
+    waited for longer than ``LOG_LOCK_TIMEOUT``."""
+    if not lines:
+        return True
+    if committed is not None:
+        transaction.on_commit(committed)
+    if not wait:
+        with connection.cursor() as cur:
+            cur.execute(f"SET LOCAL lock_timeout = '{LOG_LOCK_TIMEOUT}'")
+            cur.execute(f"SELECT 1 FROM {Task._meta.db_table} WHERE id = %s FOR NO KEY UPDATE SKIP LOCKED", [task_id])
+            if cur.fetchone() is None:
+                return False
+    transitions.apply_one(task_id, frm=[Status.RUNNING], to=None, event="task.log", **claim_guard(claimed_at),
+                          series=[{"line": without_nul(line[:10_000])} for line in lines])
+    return True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def without_nul(value: Any) -> Any:
-    """``value`` with each NUL character, which PostgreSQL's text and jsonb refuse, shown as U+FFFD, also
+    """``value`` with each NUL character and lone surrogate, which PostgreSQL's text and jsonb refuse, shown
+    as U+FFFD, also
     in the strings of nested dicts and lists: what an algorithm, a program or a remote service says
     (log lines, progress, an error) is recorded, never a ``DataError`` that leaves its task RUNNING."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (``os.fsdecode`` of a file name that is not UTF-8)
+            value = _SURROGATE.sub("\ufffd", value)
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
         return {without_nul(key): without_nul(item) for key, item in value.items()}

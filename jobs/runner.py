@@ -43,9 +43,11 @@ class TaskTimeout(Exception):
     """Raised inside the algorithm's thread when its time limit passes (the soft limit)."""
 
 
-class TaskStopped(Exception):
+class TaskStopped(BaseException):
     """Raised inside the algorithm's thread of a solo or threads pool, which cannot kill it, when it
-    ignored a cancel (or the loss of its task) for the grace period: its state is recorded already."""
+    ignored a cancel (or the loss of its task) for the grace period: its state is recorded already. A
+    ``BaseException``, so that an algorithm's ``except Exception`` (or a robust on-commit hook it happens
+    to land in) does not swallow it."""
 
 
 def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
@@ -431,11 +433,13 @@ class Batch:
                              reason="its batch's worker process was terminated")
 
 
-def _flush_logs_of(ctx: RunContext, task: Task) -> None:
+def _quietly(write: Callable[[], None], task: Task) -> None:
+    """What waits of a run's log lines and progress, written; best effort, as the traceback's line: the
+    outcome is what must be recorded (a line the database refuses never fails a run that succeeded)."""
     try:
-        ctx.flush_logs()
-    except Exception:  # best effort, as the traceback's line: the outcome is what must be recorded
-        log.exception("could not write the log lines of task %s", task.id)
+        write()
+    except Exception:
+        log.exception("could not write the log lines or progress of task %s", task.id)
 
 
 def run(task: Task, *, since: float | None = None) -> Outcome:
@@ -456,7 +460,8 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
         task_id=str(task.id), attempt=task.attempts, scratch=scratch, cancel_event=watch.cancel,
         write_progress=lambda p, s, m, x: execution.report_progress(task_id=task.id, percent=p, stage=s, message=m,
                                                                    metrics=x, claimed_at=task.started_at),
-        write_logs=lambda lines: execution.append_log(task_id=task.id, lines=lines, claimed_at=task.started_at),
+        write_logs=lambda lines, wait, committed: execution.append_log(task_id=task.id, lines=lines, wait=wait,
+                                                                       committed=committed, claimed_at=task.started_at),
         min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store, log_interval=conf["LOG_MIN_INTERVAL"],
     )
     watch.flush_logs = lambda: ctx.flush_logs(wait=False)
@@ -465,7 +470,7 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
     try:
         try:
             returned = alg.fn(ctx, params)
-            ctx.flush()
+            _quietly(ctx.flush, task)
             result = None
             if not watch.cancel.is_set():  # cancelled, timed out or no longer ours: open files are dropped
                 store.close_open()
@@ -477,9 +482,11 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
                     watch.stopped = True
             finally:  # even when a TaskTimeout raised while this thread waited for the lock lands here
                 watchdog.remove(watch)
-                _flush_logs_of(ctx, task)  # before the traceback or the final state
+                _quietly(ctx.flush_logs, task)  # before the traceback or the final state
     except TaskTimeout:
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
+    except TaskStopped:  # its outcome is recorded already (``Watchdog._terminate``): this one changes nothing
+        return watch.interrupted() or Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
     except Exception as exc:
         if watch.timed_out.is_set():
             return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from jobs.api.serializers import PriorityField
+from queueing.models import validate_resources
 from queueing.selectors import QueueState
 
 
@@ -67,9 +69,12 @@ class QueuePatchIn(serializers.Serializer):
         return attrs
 
     def validate_resources(self, value: dict[str, int]) -> dict[str, int]:
-        # DictField checks the values only; PostgreSQL's jsonb refuses a NUL in a key (a 500 otherwise).
-        if any("\x00" in name for name in value):
-            raise serializers.ValidationError("resource names must not contain NUL characters")
+        # DictField checks the values; the names as the admin checks them (empty, or a NUL, which
+        # PostgreSQL's jsonb refuses in a key: a 500 otherwise).
+        try:
+            validate_resources(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
         return value
 
 

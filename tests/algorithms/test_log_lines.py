@@ -4,11 +4,14 @@ written in a few transactions instead of one commit each (and the algorithm does
 and a line that waits behind a burst reaches the task's log while the run goes on, not at its end."""
 from __future__ import annotations
 
+import threading
 import time
 
-import pytest
 
-from jobs.models import TaskEvent
+import pytest
+from django.db import connection
+
+from jobs.models import Task, TaskEvent
 from tests.jobs.test_nul_output import run_once
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,3 +85,119 @@ def test_lines_logged_before_a_failure_come_before_its_traceback(alice, monkeypa
     lines = [data["line"] for _, _, data in logged(task)]
     assert lines[:50] == [f"line {i}" for i in range(50)]
     assert len(lines) == 51 and "RuntimeError: boom" in lines[50]
+
+
+# --- what a review of the coalescing found (each failed before its fix) ------------------------------
+
+def lines_of(task) -> list[str]:
+    return [data["line"] for event, _, data in logged(task) if event == "task.log"]
+
+
+def test_a_line_the_database_cannot_store_as_is_neither_fails_the_run_nor_holds_back_later_lines(alice, monkeypatch):
+    # A lone surrogate (os.fsdecode of a file name that is not UTF-8): it was kept waiting and sent again with
+    # every later line, each write refused, and the run that succeeded ended FAILED with its lines lost.
+    def fn(ctx, params):
+        ctx.log("first")
+        ctx.log("file \udcff.txt")
+        for i in range(3):
+            ctx.log(f"after {i}")
+        time.sleep(0.8)  # heartbeats: the watchdog writes what waits
+        ctx.progress(50, stage="s")
+        ctx.log("late line")
+        return {"ok": True}
+
+    task = run_once(alice, monkeypatch, fn, max_retries=0)
+
+    assert Task.objects.get(id=task.id).status == "SUCCEEDED"
+    assert lines_of(task) == ["first", "file \ufffd.txt", "after 0", "after 1", "after 2", "late line"]
+
+
+def test_lines_committed_just_before_a_time_limit_lands_are_written_once(alice, monkeypatch):
+    from algorithms import registry
+    from jobs import execution, runner, services
+    from tests.conftest import unconsumed_queue
+
+    real, algorithm = execution.append_log, {}
+
+    def time_limit_lands_after_the_commit(**kw):
+        real(**kw)
+        if "line x" in kw["lines"] and threading.current_thread() is algorithm.get("thread"):
+            time.sleep(1.5)  # the TaskTimeout (limit 1 s) is raised in this thread here, after the commit
+
+    monkeypatch.setattr(execution, "append_log", time_limit_lands_after_the_commit)
+
+    def fn(ctx, params):
+        algorithm["thread"] = threading.current_thread()
+        for i in range(10):
+            ctx.log(f"line {i}")
+        time.sleep(0.5)
+        ctx.log("line x")  # after the interval: written now, with the ones before it
+        time.sleep(5)
+
+    monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=fn))
+    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="t.fn", queue=unconsumed_queue(),
+                                                                     max_retries=0, timeout_seconds=1))
+    Task.objects.filter(id=task.id).update(status="QUEUED")
+    claimed = execution.claim(task_id=task.id, worker="w")
+    execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
+
+    assert lines_of(task) == [f"line {i}" for i in range(10)] + ["line x"]
+    assert Task.objects.get(id=task.id).status == "TIMED_OUT"
+
+
+def test_the_watchdog_never_waits_for_a_task_row_another_transaction_holds(alice):
+    # It heartbeats every task of its process: waiting lines of a task whose row is locked (a cancel, a
+    # finish, the algorithm's own transaction) wait for a later write instead of holding up every other task.
+    from algorithms.context import RunContext, Scratch
+    from jobs import execution, runner
+    from tests.conftest import another_session, queued_tasks
+
+    a, b = (execution.claim(task_id=t.id, worker="w") for t in queued_tasks(alice, 2))
+    watches = [runner.Watch(a, threading.current_thread()), runner.Watch(b, threading.current_thread())]
+    ctx = RunContext(task_id=str(a.id), attempt=1, scratch=Scratch("conveyor-test-"), cancel_event=watches[0].cancel,
+                     write_progress=lambda *args: None, min_interval=0, log_interval=60,
+                     write_logs=lambda lines, wait, committed: execution.append_log(
+                         task_id=a.id, lines=lines, wait=wait, committed=committed, claimed_at=a.started_at))
+    ctx.log("one")
+    ctx.log("two")  # waits (within the interval of "one")
+    watches[0].flush_logs = lambda: ctx.flush_logs(wait=False)
+    watchdog = runner.Watchdog()  # not started: one tick by hand
+
+    def tick():
+        try:
+            watchdog._tick(watches, [])
+        finally:
+            connection.close()
+
+    with another_session() as other, other.transaction():
+        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(a.id)])
+        ticking = threading.Thread(target=tick)
+        ticking.start()
+        ticking.join(timeout=10)
+        assert not ticking.is_alive(), "the watchdog's tick waited for the row lock"
+        assert lines_of(a) == ["one"]  # "two" still waits
+    ctx.flush_logs()
+    assert lines_of(a) == ["one", "two"]
+
+
+def test_an_algorithm_logging_inside_its_own_transaction_goes_on(alice, monkeypatch):
+    # Its progress report locks the task's row until its block commits; the watchdog's write of the waiting
+    # lines waited for that row while holding the log lock the algorithm's next line waited for: both stuck.
+    from django.db import transaction
+
+    def fn(ctx, params):
+        with transaction.atomic():
+            ctx.log("a")
+            ctx.progress(10, stage="s")
+            ctx.log("b")  # waits (within the interval of "a")
+            time.sleep(1.0)  # heartbeats
+            ctx.log("c")
+
+    done = {}
+    running = threading.Thread(target=lambda: done.setdefault("task", run_once(alice, monkeypatch, fn, max_retries=0)),
+                               daemon=True)
+    running.start()
+    running.join(timeout=30)
+
+    assert not running.is_alive(), "the run and the watchdog waited for each other"
+    assert lines_of(done["task"]) == ["a", "b", "c"]

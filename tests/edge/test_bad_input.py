@@ -52,9 +52,11 @@ def test_nul_in_a_worker_hostname_is_400_naming_it(api, olga):
     assert "hostname" in fields_of(api(olga).post("/api/v1/workers/a%00b/pool_grow/", {}, format="json"))
 
 
-def test_nul_in_a_queue_resource_name_is_400_naming_resources(api, olga):
+@pytest.mark.parametrize("name", ["\u0000", "gp\u0000u", ""])
+def test_a_queue_resource_name_with_a_nul_or_empty_is_400_naming_resources(api, olga, name):
+    # The names the admin refuses too (queueing.models.validate_resources).
     make_queue("q1")
-    response = api(olga).patch("/api/v1/queues/q1/", {"resources": {"\u0000": 1}}, format="json")
+    response = api(olga).patch("/api/v1/queues/q1/", {"resources": {name: 1}}, format="json")
     assert "resources" in fields_of(response)
     assert api(olga).patch("/api/v1/queues/q1/", {"resources": {"gpu": 1}}, format="json").status_code == 200
 

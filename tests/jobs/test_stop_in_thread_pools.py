@@ -19,6 +19,14 @@ from tests.jobs.test_nul_output import run_once
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def cancel(task_id) -> None:
+    """The user's cancel, from another thread while the run goes on."""
+    try:
+        services.cancel(task_id=task_id)
+    finally:
+        connection.close()
+
+
 def test_a_cancel_ignored_in_a_solo_pool_interrupts_the_algorithm_and_says_so(alice, monkeypatch):
     steps = {"done": 0}
 
@@ -28,15 +36,27 @@ def test_a_cancel_ignored_in_a_solo_pool_interrupts_the_algorithm_and_says_so(al
             time.sleep(0.05)
             steps["done"] += 1
 
-    def cancel(task_id):
-        try:
-            services.cancel(task_id=task_id)
-        finally:
-            connection.close()
-
     task = run_once(alice, monkeypatch, ignores_cancel, max_retries=0)
 
     assert steps["done"] < 600, "the algorithm ran to its end"
     row = Task.objects.get(id=task.id)
     assert row.status == Status.CANCELLED
     assert "did not stop within 2s and was interrupted" in row.error and "solo or threads pool" in row.error
+
+
+def test_an_algorithm_that_catches_every_exception_is_still_interrupted(alice, monkeypatch):
+    steps = {"done": 0}
+
+    def swallows(ctx, params):
+        threading.Timer(0.3, cancel, args=(ctx.task_id,)).start()
+        for _ in range(600):
+            try:
+                time.sleep(0.05)
+                steps["done"] += 1
+            except Exception:  # noqa: BLE001 — what some algorithms do around each step
+                pass
+
+    task = run_once(alice, monkeypatch, swallows, max_retries=0)
+
+    assert steps["done"] < 600, "the algorithm ran to its end"
+    assert Task.objects.get(id=task.id).status == Status.CANCELLED
