@@ -1,10 +1,11 @@
 """Database work per task, counted rather than timed (so it holds on a busy machine): statements,
 commits, commits that wait for the WAL flush, broker messages and channel-layer sends of task events,
 for the worker's path of a no-op task (claim → run → finish → dispatch of the next one), one id per
-message and batched, and for a single submit into a queue with room (INSERT → dispatch → send); plus
-the CPU time the process spent per task (timed, so it moves with the machine's load).
+message and batched, for a single submit into a queue with room (INSERT → dispatch → send), and per
+line of an algorithm that logs in a loop; plus the CPU time the process spent per task (timed, so it
+moves with the machine's load).
 
-    python -m bench.bench_costs [--tasks 200] [--batch 8]
+    python -m bench.bench_costs [--tasks 200] [--batch 8] [--log-lines 2000]
 """
 from __future__ import annotations
 
@@ -118,6 +119,34 @@ def measure_submit(n: int) -> dict[str, Any]:
     return row("submit", n, counter, sent, event_sends, cpu)
 
 
+def measure_logs(lines: int) -> dict[str, Any]:
+    """An algorithm that logs ``lines`` lines in a tight loop (``ctx.log``, as a training loop logging every
+    step), run as a worker runs it; counted per line (the task's claim and finish included). Its lines
+    are written by its own thread here: a loop faster than ``TASK_LOG_MIN_INTERVAL`` leaves the watchdog's
+    thread none to write."""
+    from django.db import connection
+
+    from algorithms import registry
+    from jobs import services
+    from jobs.tasks import run_task
+
+    def chatty(ctx: Any, params: Any) -> None:
+        for i in range(lines):
+            ctx.log(f"step {i}: loss 0.{i:04d}")
+
+    registry._registry["bench.chatty"] = registry.Algorithm(name="bench.chatty", fn=chatty)
+    r, owner, _ = fresh_queue(1)
+    services.submit(owner=owner, spec=services.build_spec(algorithm="bench.chatty", queue=QUEUE))
+    counter = Counter()
+    cpu = time.process_time()
+    with counting_commits(counter), connection.execute_wrapper(counter), counting_event_sends() as event_sends:
+        body = json.loads(r.rpop(QUEUE))
+        run_task.run(json.loads(__import__("base64").b64decode(body["body"]))[0][0])
+    cpu = time.process_time() - cpu
+    r.delete(QUEUE)
+    return row("log lines", lines, counter, 0, event_sends, cpu)
+
+
 def row(mode: str, done: int, counter: Counter, sent: int, event_sends: list[int], cpu: float) -> dict[str, Any]:
     return {
         "mode": mode, "tasks": done,
@@ -159,6 +188,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     p.add_argument("--tasks", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--deep", type=int, default=32, help="ids per message of the deep-queue row")
+    p.add_argument("--log-lines", type=int, default=2000, help="lines of the log row (counted per line)")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args(argv)
     url = harness.BROKERS["redis"]
@@ -173,16 +203,19 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     settings.CONVEYOR["DISPATCH_BATCH"] = {}
     rows.insert(0, measure("single", args.tasks, args.batch))
     rows.insert(0, measure_submit(args.tasks))
+    rows.append({**measure_logs(args.log_lines), "batch": 0})
     for row in rows:
         print(json.dumps(row))
     if not args.no_docs:
         from bench import report
 
-        lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch} --deep {args.deep}`", "",
+        lines = [f"Command: `python -m bench.bench_costs --tasks {args.tasks} --batch {args.batch} --deep {args.deep} "
+                 f"--log-lines {args.log_lines}`", "",
                  "| path | statements/task | commits/task | commits waiting for the WAL flush/task | "
                  "broker messages/task | event sends/task | CPU ms/task (timed) |",
                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        names = {"submit": "submit (web: one task, queue with room)", "single": "worker: one id per message"}
+        names = {"submit": "submit (web: one task, queue with room)", "single": "worker: one id per message",
+                 "log lines": f"an algorithm's `ctx.log` lines, per line ({args.log_lines} in a loop)"}
         for found in rows:
             name = names.get(found["mode"]) or f"worker: batched dispatch (≤{found['batch']} ids)"
             lines.append(f"| {name} | {found['statements_per_task']} | {found['commits_per_task']} | "
