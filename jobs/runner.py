@@ -280,7 +280,7 @@ class Watchdog(threading.Thread):
         # run cut off from the database (``batches`` None) goes on until it looks at ctx.cancelled().
         if not _in_pool_child():
             with watch.lock:  # never into the thread's next run: ``stopped`` is set under this lock
-                if batches is not None and not watch.stopped:
+                if batches is not None and not watch.stopped and watch.main is not threading.current_thread():
                     log.warning("task %s %s; interrupting its thread (a non-prefork pool)", watch.task_id, why)
                     _raise_in(watch.main, TaskStopped)
                     return
