@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import InvalidInput, refuse_nul
+from config.errors import Forbidden, InvalidInput, refuse_nul
 from config.permissions import IsOperator, is_operator
 from config.schema import ErrorOut, errors
 from queueing import control, selectors, services, statistics
@@ -134,13 +134,17 @@ class WorkerControlView(APIView):
 class TaskStatisticsView(APIView):
     """Own tasks; operators see all (or one user's with ``?user=``)."""
 
-    @extend_schema(responses=TaskStatisticsOut,
+    @extend_schema(responses={200: TaskStatisticsOut, **errors(403)},
                    parameters=[OpenApiParameter("window", str, description="15m, 1h (default), 24h, 7d"),
-                               OpenApiParameter("user", str, description="operators: one user's tasks")])
+                               OpenApiParameter("user", str, description="operators: one user's tasks (others: "
+                                                                             "only their own name; another is a 403)")])
     def get(self, request: Request) -> Response:
         window = statistics.parse_window(request.query_params.get("window"))
         owner = None if is_operator(request.user) else request.user
         username = _text_param(request, "user")
+        if username and owner is not None and username != owner.get_username():
+            reason = "only operators may read another user's statistics"
+            raise Forbidden(f"user: {reason}", fields={"user": [reason]})
         if username and owner is None:
             owner = get_user_model().objects.filter(username=username).first()
             if owner is None:

@@ -53,8 +53,12 @@ def test_statistics_counts_percentiles_and_failure_rate_for_own_tasks(alice, bob
     assert everyone["by_status"]["SUCCEEDED"] == 11
     only_bob = api(olga).get("/api/v1/statistics/tasks/?window=1h&user=bob").json()
     assert only_bob["by_status"]["SUCCEEDED"] == 1
-    # ?user= is ignored for plain users: alice still sees only her own.
-    assert api(alice).get("/api/v1/statistics/tasks/?user=bob").json()["by_status"]["SUCCEEDED"] == 10
+    # A plain user may name herself only: another user is a 403 naming ?user= (it was ignored, and the
+    # answer, her own statistics, looked like bob's).
+    refused = api(alice).get("/api/v1/statistics/tasks/?user=bob")
+    assert refused.status_code == 403 and refused.json()["error"]["fields"] == {
+        "user": ["only operators may read another user's statistics"]}
+    assert api(alice).get("/api/v1/statistics/tasks/?user=alice").json()["by_status"]["SUCCEEDED"] == 10
     assert api(alice).get("/api/v1/statistics/tasks/?window=4h").json()["by_status"]["SUCCEEDED"] == 11
     bad = api(alice).get("/api/v1/statistics/tasks/?window=soon")
     assert bad.status_code == 400 and bad.json()["error"]["fields"] == {"window": ["like 15m, 1h, 24h or 7d"]}
