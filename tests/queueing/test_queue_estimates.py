@@ -9,22 +9,10 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import Status, Task
-from queueing.models import WorkerRecord
 from tests.queueing.conftest import make_queue
+from tests.queueing.test_queue_api import live_worker_row, submit
 
 pytestmark = pytest.mark.django_db
-
-
-def submit(client, queue: str = "q1", **extra) -> str:
-    response = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": queue, **extra}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["id"]
-
-
-def live_worker_row(queues: list[str]) -> WorkerRecord:
-    now = timezone.now()
-    return WorkerRecord.objects.create(hostname="w1@test", queues=queues, concurrency=1, started_at=now,
-                                       last_heartbeat=now)
 
 
 def seconds_until(stamp: str) -> float:
