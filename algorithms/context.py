@@ -43,13 +43,16 @@ class Scratch:
                 self._path = None
 
 
-def _refused(exc: BaseException) -> bool:
-    """The database refused the statement itself (``DataError``, ``IntegrityError``…): sending it again
-    cannot help. Not an outage (``OperationalError``, ``InterfaceError``), nor an exception raised in the
-    thread (a time limit)."""
-    from django.db import DatabaseError, InterfaceError, OperationalError
+WATCHDOG_LOG_LINES = 1_000  # the most lines one heartbeat writes for one run (it beats every task)
 
-    return isinstance(exc, DatabaseError) and not isinstance(exc, (OperationalError, InterfaceError))
+
+def _refused(exc: BaseException) -> bool:
+    """The database refused the lines themselves (a ``DataError``: a value it cannot store): sending them
+    again cannot help. Not an outage, nor a transaction of the algorithm's own gone wrong, nor an
+    exception raised in the thread (a time limit)."""
+    from django.db import DataError
+
+    return isinstance(exc, DataError)
 
 
 class RunContext:
@@ -151,29 +154,36 @@ class RunContext:
     def flush_logs(self, *, wait: bool = True) -> None:
         """Write the lines that wait now. ``wait=False`` (the watchdog's thread, which must never block):
         not if a write is under way, which takes them anyway, nor while another transaction holds the
-        task's row (``write_logs`` answers False): they wait for the next write."""
+        task's row (``write_logs`` answers False), and at most ``WATCHDOG_LOG_LINES`` of them: the rest
+        wait for the next write."""
         if not self._log_lock.acquire(blocking=wait):
             return
         try:
-            self._write_buffered_logs(wait=wait)
+            self._write_buffered_logs(wait=wait, most=None if wait else WATCHDOG_LOG_LINES)
         finally:
             self._log_lock.release()
 
-    def _write_buffered_logs(self, *, wait: bool = True) -> None:
+    def _write_buffered_logs(self, *, wait: bool = True, most: int | None = None) -> None:
         if not self._logs:
             return
-        lines, self._logs = self._logs, []
-        self._last_log_write = time.monotonic()
+        lines, self._logs = self._logs[:most], self._logs[len(self._logs[:most]):]
         committed = threading.Event()
         try:
             if self._write_logs(lines, wait, committed.set) is False:
                 self._logs[:0] = lines  # not now: the next write takes them, in order
+                return
         except BaseException as exc:
+            self._last_log_write = time.monotonic()  # a database away: tried again after the interval
             # Kept for the next write unless they were stored (a time limit landing after the commit) or
             # could never be (the database refused them: dropped, not sent again with every later line).
             if not committed.is_set() and not _refused(exc):
                 self._logs[:0] = lines
             raise
+        self._last_log_write = time.monotonic()
+
+    def writing(self) -> bool:
+        """Whether lines are being written (or added) now: the watchdog holds a time limit back meanwhile."""
+        return self._log_lock.locked()
 
     def cancelled(self) -> bool:
         """True once the task was cancelled (or hit its time limit): stop soon and return."""

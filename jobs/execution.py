@@ -195,7 +195,7 @@ def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None,
         transaction.on_commit(committed)
     if not wait:
         with connection.cursor() as cur:
-            cur.execute(f"SET LOCAL lock_timeout = '{LOG_LOCK_TIMEOUT}'")
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", [LOG_LOCK_TIMEOUT])
             cur.execute(f"SELECT 1 FROM {Task._meta.db_table} WHERE id = %s FOR NO KEY UPDATE SKIP LOCKED", [task_id])
             if cur.fetchone() is None:
                 return False
@@ -247,22 +247,29 @@ _FINAL_EVENTS = {Status.SUCCEEDED: "task.succeeded", Status.FAILED: "task.failed
                  Status.CANCELLED: "task.cancelled", Status.TIMED_OUT: "task.timed_out"}
 
 
-def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True, claimed_at: Any = None) -> Task | None:
+def finish(*, task_id: UUID | str, outcome: Outcome, dispatch_next: bool = True, claimed_at: Any = None,
+           lock_timeout: str | None = None) -> Task | None:
     """RUNNING → SUCCEEDED | FAILED | CANCELLED | TIMED_OUT, or back to PENDING with a backoff when a
     retryable failure has retries left. None if the task was no longer RUNNING (reaped, or finished
     by the watchdog), or, with ``claimed_at`` (the worker's claim's ``started_at``), no longer running
-    under that claim (reaped and started again elsewhere while this worker was taken for dead)."""
-    return finish_many(outcomes=[(task_id, outcome)], dispatch_next=dispatch_next, claimed_at=claimed_at)[0]
+    under that claim (reaped and started again elsewhere while this worker was taken for dead).
+    ``lock_timeout`` (the watchdog, which must not wait for long): an ``OperationalError`` when a lock is
+    not had within it, nothing written."""
+    return finish_many(outcomes=[(task_id, outcome)], dispatch_next=dispatch_next, claimed_at=claimed_at,
+                       lock_timeout=lock_timeout)[0]
 
 
 @transitions.atomic_retrying_deadlocks
 def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bool = True,
-                claimed_at: Any = None) -> list[Task | None]:
+                claimed_at: Any = None, lock_timeout: str | None = None) -> list[Task | None]:
     """``finish`` for several tasks in one transaction: all the successes in one statement (each row
     its own result) and one bulk insert of their events; failures, cancels and timeouts one by one.
     ``claimed_at``: the claim they were all started under (one message's tasks share it)."""
     from queueing import dispatch
 
+    if lock_timeout is not None:
+        with connection.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
     now = timezone.now()
     guard = claim_guard(claimed_at)
     done: dict[str, Task | None] = {}

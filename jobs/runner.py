@@ -26,7 +26,7 @@ import traceback
 from typing import Any, Callable
 
 from django.conf import settings
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 
 from algorithms import artifacts, registry
 from algorithms.context import RunContext, Scratch
@@ -37,6 +37,10 @@ from jobs.models import Status, Task
 from observability.logs import about_task
 
 log = logging.getLogger(__name__)
+
+# The watchdog's record of a run it stops waits no longer for a lock (``Watchdog._terminate``): it beats
+# every task of the process.
+TERMINATE_LOCK_TIMEOUT = "1s"
 
 
 class TaskTimeout(Exception):
@@ -80,6 +84,8 @@ class Watch:
         self.lost = ""  # why it is no longer this worker's to run, once it is not (the heartbeat's answer, the fence)
         self._cancel_at: float | None = None
         self.flush_logs: Callable[[], None] | None = None  # the run's waiting log lines, written (never blocks)
+        self.writing: Callable[[], bool] = lambda: False  # its log lines being written now (``RunContext``)
+        self.unrecorded_since: float | None = None  # when the watchdog first failed to record its end
         self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
         self.terminating = False  # under ``lock``: the watchdog is recording and terminating it
         self.lock = threading.Lock()
@@ -94,7 +100,10 @@ class Watch:
         if flag and not self.cancel.is_set():
             self._cancel_at = now
             self.cancel.set()
-        if now >= self.deadline and not self.timed_out.is_set():
+        # Not while the run writes its log lines (the next beat: at most a grace period later), so that a
+        # commit it interrupts never leaves them stored and waiting to be written again.
+        if now >= self.deadline and not self.timed_out.is_set() and (
+                not self.writing() or now >= self.deadline + self.grace):
             self.timed_out.set()
             self.cancel.set()
             self._cancel_at = now
@@ -266,9 +275,18 @@ class Watchdog(threading.Thread):
         else:
             how = ("was interrupted: it stops at its next Python instruction (a solo or threads pool cannot kill "
                    "it, so code outside Python, a sleep or a GPU kernel, runs on until it returns)")
-        execution.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, outcome=Outcome(
-            status=status, error=f"{why}; the algorithm did not stop within {watch.grace:g}s and {how}",
-            retryable=status == Status.FAILED))
+        try:
+            execution.finish(task_id=watch.task_id, claimed_at=watch.claimed_at, lock_timeout=TERMINATE_LOCK_TIMEOUT,
+                             outcome=Outcome(status=status, retryable=status == Status.FAILED,
+                                             error=f"{why}; the algorithm did not stop within {watch.grace:g}s and {how}"))
+        except OperationalError:
+            # Its row held (a transaction of the algorithm's own, most likely) or the database away: tried
+            # again at the next beat; a pool child is killed anyway once that has lasted a grace period,
+            # with nothing recorded (the reaper, or the claim's next owner, settles the task).
+            watch.unrecorded_since = watch.unrecorded_since or time.monotonic()
+            if not _in_pool_child() or time.monotonic() - watch.unrecorded_since < watch.grace:
+                raise
+            log.warning("task %s: its state could not be recorded for %gs", watch.task_id, watch.grace)
         self._kill(watch, f"ignored: {why}", batches=batches)
 
     def _kill(self, watch: Watch, why: str, *, batches: list[Batch] | None) -> None:
@@ -433,6 +451,16 @@ class Batch:
                              reason="its batch's worker process was terminated")
 
 
+def _write_logs(task: Task, lines: list[str], wait: bool, committed: Callable[[], None]) -> bool:
+    """A run's waiting log lines, written; False: not now. Not inside a transaction of the algorithm's own
+    (this thread's connection in an atomic block): its rollback would take lines logged before it along,
+    so they wait for a write outside it (the watchdog's, on its own connection, or the next one here)."""
+    if connection.in_atomic_block:
+        return False
+    return execution.append_log(task_id=task.id, lines=lines, wait=wait, committed=committed,
+                                claimed_at=task.started_at)
+
+
 def _quietly(write: Callable[[], None], task: Task) -> None:
     """What waits of a run's log lines and progress, written; best effort, as the traceback's line: the
     outcome is what must be recorded (a line the database refuses never fails a run that succeeded)."""
@@ -460,11 +488,11 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
         task_id=str(task.id), attempt=task.attempts, scratch=scratch, cancel_event=watch.cancel,
         write_progress=lambda p, s, m, x: execution.report_progress(task_id=task.id, percent=p, stage=s, message=m,
                                                                    metrics=x, claimed_at=task.started_at),
-        write_logs=lambda lines, wait, committed: execution.append_log(task_id=task.id, lines=lines, wait=wait,
-                                                                       committed=committed, claimed_at=task.started_at),
+        write_logs=lambda lines, wait, committed: _write_logs(task, lines, wait, committed),
         min_interval=conf["PROGRESS_MIN_INTERVAL"], artifacts=store, log_interval=conf["LOG_MIN_INTERVAL"],
     )
     watch.flush_logs = lambda: ctx.flush_logs(wait=False)
+    watch.writing = ctx.writing
     watchdog = Watchdog.get()
     watchdog.add(watch)
     try:

@@ -130,8 +130,8 @@ def test_lines_committed_just_before_a_time_limit_lands_are_written_once(alice, 
         algorithm["thread"] = threading.current_thread()
         for i in range(10):
             ctx.log(f"line {i}")
-        time.sleep(0.5)
-        ctx.log("line x")  # after the interval: written now, with the ones before it
+        time.sleep(0.7)  # the watchdog writes the waiting lines meanwhile: "line x" is a write of its own
+        ctx.log("line x")  # after the interval: written now, in this thread
         time.sleep(5)
 
     monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=fn))
@@ -201,3 +201,53 @@ def test_an_algorithm_logging_inside_its_own_transaction_goes_on(alice, monkeypa
 
     assert not running.is_alive(), "the run and the watchdog waited for each other"
     assert lines_of(done["task"]) == ["a", "b", "c"]
+
+
+def test_lines_logged_before_an_algorithms_transaction_survive_its_rollback(alice, monkeypatch):
+    # They waited and were written inside the algorithm's own transaction, and rolled back with it.
+    from django.db import transaction
+
+    def fn(ctx, params):
+        ctx.log("start")
+        ctx.log("loaded 10 rows")  # waits (within the interval of "start")
+        try:
+            with transaction.atomic():
+                ctx.progress(10, stage="import")
+                time.sleep(0.4)
+                ctx.log("importing")  # logged inside: kept too (a log is not the import's data)
+                raise ValueError("bad row")
+        except ValueError:
+            ctx.log("import rolled back; continuing")
+
+    task = run_once(alice, monkeypatch, fn, max_retries=0)
+
+    assert lines_of(task) == ["start", "loaded 10 rows", "importing", "import rolled back; continuing"]
+
+
+def test_lines_are_kept_when_the_algorithms_own_transaction_is_broken(alice, monkeypatch):
+    # A write inside a transaction an IntegrityError broke (TransactionManagementError) is no refusal of the
+    # lines themselves: they were dropped for good.
+    from django.db import IntegrityError, transaction
+
+    from algorithms.context import RunContext
+    from queueing.models import Queue
+
+    flush = RunContext.flush_logs  # the watchdog writes nothing here: the next write is this thread's
+    monkeypatch.setattr(RunContext, "flush_logs", lambda self, wait=True: flush(self) if wait else None)
+
+    def fn(ctx, params):
+        ctx.log("start")
+        ctx.log("importing")  # waits
+        Queue.objects.create(name="dup")
+        with transaction.atomic():
+            try:
+                Queue.objects.create(name="dup")
+            except IntegrityError:
+                pass  # the transaction is broken from here on (Django refuses any query in it)
+            time.sleep(0.4)
+            ctx.log("after the duplicate")
+        return {"ok": True}
+
+    task = run_once(alice, monkeypatch, fn, max_retries=0)
+
+    assert lines_of(task) == ["start", "importing", "after the duplicate"]

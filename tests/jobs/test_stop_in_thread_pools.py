@@ -47,12 +47,15 @@ def test_a_cancel_ignored_in_a_solo_pool_interrupts_the_algorithm_and_says_so(al
 def test_an_algorithm_that_catches_every_exception_is_still_interrupted(alice, monkeypatch):
     steps = {"done": 0}
 
+    def step():
+        time.sleep(0.05)
+        steps["done"] += 1
+
     def swallows(ctx, params):
         threading.Timer(0.3, cancel, args=(ctx.task_id,)).start()
         for _ in range(600):
             try:
-                time.sleep(0.05)
-                steps["done"] += 1
+                step()  # the interrupt lands in it, inside the try
             except Exception:  # noqa: BLE001 — what some algorithms do around each step
                 pass
 
@@ -60,3 +63,37 @@ def test_an_algorithm_that_catches_every_exception_is_still_interrupted(alice, m
 
     assert steps["done"] < 600, "the algorithm ran to its end"
     assert Task.objects.get(id=task.id).status == Status.CANCELLED
+
+
+def test_the_watchdog_never_waits_for_long_to_record_a_run_it_stops(alice):
+    # It beats every task of its process: a run whose row another transaction holds (the algorithm's own,
+    # most likely) is recorded at a later beat instead of holding up every other task's heartbeat.
+    from jobs import execution, runner
+    from tests.conftest import another_session, queued_tasks
+
+    claimed = execution.claim(task_id=queued_tasks(alice, 1)[0].id, worker="w")
+    watch = runner.Watch(claimed, threading.Thread())  # its thread: not this one, never started
+    watch.deadline = watch.since - 10  # its time limit and grace long past
+    watchdog = runner.Watchdog()  # not started: its ticks by hand
+
+    def tick():
+        try:
+            watch.tick(True, time.monotonic())  # the beat that sets the time limit
+            watch._cancel_at -= 10
+            watchdog._tick([watch], [])
+        finally:
+            connection.close()
+
+    with another_session() as other, other.transaction():
+        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(claimed.id)])
+        ticking = threading.Thread(target=tick)
+        ticking.start()
+        ticking.join(timeout=20)
+        assert not ticking.is_alive(), "the watchdog's tick waited for the row lock"
+        assert Task.objects.get(id=claimed.id).status == Status.RUNNING  # not recorded yet
+    assert not watch.terminating  # tried again at the next beat
+
+    ticking = threading.Thread(target=lambda: (watchdog._tick([watch], []), connection.close()))
+    ticking.start()
+    ticking.join(timeout=20)
+    assert Task.objects.get(id=claimed.id).status == Status.TIMED_OUT
