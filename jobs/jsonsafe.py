@@ -14,6 +14,10 @@ written as the Python number or bool it holds (``.item()``; then the NaN rule ap
 nested lists (``.tolist()``). NumPy is never imported here: a value can only be a NumPy one once
 NumPy is loaded (``sys.modules``).
 
+Text. A lone surrogate (``os.fsdecode``/``os.listdir`` of a file name that is not UTF-8 gives one) cannot
+be encoded in UTF-8, nor stored by PostgreSQL: the task failed after its work was done, and was retried
+for ever. Each is written as U+FFFD, the rest of the text as it is.
+
 Datetimes and UUIDs are written as the API writes its own: ``datetime``, ``date`` and ``time`` in ISO
 8601 (``isoformat()``, offset and microseconds kept), a ``UUID`` as its string.
 
@@ -29,10 +33,12 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import sys
 import uuid
 from typing import Any
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _KEY_TYPES = (str, int, float, type(None))  # what a JSON object's key can be written from (bool is an int)
 
 
@@ -72,7 +78,9 @@ def json_safe(value: Any, where: str = "value") -> Any:
 
 
 def _clean(value: Any) -> Any:
-    if value is None or isinstance(value, str | int):  # bool is an int
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

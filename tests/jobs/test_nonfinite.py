@@ -109,3 +109,17 @@ def test_nan_from_an_external_program_is_kept_and_the_task_succeeds_first_time(l
     assert done["result_meta"]["summary"] == {"last_loss": "NaN"}
     # the program's own file is stored byte for byte, as with any result file
     assert body(client.get(f"/api/v1/tasks/{done['id']}/result/")) == b"[1.5, NaN]\n"
+
+
+@pytest.mark.parametrize(("result", "kept"), [
+    ({"files": ["ok.txt", "caf\udce9.txt"], "n\udcff": 1}, {"files": ["ok.txt", "caf\ufffd.txt"], "n\ufffd": 1}),
+    ("caf\udce9 " * 100_000, "caf\ufffd " * 100_000),  # past the inline limit: stored as a file
+])
+def test_a_lone_surrogate_in_a_result_is_kept_as_a_replacement_character_and_the_task_succeeds(
+        alice, api, monkeypatch, result, kept):
+    # os.listdir of a file name that is not UTF-8: the task failed after its work was done, and ran again.
+    task = run_once(alice, monkeypatch, lambda ctx, params: result, max_retries=3)
+
+    assert task.status == Status.SUCCEEDED and task.attempts == 1, task.error
+    answer = api(alice).get(f"/api/v1/tasks/{task.id}/result/")
+    assert (answer.json()["result"] if isinstance(result, dict) else json.loads(body(answer))) == kept
