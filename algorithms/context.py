@@ -171,6 +171,8 @@ class RunContext:
         try:
             if self._write_logs(lines, wait, committed.set) is False:
                 self._logs[:0] = lines  # not now: the next write takes them, in order
+                if wait:  # this thread, inside a transaction of the algorithm's own: again after the interval
+                    self._last_log_write = time.monotonic()
                 return
         except BaseException as exc:
             self._last_log_write = time.monotonic()  # a database away: tried again after the interval

@@ -6,7 +6,6 @@ channel messages) run on commit. The clients' writes (submit, cancel, retry, cha
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
@@ -17,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import transitions
-from jobs.jsonsafe import json_safe
+from jobs.jsonsafe import json_safe, without_surrogates
 from jobs.models import Status, Task
 
 
@@ -204,20 +203,13 @@ def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None,
     return True
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def without_nul(value: Any) -> Any:
-    """``value`` with each NUL character and lone surrogate, which PostgreSQL's text and jsonb refuse, shown
-    as U+FFFD, also
+    """``value`` with each NUL character, which PostgreSQL's text and jsonb refuse, shown as U+FFFD, and each
+    lone surrogate as an escape (``jsonsafe.without_surrogates``), also
     in the strings of nested dicts and lists: what an algorithm, a program or a remote service says
     (log lines, progress, an error) is recorded, never a ``DataError`` that leaves its task RUNNING."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate (``os.fsdecode`` of a file name that is not UTF-8)
-            value = _SURROGATE.sub("\ufffd", value)
-        return value.replace("\x00", "\ufffd")
+        return without_surrogates(value).replace("\x00", "\ufffd")
     if isinstance(value, dict):
         return {without_nul(key): without_nul(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

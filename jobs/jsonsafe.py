@@ -16,7 +16,8 @@ NumPy is loaded (``sys.modules``).
 
 Text. A lone surrogate (``os.fsdecode``/``os.listdir`` of a file name that is not UTF-8 gives one) cannot
 be encoded in UTF-8, nor stored by PostgreSQL: the task failed after its work was done, and was retried
-for ever. Each is written as U+FFFD, the rest of the text as it is.
+for ever. Each is written as an escape (``without_surrogates``: ``caf\\xe9.txt``), the rest of the text
+as it is.
 
 Datetimes and UUIDs are written as the API writes its own: ``datetime``, ``date`` and ``time`` in ISO
 8601 (``isoformat()``, offset and microseconds kept), a ``UUID`` as its string.
@@ -39,6 +40,18 @@ import uuid
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate written as an escape: ``\\xe9`` for the byte ``os.fsdecode`` kept
+    of a file name that is not UTF-8 (``surrogateescape``), ``\\udXXX`` for any other; distinct bytes stay
+    distinct (two such file names as keys of one dict are two keys). The same string when it has none."""
+    return _SURROGATE.sub(_escaped, text) if _SURROGATE.search(text) else text
 _KEY_TYPES = (str, int, float, type(None))  # what a JSON object's key can be written from (bool is an int)
 
 
@@ -79,7 +92,7 @@ def json_safe(value: Any, where: str = "value") -> Any:
 
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+        return without_surrogates(value)
     if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, float):

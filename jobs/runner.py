@@ -86,6 +86,7 @@ class Watch:
         self.flush_logs: Callable[[], None] | None = None  # the run's waiting log lines, written (never blocks)
         self.writing: Callable[[], bool] = lambda: False  # its log lines being written now (``RunContext``)
         self.unrecorded_since: float | None = None  # when the watchdog first failed to record its end
+        self.interrupt_sent = False  # a solo/threads pool's run interrupted (``TaskStopped``) before its end was recorded
         self.stopped = False  # set under ``lock``: after that the watchdog never touches the task again
         self.terminating = False  # under ``lock``: the watchdog is recording and terminating it
         self.lock = threading.Lock()
@@ -202,11 +203,13 @@ class Watchdog(threading.Thread):
                 watch.terminating = True
             try:
                 with about_task(watch.task_id):
-                    self._terminate(watch, batches)
+                    done = self._terminate(watch, batches)
             except Exception:  # its final state not recorded (the database away): again at the next beat
                 with about_task(watch.task_id):
                     log.exception("could not terminate task %s; trying again", watch.task_id)
                 connections.close_all()
+                done = False
+            if not done:
                 with watch.lock:
                     watch.terminating = False
 
@@ -263,7 +266,9 @@ class Watchdog(threading.Thread):
         except (OSError, AttributeError):  # a Unix socket (no network to lose there), or not Linux
             pass
 
-    def _terminate(self, watch: Watch, batches: list[Batch]) -> None:
+    def _terminate(self, watch: Watch, batches: list[Batch]) -> bool:
+        """Record the end of a run that ignored its stop for the grace period, then stop it. False: not
+        recorded this time (its row held, the database away): again at the next beat."""
         if watch.timed_out.is_set():
             status, why = Status.TIMED_OUT, "time limit reached"
         elif watch.lost:
@@ -281,13 +286,24 @@ class Watchdog(threading.Thread):
                                              error=f"{why}; the algorithm did not stop within {watch.grace:g}s and {how}"))
         except OperationalError:
             # Its row held (a transaction of the algorithm's own, most likely) or the database away: tried
-            # again at the next beat; a pool child is killed anyway once that has lasted a grace period,
-            # with nothing recorded (the reaper, or the claim's next owner, settles the task).
-            watch.unrecorded_since = watch.unrecorded_since or time.monotonic()
-            if not _in_pool_child() or time.monotonic() - watch.unrecorded_since < watch.grace:
-                raise
-            log.warning("task %s: its state could not be recorded for %gs", watch.task_id, watch.grace)
+            # again at the next beat. Once that has lasted a grace period, a pool child is killed anyway,
+            # with nothing recorded (the reaper, or the claim's next owner, settles the task), and a solo or
+            # threads pool's run is interrupted once (which ends a transaction of its own, so that the next
+            # beat records the state).
+            if watch.unrecorded_since is None:
+                watch.unrecorded_since = time.monotonic()
+                log.warning("task %s: could not record its end (its row is held, or the database away); "
+                            "trying again at every beat", watch.task_id)
+            if time.monotonic() - watch.unrecorded_since < watch.grace:
+                return False
+            if not _in_pool_child():
+                if not watch.interrupt_sent:
+                    watch.interrupt_sent = True
+                    self._kill(watch, f"ignored: {why}", batches=batches)
+                return False
+            log.warning("task %s: its end could not be recorded for %gs; stopping it anyway", watch.task_id, watch.grace)
         self._kill(watch, f"ignored: {why}", batches=batches)
+        return True
 
     def _kill(self, watch: Watch, why: str, *, batches: list[Batch] | None) -> None:
         """Terminate this pool child, unless its run has stopped meanwhile (``watch.stopped``): watch.lock is

@@ -66,8 +66,13 @@ def reap_stale_running() -> int:
     retry = [tid for tid, attempts, max_retries in stale if attempts <= max_retries]
     fail = [tid for tid, attempts, max_retries in stale if attempts > max_retries]
     with transaction.atomic():
-        # Heartbeat guard repeated in SQL: a worker that came back to life in between keeps its task.
-        guard = {"where_sql": f"heartbeat_at < {_DB_CUTOFF_SQL}", "where_params": [stale_seconds]}
+        # Heartbeat guard repeated in SQL: a worker that came back to life in between keeps its task. A row
+        # another transaction holds is stepped over, as the heartbeat steps over it: someone alive is
+        # changing it (a finish, a cancel, a run's own transaction, which keeps its heartbeat from being
+        # written meanwhile), and waiting for it would find the heartbeat it held back stale.
+        guard = {"where_sql": f"heartbeat_at < {_DB_CUTOFF_SQL} AND id IN (SELECT id FROM {Task._meta.db_table} "
+                              "WHERE id = ANY(%s::uuid[]) FOR NO KEY UPDATE SKIP LOCKED)",
+                 "where_params": [stale_seconds, [str(i) for i in retry + fail]]}
         rerun = execution.back_to_pending(retry, event="task.retrying",
                                          values={"queued_at": None, "error": "worker lost (heartbeat stale)"},
                                          **guard, data={"reason": "worker lost"})

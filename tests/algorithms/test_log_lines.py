@@ -109,7 +109,7 @@ def test_a_line_the_database_cannot_store_as_is_neither_fails_the_run_nor_holds_
     task = run_once(alice, monkeypatch, fn, max_retries=0)
 
     assert Task.objects.get(id=task.id).status == "SUCCEEDED"
-    assert lines_of(task) == ["first", "file \ufffd.txt", "after 0", "after 1", "after 2", "late line"]
+    assert lines_of(task) == ["first", "file \\xff.txt", "after 0", "after 1", "after 2", "late line"]
 
 
 def test_lines_committed_just_before_a_time_limit_lands_are_written_once(alice, monkeypatch):
@@ -251,3 +251,26 @@ def test_lines_are_kept_when_the_algorithms_own_transaction_is_broken(alice, mon
     task = run_once(alice, monkeypatch, fn, max_retries=0)
 
     assert lines_of(task) == ["start", "importing", "after the duplicate"]
+
+
+def test_lines_whose_write_committed_are_not_written_again_when_an_interrupt_lands_after_it():
+    # The time limit (TaskTimeout) or a stop (TaskStopped) raised in the run's thread right after the commit,
+    # before the write returns: the lines are stored, so nothing is left waiting to be written again.
+    from algorithms.context import RunContext, Scratch
+    from jobs.runner import TaskTimeout
+
+    writes: list[list[str]] = []
+
+    def write_logs(lines, wait, committed):
+        writes.append(list(lines))
+        committed()  # the transaction's on-commit hook ran
+        if len(writes) == 1:
+            raise TaskTimeout()  # … and the interrupt landed before the write returned
+
+    ctx = RunContext(task_id="t", attempt=1, scratch=Scratch("conveyor-test-"), cancel_event=threading.Event(),
+                     write_progress=lambda *args: None, write_logs=write_logs, min_interval=0, log_interval=0)
+    with pytest.raises(TaskTimeout):
+        ctx.log("stored")
+    ctx.log("next")
+
+    assert writes == [["stored"], ["next"]]

@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from algorithms.remote import hold
 from jobs import events, execution, services, transitions
-from jobs.models import Status, Task
 from jobs.execution import Outcome
+from jobs.models import Status, Task
 from queueing import dispatch, heartbeat, reconciler
 from queueing.models import WorkerRecord
 from tests.conftest import another_session, unconsumed_queue, wait_until
@@ -500,3 +500,25 @@ def test_giving_up_a_stuck_run_leaves_a_later_run_of_the_task_alone(alice):
 
     row = Task.objects.get(id=stuck.id)
     assert (row.status, row.started_at) == (Status.RUNNING, later.started_at)
+
+
+def test_the_reaper_steps_over_a_running_task_whose_row_another_transaction_holds(alice):
+    # A run's own transaction (a progress report in it) holds the row, so its heartbeat cannot be written:
+    # the reaper waited for the row, then found that heartbeat stale and ran the healthy task again.
+    import threading
+
+    from django.db import connection
+
+    running = _running(alice)
+    Task.objects.filter(id=running.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    with another_session() as other, other.transaction():
+        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(running.id)])
+        reaping = threading.Thread(target=lambda: (reconciler.reap_stale_running(), connection.close()))
+        reaping.start()
+        reaping.join(timeout=20)
+        assert not reaping.is_alive(), "the reaper waited for the row"
+    assert Task.objects.get(id=running.id).status == Status.RUNNING  # stepped over, not reaped
+
+    reconciler.reap_stale_running()  # the row free, the heartbeat still stale: reaped now (and queued again)
+    assert Task.objects.get(id=running.id).status in {Status.PENDING, Status.QUEUED}
+    assert running.events.filter(event="task.retrying").exists()

@@ -97,3 +97,39 @@ def test_the_watchdog_never_waits_for_long_to_record_a_run_it_stops(alice):
     ticking.start()
     ticking.join(timeout=20)
     assert Task.objects.get(id=claimed.id).status == Status.TIMED_OUT
+
+
+def test_a_run_holding_its_row_in_its_own_transaction_is_interrupted_after_the_grace_period(alice, monkeypatch):
+    # Its end cannot be recorded while its own transaction holds the task's row: it is interrupted anyway
+    # (which ends that transaction), and its time limit is recorded then.
+    from django.db import transaction
+
+    from algorithms import registry
+    from jobs import execution, runner
+    from tests.conftest import unconsumed_queue
+
+    steps = {"done": 0}
+
+    def step():
+        time.sleep(0.05)
+        steps["done"] += 1
+
+    def holds_its_row(ctx, params):
+        with transaction.atomic():
+            ctx.progress(10, stage="import")  # the task's row is locked until this block ends
+            for _ in range(600):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001 — swallows the time limit's TaskTimeout
+                    pass
+
+    monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=holds_its_row))
+    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="t.fn", queue=unconsumed_queue(),
+                                                                     max_retries=0, timeout_seconds=1))
+    Task.objects.filter(id=task.id).update(status=Status.QUEUED)
+    claimed = execution.claim(task_id=task.id, worker="w")
+    execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
+
+    # 30 s of steps; stopped after the time limit (1 s) and two grace periods (2 s each) at most
+    assert steps["done"] < 300, f"the algorithm ran on ({steps['done']} of 600 steps)"
+    assert Task.objects.get(id=task.id).status == Status.TIMED_OUT
