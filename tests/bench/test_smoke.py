@@ -36,10 +36,11 @@ def bench(module: str, *args: str, database: str) -> list[str]:
 
 
 def test_work_per_task_is_counted_on_a_fresh_database(fresh_database):
-    rows = [json.loads(line) for line in bench("bench.bench_costs", "--tasks", "8", "--batch", "4", "--deep", "8", "--no-docs",
-                                                database=fresh_database) if line.startswith("{")]
-    assert [r["mode"] for r in rows] == ["submit", "single", "batched", "batched"]
-    submit, single, batched, deep = rows
+    rows = [json.loads(line) for line in bench("bench.bench_costs", "--tasks", "8", "--batch", "4", "--deep", "8",
+                                                "--log-lines", "400", "--no-docs", database=fresh_database)
+            if line.startswith("{")]
+    assert [r["mode"] for r in rows] == ["submit", "single", "batched", "batched", "log lines"]
+    submit, single, batched, deep, logs = rows
     assert submit["commits_per_task"] == 1.0 and submit["broker_messages_per_task"] == 1.0  # dispatched in its commit
     assert submit["events_per_task"] == 2.0  # task.created and task.queued
     # usually one send carries both; fewer when submits fall within EVENT_COALESCE_MS of each other
@@ -47,6 +48,9 @@ def test_work_per_task_is_counted_on_a_fresh_database(fresh_database):
     assert single["broker_messages_per_task"] == 1.0 and batched["broker_messages_per_task"] == 0.25
     assert deep["broker_messages_per_task"] == 0.125
     assert deep["statements_per_task"] < batched["statements_per_task"] < single["statements_per_task"]
+    # an algorithm's lines in a loop: written together, each its own event (the claim's and finish's too)
+    assert logs["statements_per_task"] < 0.1 and logs["commits_per_task"] < 0.05
+    assert logs["events_per_task"] == pytest.approx(1.0, abs=0.02)
 
 
 def test_throughput_against_raw_celery_runs_end_to_end(fresh_database, tmp_path):
