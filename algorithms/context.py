@@ -166,7 +166,8 @@ class RunContext:
     def _write_buffered_logs(self, *, wait: bool = True, most: int | None = None) -> None:
         if not self._logs:
             return
-        lines, self._logs = self._logs[:most], self._logs[len(self._logs[:most]):]
+        n = len(self._logs) if most is None else most
+        lines, self._logs = self._logs[:n], self._logs[n:]
         committed = threading.Event()
         try:
             if self._write_logs(lines, wait, committed.set) is False:

@@ -178,6 +178,13 @@ def report_progress(*, task_id: UUID | str, percent: float, stage: str, message:
 LOG_LOCK_TIMEOUT = "100ms"
 
 
+def _lock_timeout(value: str) -> None:
+    """For the rest of this transaction (the watchdog's own: never a caller's), no lock is waited for
+    longer than ``value``; past it the statement fails (``OperationalError``), nothing written."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", [value])
+
+
 @transaction.atomic
 def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None, wait: bool = True,
                committed: Callable[[], None] | None = None) -> bool:
@@ -193,8 +200,8 @@ def append_log(*, task_id: UUID | str, lines: list[str], claimed_at: Any = None,
     if committed is not None:
         transaction.on_commit(committed)
     if not wait:
+        _lock_timeout(LOG_LOCK_TIMEOUT)
         with connection.cursor() as cur:
-            cur.execute("SELECT set_config('lock_timeout', %s, true)", [LOG_LOCK_TIMEOUT])
             cur.execute(f"SELECT 1 FROM {Task._meta.db_table} WHERE id = %s FOR NO KEY UPDATE SKIP LOCKED", [task_id])
             if cur.fetchone() is None:
                 return False
@@ -260,8 +267,7 @@ def finish_many(*, outcomes: list[tuple[UUID | str, Outcome]], dispatch_next: bo
     from queueing import dispatch
 
     if lock_timeout is not None:
-        with connection.cursor() as cur:
-            cur.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
+        _lock_timeout(lock_timeout)
     now = timezone.now()
     guard = claim_guard(claimed_at)
     done: dict[str, Task | None] = {}
