@@ -8,10 +8,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -97,6 +99,32 @@ def another_session() -> Any:
     params = connection.get_connection_params()
     return psycopg.connect(dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
                            port=params.get("port"), password=params.get("password"), autocommit=True)
+
+
+@contextlib.contextmanager
+def row_held(task_id: Any) -> Iterator[None]:
+    """Another session holds the task's row (``FOR NO KEY UPDATE``) in a transaction left open meanwhile,
+    as a run's own transaction, a cancel or a finish would."""
+    with another_session() as other, other.transaction():
+        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(task_id)])
+        yield
+
+
+def returns_without_waiting(fn: Callable[[], Any], timeout: float = 20.0) -> bool:
+    """Run ``fn`` in a thread of its own (its own database connection, closed after): whether it returned
+    within ``timeout`` (a generous bound: what it must not do is wait for a lock held meanwhile)."""
+    from django.db import connection
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 def terminate_this_backend() -> None:

@@ -9,7 +9,6 @@ import time
 
 
 import pytest
-from django.db import connection
 
 from jobs.models import Task, TaskEvent
 from tests.jobs.test_nul_output import run_once
@@ -150,7 +149,7 @@ def test_the_watchdog_never_waits_for_a_task_row_another_transaction_holds(alice
     # finish, the algorithm's own transaction) wait for a later write instead of holding up every other task.
     from algorithms.context import RunContext, Scratch
     from jobs import execution, runner
-    from tests.conftest import another_session, queued_tasks
+    from tests.conftest import queued_tasks, returns_without_waiting, row_held
 
     a, b = (execution.claim(task_id=t.id, worker="w") for t in queued_tasks(alice, 2))
     watches = [runner.Watch(a, threading.current_thread()), runner.Watch(b, threading.current_thread())]
@@ -163,18 +162,8 @@ def test_the_watchdog_never_waits_for_a_task_row_another_transaction_holds(alice
     watches[0].flush_logs = lambda: ctx.flush_logs(wait=False)
     watchdog = runner.Watchdog()  # not started: one tick by hand
 
-    def tick():
-        try:
-            watchdog._tick(watches, [])
-        finally:
-            connection.close()
-
-    with another_session() as other, other.transaction():
-        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(a.id)])
-        ticking = threading.Thread(target=tick)
-        ticking.start()
-        ticking.join(timeout=10)
-        assert not ticking.is_alive(), "the watchdog's tick waited for the row lock"
+    with row_held(a.id):
+        assert returns_without_waiting(lambda: watchdog._tick(watches, [])), "the watchdog's tick waited for the row"
         assert lines_of(a) == ["one"]  # "two" still waits
     ctx.flush_logs()
     assert lines_of(a) == ["one", "two"]

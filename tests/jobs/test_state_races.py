@@ -505,18 +505,12 @@ def test_giving_up_a_stuck_run_leaves_a_later_run_of_the_task_alone(alice):
 def test_the_reaper_steps_over_a_running_task_whose_row_another_transaction_holds(alice):
     # A run's own transaction (a progress report in it) holds the row, so its heartbeat cannot be written:
     # the reaper waited for the row, then found that heartbeat stale and ran the healthy task again.
-    import threading
-
-    from django.db import connection
+    from tests.conftest import returns_without_waiting, row_held
 
     running = _running(alice)
     Task.objects.filter(id=running.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
-    with another_session() as other, other.transaction():
-        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(running.id)])
-        reaping = threading.Thread(target=lambda: (reconciler.reap_stale_running(), connection.close()))
-        reaping.start()
-        reaping.join(timeout=20)
-        assert not reaping.is_alive(), "the reaper waited for the row"
+    with row_held(running.id):
+        assert returns_without_waiting(reconciler.reap_stale_running), "the reaper waited for the row"
     assert Task.objects.get(id=running.id).status == Status.RUNNING  # stepped over, not reaped
 
     reconciler.reap_stale_running()  # the row free, the heartbeat still stale: reaped now (and queued again)

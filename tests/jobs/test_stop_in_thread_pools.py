@@ -69,7 +69,7 @@ def test_the_watchdog_never_waits_for_long_to_record_a_run_it_stops(alice):
     # It beats every task of its process: a run whose row another transaction holds (the algorithm's own,
     # most likely) is recorded at a later beat instead of holding up every other task's heartbeat.
     from jobs import execution, runner
-    from tests.conftest import another_session, queued_tasks
+    from tests.conftest import queued_tasks, returns_without_waiting, row_held
 
     claimed = execution.claim(task_id=queued_tasks(alice, 1)[0].id, worker="w")
     watch = runner.Watch(claimed, threading.Thread())  # its thread: not this one, never started
@@ -77,25 +77,16 @@ def test_the_watchdog_never_waits_for_long_to_record_a_run_it_stops(alice):
     watchdog = runner.Watchdog()  # not started: its ticks by hand
 
     def tick():
-        try:
-            watch.tick(True, time.monotonic())  # the beat that sets the time limit
-            watch._cancel_at -= 10
-            watchdog._tick([watch], [])
-        finally:
-            connection.close()
+        watch.tick(True, time.monotonic())  # the beat that sets the time limit
+        watch._cancel_at -= 10
+        watchdog._tick([watch], [])
 
-    with another_session() as other, other.transaction():
-        other.execute("SELECT 1 FROM jobs_task WHERE id = %s FOR NO KEY UPDATE", [str(claimed.id)])
-        ticking = threading.Thread(target=tick)
-        ticking.start()
-        ticking.join(timeout=20)
-        assert not ticking.is_alive(), "the watchdog's tick waited for the row lock"
+    with row_held(claimed.id):
+        assert returns_without_waiting(tick), "the watchdog's tick waited for the row"
         assert Task.objects.get(id=claimed.id).status == Status.RUNNING  # not recorded yet
     assert not watch.terminating  # tried again at the next beat
 
-    ticking = threading.Thread(target=lambda: (watchdog._tick([watch], []), connection.close()))
-    ticking.start()
-    ticking.join(timeout=20)
+    assert returns_without_waiting(lambda: watchdog._tick([watch], []))
     assert Task.objects.get(id=claimed.id).status == Status.TIMED_OUT
 
 
