@@ -111,9 +111,7 @@ def test_a_line_the_database_cannot_store_as_is_neither_fails_the_run_nor_holds_
 
 
 def test_lines_committed_just_before_a_time_limit_lands_are_written_once(alice, monkeypatch):
-    from algorithms import registry
-    from jobs import execution, runner, services
-    from tests.conftest import unconsumed_queue
+    from jobs import execution
 
     real, algorithm = execution.append_log, {}
 
@@ -132,12 +130,7 @@ def test_lines_committed_just_before_a_time_limit_lands_are_written_once(alice, 
         ctx.log("line x")  # after the interval: written now, in this thread
         time.sleep(5)
 
-    monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=fn))
-    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="t.fn", queue=unconsumed_queue(),
-                                                                     max_retries=0, timeout_seconds=1))
-    Task.objects.filter(id=task.id).update(status="QUEUED")
-    claimed = execution.claim(task_id=task.id, worker="w")
-    execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
+    task = run_once(alice, monkeypatch, fn, max_retries=0, timeout_seconds=1)
 
     assert lines_of(task) == [f"line {i}" for i in range(10)] + ["line x"]
     assert Task.objects.get(id=task.id).status == "TIMED_OUT"

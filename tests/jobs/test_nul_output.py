@@ -14,12 +14,13 @@ from tests.conftest import unconsumed_queue
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def run_once(owner, monkeypatch, fn, *, max_retries: int) -> Task:
-    """Submit ``fn`` as an algorithm to a queue no worker consumes, claim it, run it, record its end."""
+def run_once(owner, monkeypatch, fn, *, max_retries: int, **spec) -> Task:
+    """Submit ``fn`` as an algorithm to a queue no worker consumes (``spec``: more of the submit, such as
+    ``timeout_seconds``), claim it, run it, record its end."""
     monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=fn))
     queue = unconsumed_queue()
     task, _ = services.submit(owner=owner, spec=services.build_spec(algorithm="t.fn", queue=queue,
-                                                                     max_retries=max_retries))
+                                                                     max_retries=max_retries, **spec))
     Task.objects.filter(id=task.id).update(status=Status.QUEUED)
     claimed = execution.claim(task_id=task.id, worker="w")
     execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)

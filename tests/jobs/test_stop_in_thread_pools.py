@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -17,6 +18,18 @@ from jobs.models import Status, Task
 from tests.jobs.test_nul_output import run_once
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def counted_steps() -> tuple[dict[str, int], Any]:
+    """A step of 0.05 s of an algorithm's loop, and how many were done: where an interrupt lands, inside
+    the algorithm's ``try``."""
+    steps = {"done": 0}
+
+    def step() -> None:
+        time.sleep(0.05)
+        steps["done"] += 1
+
+    return steps, step
 
 
 def cancel(task_id) -> None:
@@ -45,11 +58,7 @@ def test_a_cancel_ignored_in_a_solo_pool_interrupts_the_algorithm_and_says_so(al
 
 
 def test_an_algorithm_that_catches_every_exception_is_still_interrupted(alice, monkeypatch):
-    steps = {"done": 0}
-
-    def step():
-        time.sleep(0.05)
-        steps["done"] += 1
+    steps, step = counted_steps()
 
     def swallows(ctx, params):
         threading.Timer(0.3, cancel, args=(ctx.task_id,)).start()
@@ -95,15 +104,7 @@ def test_a_run_holding_its_row_in_its_own_transaction_is_interrupted_after_the_g
     # (which ends that transaction), and its time limit is recorded then.
     from django.db import transaction
 
-    from algorithms import registry
-    from jobs import execution, runner
-    from tests.conftest import unconsumed_queue
-
-    steps = {"done": 0}
-
-    def step():
-        time.sleep(0.05)
-        steps["done"] += 1
+    steps, step = counted_steps()
 
     def holds_its_row(ctx, params):
         with transaction.atomic():
@@ -114,12 +115,7 @@ def test_a_run_holding_its_row_in_its_own_transaction_is_interrupted_after_the_g
                 except Exception:  # noqa: BLE001 — swallows the time limit's TaskTimeout
                     pass
 
-    monkeypatch.setitem(registry._registry, "t.fn", registry.Algorithm(name="t.fn", fn=holds_its_row))
-    task, _ = services.submit(owner=alice, spec=services.build_spec(algorithm="t.fn", queue=unconsumed_queue(),
-                                                                     max_retries=0, timeout_seconds=1))
-    Task.objects.filter(id=task.id).update(status=Status.QUEUED)
-    claimed = execution.claim(task_id=task.id, worker="w")
-    execution.finish(task_id=task.id, outcome=runner.run(claimed), claimed_at=claimed.started_at)
+    task = run_once(alice, monkeypatch, holds_its_row, max_retries=0, timeout_seconds=1)
 
     # 30 s of steps; stopped after the time limit (1 s) and two grace periods (2 s each) at most
     assert steps["done"] < 300, f"the algorithm ran on ({steps['done']} of 600 steps)"
