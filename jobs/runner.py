@@ -529,7 +529,7 @@ def run(task: Task, *, since: float | None = None) -> Outcome:
                 _quietly(ctx.flush_logs, task)  # before the traceback or the final state
     except TaskTimeout:
         return Outcome(status=Status.TIMED_OUT, error=f"time limit of {task.timeout_seconds}s reached", retryable=False)
-    except TaskStopped:  # its outcome is recorded already (``Watchdog._terminate``): this one changes nothing
+    except TaskStopped:  # recorded by the watchdog already, or (its row was held) to be recorded from this outcome
         return watch.interrupted() or Outcome(status=Status.CANCELLED, error="cancelled", retryable=False)
     except Exception as exc:
         if watch.timed_out.is_set():
