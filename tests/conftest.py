@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -304,18 +305,30 @@ class LiveWorker:
         ARTIFACTS.mkdir(exist_ok=True)
         self.log_path = ARTIFACTS / f"worker-{os.getpid()}.log"
         self.schedule = ARTIFACTS / f"beat-schedule-{os.getpid()}"
+        self.hostname = ""
+
+    def new_hostname(self) -> str:
+        """A fresh node name at each start: a restarted worker is not its dead predecessor."""
+        return f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "-s", str(self.schedule),
+                "-Q", self.queues, "-c", str(self.concurrency), "-n", self.hostname, "-l", "info",
+                "--without-mingle", "--without-gossip"]
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start it and wait until it is ready *and* answers a control ping: "ready" is logged before the
+        broker has its subscription to the control (broadcast) exchange, and a command sent in between
+        reaches nobody."""
+        from config.celery import app
+
         self.log_path.write_bytes(b"")
-        name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "-s", str(self.schedule),
-               "-Q", self.queues, "-c", str(self.concurrency), "-n", name, "-l", "info",
-               "--without-mingle", "--without-gossip"]
+        self.hostname = self.new_hostname()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while b" ready." not in self.log_path.read_bytes():
+        while b" ready." not in self.log_path.read_bytes() or not app.control.ping([self.hostname], timeout=0.5):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()[-4000:]}")
             time.sleep(0.1)

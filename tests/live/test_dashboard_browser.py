@@ -258,6 +258,11 @@ def test_an_operators_drop_lands_where_it_is_dropped_in_a_queue_with_tasks_hande
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     log_in(page, live_web, olga)
     row(page, p1).wait_for(timeout=TIMEOUT_MS)
+    # The queue cards and the statistics load after the socket is live and push the table down: a drag
+    # made before they are in would be dropped where the target row was (CI saw it miss).
+    page.locator(f"article.queue[data-queue={name}]").wait_for(timeout=TIMEOUT_MS)
+    page.locator("section.stats").wait_for(timeout=TIMEOUT_MS)
+    page.locator(f"tr[data-task='{p3}'][draggable=true]").wait_for(timeout=TIMEOUT_MS)
 
     page.drag_and_drop(f"tr[data-task='{p3}']", f"tr[data-task='{p1}']")
 

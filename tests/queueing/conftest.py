@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,23 +29,14 @@ class ExtraWorker(LiveWorker):
     def __init__(self, env: dict[str, str], queues: str, concurrency: int, tag: str) -> None:
         super().__init__(env, queues=queues, concurrency=concurrency)
         self.log_path = ARTIFACTS / f"worker-{os.getpid()}-{tag}.log"
-        self.hostname = f"{tag}-{uuid.uuid4().hex[:6]}@localhost"
+        self.tag = tag
 
-    def start(self, timeout: float = 60.0) -> None:
-        import subprocess
+    def new_hostname(self) -> str:
+        return f"{self.tag}-{uuid.uuid4().hex[:6]}@localhost"
 
-        self.log_path.write_bytes(b"")
-        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", self.queues,
-               "-c", str(self.concurrency), "-n", self.hostname, "-l", "info", "--without-mingle", "--without-gossip"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=str(ARTIFACTS.parent))
-        deadline = time.monotonic() + timeout
-        while b" ready." not in self.log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()[-4000:]}")
-            time.sleep(0.1)
-
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", self.queues,
+                "-c", str(self.concurrency), "-n", self.hostname, "-l", "info", "--without-mingle", "--without-gossip"]
 
     def terminate(self, timeout: float = 30.0) -> None:
         """SIGTERM to the main process only, as Kubernetes and ``docker stop`` send it; wait for exit."""

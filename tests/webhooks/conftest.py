@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import socket
 import sys
 import threading
 import time
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ARTIFACTS, ROOT, LiveWorker
+from tests.conftest import ARTIFACTS, LiveWorker
 
 
 @dataclass
@@ -159,20 +159,16 @@ def make_receiver() -> Iterator[Any]:
 class WebhooksWorker(LiveWorker):
     """``celery worker -Q webhooks -P threads``: I/O-bound deliveries on threads, no beat of its own."""
 
-    def start(self, timeout: float = 60.0) -> None:
+    def __init__(self, env: dict[str, str], concurrency: int) -> None:
+        super().__init__(env, queues="webhooks", concurrency=concurrency)
         self.log_path = ARTIFACTS / f"webhooks-worker-{os.getpid()}.log"
-        self.log_path.write_bytes(b"")
-        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "webhooks", "-P", "threads",
-               "-c", str(self.concurrency), "-n", f"test-webhooks-{uuid.uuid4().hex[:8]}@%h", "-l", "info",
-               "--without-mingle", "--without-gossip"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while b" ready." not in self.log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"webhooks worker did not start:\n{self.log_path.read_text()[-4000:]}")
-            time.sleep(0.1)
+
+    def new_hostname(self) -> str:
+        return f"test-webhooks-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", self.queues, "-P", "threads",
+                "-c", str(self.concurrency), "-n", self.hostname, "-l", "info", "--without-mingle", "--without-gossip"]
 
 
 @pytest.fixture(scope="session")
