@@ -44,6 +44,9 @@ class Scratch:
 
 
 WATCHDOG_LOG_LINES = 1_000  # the most lines one heartbeat writes for one run (it beats every task)
+# The most lines that may wait in memory (they wait only while the algorithm runs a transaction of its
+# own, or the database is away): past it the oldest waiting ones are dropped, and a line says how many.
+MAX_WAITING_LOG_LINES = 100_000
 
 
 def _refused(exc: BaseException) -> bool:
@@ -65,7 +68,8 @@ class RunContext:
     the lines that follow it within that time wait for the next write, which takes them all in one
     transaction (the next line after the interval, a progress report, ``flush()``, or the watchdog's
     ``flush_logs(wait=False)`` at every heartbeat). Every line is kept, in order, and written before any
-    progress report made after it."""
+    progress report made after it; only when more than ``MAX_WAITING_LOG_LINES`` wait are the oldest of
+    them dropped, and the next write begins with a line saying how many."""
 
     def __init__(
         self,
@@ -97,6 +101,7 @@ class RunContext:
         self.artifacts = artifacts
         self._log_interval = log_interval
         self._logs: list[str] = []
+        self._dropped_logs = 0  # waiting lines dropped since the last write (MAX_WAITING_LOG_LINES)
         self._log_lock = threading.Lock()  # held while lines are written: one writer at a time, in order
         self._last_log_write = -math.inf
 
@@ -148,6 +153,10 @@ class RunContext:
     def _add_logs(self, lines: list[str]) -> None:
         with self._log_lock:
             self._logs += lines
+            if len(self._logs) > MAX_WAITING_LOG_LINES:
+                over = len(self._logs) - MAX_WAITING_LOG_LINES
+                del self._logs[:over]
+                self._dropped_logs += over
             if time.monotonic() - self._last_log_write >= self._log_interval:
                 self._write_buffered_logs()
 
@@ -168,9 +177,13 @@ class RunContext:
             return
         n = len(self._logs) if most is None else most
         lines, self._logs = self._logs[:n], self._logs[n:]
+        dropped = self._dropped_logs
+        notice = [f"[warning] {dropped} earlier log lines were dropped: more than {MAX_WAITING_LOG_LINES} "
+                  "waited to be written (logged inside a transaction of the algorithm's own, or while the "
+                  "database was away)"] if dropped else []
         committed = threading.Event()
         try:
-            if self._write_logs(lines, wait, committed.set) is False:
+            if self._write_logs(notice + lines, wait, committed.set) is False:
                 self._logs[:0] = lines  # not now: the next write takes them, in order
                 if wait:  # this thread, inside a transaction of the algorithm's own: again after the interval
                     self._last_log_write = time.monotonic()
@@ -181,7 +194,10 @@ class RunContext:
             # could never be (the database refused them: dropped, not sent again with every later line).
             if not committed.is_set() and not _refused(exc):
                 self._logs[:0] = lines
+            else:
+                self._dropped_logs -= dropped
             raise
+        self._dropped_logs -= dropped
         self._last_log_write = time.monotonic()
 
     def writing(self) -> bool:

@@ -234,6 +234,33 @@ def test_lines_are_kept_when_the_algorithms_own_transaction_is_broken(alice, mon
     assert lines_of(task) == ["start", "importing", "after the duplicate"]
 
 
+def test_lines_waiting_past_the_cap_drop_the_oldest_and_say_how_many(alice, monkeypatch):
+    # Lines logged inside an algorithm's own long transaction wait in memory until it ends: a loop that logs
+    # a line per row of a big import held every one of them (no cap).
+    from django.db import transaction
+
+    from algorithms import context
+    from algorithms.context import RunContext
+
+    monkeypatch.setattr(context, "MAX_WAITING_LOG_LINES", 5)
+    flush = RunContext.flush_logs  # the watchdog writes nothing here: the lines wait for this thread
+    monkeypatch.setattr(RunContext, "flush_logs", lambda self, wait=True: flush(self) if wait else None)
+
+    def fn(ctx, params):
+        with transaction.atomic():
+            for i in range(12):
+                ctx.log(f"row {i}")
+        ctx.log("imported")
+        return {"ok": True}
+
+    task = run_once(alice, monkeypatch, fn, max_retries=0)
+
+    assert Task.objects.get(id=task.id).status == "SUCCEEDED"
+    lines = lines_of(task)
+    assert lines[1:] == ["row 8", "row 9", "row 10", "row 11", "imported"]
+    assert lines[0].startswith("[warning] 8 earlier log lines were dropped: more than 5 waited"), lines[0]
+
+
 def test_lines_whose_write_committed_are_not_written_again_when_an_interrupt_lands_after_it():
     # The time limit (TaskTimeout) or a stop (TaskStopped) raised in the run's thread right after the commit,
     # before the write returns: the lines are stored, so nothing is left waiting to be written again.
