@@ -74,6 +74,20 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default or " ").split(",") if item.strip()]
 
 
+def env_networks(name: str, default: str = "") -> list[str]:
+    """Comma-separated CIDRs (``127.0.0.0/8,::1/128``); a bare address is its own /32 or /128."""
+    import ipaddress
+
+    out = []
+    for item in env_list(name, default):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}={os.environ.get(name)!r}: {item!r} is not a CIDR "
+                                       "(e.g. 10.0.0.0/8,fd00::/8)") from None
+    return out
+
+
 def env_floats(name: str, default: str) -> list[float]:
     """Comma-separated numbers, at least one (``5,30,120``)."""
     try:

@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config.devkey import dev_data_dir, dev_secret_key
 from config.env import (env_bool, env_choice, env_float, env_floats, env_int, env_json_object, env_list,
-                        env_sizes, env_str)
+                        env_networks, env_sizes, env_str)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -386,7 +386,7 @@ WEBHOOKS = {
     "DISABLE_AFTER_SECONDS": env_float("WEBHOOK_DISABLE_AFTER_DAYS", 5.0) * 86400,
     "SECRET_GRACE_SECONDS": env_float("WEBHOOK_SECRET_GRACE_HOURS", 24.0) * 3600,
     # CIDRs that deliveries may reach although private/loopback (tests: 127.0.0.0/8). Empty in production.
-    "ALLOWED_NETWORKS": env_list("WEBHOOK_ALLOWED_NETWORKS", ""),
+    "ALLOWED_NETWORKS": env_networks("WEBHOOK_ALLOWED_NETWORKS"),
     # Finished deliveries (and their attempts) older than this are deleted by beat; 0 keeps them for ever.
     "LOG_RETENTION_DAYS": env_float("WEBHOOK_LOG_RETENTION_DAYS", 30.0),
 }

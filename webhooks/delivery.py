@@ -152,7 +152,7 @@ def claim(*, delivery_id: str) -> Claimed | None:
         DeliveryAttempt.objects.filter(delivery_id=delivery_id, outcome=Outcome.IN_FLIGHT).update(
             outcome=Outcome.LOST, finished_at=now, error="worker lost during the attempt")
     attempt_row = DeliveryAttempt.objects.create(delivery_id=UUID(str(delivery_id)), number=number, started_at=now)
-    secrets = [secret] + ([previous] if previous and previous_until and previous_until > now else [])
+    secrets = [secret] + (previous.split() if previous and previous_until and previous_until > now else [])
     # The stored JSON re-serialised compactly: the same bytes on every attempt of this delivery.
     body = json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False).encode()
     return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing), redelivered_after, queue)
@@ -197,7 +197,8 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
         # Not applied. Taken over by a newer attempt (whose claim marked this one LOST): it stays LOST, with the
         # answer it got late and a note. Otherwise (the delivery was failed or deleted meanwhile) it is logged
         # with its own outcome, as before.
-        late = "answered after its hold ran out, a newer attempt had taken over: not applied"
+        late = ("answered after a newer attempt had taken over (its hold ran out, or a redelivery was asked for): "
+                "not applied")
         late += f"; {error}" if error else ""
         if attempt_log.filter(outcome=Outcome.LOST).update(error=late[:1000], **answer):
             return Outcome.LOST

@@ -31,7 +31,10 @@ class Subscription(models.Model):
                              related_name="webhook_subscriptions")
     # The signing key is needed in clear to compute HMACs; it is shown to the owner only on creation/rotation.
     secret = models.CharField(max_length=100)
-    previous_secret = models.CharField(max_length=100, blank=True)
+    # The keys a rotation replaced that still sign during its grace period, newest first, space-separated
+    # (a second rotation within the grace keeps the earlier ones: a receiver that never saw the key in
+    # between, its response lost, still verifies); at most MAX_PREVIOUS_SECRETS.
+    previous_secret = models.CharField(max_length=500, blank=True)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
 
     consecutive_failures = models.PositiveIntegerField(default=0)

@@ -26,6 +26,8 @@ def deliveries_of(subscription: Subscription) -> QuerySet[Delivery]:
 
 
 def delivery_of(subscription: Subscription, delivery_id: Any) -> Delivery:
+    """By its id, or by its ``webhook-id`` (``msg_`` and the id's 32 hex digits)."""
+    delivery_id = str(delivery_id).removeprefix("msg_")
     try:
         return deliveries_of(subscription).prefetch_related("attempt_log").get(id=delivery_id)
     except (Delivery.DoesNotExist, ValidationError, ValueError):

@@ -71,12 +71,21 @@ def update(*, subscription: Subscription, url: str | None = None, events: list[s
     return sub
 
 
+MAX_PREVIOUS_SECRETS = 4  # earlier keys that may still sign after rotations in quick succession
+
+
 @transaction.atomic
 def rotate_secret(*, subscription: Subscription) -> Subscription:
-    """New secret now; the old one keeps signing too (a second signature) for the grace period."""
+    """New secret now; the old one keeps signing too (a second signature) for the grace period. Rotated
+    again within it, the keys still in grace keep signing as well, until the new grace period ends: a
+    double click, or a retry of a rotation whose response was lost, never leaves a receiver with no key
+    that verifies."""
     sub = Subscription.objects.select_for_update().get(id=subscription.id)
-    sub.previous_secret = sub.secret
-    sub.previous_secret_expires_at = timezone.now() + timedelta(seconds=settings.WEBHOOKS["SECRET_GRACE_SECONDS"])
+    now = timezone.now()
+    grace_until = sub.previous_secret_expires_at
+    in_grace = sub.previous_secret.split() if grace_until and grace_until > now else []
+    sub.previous_secret = " ".join([sub.secret, *in_grace][:MAX_PREVIOUS_SECRETS])
+    sub.previous_secret_expires_at = now + timedelta(seconds=settings.WEBHOOKS["SECRET_GRACE_SECONDS"])
     sub.secret = signing.new_secret()
     sub.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
     return sub
@@ -96,8 +105,10 @@ def redeliver(*, delivery_row: Delivery) -> Delivery:
     if not sub.active:
         raise Conflict("the webhook is disabled; enable it first")
     now = timezone.now()
+    # An attempt in flight keeps going, but no longer holds the delivery (in_flight_until): the new claim
+    # takes over, and that attempt's answer, guarded by its number, then changes nothing (LOST in the log).
     Delivery.objects.filter(id=delivery_row.id).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None,
+        status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None, in_flight_until=None,
         redelivered_after=F("attempts"))
     transaction.on_commit(lambda: outbox.send([str(delivery_row.id)]), robust=True)
     return Delivery.objects.get(id=delivery_row.id)

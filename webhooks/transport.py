@@ -70,7 +70,7 @@ def resolve_checked(host: str, port: int) -> list[str]:
     for address in addresses:
         reason = refusal(address)
         if reason:
-            raise AddressRefused(f"{host} resolves to {reason}")
+            raise AddressRefused(reason if host.strip("[]") == address else f"{host} resolves to {address}: {reason}")
     return addresses
 
 
@@ -101,7 +101,10 @@ def validate_url(url: str, *, field_name: str = "url") -> str:
     def invalid(message: str) -> InvalidInput:
         return InvalidInput(f"{field_name}: {message}", fields={field_name: [message]})
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed "[", a bracketed host that is no IPv6 address
+        raise invalid(f"not a URL deliveries can be sent to ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid("only http and https URLs with a host")
     if parts.username or parts.password:
@@ -118,7 +121,8 @@ def validate_url(url: str, *, field_name: str = "url") -> str:
     try:
         resolve_checked(host, target.port or (443 if target.scheme == "https" else 80))
     except AddressRefused as exc:
-        raise invalid(str(exc)) from None
+        raise invalid(f"{exc}; deliveries reach only public addresses, unless the network is listed in the "
+                      "server's WEBHOOK_ALLOWED_NETWORKS (a receiver on a private network or this host)") from None
     except (OSError, UnicodeError, ValueError):
         raise invalid("the host does not resolve") from None
     return url

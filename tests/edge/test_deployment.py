@@ -80,6 +80,9 @@ def test_settings_read_every_variable_the_tests_rely_on():
     ("DISPATCH_BATCH", "fast:8,bench:x", "DISPATCH_BATCH='fast:8,bench:x': 'bench:x' is not name:size"),
     ("WEBHOOK_RETRY_SCHEDULE", "5,abc", "WEBHOOK_RETRY_SCHEDULE='5,abc' is not a comma-separated list of numbers"),
     ("WEBHOOK_RETRY_SCHEDULE", ",", "WEBHOOK_RETRY_SCHEDULE=',' is not a comma-separated list of numbers"),
+    # every receiver was refused with "the host does not resolve", public ones too
+    ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,localhost",
+     "WEBHOOK_ALLOWED_NETWORKS='127.0.0.0/8,localhost': 'localhost' is not a CIDR"),
     ("DISPATCH_TICK_SECONDS", "abc", "DISPATCH_TICK_SECONDS='abc' is not a number"),  # config/celery.py
     ("DISPATCH_TICK_SECONDS", "0", "DISPATCH_TICK_SECONDS='0' must be more than 0"),  # beat would flood the broker
     ("TASK_HEARTBEAT_SECONDS", "-1", "TASK_HEARTBEAT_SECONDS='-1' must be more than 0"),

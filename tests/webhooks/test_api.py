@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -49,6 +49,32 @@ def test_rotate_secret_returns_a_new_secret_and_keeps_the_old_one_for_a_day(alic
     row = Subscription.objects.get(id=hook["id"])
     assert row.previous_secret == hook["secret"]
     assert 23.9 * 3600 < (row.previous_secret_expires_at - row.updated_at).total_seconds() <= 24 * 3600
+
+
+def test_a_second_rotation_within_the_grace_period_keeps_every_earlier_key_signing(alice, api, receiver):
+    # A double click, or a retry of a rotation whose response was lost: the key in between was never seen by
+    # the receiver, and the second rotation used to drop the original key at once (every delivery then
+    # failed the receiver's check).
+    from standardwebhooks import Webhook
+
+    from webhooks import delivery, signing
+    from webhooks.models import Delivery
+
+    client = api(alice)
+    hook = create(client, receiver)
+    first = client.post(f"/api/v1/webhooks/{hook['id']}/rotate-secret/").json()
+    second = client.post(f"/api/v1/webhooks/{hook['id']}/rotate-secret/").json()
+    row = Delivery.objects.create(subscription_id=hook["id"], event="task.created", payload={"seq": 1},
+                                  task_id="11111111-1111-1111-1111-111111111111", seq=1,
+                                  next_attempt_at=timezone.now(), sent_at=timezone.now())
+
+    claimed = delivery.claim(delivery_id=str(row.id))
+    headers = signing.headers(claimed.secrets, row.webhook_id, int(timezone.now().timestamp()), claimed.body)
+
+    for secret in (hook["secret"], first["secret"], second["secret"]):
+        assert Webhook(secret).verify(claimed.body, headers) == {"seq": 1}
+    until = [datetime.fromisoformat(r["secret_rotating_until"]) for r in (first, second)]
+    assert until[1] > until[0]  # the earlier keys sign until the second rotation's grace period ends
 
 
 def test_secret_rotating_until_is_null_once_the_grace_period_has_passed(alice, api, receiver):
@@ -126,12 +152,29 @@ def test_a_port_outside_1_to_65535_is_400_naming_url_on_create_and_update(alice,
     assert client.get(f"/api/v1/webhooks/{hook['id']}/").json()["url"] == receiver.url
 
 
-@pytest.mark.parametrize("url", ["http://exa mple.com/", "http:///hook", "http://-receiver-/hook",
-                                 "http://" + "a" * 64 + ".com/", "receiver:8080/hook", "not a url"])
+MALFORMED = ["http://exa mple.com/", "http:///hook", "http://-receiver-/hook", "http://" + "a" * 64 + ".com/",
+             "receiver:8080/hook", "not a url",
+             "http://[::1", "http://[127.0.0.1]/", "http://a[b/"]  # Python's urlsplit raised: a 500
+
+
+@pytest.mark.parametrize("url", MALFORMED)
 def test_a_malformed_url_is_400_naming_url(alice, api, url):
     response = api(alice).post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"]["url"]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[127.0.0.1]/"])
+def test_a_malformed_url_is_400_on_update_and_as_a_tasks_webhook_url(alice, api, receiver, url):
+    client = api(alice)
+    hook = create(client, receiver)
+    response = client.patch(f"/api/v1/webhooks/{hook['id']}/", {"url": url}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["url"]
+
+    response = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "webhook_url": url}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["webhook_url"]
 
 
 @pytest.fixture

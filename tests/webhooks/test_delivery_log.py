@@ -151,6 +151,38 @@ def test_redeliver_of_a_disabled_endpoint_is_409(alice, api, hook):
     assert response.status_code == 409
 
 
+def test_a_redelivery_asked_for_while_an_attempt_is_in_flight_is_sent_and_that_attempts_answer_changes_nothing(
+        alice, api, hook):
+    # The redeliver answered 202, but the attempt in flight still held the delivery: the new claim was refused,
+    # and that attempt's 400 then ended the delivery FAILED; nothing was sent again.
+    row = pending(hook, 1)
+    in_flight = delivery.claim(delivery_id=str(row.id))  # the receiver is slow to answer
+
+    assert api(alice).post(f"/api/v1/webhooks/{hook.id}/deliveries/{row.id}/redeliver/").status_code == 202
+    again = delivery.claim(delivery_id=str(row.id))  # the redelivery's message
+
+    assert in_flight and again and again.attempt.number == 2
+    assert delivery.record(claimed=in_flight, result=AttemptResult(status_code=400)) == "LOST"
+    row.refresh_from_db()
+    assert row.status == "PENDING"
+    assert delivery.record(claimed=again, result=AttemptResult(status_code=200)) == "SUCCEEDED"
+    assert list(row.attempt_log.order_by("number").values_list("outcome", "status_code")) == [
+        ("LOST", 400), ("SUCCEEDED", 200)]
+
+
+def test_a_delivery_is_found_by_its_webhook_id_too(alice, api, hook):
+    # A receiver has the webhook-id header (msg_<hex>), not the delivery's UUID.
+    row = pending(hook, 1)
+    client = api(alice)
+
+    detail = client.get(f"/api/v1/webhooks/{hook.id}/deliveries/{row.webhook_id}/")
+
+    assert detail.status_code == 200, detail.content
+    assert detail.json()["id"] == str(row.id) and detail.json()["webhook_id"] == row.webhook_id
+    assert client.post(f"/api/v1/webhooks/{hook.id}/deliveries/{row.webhook_id}/redeliver/").status_code == 202
+    assert client.get(f"/api/v1/webhooks/{hook.id}/deliveries/msg_{'0' * 32}/").status_code == 404
+
+
 def test_the_log_keeps_finished_deliveries_for_the_retention_period_and_never_drops_what_waits(hook, settings):
     settings.WEBHOOKS = {**settings.WEBHOOKS, "LOG_RETENTION_DAYS": 30}
     old, recent, failed, waiting = pending(hook, 1), pending(hook, 2), pending(hook, 3), pending(hook, 4)

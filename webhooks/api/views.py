@@ -25,8 +25,10 @@ class NewestFirst(CursorPagination):
     max_page_size = 500
 
 
-DELIVERY_ID = r"deliveries/(?P<delivery_id>[0-9a-fA-F-]{32,36})"
-DELIVERY_PARAM = OpenApiParameter("delivery_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+# The delivery's id, or its webhook-id (msg_<32 hex>): what a receiver has from the request's headers.
+DELIVERY_ID = r"deliveries/(?P<delivery_id>(?:msg_)?[0-9a-fA-F-]{32,36})"
+DELIVERY_PARAM = OpenApiParameter("delivery_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                  description="the delivery's id, or its `webhook_id` (`msg_…`)")
 
 
 class WebhookViewSet(viewsets.GenericViewSet):
