@@ -183,6 +183,18 @@ def test_a_delivery_is_found_by_its_webhook_id_too(alice, api, hook):
     assert client.get(f"/api/v1/webhooks/{hook.id}/deliveries/msg_{'0' * 32}/").status_code == 404
 
 
+def test_the_log_is_filtered_by_task(alice, api, hook):
+    # ?task_id= was ignored: the whole log came back, as if every delivery were the task's.
+    mine, other = pending(hook, 1), pending(hook, 2, task_id="22222222-2222-2222-2222-222222222222")
+    client = api(alice)
+
+    listed = client.get(f"/api/v1/webhooks/{hook.id}/deliveries/?task_id={mine.task_id}").json()["results"]
+
+    assert [d["id"] for d in listed] == [str(mine.id)] and str(other.id) != listed[0]["id"]
+    bad = client.get(f"/api/v1/webhooks/{hook.id}/deliveries/?task_id=nope")
+    assert bad.status_code == 400 and "task_id" in bad.json()["error"]["fields"]
+
+
 def test_the_log_keeps_finished_deliveries_for_the_retention_period_and_never_drops_what_waits(hook, settings):
     settings.WEBHOOKS = {**settings.WEBHOOKS, "LOG_RETENTION_DAYS": 30}
     old, recent, failed, waiting = pending(hook, 1), pending(hook, 2), pending(hook, 3), pending(hook, 4)
