@@ -87,14 +87,15 @@ class Algorithm:
             fields: dict[str, list[str]] = {}
             for err in exc.errors():
                 path = ".".join(["params", *(str(p) for p in err["loc"])])
-                fields.setdefault(path, []).append(err["msg"])
+                # "nan" against a bound: pydantic says "should be less than or equal to 3600" (NaN compares false)
+                fields.setdefault(path, []).append(NONFINITE if _is_nonfinite(err.get("input")) else err["msg"])
             first = next(iter(fields.items()))
             raise InvalidInput(f"{first[0]}: {first[1][0]}", fields=fields) from None
         # By alias, as the client wrote them: the worker validates this again (jobs/runner.py).
         stored = model.model_dump(mode="json", by_alias=True, round_trip=True)
         nonfinite = list(_nonfinite(model.model_dump(by_alias=True), "params"))  # (JSON may write null)
         if nonfinite:  # JSON (and jsonb) has no NaN nor infinities: the params could not be stored
-            fields = {path: ["must be a finite number (NaN and infinities cannot be stored)"] for path in nonfinite}
+            fields = {path: [NONFINITE] for path in nonfinite}
             raise InvalidInput(f"{nonfinite[0]}: {fields[nonfinite[0]][0]}", fields=fields)
         try:  # what the worker will get: the same values (SecretStr compares its secret)
             same = _values(self.params_model.model_validate(stored)) == _values(model)
@@ -117,6 +118,19 @@ def _values(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_values(v) for v in value]
     return value
+
+
+NONFINITE = "must be a finite number (NaN and infinities cannot be stored)"
+
+
+def _is_nonfinite(value: Any) -> bool:
+    """A float, or a string pydantic reads as one (``"nan"``, ``"Infinity"``), that is NaN or infinite."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _nonfinite(value: Any, path: str) -> Any:

@@ -55,7 +55,7 @@ class Conflict(ConveyorError):
 
 class Forbidden(ConveyorError):
     status_code = status.HTTP_403_FORBIDDEN
-    code = "forbidden"
+    code = "permission_denied"  # the code of every other 403 (DRF's permission checks)
 
 
 class Unavailable(ConveyorError):

@@ -47,6 +47,15 @@ def test_a_non_finite_number_is_400_naming_the_field(alice, api, floats, params,
     assert Task.objects.count() == 0
 
 
+@pytest.mark.parametrize("value", ["nan", "Infinity"])
+def test_a_non_finite_number_for_a_bounded_param_is_400_saying_so(alice, api, value):
+    # demo.hello's seconds is at most 3600: "nan" was refused as "less than or equal to 3600"
+    response = submit(api(alice), "demo.hello", {"seconds": value})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["params.seconds"] == [registry.NONFINITE]
+
+
 @pytest.mark.parametrize(("algorithm", "params", "field"), [
     ("external.py_stats", {"values": [1, "nan"]}, "params.values.1"),
     ("external.py_stats", {"values": [1, "Infinity"]}, "params.values.1"),

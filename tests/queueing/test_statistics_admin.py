@@ -58,6 +58,7 @@ def test_statistics_counts_percentiles_and_failure_rate_for_own_tasks(alice, bob
     refused = api(alice).get("/api/v1/statistics/tasks/?user=bob")
     assert refused.status_code == 403 and refused.json()["error"]["fields"] == {
         "user": ["only operators may read another user's statistics"]}
+    assert refused.json()["error"]["code"] == "permission_denied"  # as every other 403 (docs/queues.md)
     assert api(alice).get("/api/v1/statistics/tasks/?user=alice").json()["by_status"]["SUCCEEDED"] == 10
     assert api(alice).get("/api/v1/statistics/tasks/?window=4h").json()["by_status"]["SUCCEEDED"] == 11
     bad = api(alice).get("/api/v1/statistics/tasks/?window=soon")
