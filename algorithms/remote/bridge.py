@@ -70,7 +70,11 @@ def run(ctx: RunContext, params: Any, *, service_name: str, scheme: str) -> Any:
                     hold.hold_for_service(task_id=ctx.task_id, service=service.name, error=str(exc), delay=delay,
                                           claimed_at=ctx.artifacts.claimed_at if ctx.artifacts else None)
                     raise _Cancelled from None
-                _sleep(ctx, c.backoff(waited, base=conf["RETRY_BASE_SECONDS"], cap=conf["RETRY_MAX_SECONDS"]))
+                # Never past the hold's deadline: the next call then comes at it (the backoff alone, 0.5, 1, 2, 4 s,
+                # ran about 9 s over a 5 s hold).
+                until_hold = down_since[0] + conf["HOLD_AFTER_SECONDS"] - time.monotonic()
+                _sleep(ctx, min(c.backoff(waited, base=conf["RETRY_BASE_SECONDS"], cap=conf["RETRY_MAX_SECONDS"]),
+                                max(0.0, until_hold)))
                 waited += 1
     except _Cancelled:
         return None  # cancelled, or handed back to the queue (the row is no longer RUNNING)
