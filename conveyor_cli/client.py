@@ -71,9 +71,11 @@ def error_message(response: httpx.Response) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         message = f"{error.get('message') or error.get('code')}"
-        for field, problems in (error.get("fields") or {}).items():
-            message += f"\n  {field}: {'; '.join(map(str, problems))}"
-        return message
+        fields = error.get("fields") or {}
+        lines = [f"{field}: {'; '.join(map(str, problems))}" for field, problems in fields.items()]
+        # A 400's message is its first field's problem ("algorithm: unknown algorithm …", config/errors.py):
+        # that field's line would say it twice, the other fields' lines add to it.
+        return "\n  ".join([message, *(line for line in lines if line != message)])
     return f"HTTP {response.status_code}: {body}"
 
 
@@ -100,10 +102,21 @@ def tokens_of(response: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in tokens.items() if k in ("access", "refresh")}
 
 
+# The prefix of every API path. A URL given with it (``http://host:8000/api/v1/``, as the API's own links
+# show it) names the server it is on, which is what --url and CONVEYOR_URL mean.
+API_PREFIX = "/api/v1"
+
+
+def base_url(url: str) -> str:
+    """``url`` without a trailing "/" or API_PREFIX: the paths the client sends carry the prefix themselves."""
+    url = url.rstrip("/")
+    return url[:-len(API_PREFIX)] if url.endswith(API_PREFIX) else url
+
+
 class Client:
     def __init__(self, url: str | None = None, *, timeout: float = 30.0) -> None:
         self.settings = config.load()
-        self.url = (url or self.settings.get("url") or config.DEFAULT_URL).rstrip("/")
+        self.url = base_url(url or self.settings.get("url") or config.DEFAULT_URL)
         try:
             self.http = httpx.Client(base_url=self.url, timeout=timeout)
         except httpx.InvalidURL as exc:  # a bad --url is server trouble, like one nobody answers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -452,19 +453,31 @@ def cmd_workers(client: Client, args: argparse.Namespace) -> int:
 
 # --- parser --------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="conveyor", description="Submit and watch Conveyor tasks.")
-    parser.add_argument("--url", "--server", dest="url", default=os.environ.get("CONVEYOR_URL"),
+def global_options(*, after_command: bool) -> argparse.ArgumentParser:
+    """--url and --json, taken before the command and after it (``conveyor ls --json``). After it they have
+    no default (SUPPRESS): a command's parser writes its defaults over what was parsed before the command,
+    so a default there would undo ``--json ls``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--url", "--server", dest="url",
+                        default=argparse.SUPPRESS if after_command else os.environ.get("CONVEYOR_URL"),
                         help="server base URL (env CONVEYOR_URL; default: the one you logged in to)")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if after_command else False,
+                        help="print the API's JSON instead of tables")
+    return parser
 
-    p = sub.add_parser("login", help="get a token pair and store it in the config dir")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description="Submit and watch Conveyor tasks.",
+                                     parents=[global_options(after_command=False)])
+    sub = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(sub.add_parser, parents=[global_options(after_command=True)])
+
+    p = command("login", help="get a token pair and store it in the config dir")
     p.add_argument("-u", "--username")
     p.add_argument("-p", "--password", help="prefer the prompt or CONVEYOR_PASSWORD")
     p.set_defaults(func=cmd_login)
 
-    p = sub.add_parser("submit", help="submit a task: ALGORITHM key=value …; or many: --from-file FILE")
+    p = command("submit", help="submit a task: ALGORITHM key=value …; or many: --from-file FILE")
     p.add_argument("algorithm", nargs="?")
     p.add_argument("params", nargs="*", type=parse_param, metavar="key=value")
     p.add_argument("--from-file", metavar="FILE",
@@ -479,41 +492,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="watch it; exit with its outcome (not with --from-file)")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("watch", help="live progress of a task; exits with its outcome")
+    p = command("watch", help="live progress of a task; exits with its outcome")
     p.add_argument("id")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("ls", help="list your tasks (operators: all), newest first")
+    p = command("ls", help="list your tasks (operators: all), newest first")
     add_filters(p, label="only tasks with this label", status="only tasks in this status (repeatable: any of them)")
     p.add_argument("--limit", type=positive_int, default=20, help="this many rows (default 20), page by page")
     p.set_defaults(func=cmd_ls)
 
-    bulk_command(sub, "cancel", cmd_cancel, help="cancel tasks: by id, or all of yours matching --label/--status/…",
+    bulk_command(command, "cancel", cmd_cancel, help="cancel tasks: by id, or all of yours matching --label/--status/…",
                  status="only tasks in this status (repeatable)")
-    bulk_command(sub, "retry", cmd_retry,
+    bulk_command(command, "retry", cmd_retry,
                  help="retry finished tasks as new ones: by id, or yours matching --label and --status FAILED/…",
                  status="only tasks in this final status (repeatable; required with filters): FAILED, TIMED_OUT, "
                         "CANCELLED, SUCCEEDED")
 
-    p = sub.add_parser("logs", help="a task's log lines and state changes")
+    p = command("logs", help="a task's log lines and state changes")
     p.add_argument("id")
     p.add_argument("--after-seq", type=int, default=0)
     p.add_argument("--lines-only", action="store_true", help="only the algorithm's log lines")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("result", help="a succeeded task's result")
+    p = command("result", help="a succeeded task's result")
     p.add_argument("id")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_result)
 
-    sub.add_parser("queues", help="queues: depth, running, paused").set_defaults(func=cmd_queues)
-    sub.add_parser("workers", help="workers and their heartbeats").set_defaults(func=cmd_workers)
+    command("queues", help="queues: depth, running, paused").set_defaults(func=cmd_queues)
+    command("workers", help="workers and their heartbeats").set_defaults(func=cmd_workers)
     return parser
 
 
-def bulk_command(sub: Any, name: str, func: Any, *, help: str, status: str) -> None:
+def bulk_command(command: Any, name: str, func: Any, *, help: str, status: str) -> None:
     """``NAME ID [ID …] | --label L [--status S …] [--queue Q] [--algorithm A]`` (``bulk``)."""
-    p = sub.add_parser(name, help=help)
+    p = command(name, help=help)
     p.add_argument("ids", nargs="*", metavar="ID")
     add_filters(p, label="every task with this label", status=status)
     p.set_defaults(func=func)

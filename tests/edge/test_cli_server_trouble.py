@@ -239,3 +239,42 @@ def test_ctrl_c_stops_watch_while_the_server_is_slow_to_answer(server):
     # then: it leaves at once with 130 (not when the request times out), without a traceback
     _, err = watcher.communicate(timeout=10)
     assert watcher.returncode == 130 and "Traceback" not in err, err
+
+
+PAGE = {"next": None, "previous": None, "results": []}
+
+
+@pytest.mark.parametrize("suffix", ["/api/v1", "/api/v1/"])
+def test_a_url_ending_in_the_api_prefix_is_taken_as_the_base_url(server, capsys, suffix):
+    # given: CONVEYOR_URL copied with the API's prefix (what a banner or a curl example shows)
+    config.save({"url": server.url, "access": "a", "refresh": "r"})
+    server.routes["/api/v1/tasks/"] = lambda query: (200, PAGE)
+    # when: a command runs against it
+    code, err = run(capsys, server.url + suffix, "ls")
+    # then: the prefix is not doubled, and the stored login of that server is used
+    assert code == 0, err
+    assert [path.split("?")[0] for _, path, _ in server.requests] == ["/api/v1/tasks/"]
+
+
+def test_a_refusal_prints_each_problem_once(server, capsys):
+    # given: the API's 400 for one field, whose message already names it
+    config.save({"url": server.url, "access": "a", "refresh": "r"})
+    server.reply(400, {"error": {"code": "invalid", "message": "algorithm: unknown algorithm 'nope.algo'",
+                                 "fields": {"algorithm": ["unknown algorithm 'nope.algo'"]}}})
+    code, err = run(capsys, server.url, "submit", "nope.algo")
+    assert code == 1 and err == "conveyor: algorithm: unknown algorithm 'nope.algo'\n", err
+
+    # and: with several fields, the ones the message does not say are listed under it
+    server.reply(400, {"error": {"code": "invalid", "message": "params.n: too big",
+                                 "fields": {"params.n": ["too big"], "params.m": ["required", "not a number"]}}})
+    code, err = run(capsys, server.url, "submit", "demo.hello")
+    assert code == 1 and err == "conveyor: params.n: too big\n  params.m: required; not a number\n", err
+
+
+@pytest.mark.parametrize("args", [["--url", "{url}", "ls", "--json"], ["--url", "{url}", "--json", "ls"],
+                                  ["ls", "--json", "--url", "{url}"], ["--json", "--url", "{url}", "ls"]])
+def test_global_options_go_before_or_after_the_command(server, capsys, args):
+    config.save({"url": server.url, "access": "a", "refresh": "r"})
+    server.routes["/api/v1/tasks/"] = lambda query: (200, PAGE)
+    code = main([arg.format(url=server.url) for arg in args])
+    assert code == 0 and json.loads(capsys.readouterr().out) == []
