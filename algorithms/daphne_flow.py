@@ -50,7 +50,9 @@ def install() -> bool:
         valve: _Valve | None = getattr(protocol, "_conveyor_valve", None)
         if body and not more and valve is not None:
             protocol._conveyor_valve = None  # unregister before daphne finishes the request
-            if getattr(protocol, "producer", None) is valve:
+            # Not once the client has hung up: Request.connectionLost dropped the channel, so there is nothing
+            # left to unregister (and Request.unregisterProducer would raise on the missing channel).
+            if getattr(protocol, "producer", None) is valve and getattr(protocol, "channel", None) is not None:
                 protocol.unregisterProducer()
         await original(self, protocol, message)
         if not more:
