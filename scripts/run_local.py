@@ -4,7 +4,8 @@
 It migrates the database, makes sure the superuser named by ``DJANGO_SUPERUSER_USERNAME`` /
 ``DJANGO_SUPERUSER_PASSWORD`` exists (and has that password), then starts the web server (daphne: HTTP
 and WebSocket), one Celery worker (prefork, consuming every known queue) and Celery beat, and prints
-where to go. Their output is shown with a prefix per process.
+where to go. Their output is shown with a prefix per process, less Celery's routine lines for the
+periodic tasks (``periodic_noise``) and daphne's access log.
 
 Embedded default (README, "Embedded default"): when ``DATABASE_URL`` is not set it runs a PostgreSQL
 server of its own, and when ``REDIS_URL`` is not set a redis-server of its own, both under the data
@@ -44,7 +45,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -117,11 +118,12 @@ class RunAs:
 
 
 class Child:
-    """One supervised process: its output is copied to ours line by line with a name prefix."""
+    """One supervised process: its output is copied to ours line by line with a name prefix, except the
+    lines ``quiet`` matches."""
 
     def __init__(self, name: str, cmd: Sequence[str], *, env: dict[str, str], cwd: Path = ROOT,
                  run_as: RunAs | None = None, stop_signal: int = signal.SIGTERM,
-                 ready_marker: str | None = None) -> None:
+                 ready_marker: str | None = None, quiet: re.Pattern[str] | None = None) -> None:
         self.name = name
         self.cmd = [str(part) for part in cmd]
         self.env = env
@@ -129,6 +131,7 @@ class Child:
         self.run_as = run_as
         self.stop_signal = stop_signal
         self.ready_marker = ready_marker
+        self.quiet = quiet
         self.ready = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -146,6 +149,8 @@ class Child:
             line = raw.decode("utf-8", "replace").rstrip()
             if self.ready_marker and self.ready_marker in line:
                 self.ready.set()
+            if self.quiet and self.quiet.search(line):
+                continue
             print(f"{self.name:<8}| {line}", flush=True)
 
     def exited(self) -> int | None:
@@ -414,6 +419,23 @@ def prepare_database() -> Prepared:
     return Prepared(sorted(queues), username, pages)
 
 
+def periodic_tasks() -> set[str]:
+    """The tasks beat sends on a schedule (config/celery.py)."""
+    from config.celery import app
+
+    return {entry["task"] for entry in app.conf.beat_schedule.values()}
+
+
+def periodic_noise(tasks: Iterable[str]) -> re.Pattern[str]:
+    """The lines Celery writes at INFO for every run of a periodic task: beat's "Sending due task" and the
+    worker's "received" and "succeeded" (three every 2 s for the dispatcher's tick alone), which would bury
+    everything else on a terminal. Only ``make run`` leaves them out, and only these: a periodic task that
+    fails or is retried, and anything the tasks log themselves (the reconciler warns of what it repairs),
+    still shows, as do the lines of the tasks people submit. The pattern matches console and JSON lines."""
+    names = "|".join(re.escape(task) for task in sorted(tasks))
+    return re.compile(rf"Scheduler: Sending due task |Task (?:{names})\[[\w-]+\] (?:received|succeeded in )")
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -468,10 +490,11 @@ def banner(*, base: str, prepared: Prepared, concurrency: int, lines: list[str],
         hint = f"source {env_file} && " if env_file else ""
         login = ("no superuser yet: restart with DJANGO_SUPERUSER_USERNAME=admin DJANGO_SUPERUSER_PASSWORD=… make run,\n"
                  f"    or in another shell: {hint}{VENV_BIN / 'python'} manage.py createsuperuser")
+    user = f" -u {shlex.quote(username)}" if username else ""
     rows = [
         f"Conveyor is up: {base}/",
-        f"  API       {base}/api/v1/",
-        *(f"  {label:<9} {base}{path}" for label, path in prepared.pages),
+        *(f"  {label:<9} {base}{path}" for label, path in prepared.pages),  # the API's docs among them
+        f"  CLI       export CONVEYOR_URL={base} && {VENV_BIN / 'conveyor'} login{user}",
         f"  Login     {login}",
         f"  Worker    prefork x{concurrency}, queues: {','.join(prepared.queues)}; beat running",
         *(f"  {line}" for line in lines),
@@ -534,12 +557,15 @@ def start_app(opts: Options, queues: list[str], started: list[Child]) -> str:
     """web, worker and beat; returns the base URL once the web server answers and the worker is ready."""
     env = dict(os.environ)
     opts.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file, for a file-based scheduler
-    web = Child("web", [VENV_BIN / "daphne", "-b", opts.bind, "-p", opts.port, "config.asgi:application"], env=env)
+    quiet = periodic_noise(periodic_tasks())
+    # No access log, as `make web`: the request line of observability.middleware says the same, with more.
+    web = Child("web", [VENV_BIN / "daphne", "-b", opts.bind, "-p", opts.port, "--access-log", os.devnull,
+                        "config.asgi:application"], env=env)
     worker = Child("worker", [VENV_BIN / "celery", "-A", "config", "worker", "-P", "prefork", "-c", opts.concurrency,
                               "-Q", ",".join(queues), "-n", f"conveyor-run-{opts.port}@%h", "-l", "info"],
-                   env=env, ready_marker=" ready.")
+                   env=env, ready_marker=" ready.", quiet=quiet)
     beat = Child("beat", [VENV_BIN / "celery", "-A", "config", "beat", "-l", "info",
-                          "-s", opts.data_dir / "celerybeat-schedule"], env=env)
+                          "-s", opts.data_dir / "celerybeat-schedule"], env=env, quiet=quiet)
     for child in (web, worker, beat):
         child.start()
         started.append(child)

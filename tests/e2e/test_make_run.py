@@ -7,8 +7,11 @@ checks that PostgreSQL runs as the unprivileged ``postgres`` user.
 """
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +38,18 @@ USER, PASSWORD = "launcher-admin", "launcher password 123"
 SCRUBBED = set(test_settings._DEFAULTS) | {
     "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CHANNEL_REDIS_URL", "DJANGO_SETTINGS_MODULE",
     "CONVEYOR_DATA_DIR", "PORT", "DEBUG", "LOG_FORMAT"}
+
+
+def _load_launcher() -> Any:
+    spec = importlib.util.spec_from_file_location("run_local", ROOT / "scripts" / "run_local.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+run_local = _load_launcher()
 
 
 def _free_port() -> int:
@@ -110,6 +125,11 @@ def test_make_run_serves_a_task_on_embedded_servers_and_keeps_it_across_a_restar
         names = [a["name"] for a in launcher.call("GET", "/api/v1/algorithms/", token=token)]
         assert "demo.hello" in names
 
+        # and: the banner names the API's docs, not /api/v1/ (a 404), and the CLI's base URL
+        banner = launcher.log_path.read_text()[launcher.log_offset:]
+        assert f"{launcher.base}/api/docs/" in banner and f"{launcher.base}/api/v1/\n" not in banner
+        assert f"CONVEYOR_URL={launcher.base} " in banner
+
         # when: a task is submitted over HTTP
         task = launcher.call("POST", "/api/v1/tasks/", {"algorithm": "demo.hello",
                                                         "params": {"seconds": 0.2, "steps": 2}}, token)
@@ -119,6 +139,12 @@ def test_make_run_serves_a_task_on_embedded_servers_and_keeps_it_across_a_restar
                    timeout=60, interval=0.2, message="the task to succeed")
         result = launcher.call("GET", f"/api/v1/tasks/{task['id']}/result/", token=token)
         assert result["result"]["greeting"] == "hello world"
+        # and: its output has one line per request (ours, not daphne's access log too), and none of the
+        # periodic tasks' every-2-seconds lines, while the task's own still show
+        output = launcher.log_path.read_text()[launcher.log_offset:]
+        assert '"GET /api/v1/algorithms/" 200' not in output and "path=/api/v1/algorithms/" in output
+        assert "Sending due task" not in output and "queueing.dispatch_tick[" not in output
+        assert re.search(r"Task jobs\.run_tasks?\[[\w-]+\] succeeded", output), output[-4000:]
         pg = data_dir / "postgres"
         if os.geteuid() == 0:
             assert pg.stat().st_uid != 0, "PostgreSQL data must belong to an unprivileged user"
@@ -150,3 +176,42 @@ def test_make_run_serves_a_task_on_embedded_servers_and_keeps_it_across_a_restar
     finally:
         if launcher.proc is not None:
             launcher.stop()
+
+
+BASE = "http://127.0.0.1:8000"
+
+
+def test_the_banner_points_at_the_api_docs_and_gives_the_clis_base_url() -> None:
+    prepared = run_local.Prepared(["default"], "admin", [("Dashboard", "/dashboard/"), ("API docs", "/api/docs/")])
+    text = run_local.banner(base=BASE, prepared=prepared, concurrency=2, lines=[], env_file=None)
+    urls = re.findall(r"https?://[^\s'\\]+", text)
+    assert f"{BASE}/api/docs/" in urls
+    assert f"{BASE}/api/v1/" not in urls  # no page: GET /api/v1/ is a 404
+    assert f"CONVEYOR_URL={BASE} " in text
+
+
+# What beat and the worker write (LOG_FORMAT=console, and json) for a periodic task, a failed one, and a task
+# someone submitted.
+TICK = "Task queueing.dispatch_tick[3a3923fd-dcb1-4c61-9c1e-e98266497a92]"
+NOISE = [
+    "2026-12-02T00:53:20.088841Z [info     ] Scheduler: Sending due task dispatch-tick (queueing.dispatch_tick) "
+    "[celery.beat] request_id=None task_id=None user=None",
+    f"2026-12-02T00:53:20.092816Z [info     ] {TICK} received [celery.worker.strategy] data={{}}",
+    f"2026-12-02T00:53:20.095177Z [info     ] {TICK} succeeded in 0.0015s: 0 [celery.app.trace] data={{}}",
+    json.dumps({"event": f"{TICK} succeeded in 0.0015s: 0", "level": "info", "logger": "celery.app.trace"}),
+]
+KEPT = [
+    f"2026-12-02T00:53:20.095177Z [error    ] {TICK} raised unexpected: OperationalError('down') [celery.app.trace]",
+    "2026-12-02T00:53:21.000000Z [info     ] Task jobs.run_task[80cf972b-5018-4312-b8a3-2512a69517f3] received "
+    "[celery.worker.strategy]",
+    "2026-12-02T00:53:22.000000Z [info     ] Task jobs.run_task[80cf972b-5018-4312-b8a3-2512a69517f3] succeeded "
+    "in 1.2s: None [celery.app.trace]",
+    "2026-12-02T00:53:23.000000Z [warning  ] reaped 1 stale RUNNING tasks [queueing.reconciler]",
+]
+
+
+def test_the_periodic_tasks_routine_lines_are_not_shown_but_their_failures_are(capsys) -> None:
+    child = run_local.Child("worker", ["true"], env={},
+                            quiet=run_local.periodic_noise({"queueing.dispatch_tick", "queueing.reconcile"}))
+    child._pump(io.BytesIO("".join(f"{line}\n" for line in NOISE + KEPT).encode()))
+    assert capsys.readouterr().out.splitlines() == [f"worker  | {line}" for line in KEPT]
