@@ -33,20 +33,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request: Any, obj: Any = None) -> list[str]:
-        if obj is None:
-            return ["user", "name", "scopes", "expires_at"]
+        if obj is None:  # a superuser makes keys for anyone; other staff only for themselves (below)
+            return ["user", "name", "scopes", "expires_at"] if request.user.is_superuser else ["name", "scopes",
+                                                                                              "expires_at"]
         return ["user", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at"]
 
     def save_model(self, request: Any, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             return super().save_model(request, obj, form, change)
-        key, raw = services.create_key(user=obj.user, name=obj.name, scopes=list(form.cleaned_data["scopes"]),
+        # A staff user with the add permission minted a key for any account, a superuser's too, and acted as it.
+        owner = obj.user if request.user.is_superuser else request.user
+        key, raw = services.create_key(user=owner, name=obj.name, scopes=list(form.cleaned_data["scopes"]),
                                        expires_at=obj.expires_at)
         obj.pk = key.pk
         obj.refresh_from_db()
         messages.warning(request, f"API key {key.name}: {raw} — copy it now, it is not shown again.")
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: Any, queryset: Any) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"revoked {count} key(s)")

@@ -32,6 +32,16 @@ def required_scope(method: str, view: Any) -> str:
     return getattr(view, "api_key_write_scope", None) or "submit"
 
 
+def require_key_scope(request: Any, scope: str, *, because: str) -> None:
+    """For what the body asks, which the method cannot tell: a submit's ``webhook_url`` makes a webhook, so
+    a key needs ``webhooks`` for it too (a ``submit``-only key sent its tasks' events anywhere)."""
+    from accounts.models import ApiKey
+
+    key = getattr(request, "auth", None)
+    if isinstance(key, ApiKey) and scope not in key.scopes:
+        raise exceptions.PermissionDenied(f"this API key lacks the {scope!r} scope ({because})")
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Any) -> tuple[Any, Any] | None:
         raw, header = request.headers.get(HEADER), HEADER

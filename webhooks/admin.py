@@ -34,8 +34,20 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_filter = ["active"]
     search_fields = ["url", "owner__username", "description"]
     raw_id_fields = ["owner", "task"]
-    readonly_fields = ["secret", "previous_secret", "previous_secret_expires_at", "consecutive_failures",
+    # The signing keys are never shown here (anyone who can view the page could sign as Conveyor); their owner
+    # sees them at creation and rotation.
+    exclude = ["secret", "previous_secret"]
+    readonly_fields = ["previous_secret_expires_at", "consecutive_failures",
                        "failing_since", "disabled_at", "disabled_reason", "created_at", "updated_at"]
+
+    def save_model(self, request: Any, obj: Subscription, form: Any, change: bool) -> None:
+        if not change:  # a new endpoint gets its key here, shown once, as the API shows it
+            from webhooks import signing
+
+            obj.secret = signing.new_secret()
+            messages.warning(request, f"webhook {obj.url}: signing secret {obj.secret} — copy it now, it is not "
+                                      "shown again.")
+        super().save_model(request, obj, form, change)
 
 
 class AttemptInline(admin.TabularInline):
@@ -57,7 +69,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     inlines = [AttemptInline]
     actions = ["redeliver"]
 
-    @admin.action(description="Redeliver now (same webhook-id)")
+    @admin.action(description="Redeliver now (same webhook-id)", permissions=["change"])
     def redeliver(self, request: Any, queryset: Any) -> None:
         sent = 0
         for row in queryset:

@@ -15,7 +15,7 @@ from accounts.models import ApiKey, Scope
 class ApiKeyIn(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices), allow_empty=False,
-                                   max_length=3, default=lambda: [Scope.READ, Scope.SUBMIT])
+                                   max_length=len(Scope.choices), default=lambda: [Scope.READ, Scope.SUBMIT])
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:

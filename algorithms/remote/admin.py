@@ -16,6 +16,10 @@ class RemoteServiceAdmin(admin.ModelAdmin):
     readonly_fields = ("source", "schemes", "discovered_at", "discovery_error", "health", "checked_at", "health_error")
     actions = ["discover_now", "check_health_now"]
 
+    def get_exclude(self, request: Any, obj: Any = None) -> list[str]:
+        """The service's token only for those who may change it: a view-only page showed it in clear."""
+        return [] if self.has_change_permission(request, obj) else ["auth_token"]
+
     @admin.display(description="schemes")
     def scheme_count(self, obj: RemoteService) -> int:
         return len(obj.schemes)
@@ -25,12 +29,12 @@ class RemoteServiceAdmin(admin.ModelAdmin):
         if obj.enabled:
             self._report(request, discovery.refresh_guarded(obj))
 
-    @admin.action(description="Discover schemes now")
+    @admin.action(description="Discover schemes now", permissions=["change"])
     def discover_now(self, request: Any, queryset: Any) -> None:
         for service in queryset:
             self._report(request, discovery.refresh_guarded(service))
 
-    @admin.action(description="Check health now")
+    @admin.action(description="Check health now", permissions=["change"])
     def check_health_now(self, request: Any, queryset: Any) -> None:
         for service in queryset:
             up = discovery.check_health(service)

@@ -13,6 +13,7 @@ from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.authentication import require_key_scope
 from algorithms import downloads, results
 from algorithms.models import Artifact
 from config.errors import InvalidInput, NotFound, refuse_nul
@@ -151,6 +152,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         data = TaskSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)
         spec = services.build_spec(**data.validated_data)
+        if spec.webhook_url:
+            require_key_scope(request, "webhooks", because="webhook_url")
         task, created = services.submit(owner=request.user, spec=spec, idempotency_key=idempotency_key(request))
         body = TaskOut(task).data
         if created and spec.webhook_url:
@@ -169,6 +172,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         data = TaskBatchSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)  # every failing item named, checks of the services included
         specs = data.validated_data["tasks"]
+        if any(spec.webhook_url for spec in specs):
+            require_key_scope(request, "webhooks", because="webhook_url")
         tasks, created = services.submit_batch(owner=request.user, specs=specs, idempotency_key=idempotency_key(request))
         rows = TaskOut(tasks, many=True).data
         hooks = webhook_selectors.task_webhooks([t.id for t in tasks]) if created else {}

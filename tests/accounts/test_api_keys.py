@@ -12,6 +12,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
+from jobs.models import Task
+from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db
 
@@ -198,3 +200,21 @@ def test_a_key_that_would_expire_before_it_is_made_is_400_naming_expires_at(api,
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"] == {"expires_at": ["must be in the future"]}
     assert not ApiKey.objects.exists()
+
+
+def test_a_submit_with_webhook_url_needs_the_webhooks_scope_and_a_key_may_have_all_four(api, alice):
+    # A submit-only key made a webhook (and got its secret) through webhook_url, and a key with every
+    # scope was a 400 (at most 3).
+    body = {"algorithm": "demo.noop", "webhook_url": "http://127.0.0.1:9/hook"}
+    submit_only = keyed(new_key(api(alice), scopes=["submit"])["key"])
+    for refused in (submit_only.post("/api/v1/tasks/", body, format="json"),
+                    submit_only.post("/api/v1/tasks/batch/", {"tasks": [{"algorithm": "demo.noop"}, body]},
+                                     format="json")):
+        assert refused.status_code == 403, refused.content
+        assert refused.json()["error"]["message"] == "this API key lacks the 'webhooks' scope (webhook_url)"
+    assert not Subscription.objects.exists() and not Task.objects.exists()
+
+    every = keyed(new_key(api(alice), scopes=["read", "submit", "webhooks", "operate"])["key"])
+    created = every.post("/api/v1/tasks/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["webhook"]["secret"].startswith("whsec_")
