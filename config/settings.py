@@ -154,6 +154,8 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Readiness (/api/v1/system/health/): per-dependency timeout, and how long to wait for worker pings.
 HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0, positive=True)
 HEALTH_WORKER_PING_TIMEOUT = env_float("HEALTH_WORKER_PING_TIMEOUT", 0.5, positive=True)
+# /api/v1/system/health/ runs its checks at most once per this many seconds per process (0: every call).
+HEALTH_CACHE_SECONDS = env_float("HEALTH_CACHE_SECONDS", 1.0)
 
 CACHES = {
     "default": {

@@ -177,6 +177,26 @@ CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
+_shared_lock = threading.Lock()
+_shared: tuple[float, tuple[bool, dict[str, dict[str, Any]]]] | None = None
+
+
+def shared_readiness() -> tuple[bool, dict[str, dict[str, Any]]]:
+    """``readiness()`` at most once per ``HEALTH_CACHE_SECONDS`` in this process. The endpoint answers anyone,
+    unlimited (probes), and each check opens connections of its own (the database's, Redis', the broker's)
+    and pings every worker: a flood of anonymous calls opened as many database connections. Callers that
+    come during a check wait for it and share its answer."""
+    global _shared
+    max_age = settings.HEALTH_CACHE_SECONDS
+    if max_age <= 0:
+        return readiness()
+    with _shared_lock:
+        if _shared is None or time.monotonic() - _shared[0] >= max_age:
+            answer = readiness()
+            _shared = (time.monotonic(), answer)
+        return _shared[1]
+
+
 def readiness() -> tuple[bool, dict[str, dict[str, Any]]]:
     """Run every check; ready when all required ones pass. The required ones run at once, each bounded by
     ``HEALTH_CHECK_TIMEOUT``; then the workers' ping (bounded by that plus the ping's own timeout) and

@@ -62,7 +62,7 @@ class SystemHealthView(APIView):
         ],
     )
     def get(self, request: Request) -> Response:
-        ready, checks = health.readiness()
+        ready, checks = health.shared_readiness()
         if ready:
             return Response({"status": "ok", "checks": checks})
         failed = [f"{name}: {checks[name]['error']}" for name in health.REQUIRED if not checks[name]["ok"]]

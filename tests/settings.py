@@ -35,6 +35,8 @@ _DEFAULTS = {
     # Results and artifacts of test tasks land here, not in the repository's media/.
     "MEDIA_ROOT": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts", "media"),
     "WORKER_HEARTBEAT_SECONDS": "0.5",
+    # Readiness answers what is true now (tests stop dependencies and look at once); test_health pins the cache.
+    "HEALTH_CACHE_SECONDS": "0",
     "WORKER_STALE_SECONDS": "3",
     "WORKER_SHUTDOWN_GRACE_SECONDS": "2",
     # Webhooks: receivers on 127.0.0.1 are allowed in tests only; retries and re-sends in well under a second.

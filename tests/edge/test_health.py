@@ -76,3 +76,27 @@ def test_readiness_with_no_worker_stays_ready_but_says_the_workers_check_is_not_
     workers = response.json()["checks"]["workers"]
     assert workers["ok"] is False and workers["count"] == 0 and workers["error"] == "no worker answered the ping"
 
+
+
+def test_readiness_checks_at_most_once_a_cache_period_however_many_call(anon, settings, monkeypatch):
+    # Open to anyone and never limited, each call opened its own database, Redis and broker connections
+    # and pinged every worker: a flood of calls opened as many connections.
+    import threading
+
+    from observability import health
+
+    settings.HEALTH_CACHE_SECONDS = 60
+    monkeypatch.setattr(health, "_shared", None)
+    real, runs = health.readiness, []
+    monkeypatch.setattr(health, "readiness", lambda: runs.append(1) or real())
+
+    answers = [anon.get("/api/v1/system/health/") for _ in range(3)]
+    threads = [threading.Thread(target=lambda: answers.append(anon.get("/api/v1/system/health/"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [a.status_code for a in answers] == [200] * 7 and len(runs) == 1
+    monkeypatch.setattr(health, "_shared", (0.0, (True, {})))  # older than the period: checked again
+    assert anon.get("/api/v1/system/health/").json()["checks"]["database"]["ok"] and len(runs) == 2
