@@ -27,6 +27,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = ["prefix", "created_at", "last_used_at"]
     actions = ["revoke"]
 
+    def get_readonly_fields(self, request: Any, obj: Any = None) -> list[str]:
+        # A key's owner never changes: handing one's own key to another account made it act as that one.
+        return [*self.readonly_fields, "user"] if obj is not None else list(self.readonly_fields)
+
     def get_form(self, request: Any, obj: Any = None, **kwargs: Any) -> Any:
         if obj is None:
             kwargs["form"] = ApiKeyAddForm

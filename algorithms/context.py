@@ -44,8 +44,9 @@ class Scratch:
 
 
 WATCHDOG_LOG_LINES = 1_000  # the most lines one heartbeat writes for one run (it beats every task)
-# The most lines that may wait in memory (they wait only while the algorithm runs a transaction of its
-# own, or the database is away): past it the oldest waiting ones are dropped, and a line says how many.
+# The most lines that may wait in memory (past it they are written at once; they wait longer only while the
+# algorithm runs a transaction of its own, or the database is away): then the oldest waiting ones are
+# dropped, and a line says how many.
 MAX_WAITING_LOG_LINES = 100_000
 
 
@@ -102,6 +103,7 @@ class RunContext:
         self._log_interval = log_interval
         self._logs: list[str] = []
         self._dropped_logs = 0  # waiting lines dropped since the last write (MAX_WAITING_LOG_LINES)
+        self._logs_refused = False  # this thread's last write was refused (a transaction of the algorithm's)
         self._log_lock = threading.Lock()  # held while lines are written: one writer at a time, in order
         self._last_log_write = -math.inf
 
@@ -153,12 +155,17 @@ class RunContext:
     def _add_logs(self, lines: list[str]) -> None:
         with self._log_lock:
             self._logs += lines
-            if len(self._logs) > MAX_WAITING_LOG_LINES:
-                over = len(self._logs) - MAX_WAITING_LOG_LINES
-                del self._logs[:over]
-                self._dropped_logs += over
-            if time.monotonic() - self._last_log_write >= self._log_interval:
-                self._write_buffered_logs()
+            try:
+                # Past the cap the lines are written now, within the interval too, unless the last write was
+                # refused (inside a transaction of the algorithm's own): only what cannot be written is dropped.
+                over = len(self._logs) > MAX_WAITING_LOG_LINES and not self._logs_refused
+                if over or time.monotonic() - self._last_log_write >= self._log_interval:
+                    self._write_buffered_logs()
+            finally:
+                if len(self._logs) > MAX_WAITING_LOG_LINES:
+                    excess = len(self._logs) - MAX_WAITING_LOG_LINES
+                    del self._logs[:excess]
+                    self._dropped_logs += excess
 
     def flush_logs(self, *, wait: bool = True) -> None:
         """Write the lines that wait now. ``wait=False`` (the watchdog's thread, which must never block):
@@ -187,6 +194,7 @@ class RunContext:
                 self._logs[:0] = lines  # not now: the next write takes them, in order
                 if wait:  # this thread, inside a transaction of the algorithm's own: again after the interval
                     self._last_log_write = time.monotonic()
+                    self._logs_refused = True
                 return
         except BaseException as exc:
             self._last_log_write = time.monotonic()  # a database away: tried again after the interval
@@ -198,6 +206,7 @@ class RunContext:
                 self._dropped_logs -= dropped
             raise
         self._dropped_logs -= dropped
+        self._logs_refused = False
         self._last_log_write = time.monotonic()
 
     def writing(self) -> bool:

@@ -88,7 +88,8 @@ class Algorithm:
             for err in exc.errors():
                 path = ".".join(["params", *(str(p) for p in err["loc"])])
                 # "nan" against a bound: pydantic says "should be less than or equal to 3600" (NaN compares false)
-                fields.setdefault(path, []).append(NONFINITE if _is_nonfinite(err.get("input")) else err["msg"])
+                numeric = err["type"] in _NUMBER_CHECKS and _is_nonfinite(err.get("input"))
+                fields.setdefault(path, []).append(NONFINITE if numeric else err["msg"])
             first = next(iter(fields.items()))
             raise InvalidInput(f"{first[0]}: {first[1][0]}", fields=fields) from None
         # By alias, as the client wrote them: the worker validates this again (jobs/runner.py).
@@ -121,6 +122,9 @@ def _values(value: Any) -> Any:
 
 
 NONFINITE = "must be a finite number (NaN and infinities cannot be stored)"
+# pydantic's errors of a number's bounds, which a NaN fails whatever the bound
+_NUMBER_CHECKS = {"less_than", "less_than_equal", "greater_than", "greater_than_equal", "multiple_of",
+                  "finite_number"}
 
 
 def _is_nonfinite(value: Any) -> bool:

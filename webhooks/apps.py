@@ -21,8 +21,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     from django.conf import settings
 
     out: list[checks.CheckMessage] = []
-    for cidr in settings.WEBHOOKS["ALLOWED_NETWORKS"]:  # CIDRs: settings refuse anything else at startup
-        net = ipaddress.ip_network(cidr, strict=False)
+    for cidr in settings.WEBHOOKS["ALLOWED_NETWORKS"]:  # from the environment: CIDRs (config.env refuses others)
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:  # a settings module of one's own that sets WEBHOOKS
+            out.append(checks.Error(f"WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a CIDR", id="webhooks.E001"))
+            continue
         if not settings.DEBUG and (net.is_loopback or net.is_link_local):
             out.append(checks.Warning(
                 f"WEBHOOK_ALLOWED_NETWORKS lets webhooks reach {net} (loopback/link-local)",

@@ -57,9 +57,11 @@ RETURNING d.attempts, d.payload::text, d.subscription_id, d.task_id, s.url, s.se
 
 # Guarded by the attempt's number as well as the status: only the attempt that holds the latest claim moves
 # the delivery on. One that outlived its hold (``in_flight_until``) and was taken over by a newer claim
-# matches nothing, so its answer can neither end the delivery nor clear or reschedule the newer attempt.
+# matches nothing, so its answer can neither end the delivery nor clear or reschedule the newer attempt;
+# nor does one whose hold a redelivery released (``in_flight_until`` NULL) before the newer claim came.
 _FINISH_SQL = """
-UPDATE webhooks_delivery SET {sets} WHERE id = %(id)s AND status = 'PENDING' AND attempts = %(number)s
+UPDATE webhooks_delivery SET {sets}
+ WHERE id = %(id)s AND status = 'PENDING' AND attempts = %(number)s AND in_flight_until IS NOT NULL
 RETURNING subscription_id, task_id
 """
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from config.errors import Conflict, Forbidden, InvalidInput
 from config.permissions import is_operator
 from webhooks import delivery, outbox, signing, transport
-from webhooks.models import Delivery, DeliveryStatus, Subscription
+from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 
 ALLOWED_EVENTS = outbox.TASK_EVENTS | outbox.QUEUE_EVENTS | outbox.WILDCARDS
 
@@ -106,10 +106,13 @@ def redeliver(*, delivery_row: Delivery) -> Delivery:
         raise Conflict("the webhook is disabled; enable it first")
     now = timezone.now()
     # An attempt in flight keeps going, but no longer holds the delivery (in_flight_until): the new claim
-    # takes over, and that attempt's answer, guarded by its number, then changes nothing (LOST in the log).
+    # takes over, and that attempt's answer, whether it comes before that claim or after, changes nothing
+    # (its finish is guarded by the hold and by its number; it stays LOST in the log, with its answer).
     Delivery.objects.filter(id=delivery_row.id).update(
         status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None, in_flight_until=None,
         redelivered_after=F("attempts"))
+    DeliveryAttempt.objects.filter(delivery_id=delivery_row.id, outcome=DeliveryAttempt.Outcome.IN_FLIGHT).update(
+        outcome=DeliveryAttempt.Outcome.LOST, error="a redelivery was asked for during this attempt")
     transaction.on_commit(lambda: outbox.send([str(delivery_row.id)]), robust=True)
     return Delivery.objects.get(id=delivery_row.id)
 

@@ -42,6 +42,19 @@ def test_a_staff_user_adding_a_key_gets_one_of_their_own_not_of_the_account_they
     assert ApiKey.objects.get(name="as-root").user == sam
 
 
+def test_a_keys_owner_cannot_be_changed_so_no_one_hands_their_key_to_another_account(staff_with, admin_user):
+    client, sam = staff_with("change_apikey", "view_apikey")
+    key, raw = keys.create_key(user=sam, name="mine", scopes=["read", "operate"], expires_at=None)
+
+    response = client.post(f"/admin/accounts/apikey/{key.pk}/change/", {
+        "user": admin_user.pk, "name": "mine", "scopes": "read,operate", "expires_at_0": "", "expires_at_1": "",
+        "revoked_at_0": "", "revoked_at_1": ""})
+
+    assert response.status_code == 302, response.context["adminform"].form.errors  # saved
+    key.refresh_from_db()
+    assert key.user == sam and keys.verify(raw).user == sam
+
+
 def test_a_view_only_staff_user_cannot_revoke_keys_nor_redeliver(staff_with, alice):
     client, _ = staff_with("view_apikey", "view_delivery")
     key, _ = keys.create_key(user=alice, name="ci", scopes=["read"], expires_at=None)

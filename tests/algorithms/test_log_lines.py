@@ -261,6 +261,26 @@ def test_lines_waiting_past_the_cap_drop_the_oldest_and_say_how_many(alice, monk
     assert lines[0].startswith("[warning] 8 earlier log lines were dropped: more than 5 waited"), lines[0]
 
 
+def test_lines_past_the_cap_outside_a_transaction_are_written_not_dropped(alice, monkeypatch):
+    # The cap was applied before any write: a log_lines() of more lines than it, or a tight loop within one
+    # interval, dropped lines while the database was there to take them.
+    from algorithms import context
+    from algorithms.context import RunContext
+
+    monkeypatch.setattr(context, "MAX_WAITING_LOG_LINES", 5)
+    flush = RunContext.flush_logs
+    monkeypatch.setattr(RunContext, "flush_logs", lambda self, wait=True: flush(self) if wait else None)
+
+    def fn(ctx, params):
+        ctx.log("first")  # written at once: the next lines come within the interval
+        ctx.log_lines([f"line {i}" for i in range(12)])
+        return {"ok": True}
+
+    task = run_once(alice, monkeypatch, fn, max_retries=0)
+
+    assert lines_of(task) == ["first", *(f"line {i}" for i in range(12))]
+
+
 def test_lines_whose_write_committed_are_not_written_again_when_an_interrupt_lands_after_it():
     # The time limit (TaskTimeout) or a stop (TaskStopped) raised in the run's thread right after the commit,
     # before the write returns: the lines are stored, so nothing is left waiting to be written again.

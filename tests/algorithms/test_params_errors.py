@@ -56,6 +56,14 @@ def test_a_non_finite_number_for_a_bounded_param_is_400_saying_so(alice, api, va
     assert response.json()["error"]["fields"]["params.seconds"] == [registry.NONFINITE]
 
 
+def test_other_errors_of_a_value_that_reads_as_nan_keep_their_own_message(alice, api, floats):
+    # "nan" under a name the params do not have: the error is the unknown name, not a number's finiteness
+    response = submit(api(alice), floats, {"unknown": "nan"})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["params.unknown"] == ["Extra inputs are not permitted"]
+
+
 @pytest.mark.parametrize(("algorithm", "params", "field"), [
     ("external.py_stats", {"values": [1, "nan"]}, "params.values.1"),
     ("external.py_stats", {"values": [1, "Infinity"]}, "params.values.1"),

@@ -170,6 +170,24 @@ def test_a_redelivery_asked_for_while_an_attempt_is_in_flight_is_sent_and_that_a
         ("LOST", 400), ("SUCCEEDED", 200)]
 
 
+@pytest.mark.parametrize("answer", [200, 400, 503])
+def test_an_attempt_answering_after_a_redelivery_was_asked_for_but_before_it_is_claimed_changes_nothing(
+        alice, api, hook, answer):
+    # The other order: the attempt's answer still matched its number and ended (or rescheduled) the delivery,
+    # and the redelivery's claim then found nothing to send.
+    row = pending(hook, 1)
+    in_flight = delivery.claim(delivery_id=str(row.id))
+    assert api(alice).post(f"/api/v1/webhooks/{hook.id}/deliveries/{row.id}/redeliver/").status_code == 202
+
+    assert delivery.record(claimed=in_flight, result=AttemptResult(status_code=answer)) == "LOST"
+    again = delivery.claim(delivery_id=str(row.id))
+
+    assert again is not None and again.attempt.number == 2
+    row.refresh_from_db()
+    assert row.status == "PENDING" and row.last_status_code is None
+    assert row.attempt_log.get(number=1).status_code == answer  # its answer is in the log
+
+
 def test_a_delivery_is_found_by_its_webhook_id_too(alice, api, hook):
     # A receiver has the webhook-id header (msg_<hex>), not the delivery's UUID.
     row = pending(hook, 1)

@@ -3,6 +3,13 @@
 from django.db import migrations, models
 
 
+def keep_only_the_newest_previous_key(apps, schema_editor):
+    Subscription = apps.get_model("webhooks", "Subscription")
+    for sub in Subscription.objects.filter(previous_secret__contains=" "):
+        sub.previous_secret = sub.previous_secret.split()[0]
+        sub.save(update_fields=["previous_secret"])
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -15,4 +22,6 @@ class Migration(migrations.Migration):
             name='previous_secret',
             field=models.CharField(blank=True, max_length=500),
         ),
+        # Backwards (run before the column shrinks back), a rotation's earlier keys do not fit: the newest stays.
+        migrations.RunPython(migrations.RunPython.noop, keep_only_the_newest_previous_key),
     ]
