@@ -276,7 +276,9 @@ def check(hosts: MultiHost, *, tasks: int = 6, blob_mb: float = 2) -> dict[str, 
                            "media_roots": {h: hosts.env(h)["MEDIA_ROOT"] for h in NAMESPACES}}
     with hosts.client() as client:
         # 1. tasks submitted to the web host run on both worker hosts
-        body = {"tasks": [{"algorithm": "demo.hello", "params": {"seconds": 1, "steps": 2}}] * tasks}
+        # 3 s each: one worker alone would take three rounds, so a worker whose broker subscription comes a
+        # few seconds after its " ready." (a loaded machine) still gets some
+        body = {"tasks": [{"algorithm": "demo.hello", "params": {"seconds": 3, "steps": 3}}] * tasks}
         submitted = client.post("/api/v1/tasks/batch/", json=body)
         submitted.raise_for_status()
         done = wait_final(client, [t["id"] for t in submitted.json()["tasks"]], timeout=60)

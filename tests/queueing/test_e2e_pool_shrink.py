@@ -21,10 +21,15 @@ def registered(ops: Any, hostname: str) -> dict:
                       message=f"{hostname} registers")
 
 
-def processes(hostname: str) -> list[int]:
-    """The pids of the worker's pool children, from the worker itself (not the registry row)."""
-    stats = app.control.inspect([hostname], timeout=control.REPLY_TIMEOUT).stats() or {}
-    return stats[hostname]["pool"]["processes"]
+def processes(hostname: str) -> list[int] | None:
+    """The pids of the worker's pool children, from the worker itself (not the registry row); None when its
+    reply did not come in time (a loaded machine), so that ``wait_until`` asks again."""
+    stats = app.control.inspect([hostname], timeout=10).stats() or {}
+    return stats[hostname]["pool"]["processes"] if hostname in stats else None
+
+
+def pool_of(hostname: str, size: int) -> bool:
+    return (pids := processes(hostname)) is not None and len(pids) == size
 
 
 def shrink(ops: Any, hostname: str, **body: Any) -> Any:
@@ -44,7 +49,7 @@ def test_two_quick_shrinks_of_a_two_process_worker_leave_it_one(live_worker, ext
     err = second.json()["error"]
     assert "no process" in err["message"] and "it has 1" in err["message"] and "shutdown" in err["message"]
     assert worker.hostname in err["message"]
-    wait_until(lambda: len(processes(worker.hostname)) == 1, message="the pool down to one process")
+    wait_until(lambda: pool_of(worker.hostname, 1), message="the pool down to one process")
 
     # and that process still runs the worker's tasks
     body = {"algorithm": "demo.sleep", "params": {"seconds": 0.05}, "queue": "shrinking"}
@@ -53,7 +58,7 @@ def test_two_quick_shrinks_of_a_two_process_worker_leave_it_one(live_worker, ext
     done = wait_until(lambda: (t := api(alice).get(f"/api/v1/tasks/{created.json()['id']}/").json())["status"]
                       in {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"} and t, message="the task to finish")
     assert done["status"] == "SUCCEEDED" and done["worker"] == worker.hostname
-    assert len(processes(worker.hostname)) == 1
+    wait_until(lambda: pool_of(worker.hostname, 1), message="still one process")
 
 
 def test_a_shrink_right_after_a_grow_is_accepted(live_worker, extra_worker, olga, api):
@@ -67,11 +72,11 @@ def test_a_shrink_right_after_a_grow_is_accepted(live_worker, extra_worker, olga
     shrunk = shrink(ops, worker.hostname)  # the registry row still says 1 process
 
     assert shrunk.status_code == 202, shrunk.content
-    wait_until(lambda: len(processes(worker.hostname)) == 2, message="the pool at 1 + 2 - 1 processes")
+    wait_until(lambda: pool_of(worker.hostname, 2), message="the pool at 1 + 2 - 1 processes")
     refused = shrink(ops, worker.hostname, n=2)  # 2 of 2: refused before anything goes
     assert refused.status_code == 409, refused.content
     assert "it has 2" in refused.json()["error"]["message"]
-    assert len(processes(worker.hostname)) == 2
+    wait_until(lambda: pool_of(worker.hostname, 2), message="still two processes")
 
 
 def test_a_worker_without_the_command_answers_in_the_shape_taken_for_an_old_worker(live_worker, extra_worker):
@@ -79,7 +84,7 @@ def test_a_worker_without_the_command_answers_in_the_shape_taken_for_an_old_work
     KeyError, which ``queueing.control`` reads as "old worker" (and falls back to Celery's pool_shrink)."""
     worker = extra_worker("spare", 1, tag="unknown-command")
     replies = app.control.broadcast("conveyor_no_such_command", destination=[worker.hostname], reply=True,
-                                    timeout=control.REPLY_TIMEOUT)
+                                    timeout=10)
     assert control._unknown_command(replies, "conveyor_no_such_command"), replies
     assert not control._unknown_command([{worker.hostname: {"ok": "pool will shrink"}}], "conveyor_no_such_command")
     assert not control._unknown_command([], "conveyor_no_such_command")
