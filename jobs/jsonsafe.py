@@ -52,6 +52,8 @@ def without_surrogates(text: str) -> str:
     of a file name that is not UTF-8 (``surrogateescape``), ``\\udXXX`` for any other; distinct bytes stay
     distinct (two such file names as keys of one dict are two keys). The same string when it has none."""
     return _SURROGATE.sub(_escaped, text) if _SURROGATE.search(text) else text
+
+
 _KEY_TYPES = (str, int, float, type(None))  # what a JSON object's key can be written from (bool is an int)
 
 

@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 
-from webhooks import services
+from webhooks import services, signing
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
 
 
@@ -42,8 +42,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
     def save_model(self, request: Any, obj: Subscription, form: Any, change: bool) -> None:
         if not change:  # a new endpoint gets its key here, shown once, as the API shows it
-            from webhooks import signing
-
             obj.secret = signing.new_secret()
             messages.warning(request, f"webhook {obj.url}: signing secret {obj.secret} — copy it now, it is not "
                                       "shown again.")
