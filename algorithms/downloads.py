@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from algorithms.artifacts import valid_content_type
 from algorithms.models import Artifact
 from algorithms.results import ResultExpired
+from algorithms.storage import open_span
 from config.errors import ConveyorError
 
 CHUNK = 256 * 1024
@@ -194,11 +195,9 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
         return _unsatisfiable(exc, size)
     start, end = span or (0, size - 1)
     try:
-        fh = default_storage.open(artifact.storage_name, "rb")
+        fh = open_span(default_storage, artifact.storage_name, start, end)
     except FileNotFoundError:  # deleted behind the row's back (an operator cleaning storage by hand)
         raise ResultExpired(f"{filename} is no longer in storage") from None
-    if start:
-        fh.seek(start)
     chunks = _read(fh, end - start + 1)
     compress = span is None and wants_zstd(request)
     if compress:

@@ -6,14 +6,16 @@ storage lives in the database they already share: a file is one ``StoredFile`` r
 source chunk by chunk inside one transaction, so a file is stored whole or not at all; reading fetches
 one chunk at a time (a 1 GiB file never sits in memory) over a connection borrowed for that one read
 from a small pool of the process's own (downloads read from a thread pool, outside any request's
-connection), so however many slow downloads are open, they hold at most ``STORAGE_READ_CONNECTIONS``. S3 and compatible stores remain one setting away (README, "Results").
+connection), so however many slow downloads are open, they hold at most ``STORAGE_READ_CONNECTIONS``. S3 and compatible stores remain one setting away (README, "Results"); ``open_span``
+reads them with one ranged ``GetObject`` streamed as it arrives, not through django-storages' ``S3File``,
+which downloads the whole object before its first byte.
 """
 from __future__ import annotations
 
 import io
 import os
 import threading
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.files import File
@@ -101,6 +103,37 @@ class DatabaseStorage(Storage):
 
     def url(self, name: str | None) -> str:
         raise NotImplementedError("stored files are served by the API (GET /api/v1/tasks/{id}/result/)")
+
+
+def open_span(storage: Storage, name: str, start: int, end: int) -> IO[bytes]:
+    """Bytes ``start``..``end`` (inclusive) of a stored file as a stream to ``read(n)`` and ``close()``.
+    An S3-compatible storage answers one ranged ``GetObject`` whose body is read as it arrives; any other
+    storage is opened and seeked. A missing file raises ``FileNotFoundError``."""
+    if end < start:
+        return io.BytesIO(b"")
+    if _is_s3(storage):
+        from botocore.exceptions import ClientError
+        from storages.utils import clean_name
+
+        key = storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]  # as S3Storage._open
+        try:
+            return storage.bucket.Object(key).get(Range=f"bytes={start}-{end}")["Body"]  # type: ignore[attr-defined]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"{name} is not in the bucket") from None
+            raise
+    fh = storage.open(name, "rb")
+    if start:
+        fh.seek(start)
+    return fh
+
+
+def _is_s3(storage: Storage) -> bool:
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # django-storages[s3] is not installed: no S3 storage can be configured
+        return False
+    return isinstance(storage, S3Storage)  # default_storage, a LazyObject, passes on its wrapped class
 
 
 def _chunks(content: File) -> Any:

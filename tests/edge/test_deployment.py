@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -598,13 +599,18 @@ def test_compose_settings_live_in_a_git_ignored_env_file_next_to_the_compose_fil
 
 
 def test_optional_packages_go_into_the_image_only_by_build_argument(compose):
-    """S3 storage needs django-storages, which Conveyor does not depend on: EXTRA_PIP_PACKAGES (compose:
-    from docker/.env) installs it under the same constraints; by default nothing is added."""
+    """S3 storage needs django-storages, which Conveyor's runtime does not depend on (it is the ``s3`` extra,
+    which the tests install): EXTRA_PIP_PACKAGES (compose: from docker/.env) installs it under the same
+    constraints, which pin it and boto3; by default nothing is added."""
     text = (DOCKER / "Dockerfile").read_text()
     build = text[text.index("AS build"):text.index("AS runtime")]
     assert 'ARG EXTRA_PIP_PACKAGES=""' in build
     assert "pip install -c constraints.txt $EXTRA_PIP_PACKAGES" in build
-    assert "django-storages" not in (ROOT / "pyproject.toml").read_text() + (ROOT / "constraints.txt").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if "storages" in d or "boto" in d]
+    assert project["optional-dependencies"]["s3"] == ["django-storages[s3]==1.14.6"]
+    pinned = (ROOT / "constraints.txt").read_text().split()
+    assert "django-storages==1.14.6" in pinned and any(p.startswith("boto3==") for p in pinned)
     for name, service in compose["services"].items():
         if "build" in service:
             assert service["build"]["args"] == {"EXTRA_PIP_PACKAGES": "${EXTRA_PIP_PACKAGES:-}"}, name
