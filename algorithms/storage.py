@@ -6,9 +6,11 @@ storage lives in the database they already share: a file is one ``StoredFile`` r
 source chunk by chunk inside one transaction, so a file is stored whole or not at all; reading fetches
 one chunk at a time (a 1 GiB file never sits in memory) over a connection borrowed for that one read
 from a small pool of the process's own (downloads read from a thread pool, outside any request's
-connection), so however many slow downloads are open, they hold at most ``STORAGE_READ_CONNECTIONS``. S3 and compatible stores remain one setting away (README, "Results"); ``open_span``
-reads them with one ranged ``GetObject`` streamed as it arrives, not through django-storages' ``S3File``,
-which downloads the whole object before its first byte.
+connection), so however many slow downloads are open, they hold at most ``STORAGE_READ_CONNECTIONS``.
+
+S3 and compatible stores remain one setting away (README, "Results"); ``open_span`` reads them with one
+ranged ``GetObject`` streamed as it arrives, not through django-storages' ``S3File``, which downloads the
+whole object before its first byte.
 """
 from __future__ import annotations
 
