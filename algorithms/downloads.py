@@ -173,7 +173,14 @@ def _has_already(request: HttpRequest, etag: str) -> bool:
     if not given:
         return False
     tags = parse_etags(given)
-    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+    return "*" in tags or etag.removeprefix("W/") in (tag.removeprefix("W/") for tag in tags)
+
+
+def zstd_etag(sha256: str) -> str:
+    """The validator of the zstd-compressed whole file: another representation, so another tag (a client
+    resuming a compressed download with the plain file's tag got plain bytes to append to compressed
+    ones), and weak, so that ``If-Range`` (strong comparison only) never splices into it."""
+    return f'W/"{sha256}-zstd"'
 
 
 def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> StreamingHttpResponse | HttpResponseNotModified | Response:
@@ -183,31 +190,35 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
         raise ResultExpired(f"{filename} expired on {artifact.expired_at:%Y-%m-%d} and was deleted"
                             if artifact.expired_at else f"{filename} is no longer stored")
     etag = f'"{artifact.sha256}"'
-    if _has_already(request, etag):
-        not_modified = HttpResponseNotModified()
-        not_modified["ETag"] = etag
-        return not_modified
     size = artifact.size
     current = request.headers.get("If-Range") in (None, etag)  # else the whole file
+    unsatisfiable = None
     try:
         span = parse_range(request.headers.get("Range") if current else None, size)
     except RangeNotSatisfiable as exc:
-        return _unsatisfiable(exc, size)
+        span, unsatisfiable = None, exc
+    compress = span is None and unsatisfiable is None and wants_zstd(request)
+    representation = zstd_etag(artifact.sha256) if compress else etag
+    if _has_already(request, representation):  # before the Range, as RFC 9110 orders the preconditions
+        not_modified = HttpResponseNotModified()
+        not_modified["ETag"] = representation
+        return not_modified
+    if unsatisfiable is not None:
+        return _unsatisfiable(unsatisfiable, size)
     start, end = span or (0, size - 1)
     try:
         fh = open_span(default_storage, artifact.storage_name, start, end)
     except FileNotFoundError:  # deleted behind the row's back (an operator cleaning storage by hand)
         raise ResultExpired(f"{filename} is no longer in storage") from None
     chunks = _read(fh, end - start + 1)
-    compress = span is None and wants_zstd(request)
     if compress:
         chunks = _zstd(chunks)
     raw_request = getattr(request, "_request", request)
     content = _async(chunks) if isinstance(raw_request, ASGIRequest) else chunks
     response = StreamingHttpResponse(content, status=206 if span else 200,
                                      content_type=valid_content_type(artifact.content_type) or "application/octet-stream")
-    response["Accept-Ranges"] = "bytes"
-    response["ETag"] = etag
+    response["Accept-Ranges"] = "none" if compress else "bytes"  # ranges are of the plain bytes only
+    response["ETag"] = representation
     response["Content-Disposition"] = content_disposition(filename)
     response["Vary"] = "Accept-Encoding"
     if compress:

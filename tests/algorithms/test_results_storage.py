@@ -65,6 +65,35 @@ def test_blob_result_is_stored_as_a_file_and_downloads_whole_in_ranges_and_zstd(
     assert zstandard.ZstdDecompressor().decompressobj().decompress(body(packed)) == expected
 
 
+def test_a_zstd_download_has_a_validator_of_its_own_so_a_resume_never_splices_plain_bytes_into_it(
+        live_worker, alice, api):
+    # A download manager resuming with the tag and a Range got 206 of *plain* bytes to append to the
+    # compressed ones it had (the same strong ETag and Accept-Ranges on both): a corrupt file.
+    client = api(alice)
+    expected = expected_blob(1.5, 9)
+    task = run(client, "demo.blob", {"size_mb": 1.5, "seed": 9})
+    url, plain_tag = f"/api/v1/tasks/{task['id']}/result/", f'"{task["result_meta"]["sha256"]}"'
+
+    packed = client.get(url, HTTP_ACCEPT_ENCODING="zstd")
+    packed_tag = packed["ETag"]
+    assert packed["Content-Encoding"] == "zstd" and packed["Accept-Ranges"] == "none"
+    assert packed_tag.startswith("W/") and packed_tag != plain_tag
+    head = body(packed)[:100_000]
+
+    resumed = client.get(url, HTTP_ACCEPT_ENCODING="zstd", HTTP_RANGE="bytes=100000-", HTTP_IF_RANGE=packed_tag)
+    assert resumed.status_code == 200 and resumed["Content-Encoding"] == "zstd"  # the whole, not a splice
+    again = body(resumed)
+    assert again[:100_000] == head
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(again) == expected
+
+    assert client.get(url, HTTP_ACCEPT_ENCODING="zstd", HTTP_IF_NONE_MATCH=packed_tag).status_code == 304
+    assert client.get(url, HTTP_ACCEPT_ENCODING="zstd", HTTP_IF_NONE_MATCH=plain_tag).status_code == 200
+    plain = client.get(url, HTTP_IF_NONE_MATCH=plain_tag)
+    assert plain.status_code == 304 and plain["ETag"] == plain_tag
+    ranged = client.get(url, HTTP_ACCEPT_ENCODING="zstd", HTTP_RANGE="bytes=10-19", HTTP_IF_RANGE=plain_tag)
+    assert ranged.status_code == 206 and "Content-Encoding" not in ranged and body(ranged) == expected[10:20]
+
+
 def test_a_stored_result_the_client_has_already_is_a_304_without_its_bytes(live_worker, alice, api):
     # A client that keeps downloads (a notebook re-run, a sync script) asks with the ETag it has.
     client = api(alice)
