@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from config.env import one_line_configuration_errors  # noqa: E402
+
+one_line_configuration_errors()
+
 from config.handlers import get_asgi_application  # noqa: E402 - Django's, with a sync middleware chain
 
 django_asgi_app = get_asgi_application()

@@ -8,9 +8,10 @@ from celery import Celery
 from celery.signals import task_prerun, worker_process_init, worker_ready
 
 from config import broker
-from config.env import env_float, env_str
+from config.env import env_float, env_str, one_line_configuration_errors
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+one_line_configuration_errors()  # celery worker / beat: a bad setting is one line, not a traceback
 
 broker.register()  # redis:// through config.broker's transport: a closed channel raises a connection error
 app = Celery("conveyor")

@@ -9,9 +9,30 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from types import TracebackType
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+
+
+def one_line_configuration_errors() -> None:
+    """A configuration error that reaches the top of the process (manage.py, daphne importing config.asgi,
+    a Celery worker or beat importing config.celery) is printed as ``error: <its message>``, one line on
+    stderr, not a 60-line traceback whose last line is the message; the process still exits with 1.
+    Anything else keeps Python's traceback."""
+    previous = sys.excepthook
+    if getattr(previous, "one_line_configuration_errors", False):
+        return  # installed already (config.celery is imported by every entry point)
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if isinstance(exc, ImproperlyConfigured):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            previous(kind, exc, tb)
+
+    hook.one_line_configuration_errors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def env_str(name: str, default: str | None = None) -> str:

@@ -125,7 +125,8 @@ except ValueError as exc:  # not repeated: the URL may hold a password
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL ({exc}); "
                                "expected postgres://user:password@host:5432/name") from None
 # A database that does not answer fails a request (and the readiness probe) quickly instead of hanging.
-DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+    "connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5, minimum=1))  # libpq would wait for ever on 0
 # Server-prepared statements for the statements on every task's path (jobs/prepared.py asks for them
 # by name; every other query stays client-bound and unprepared): PostgreSQL parses and
 # plans each of those long statements once per connection instead of on every call, with a generic plan

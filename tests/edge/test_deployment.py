@@ -90,6 +90,7 @@ def test_settings_read_every_variable_the_tests_rely_on():
     ("EVENT_COALESCE_MS", "nan", "EVENT_COALESCE_MS='nan' is not a finite number"),
     ("WEBHOOK_MAX_ATTEMPTS", "-3", "WEBHOOK_MAX_ATTEMPTS='-3' must be 0 or more"),
     ("JWT_ACCESS_MINUTES", "0", "JWT_ACCESS_MINUTES='0' must be 1 or more"),
+    ("DB_CONNECT_TIMEOUT", "0", "DB_CONNECT_TIMEOUT='0' must be 1 or more"),  # libpq would wait for ever
     ("STORAGE_OPTIONS", "notjson", "STORAGE_OPTIONS is not valid JSON"),
     ("STORAGE_OPTIONS", "[1]", "STORAGE_OPTIONS is JSON but not an object"),
     ("DATABASE_URL", "postgres://u:hunter2@db:port/x", "DATABASE_URL is not a database URL"),
@@ -102,10 +103,21 @@ def test_a_malformed_setting_stops_the_process_with_a_clear_error(name, value, s
     out = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode != 0
-    # The last line, which is what a log shows first, names the variable and what it should be.
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ") and says in last, out.stderr[-2000:]
+    # One line, not a traceback ending in it: it names the variable and what it should be.
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert says in out.stderr
     assert "hunter2" not in out.stderr  # a URL's password is not repeated
+
+
+@pytest.mark.parametrize("command", [["-m", "daphne", "-p", "1", "config.asgi:application"],
+                                     ["-m", "celery", "-A", "config", "worker"], ["-m", "celery", "-A", "config", "beat"]],
+                         ids=["daphne", "worker", "beat"])
+def test_a_malformed_setting_stops_the_web_server_worker_and_beat_with_one_line(command):
+    env = {"PATH": os.environ["PATH"], "SECRET_KEY": "x" * 50, "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x",
+           "DB_POOL_MAX_SIZE": "abc"}
+    out = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == "error: DB_POOL_MAX_SIZE='abc' is not an integer\n"
 
 
 def test_compose_has_every_service_wired_to_its_dependencies(compose):
