@@ -19,7 +19,7 @@ from algorithms.models import Artifact
 from config.errors import InvalidInput, NotFound, refuse_nul
 from config.schema import errors
 from jobs import selectors, services
-from jobs.api.filters import TaskFilter, UtcDateTimeField
+from jobs.api.filters import TaskFilter, UtcDateTimeField, one_value
 from jobs.api.serializers import (
     BULK_IDS_MAX, ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskCancelManyIn, TaskCancelManyOut, TaskEventOut, TaskOut,
     TaskResultOut, TaskRetryManyIn, TaskRetryManyOut, TaskSubmitIn, after_seq_of, selection_of,
@@ -107,8 +107,9 @@ class NewestFirst(CursorPagination):
 
     def get_page_size(self, request: Request) -> int:
         """``?page_size``: a whole number from 1; anything else is a 400 naming it (DRF would quietly use
-        the default); above ``max_page_size`` it is that. Left empty, as an empty filter, it is not there."""
-        raw = request.query_params.get(self.page_size_query_param)
+        the default); above ``max_page_size`` it is that. Left empty, as an empty filter, it is not there.
+        Given twice, a 400 naming it too (DRF would use the last)."""
+        raw = one_value(request.query_params, self.page_size_query_param)
         if not raw:
             return self.page_size
         if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
@@ -118,7 +119,9 @@ class NewestFirst(CursorPagination):
 
     def decode_cursor(self, request: Request) -> Cursor | None:
         """DRF's, with a malformed cursor a 400 naming ``cursor`` (DRF answers 404), and its position read
-        as the ``created_at`` it stands for, so a NUL or a non-date never reaches the query."""
+        as the ``created_at`` it stands for, so a NUL or a non-date never reaches the query. Given twice,
+        a 400 naming it (DRF would read the last)."""
+        one_value(request.query_params, self.cursor_query_param)
         try:
             cursor = super().decode_cursor(request)
             if cursor is None or cursor.position is None:
