@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework.settings import api_settings
@@ -11,6 +13,7 @@ from algorithms import results
 from algorithms.models import Artifact
 from config.errors import InvalidInput
 from jobs import services
+from jobs.jsonsafe import without_surrogates
 from jobs.models import FINAL, Task, TaskEvent
 from webhooks.api.serializers import WebhookUrlField
 
@@ -51,13 +54,54 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+class NoUnknownKeys(serializers.Serializer):
+    """A request body that takes its own fields and nothing else: any other key is a 400 naming it (beside
+    the other fields' errors), where DRF would drop it, so that a typo (``prams``, ``max_retry``) never
+    runs a task with the defaults. ``takes`` says whose keys the message lists. In the schema the body has
+    ``additionalProperties: false`` (``NoUnknownKeysSchema``)."""
+
+    takes = "this body"
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown: dict[str, list[str]] = {}
+        if isinstance(data, Mapping):
+            reason = f"unknown field ({self.takes} takes {', '.join(self.fields)})"
+            # a key that is no valid Unicode (a lone surrogate) is named escaped: the answer must be UTF-8
+            unknown = {without_surrogates(str(key)): [reason] for key in data if key not in self.fields}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if unknown and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**exc.detail, **unknown}) from None
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
+
+
+class NoUnknownKeysSchema(OpenApiSerializerExtension):
+    """``NoUnknownKeys`` bodies in the schema: ``additionalProperties: false`` (generated clients and the
+    fuzzer learn that another key is refused)."""
+
+    target_class = NoUnknownKeys
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
+
+
 @extend_schema_serializer(examples=[
     OpenApiExample("hello", request_only=True, value={"algorithm": "demo.hello", "params": {"seconds": 2, "steps": 4}}),
     OpenApiExample("everything", request_only=True, value={
         "algorithm": "demo.sleep", "params": {"seconds": 30}, "priority": "high", "queue": "default",
         "max_retries": 2, "timeout_seconds": 600, "labels": ["nightly", "team-a"]}),
 ])
-class TaskSubmitIn(serializers.Serializer):
+class TaskSubmitIn(NoUnknownKeys):
+    takes = "a task"
+
     algorithm = serializers.CharField(max_length=200)
     params = JSONObjectField(required=False, default=dict)
     priority = PriorityField(required=False)
@@ -122,7 +166,9 @@ def _first_failing_items(detail: Any) -> Any:
 
 @extend_schema_serializer(examples=[OpenApiExample("two tasks", request_only=True, value={
     "tasks": [{"algorithm": "demo.noop"}, {"algorithm": "demo.hello", "params": {"seconds": 1}, "priority": 8}]})])
-class TaskBatchSubmitIn(serializers.Serializer):
+class TaskBatchSubmitIn(NoUnknownKeys):
+    takes = "a batch"
+
     tasks = BatchItems(child=TaskSubmitIn(), allow_empty=False)  # validated: one TaskSpec per item, in order
 
 

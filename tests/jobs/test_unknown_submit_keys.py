@@ -1,0 +1,99 @@
+"""A submit (one task, or a batch) with a key it does not know is a 400 naming each such key; DRF used to
+drop them, so a typo (``prams``, ``max_retry``) ran the task with the defaults."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from jobs.models import Task
+from tests.queueing.conftest import make_queue
+
+pytestmark = pytest.mark.django_db
+
+TASKS = "/api/v1/tasks/"
+
+
+def error_fields(response: Any) -> dict[str, list[str]]:
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["message"]
+    return error["fields"]
+
+
+@pytest.fixture
+def client(api: Any, alice: Any) -> Any:
+    make_queue("default")
+    return api(alice)
+
+
+# --- 2. unknown keys in a submit ------------------------------------------------------------------
+
+def test_a_submit_with_unknown_keys_is_a_400_naming_each_and_stores_nothing(client):
+    response = client.post(TASKS, {"algorithm": "demo.sleep", "prams": {"seconds": 1}, "max_retry": 0,
+                                   "timeout": 5}, format="json")
+
+    fields = error_fields(response)
+    assert set(fields) == {"prams", "max_retry", "timeout"}, fields
+    assert all(reasons[0].startswith("unknown field") for reasons in fields.values())
+    assert "params" in fields["prams"][0]  # the message lists the keys a task takes
+    assert Task.objects.count() == 0
+
+
+def test_unknown_keys_are_named_beside_the_other_errors(client):
+    fields = error_fields(client.post(TASKS, {"algorithm": "demo.noop", "priority": "urgent", "prio": 1},
+                                      format="json"))
+
+    assert set(fields) == {"priority", "prio"}
+
+
+def test_every_documented_key_is_taken(client):
+    body = {"algorithm": "demo.sleep", "params": {"seconds": 1}, "priority": "high", "queue": "default",
+            "max_retries": 0, "timeout_seconds": 5, "labels": ["a"]}
+
+    response = client.post(TASKS, body, format="json")
+
+    assert response.status_code == 201, response.content
+    task = response.json()
+    assert (task["max_retries"], task["timeout_seconds"], task["params"]["seconds"]) == (0, 5, 1)
+
+
+def test_a_batch_names_each_items_unknown_keys_and_its_own(client):
+    items = [{"algorithm": "demo.noop"}, {"algorithm": "demo.noop", "prams": {}},
+             {"algorithm": "demo.noop", "labels": ["x"], "lables": ["y"]}]
+
+    fields = error_fields(client.post(f"{TASKS}batch/", {"tasks": items}, format="json"))
+    top = error_fields(client.post(f"{TASKS}batch/", {"tasks": items[:1], "priority": 9}, format="json"))
+
+    assert set(fields) == {"tasks[1].prams", "tasks[2].lables"}, fields
+    assert set(top) == {"priority"}, top
+    assert Task.objects.count() == 0
+
+
+def test_an_idempotent_replay_with_an_unknown_key_is_refused_too(client):
+    body = {"algorithm": "demo.noop"}
+    first = client.post(TASKS, body, format="json", HTTP_IDEMPOTENCY_KEY="k1")
+    replay = client.post(TASKS, {**body, "prams": {}}, format="json", HTTP_IDEMPOTENCY_KEY="k1")
+
+    assert first.status_code == 201
+    assert set(error_fields(replay)) == {"prams"}
+
+
+def test_an_unknown_key_that_is_no_valid_unicode_is_named_escaped(client):
+    response = client.generic("POST", TASKS, '{"algorithm": "demo.noop", "x\\ud800": 1}',
+                              content_type="application/json")
+
+    assert response.status_code == 400, response.content
+    assert list(response.json()["error"]["fields"]) == ["x\\ud800"]
+
+
+def test_the_submit_bodies_refuse_unknown_keys_in_the_schema(client):
+    schema = json.loads(client.get("/api/schema/?format=json").content)
+    paths, components = schema["paths"], schema["components"]["schemas"]
+    one_ref = paths[TASKS]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    batch_ref = paths[f"{TASKS}batch/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    one, batch = (components[ref["$ref"].rsplit("/", 1)[1]] for ref in (one_ref, batch_ref))
+
+    assert one["additionalProperties"] is False and batch["additionalProperties"] is False
+    assert batch["properties"]["tasks"]["items"] == one_ref
