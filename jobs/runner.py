@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 # The watchdog's record of a run it stops waits no longer for a lock (``Watchdog._terminate``): it beats
 # every task of the process.
 TERMINATE_LOCK_TIMEOUT = "1s"
+
+# Set by the worker's main process when its warm shutdown begins (``queueing.heartbeat``). Shared memory
+# made when this module is imported, in the main process before the pool forks its children, so every
+# child sees it: a batch then starts none of its tasks still waiting their turn and hands them back at
+# once, instead of starting them only to have them killed at the end of the shutdown grace and run again.
+_SHUTTING_DOWN = multiprocessing.RawValue(ctypes.c_bool, False)
+
+
+def worker_shutting_down() -> None:
+    _SHUTTING_DOWN.value = True
 
 
 class TaskTimeout(Exception):
@@ -364,6 +375,7 @@ class Batch:
         self.lost: set[str] = set()
         self.fenced: set[str] = set()  # waiting while the heartbeats failed (``lose_waiting``)
         self.skipped: list[str] = []  # fenced when their turn came: handed back in ``__exit__``
+        self.stopping: list[str] = []  # their turn came after the worker's warm shutdown began: the same
         self.outcomes: list[tuple[str, Outcome]] = []
         self.lock = threading.Lock()
         self.flush_every = settings.CONVEYOR["FINISH_FLUSH_SECONDS"]
@@ -392,18 +404,24 @@ class Batch:
             Watchdog.get().remove(self)
 
     def _hand_back_skipped(self) -> None:
-        """The tasks held back by the fence, never started: back to PENDING under this batch's claim
-        (a no-op for one the reaper took meanwhile), without counting an attempt."""
+        """The tasks held back by the fence or by the worker's shutdown, never started: back to PENDING
+        under this batch's claim (a no-op for one the reaper took meanwhile), without counting an attempt."""
+        self._release("skipped", "its worker was cut off from the database before it started")
+        self._release("stopping", "its worker was shutting down before it started")
+
+    def _release(self, held: str, reason: str) -> None:
+        """Hand back the tasks of ``self.<held>``; kept there (and beaten) until that has committed."""
         with self.lock:
-            skipped, self.skipped = self.skipped, []
-        if skipped:
-            execution.release(task_ids=skipped, worker=self.worker, claimed_at=self.claimed_at,
-                             reason="its worker was cut off from the database before it started")
+            task_ids = list(getattr(self, held))
+        if task_ids:
+            execution.release(task_ids=task_ids, worker=self.worker, claimed_at=self.claimed_at, reason=reason)
+            with self.lock:
+                setattr(self, held, [t for t in getattr(self, held) if t not in task_ids])
 
     def waiting_ids(self) -> list[str]:
         """Claimed and not yet recorded as finished: still RUNNING, so their heartbeats are ours to beat."""
         with self.lock:
-            return [*self.waiting, *(task_id for task_id, _ in self.outcomes), *self.skipped]
+            return [*self.waiting, *(task_id for task_id, _ in self.outcomes), *self.skipped, *self.stopping]
 
     def beaten(self, flags: dict[str, bool]) -> None:
         with self.lock:
@@ -415,6 +433,7 @@ class Batch:
                 else:  # still ours, its heartbeat through: the fence no longer holds it back
                     self.fenced.discard(task_id)
             self.skipped = [task_id for task_id in self.skipped if task_id in flags]  # the rest were taken
+            self.stopping = [task_id for task_id in self.stopping if task_id in flags]
 
     def lose_waiting(self) -> None:
         """Fenced (``Watchdog._fence``): none of the tasks waiting their turn is started while the database
@@ -430,7 +449,12 @@ class Batch:
             if task_id in self.fenced and not lost:  # held back: handed back at the batch's end, still beaten
                 self.skipped.append(task_id)
                 lost = True
-        if lost:  # reaped or cancelled while waiting, or fenced: no longer ours
+            elif _SHUTTING_DOWN.value and not lost and not cancelled:
+                self.stopping.append(task_id)
+                lost = True
+        if lost:  # reaped or cancelled while waiting, fenced, or the worker stopping: not run here
+            if self.stopping:
+                self._hand_back_now()
             return
         outcome = (Outcome(status=Status.CANCELLED, error="cancelled", retryable=False) if cancelled
                    else run(task, since=self.since))
@@ -440,6 +464,16 @@ class Batch:
             self.flush(older_than=self.flush_every)
         except Exception:  # kept, and beaten, for the next record (the watchdog's, or the batch's end)
             log.exception("could not record finished tasks; trying again later")
+            connections.close_all()
+
+    def _hand_back_now(self) -> None:
+        """The worker is stopping: what this batch has not started goes back at once, for other workers
+        to take while this one finishes its current task (kept, and beaten, for the batch's end if the
+        database does not answer now)."""
+        try:
+            self._release("stopping", "its worker was shutting down before it started")
+        except Exception:
+            log.exception("could not hand back tasks of a stopping worker; trying again at the batch's end")
             connections.close_all()
 
     def flush(self, older_than: float = 0.0) -> None:
@@ -461,7 +495,8 @@ class Batch:
         """Before this process is killed: record what finished, hand back what never started."""
         self.flush()
         with self.lock:
-            waiting, self.waiting, self.skipped = [*self.waiting, *self.skipped], {}, []
+            waiting, self.waiting = [*self.waiting, *self.skipped, *self.stopping], {}
+            self.skipped, self.stopping = [], []
         if waiting:
             execution.release(task_ids=waiting, worker=self.worker, claimed_at=self.claimed_at,
                              reason="its batch's worker process was terminated")

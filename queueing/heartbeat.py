@@ -176,7 +176,11 @@ def conveyor_pool_shrink(state: Any, n: int = 1, total: int | None = None, **kwa
 
 
 def _start_grace() -> None:
-    """Once per process: after the grace period, stop what still runs and hand it back."""
+    """Once per process: after the grace period, stop what still runs and hand it back. Batches start no
+    more of their tasks meanwhile (``runner.worker_shutting_down``): those go back at once."""
+    from jobs import runner
+
+    runner.worker_shutting_down()
     if "consumer" not in _state or _state.get("grace_started"):
         return
     _state["grace_started"] = True

@@ -28,8 +28,9 @@ _DEFAULTS = {
     "TASK_PROGRESS_MIN_INTERVAL": "0.05",
     "RECONCILE_EVERY_SECONDS": "1",
     "DISPATCH_TICK_SECONDS": "1",
-    # The session's worker also consumes ``batched``, several task ids per message (tests/e2e/test_batched.py).
-    "DISPATCH_BATCH": "batched:4",
+    # The session's worker also consumes ``batched``, several task ids per message (tests/e2e/test_batched.py);
+    # ``stopbatch`` is consumed by a worker of its own (tests/queueing/test_e2e_shutdown_fairness.py).
+    "DISPATCH_BATCH": "batched:4,stopbatch:4",
     # Test-only external programs (tests/algorithms/test_process_adapter.py).
     "EXTERNAL_ALGORITHMS": "tests/algorithms/external_test.toml",
     # Results and artifacts of test tasks land here, not in the repository's media/.

@@ -83,6 +83,39 @@ def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_to_another_worker(
         assert task.attempts == 1, "an interrupted attempt does not use up a retry"
 
 
+def test_sigterm_mid_batch_starts_none_of_its_waiting_tasks_and_hands_them_back_at_once(
+        live_worker, extra_worker, worker_with_grace, alice, api):
+    """A message of 4 ids (``stopbatch:4``, tests/settings.py): SIGTERM while its tasks run one after another.
+    The task running finishes; the ones still waiting their turn are not started on a worker that is going
+    away (started, the last would be killed at the end of the grace and run again) but handed back at once,
+    for another worker, without counting an attempt."""
+    make_queue("stopbatch", concurrency=4)
+    first = worker_with_grace("stopbatch", 1, tag="stopbatch-a", grace=60)
+    body = {"tasks": [{"algorithm": "demo.sleep", "params": {"seconds": 2}, "queue": "stopbatch"}] * 4}
+    response = api(alice).post("/api/v1/tasks/batch/", body, format="json")
+    assert response.status_code == 201, response.content
+    ids = [t["id"] for t in response.json()["tasks"]]
+    wait_until(lambda: Task.objects.filter(id__in=ids, status=Status.SUCCEEDED).exists(), timeout=60,
+               message="the batch's first task done")
+
+    stopped_at = time.monotonic()
+    first.terminate(timeout=90)
+    assert time.monotonic() - stopped_at < 40, "the worker did not wait for the rest of the batch nor its grace"
+    tasks = {str(t.id): t for t in Task.objects.filter(id__in=ids)}
+    waiting = [i for i in ids if tasks[i].status in (Status.PENDING, Status.QUEUED)]
+    assert waiting and all(tasks[i].status == Status.SUCCEEDED for i in ids if i not in waiting), \
+        {i: t.status for i, t in tasks.items()}
+    for task_id in waiting:
+        back = tasks[task_id].events.filter(event="task.requeued").latest("seq")
+        assert back.data["reason"] == "its worker was shutting down before it started"
+    assert not Task.objects.filter(id__in=ids, events__event="task.retrying").exists(), "none was killed"
+
+    extra_worker("stopbatch", 1, tag="stopbatch-b")
+    wait_until(lambda: Task.objects.filter(id__in=ids, status=Status.SUCCEEDED).count() == 4, timeout=60,
+               message="the handed-back tasks run elsewhere")
+    assert all(t.attempts == 1 for t in Task.objects.filter(id__in=ids))
+
+
 def test_shutdown_through_the_api_gives_a_hung_task_the_grace_period_then_hands_it_back(
         live_worker, extra_worker, alice, olga, api):
     """The operator's ``POST /workers/{hostname}/shutdown/`` behaves as SIGTERM does: a task that ignores
