@@ -175,7 +175,20 @@ class TaskBatchSubmitIn(NoUnknownKeys):
 @extend_schema_serializer(examples=[OpenApiExample("by name", request_only=True, value={"priority": "critical"}),
                                     OpenApiExample("by number", request_only=True, value={"priority": 7})])
 class PriorityIn(serializers.Serializer):
+    """The task's new priority (required): 0-9, or low, normal, high or critical."""
+
+    # Never partial, although it comes with a PATCH: drf-spectacular documents a PATCH body as partial (a
+    # ``Patched…`` component requiring nothing, the body optional), right for the queues' and webhooks'
+    # PATCH, but this one answers 400 without ``priority``.
     priority = PriorityField()
+
+    @property
+    def partial(self) -> bool:
+        return False
+
+    @partial.setter
+    def partial(self, value: bool) -> None:
+        """Ignored: DRF's ``partial=`` argument, and drf-spectacular marking a PATCH body partial."""
 
 
 class AfterSeqIn(serializers.Serializer):
