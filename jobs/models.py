@@ -61,7 +61,7 @@ class Task(models.Model):
     # ``queue_position`` (ahead of every priority); otherwise priority, then ``fair_seq`` (round-robin
     # between owners, stamped at submit), then submit time.
     queue_position = models.BigIntegerField(null=True, blank=True)
-    fair_seq = models.BigIntegerField(default=0)
+    fair_seq = models.BigIntegerField(default=0, db_default=0)
 
     progress_percent = models.FloatField(default=0.0)
     progress_stage = models.CharField(max_length=200, blank=True)

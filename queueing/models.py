@@ -41,13 +41,13 @@ class Queue(models.Model):
     default_priority = models.PositiveSmallIntegerField(default=5, validators=[MaxValueValidator(9)])
     description = models.CharField(max_length=500, blank=True)
     # Per-owner cap on this queue's QUEUED + RUNNING tasks; 0 means no cap beyond ``concurrency``.
-    user_concurrency = models.PositiveIntegerField(default=0)
+    user_concurrency = models.PositiveIntegerField(default=0, db_default=0)
     # What every worker consuming this queue provides, e.g. {"gpu": 1}. An algorithm that declares
     # resource needs is accepted only on a queue that provides them (jobs.services.build_spec).
-    resources = models.JSONField(default=dict, blank=True, validators=[validate_resources])
+    resources = models.JSONField(default=dict, db_default={}, blank=True, validators=[validate_resources])
     # Every reorder pins its head below this and lowers it (queueing.services.reorder), so the newest
     # pins sort first, also ahead of an older pin that comes back to PENDING with its task.
-    pin_floor = models.BigIntegerField(default=1, editable=False)
+    pin_floor = models.BigIntegerField(default=1, db_default=1, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -73,13 +73,13 @@ class Delivery(models.Model):
     task_id = models.UUIDField(null=True, blank=True)
     # Per-queue order, the same way, for queue events (``queue.paused``/``queue.resumed``): their queue,
     # and a ``seq`` from the ``webhooks_queue_event_seq`` sequence. Empty for task events.
-    queue = models.CharField(max_length=64, blank=True, default="")
+    queue = models.CharField(max_length=64, blank=True, default="", db_default="")
     seq = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     # ``attempts`` when it was last redelivered: a redelivery's retry budget (MAX_ATTEMPTS, the schedule)
     # counts from there, whatever its history.
-    redelivered_after = models.PositiveIntegerField(default=0)
+    redelivered_after = models.PositiveIntegerField(default=0, db_default=0)
     next_attempt_at = models.DateTimeField()
     # When a Celery message was last sent for it; the beat re-sends only what looks lost.
     sent_at = models.DateTimeField(null=True, blank=True)

@@ -1,4 +1,4 @@
-from django.db import migrations, models
+from django.db import migrations, models, transaction
 
 # What the task list says about an inline result (``result_meta``), kept by PostgreSQL next to it: computed
 # whenever ``result`` (or one of these columns) is written, by any writer, so the columns always describe
@@ -50,11 +50,38 @@ DROP TRIGGER IF EXISTS jobs_task_result_meta ON jobs_task;
 DROP FUNCTION IF EXISTS jobs_task_result_meta();
 """
 
-# The inline results already there (at most RESULT_TTL_DAYS of them, each at most RESULT_INLINE_MAX).
-BACKFILL = "UPDATE jobs_task SET result = result WHERE result IS NOT NULL"
+BATCH = 2000
+
+
+def backfill(apps, schema_editor):
+    """The inline results already there (at most RESULT_TTL_DAYS of them, each at most RESULT_INLINE_MAX):
+    rewritten onto themselves, so the trigger fills their columns.
+
+    A few thousand rows at a time in primary-key order, each batch its own short transaction: only the
+    batch's rows are locked, and only while they are written. Walking by id visits each row once, also
+    one whose result is a JSON null (its columns stay NULL, so they cannot tell what is left to do)."""
+    connection = schema_editor.connection
+    last = None
+    while True:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            after = "" if last is None else "AND id > %s "
+            cursor.execute(
+                f"SELECT id FROM jobs_task WHERE result IS NOT NULL {after}ORDER BY id LIMIT %s FOR NO KEY UPDATE",
+                [BATCH] if last is None else [last, BATCH],
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                return
+            cursor.execute("UPDATE jobs_task SET result = result WHERE id = ANY(%s)", [ids])
+        last = ids[-1]
 
 
 class Migration(migrations.Migration):
+    # Each step commits on its own: the columns (nullable, added at once) and the trigger, before the
+    # backfill, which then never runs under the ALTER TABLE's lock (that stops every read and write of
+    # jobs_task). A result written meanwhile gets its columns from the trigger; the backfill does the rest.
+    atomic = False
+
     dependencies = [
         ("jobs", "0008_task_owner_order_index"),
     ]
@@ -73,5 +100,5 @@ class Migration(migrations.Migration):
             field=models.JSONField(blank=True, editable=False, null=True),
         ),
         migrations.RunSQL(CREATE, DROP),
-        migrations.RunSQL(BACKFILL, migrations.RunSQL.noop),
+        migrations.RunPython(backfill, migrations.RunPython.noop),
     ]
