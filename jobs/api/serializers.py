@@ -266,6 +266,29 @@ class TaskResultOut(serializers.Serializer):
     result = serializers.JSONField()
 
 
+RESULT_BODY = (
+    "An inline result (the task's `result_meta.storage` is `inline`) comes wrapped: `{task_id, status, result}`. "
+    "A stored one (`result_meta.storage` is `file`: larger than `RESULT_INLINE_MAX`) is streamed as its own bytes, "
+    "with its own content type and `Content-Disposition: attachment`: a JSON result is `application/json` "
+    "too, but the result itself (any JSON value), without the wrapper; `result_meta` has its size and sha256.")
+
+
+class TaskResultBody(serializers.Serializer):
+    """The schema of ``GET /tasks/{id}/result/``'s JSON answer (``TaskResultBodySchema``); never serializes."""
+
+
+class TaskResultBodySchema(OpenApiSerializerExtension):
+    """``TaskResultBody`` in the schema: ``TaskResultOut`` or, for a stored result, any JSON value (``anyOf``,
+    not ``oneOf``: the wrapper is a JSON value too, so it matches both)."""
+
+    target_class = TaskResultBody
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        wrapped = auto_schema.resolve_serializer(TaskResultOut, direction).ref
+        stored = {"description": "a stored JSON result (`result_meta.storage` is `file`): the value itself"}
+        return {"anyOf": [wrapped, stored], "description": RESULT_BODY}
+
+
 class TaskEventOut(serializers.ModelSerializer):
     class Meta:
         model = TaskEvent

@@ -6,7 +6,7 @@ from typing import Any
 from django import forms
 from django.db.models import Prefetch
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import Cursor, CursorPagination
@@ -22,7 +22,7 @@ from jobs import selectors, services
 from jobs.api.filters import TaskFilter, UtcDateTimeField, one_value
 from jobs.api.serializers import (
     BULK_IDS_MAX, ArtifactOut, PriorityIn, TaskBatchSubmitIn, TaskCancelManyIn, TaskCancelManyOut, TaskEventOut, TaskOut,
-    TaskResultOut, TaskRetryManyIn, TaskRetryManyOut, TaskSubmitIn, after_seq_of, selection_of,
+    RESULT_BODY, TaskResultBody, TaskRetryManyIn, TaskRetryManyOut, TaskSubmitIn, after_seq_of, selection_of,
 )
 from jobs.errors import NoResult
 from jobs.models import Status, Task
@@ -236,9 +236,12 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
                                         by=request.user)
         return Response(_with_waiting(task))
 
-    @extend_schema(responses={(200, "application/json"): TaskResultOut, **downloads.SCHEMA_RESPONSES, **errors(409)},
-                   description="Inline results as JSON; a stored (large) result is streamed as its bytes "
-                               "(Range and `Accept-Encoding: zstd` supported). 410 once it expired.")
+    @extend_schema(responses={(200, "application/json"): OpenApiResponse(TaskResultBody, description=RESULT_BODY),
+                              **downloads.SCHEMA_RESPONSES, **errors(409)},
+                   description="Inline results as JSON, wrapped; a stored (large) result is streamed as its bytes "
+                               "(Range and `Accept-Encoding: zstd` supported), a JSON one as `application/json` "
+                               "without the wrapper: the task's `result_meta.storage` (`inline`, `file`) says "
+                               "which. 410 once it expired.")
     @action(detail=True, methods=["get"], renderer_classes=downloads.DOWNLOAD_RENDERERS)
     def result(self, request: Request, pk: str | None = None) -> Any:
         task = self.get_object()
