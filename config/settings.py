@@ -157,6 +157,10 @@ HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0, positive=True)
 HEALTH_WORKER_PING_TIMEOUT = env_float("HEALTH_WORKER_PING_TIMEOUT", 0.5, positive=True)
 # /api/v1/system/health/ runs its checks at most once per this many seconds per process (0: every call).
 HEALTH_CACHE_SECONDS = env_float("HEALTH_CACHE_SECONDS", 1.0)
+# Web (daphne): on SIGTERM, serve the requests in flight for at most this many seconds before stopping,
+# readiness answering 503 meanwhile (config/handlers.py drain_on_sigterm). Keep it under the platform's
+# grace (Kubernetes terminationGracePeriodSeconds less the preStop sleep; compose stop_grace_period).
+WEB_SHUTDOWN_GRACE_SECONDS = env_float("WEB_SHUTDOWN_GRACE_SECONDS", 20.0)
 
 CACHES = {
     "default": {

@@ -12,6 +12,10 @@ sockets (connect and read, no retries), so a dependency that accepts connections
 the check's thread by itself soon after instead of leaving it, and its socket, blocked for ever. Checks
 that need a dependency which failed are skipped, not run: workers are not pinged through a broker that
 is down, remote services (stored in the database) are not read from a database that is down.
+
+A web process that got SIGTERM and is draining its requests in flight (``config.handlers``) is not ready
+whatever its dependencies say: ``shutting_down`` is set, and the endpoint answers 503 so that load
+balancers stop sending it new requests while the ones in flight finish.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from redis.retry import Retry
 REQUIRED = ("database", "redis", "broker")
 # Checks run only when the check they need passed, and what they report otherwise.
 NEEDS = {"workers": "broker", "remote_services": "database"}
+# Set once, on the first SIGTERM under daphne (config.handlers.drain_on_sigterm); never cleared.
+shutting_down = threading.Event()
 SKIPPED = {
     "workers": {"ok": False, "error": "skipped: broker unreachable", "count": 0},
     "remote_services": {"ok": False, "error": "skipped: database unreachable"},

@@ -59,9 +59,16 @@ class SystemHealthView(APIView):
                 "status": "unavailable",
                 "error": {"code": "not_ready", "message": "database: OperationalError: connection refused"},
                 "checks": {"database": {"ok": False, "error": "OperationalError: connection refused"}}}),
+            OpenApiExample("shutting down", response_only=True, status_codes=["503"], value={
+                "status": "unavailable", "checks": {},
+                "error": {"code": "shutting_down", "message": "this web process is shutting down"}}),
         ],
     )
     def get(self, request: Request) -> Response:
+        if health.shutting_down.is_set():  # draining before a stop: no checks, no new requests please
+            body = {"status": "unavailable", "checks": {},
+                    "error": {"code": "shutting_down", "message": "this web process is shutting down"}}
+            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         ready, checks = health.shared_readiness()
         if ready:
             return Response({"status": "ok", "checks": checks})

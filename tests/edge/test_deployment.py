@@ -441,6 +441,25 @@ def test_each_worker_stops_its_tasks_before_the_platform_kills_it(compose):
     assert "WORKER_SHUTDOWN_GRACE_SECONDS" not in config["data"]
 
 
+def test_the_web_server_drains_its_requests_before_the_platform_kills_it(compose):
+    """On SIGTERM daphne serves its requests in flight for up to WEB_SHUTDOWN_GRACE_SECONDS (config/handlers.py);
+    the platform's grace must cover that, and in Kubernetes a preStop sleep before it (the pod leaving the
+    Service's endpoints while it still serves); without one a rolling deploy cut requests off."""
+    from django.conf import settings
+
+    web = compose["services"]["web"]
+    app = float(web["environment"].get("WEB_SHUTDOWN_GRACE_SECONDS", settings.WEB_SHUTDOWN_GRACE_SECONDS))
+    assert 0 < app <= seconds(web["stop_grace_period"]) - 5, (app, web["stop_grace_period"])
+    webs = [(doc, container) for doc, container in k8s_containers("Deployment") if container["command"][0] == "daphne"]
+    assert webs
+    for doc, container in webs:
+        app = float(container_env(container).get("WEB_SHUTDOWN_GRACE_SECONDS", settings.WEB_SHUTDOWN_GRACE_SECONDS))
+        pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep" and 5 <= int(pre_stop[1]) <= 15, pre_stop
+        platform = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert 0 < app <= platform - int(pre_stop[1]) - 5, (doc["metadata"]["name"], app, pre_stop, platform)
+
+
 def test_the_web_server_and_only_it_pools_its_database_connections(compose):
     """Each daphne request runs in a thread of its own: without a pool every thread keeps a connection."""
     for name, service in compose["services"].items():
