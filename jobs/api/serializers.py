@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -11,9 +10,9 @@ from rest_framework.settings import api_settings
 
 from algorithms import results
 from algorithms.models import Artifact
+from config.bodies import NoUnknownKeys
 from config.errors import InvalidInput
 from jobs import services
-from jobs.jsonsafe import without_surrogates
 from jobs.models import FINAL, Task, TaskEvent
 from webhooks.api.serializers import WebhookUrlField
 
@@ -52,45 +51,6 @@ def _has_nul(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
-
-
-class NoUnknownKeys(serializers.Serializer):
-    """A request body that takes its own fields and nothing else: any other key is a 400 naming it (beside
-    the other fields' errors), where DRF would drop it, so that a typo (``prams``, ``max_retry``) never
-    runs a task with the defaults. ``takes`` says whose keys the message lists. In the schema the body has
-    ``additionalProperties: false`` (``NoUnknownKeysSchema``)."""
-
-    takes = "this body"
-
-    def to_internal_value(self, data: Any) -> Any:
-        unknown: dict[str, list[str]] = {}
-        if isinstance(data, Mapping):
-            reason = f"unknown field ({self.takes} takes {', '.join(self.fields)})"
-            # a key that is no valid Unicode (a lone surrogate) is named escaped: the answer must be UTF-8
-            unknown = {without_surrogates(str(key)): [reason] for key in data if key not in self.fields}
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            if unknown and isinstance(exc.detail, dict):
-                raise serializers.ValidationError({**exc.detail, **unknown}) from None
-            raise
-        if unknown:
-            raise serializers.ValidationError(unknown)
-        return value
-
-
-class NoUnknownKeysSchema(OpenApiSerializerExtension):
-    """``NoUnknownKeys`` bodies in the schema: ``additionalProperties: false`` (generated clients and the
-    fuzzer learn that another key is refused)."""
-
-    target_class = NoUnknownKeys
-    match_subclasses = True
-
-    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
-        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
-        if direction == "request":
-            schema["additionalProperties"] = False
-        return schema
 
 
 @extend_schema_serializer(examples=[
@@ -174,8 +134,10 @@ class TaskBatchSubmitIn(NoUnknownKeys):
 
 @extend_schema_serializer(examples=[OpenApiExample("by name", request_only=True, value={"priority": "critical"}),
                                     OpenApiExample("by number", request_only=True, value={"priority": 7})])
-class PriorityIn(serializers.Serializer):
+class PriorityIn(NoUnknownKeys):
     """The task's new priority (required): 0-9, or low, normal, high or critical."""
+
+    takes = "a priority change"
 
     # Never partial, although it comes with a PATCH: drf-spectacular documents a PATCH body as partial (a
     # ``Patched…`` component requiring nothing, the body optional), right for the queues' and webhooks'
@@ -405,8 +367,10 @@ class TaskFiltersField(serializers.Field):
         """More rules on the filters as ``TaskFilter`` read them (a subclass's); a ValidationError names one."""
 
 
-class TaskSelectionIn(serializers.Serializer):
+class TaskSelectionIn(NoUnknownKeys):
     """Exactly one of `task_ids` and `filters`: the tasks a bulk action (cancel, retry) is for."""
+
+    takes = "a bulk action"
 
     # Valid: {"tasks": the tasks the caller may see (filtered, for filters), "task_ids": the ids or None},
     # the bulk service's arguments; context["tasks"]: selectors.tasks_for(the caller) (``selection_of``).

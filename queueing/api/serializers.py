@@ -5,6 +5,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from config.bodies import NoUnknownKeys
 from jobs.api.serializers import PriorityField
 from queueing.models import validate_resources
 from queueing.selectors import QueueState
@@ -78,7 +79,9 @@ class QueuePatchIn(serializers.Serializer):
         return value
 
 
-class ReorderIn(serializers.Serializer):
+class ReorderIn(NoUnknownKeys):
+    takes = "a reorder"
+
     task_ids = serializers.ListField(child=serializers.UUIDField(), required=False, allow_empty=False, max_length=1000)
     task_id = serializers.UUIDField(required=False)
     position = serializers.IntegerField(required=False, min_value=1)
@@ -144,7 +147,9 @@ class WorkerOut(serializers.Serializer):
                   "it may have stopped consuming (restart it, or cancel_consumer + add_consumer)")
 
 
-class WorkerControlIn(serializers.Serializer):
+class WorkerControlIn(NoUnknownKeys):
+    takes = "a worker action"
+
     queue = serializers.CharField(required=False, max_length=64, help_text="add_consumer / cancel_consumer")
     n = serializers.IntegerField(required=False, min_value=1, max_value=64, default=1,
                                  help_text="pool_grow / pool_shrink")

@@ -97,3 +97,28 @@ def test_the_submit_bodies_refuse_unknown_keys_in_the_schema(client):
 
     assert one["additionalProperties"] is False and batch["additionalProperties"] is False
     assert batch["properties"]["tasks"]["items"] == one_ref
+
+
+# --- the other request bodies --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "path", "body", "typo"), [
+    ("patch", "/api/v1/tasks/{task}/priority/", {"priority": 7, "prioirty": 9}, "prioirty"),
+    ("post", "/api/v1/tasks/cancel/", {"task_ids": ["{task}"], "dry_run": True}, "dry_run"),
+    ("post", "/api/v1/tasks/retry/", {"filters": {"status": "FAILED"}, "filter": {}}, "filter"),
+    ("post", "/api/v1/webhooks/", {"url": "https://example.com/hook", "events": ["task.*"], "secret": "x"}, "secret"),
+    ("post", "/api/v1/queues/default/reorder/", {"task_ids": ["{task}"], "positon": 1}, "positon"),
+], ids=["priority", "bulk-cancel", "bulk-retry", "webhook", "reorder"])
+def test_every_other_body_names_a_key_it_does_not_take_and_changes_nothing(client, olga, api, method, path, body, typo):
+    """A typo never silently does something else: ``{"dry_run": true}`` cancelled for real; a webhook's own
+    ``secret`` was dropped (the server makes one), and a misspelt ``position`` reordered to the front."""
+    make_queue("default", paused=True)  # the task waits, PENDING: one each of these may change
+    task = client.post(TASKS, {"algorithm": "demo.noop", "queue": "default"}, format="json").json()
+    caller = api(olga) if "queues" in path else client
+    text = json.dumps(body).replace("{task}", task["id"])
+
+    response = getattr(caller, method)(path.format(task=task["id"]), text, content_type="application/json")
+
+    fields = error_fields(response)
+    assert typo in fields and fields[typo][0].startswith("unknown field"), fields
+    after = Task.objects.get(id=task["id"])
+    assert (after.status, after.priority) == (task["status"], task["priority"])

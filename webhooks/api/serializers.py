@@ -6,6 +6,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.bodies import NoUnknownKeys
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
 from webhooks.outbox import QUEUE_EVENTS, TASK_EVENTS, WILDCARDS
 
@@ -32,14 +33,18 @@ class FutureDateTimeField(serializers.DateTimeField):
         return super().to_representation(value) if value > timezone.now() else None
 
 
-class WebhookIn(serializers.Serializer):
+class WebhookIn(NoUnknownKeys):
+    takes = "a webhook"
+
     url = WebhookUrlField()
     events = serializers.ListField(child=EventNameField(max_length=50), allow_empty=False, max_length=50)
     description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     active = serializers.BooleanField(required=False, default=True)
 
 
-class WebhookPatchIn(serializers.Serializer):
+class WebhookPatchIn(NoUnknownKeys):
+    takes = "a webhook"
+
     url = WebhookUrlField(required=False)
     events = serializers.ListField(child=EventNameField(max_length=50), allow_empty=False, max_length=50,
                                    required=False)

@@ -1,0 +1,50 @@
+"""Request bodies that take their own fields and nothing else (``NoUnknownKeys``), shared by the apps' API
+serializers, and how the OpenAPI schema shows them."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from rest_framework import serializers
+
+from jobs.jsonsafe import without_surrogates
+
+
+class NoUnknownKeys(serializers.Serializer):
+    """A request body that takes its own fields and nothing else: any other key is a 400 naming it (beside
+    the other fields' errors), where DRF would drop it, so that a typo (``prams``, ``max_retry``) never
+    runs a task with the defaults. ``takes`` says whose keys the message lists. In the schema the body has
+    ``additionalProperties: false`` (``NoUnknownKeysSchema``)."""
+
+    takes = "this body"
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown: dict[str, list[str]] = {}
+        if isinstance(data, Mapping):
+            reason = f"unknown field ({self.takes} takes {', '.join(self.fields)})"
+            # a key that is no valid Unicode (a lone surrogate) is named escaped: the answer must be UTF-8
+            unknown = {without_surrogates(str(key)): [reason] for key in data if key not in self.fields}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if unknown and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**exc.detail, **unknown}) from None
+            raise
+        if unknown:
+            raise serializers.ValidationError(unknown)
+        return value
+
+
+class NoUnknownKeysSchema(OpenApiSerializerExtension):
+    """``NoUnknownKeys`` bodies in the schema: ``additionalProperties: false`` (generated clients and the
+    fuzzer learn that another key is refused)."""
+
+    target_class = NoUnknownKeys
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
