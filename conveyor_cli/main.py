@@ -96,8 +96,8 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
 # The most tasks one batch submit takes (the server's TASK_BATCH_MAX, 1000 unless its operator changed it):
 # the default --batch-size of ``submit --from-file``.
 BATCH_MAX = 1000
-# What one task of a batch may say: the body of a single submit (``POST /api/v1/tasks/``). The server ignores
-# a key it does not know, so a misspelt one ("prams") would make a task without it: refused here instead.
+# What one task of a batch may say: the body of a single submit (``POST /api/v1/tasks/``). The server refuses
+# a key it does not know too, but checked here every bad line of the file is named before anything is sent.
 TASK_KEYS = ("algorithm", "params", "priority", "queue", "max_retries", "timeout_seconds", "labels", "webhook_url")
 # The server's longest Idempotency-Key.
 IDEMPOTENCY_KEY_MAX = 200

@@ -207,6 +207,14 @@ def _user(username: str, *, operator: bool = False) -> Any:
     return user
 
 
+def error_fields(response: Any) -> dict[str, list[str]]:
+    """The ``fields`` of a 400 in the usual error shape (``{"error": {"code": "invalid", …}}``)."""
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["message"]
+    return error["fields"]
+
+
 @pytest.fixture
 def alice(db: None) -> Any:
     return _user("alice")

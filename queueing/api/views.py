@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from config.errors import Forbidden, InvalidInput, refuse_nul
 from config.permissions import IsOperator, is_operator
 from config.schema import ErrorOut, errors
+from jobs.api.filters import one_value
 from queueing import control, selectors, services, statistics
 from queueing.api.serializers import (
     QueueOut, QueuePatchIn, ReorderIn, ReorderOut, SystemStatsOut, TaskStatisticsOut, WaitingListOut,
@@ -23,15 +24,16 @@ OPERATOR_ACTIONS = {"partial_update", "pause", "resume", "reorder"}
 
 
 def _int_param(request: Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = one_value(request.query_params, name)
     try:
-        return min(hi, max(lo, int(request.query_params.get(name, default))))
+        return min(hi, max(lo, int(default if raw is None else raw)))
     except ValueError:
         raise InvalidInput(f"{name}: must be an integer", fields={name: ["must be an integer"]}) from None
 
 
 def _text_param(request: Request, name: str) -> str | None:
     """A query parameter that goes into a query."""
-    value = request.query_params.get(name)
+    value = one_value(request.query_params, name)
     refuse_nul(value, field=name)
     return value
 
@@ -139,7 +141,7 @@ class TaskStatisticsView(APIView):
                                OpenApiParameter("user", str, description="operators: one user's tasks (others: "
                                                                              "only their own name; another is a 403)")])
     def get(self, request: Request) -> Response:
-        window = statistics.parse_window(request.query_params.get("window"))
+        window = statistics.parse_window(one_value(request.query_params, "window"))
         owner = None if is_operator(request.user) else request.user
         username = _text_param(request, "user")
         if username and owner is not None and username != owner.get_username():
@@ -160,7 +162,7 @@ class SystemStatsView(APIView):
     @extend_schema(responses=SystemStatsOut,
                    parameters=[OpenApiParameter("window", str, description="15m, 1h (default), 24h, 7d")])
     def get(self, request: Request) -> Response:
-        window = statistics.parse_window(request.query_params.get("window"))
+        window = statistics.parse_window(one_value(request.query_params, "window"))
         now = timezone.now()
         workers = selectors.workers()
         return Response({

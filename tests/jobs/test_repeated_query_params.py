@@ -9,18 +9,12 @@ from typing import Any
 import pytest
 
 from jobs.models import Task
+from tests.conftest import error_fields
 from tests.queueing.conftest import make_queue
 
 pytestmark = pytest.mark.django_db
 
 TASKS = "/api/v1/tasks/"
-
-
-def error_fields(response: Any) -> dict[str, list[str]]:
-    assert response.status_code == 400, response.content
-    error = response.json()["error"]
-    assert error["code"] == "invalid" and error["message"]
-    return error["fields"]
 
 
 def submit(client: Any, **body: Any) -> str:
@@ -108,3 +102,18 @@ def test_bulk_filters_take_a_list_only_for_status(client):
 
     assert "filters.label" in error_fields(listed)
     assert by_status.status_code == 200 and by_status.json()["cancelled"] == 1
+
+
+@pytest.mark.parametrize(("path", "query", "name"), [
+    ("/api/v1/webhooks/", "page_size=5&page_size=abc", "page_size"),
+    ("/api/v1/webhooks/{hook}/deliveries/", "status=failed&status=SUCCEEDED", "status"),
+    ("/api/v1/statistics/tasks/", "window=1h&window=5m", "window"),
+    ("/api/v1/queues/default/tasks/", "limit=1&limit=2", "limit"),
+], ids=["webhook-page-size", "delivery-status", "statistics-window", "queue-tasks-limit"])
+def test_the_other_lists_name_a_parameter_given_twice_too(client, path, query, name):
+    hook = client.post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/hook", "events": ["task.*"]}, format="json")
+    assert hook.status_code == 201, hook.content
+
+    fields = error_fields(client.get(f"{path.format(hook=hook.json()['id'])}?{query}"))
+
+    assert name in fields, fields

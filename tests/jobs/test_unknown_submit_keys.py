@@ -8,18 +8,12 @@ from typing import Any
 import pytest
 
 from jobs.models import Task
+from tests.conftest import error_fields
 from tests.queueing.conftest import make_queue
 
 pytestmark = pytest.mark.django_db
 
 TASKS = "/api/v1/tasks/"
-
-
-def error_fields(response: Any) -> dict[str, list[str]]:
-    assert response.status_code == 400, response.content
-    error = response.json()["error"]
-    assert error["code"] == "invalid" and error["message"]
-    return error["fields"]
 
 
 @pytest.fixture

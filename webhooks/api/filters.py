@@ -4,6 +4,7 @@ from typing import Any
 
 import django_filters
 
+from jobs.api.filters import OneValueEachForm
 from webhooks.models import Delivery, DeliveryStatus
 
 
@@ -18,10 +19,11 @@ class DeliveryFilter(django_filters.FilterSet):
 
     class Meta:
         model = Delivery
+        form = OneValueEachForm  # ?status=A&status=B is a 400 naming status, not the last one's deliveries
         fields = ["status", "event", "task_id"]
 
     def __init__(self, data: Any = None, *args: Any, **kwargs: Any) -> None:
         if data is not None and data.get("status"):
             data = data.copy()  # ?status=failed has always been accepted, like FAILED
-            data["status"] = data["status"].upper()
+            data.setlist("status", [value.upper() for value in data.getlist("status")])
         super().__init__(data, *args, **kwargs)
