@@ -15,6 +15,9 @@ The protocol (README, "WebSocket protocol"):
   (an operator demoted) is 4403.
 * The server sends ``{"event": "ping"}`` every ``WS_PING_SECONDS``; ``{"type": "ping"}`` is answered
   with ``{"event": "pong"}``.
+* Every ``WS_RECHECK_SECONDS`` the socket also catches up from the database with any event it should
+  have streamed and did not: the channel layer loses what is published while its Redis connection is
+  being re-established, and when that was a task's last event no later one would show the gap.
 
 No gaps, no duplicates: the consumer joins the channel-layer group *before* it reads the database,
 and holds live messages back until the snapshot and replay are out (they wait in the channel's queue
@@ -29,6 +32,7 @@ late live copy as a duplicate. Replays and gap fills read ``REPLAY_PAGE`` rows a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -45,6 +49,7 @@ from config.permissions import is_operator
 from jobs import events, selectors
 from jobs.api.serializers import after_seq_of
 from jobs.errors import TaskNotFound
+from jobs.models import FINAL as FINAL_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,10 @@ QUEUES_GROUP = "queues.all"
 WORKERS_GROUP = "workers.all"
 REPLAY_PAGE = 1_000
 DASHBOARD_SNAPSHOT_TASKS = 100
+# The tasks a dashboard socket keeps a seq for (the newest seen, least recently first out): enough for the
+# sweeps it shows; a task pushed out is streamed as it comes, as one never seen.
+DASHBOARD_TRACKED_TASKS = 2_000
+FINAL_EVENTS = frozenset({"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"})
 
 
 def _queues_group() -> str:
@@ -107,6 +116,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.expiry_task: asyncio.Task[None] | None = None
         self.auth_timer: asyncio.Task[None] | None = None
         self.recheck_task: asyncio.Task[None] | None = None
+        self.delivering = asyncio.Lock()  # live events and the re-check's catch-up, one at a time
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.query = {k: v[-1] for k, v in query.items()}
         await self.accept()
@@ -174,6 +184,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if refused:
                 await self.close(code=refused)
                 return
+            try:
+                async with self.delivering:
+                    await self.catch_up()
+            except Exception:  # a database blip: the next re-check tries again
+                log.warning("could not catch a socket up", exc_info=True)
+
+    async def catch_up(self) -> None:
+        """Send the stored events that should have come live and did not (see the module docstring)."""
 
     def _recheck(self) -> int | None:
         from rest_framework_simplejwt.utils import get_md5_hash_password
@@ -222,7 +240,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not self.ready:
             self.buffer.append(message)
             return
-        await self.deliver(message)
+        async with self.delivering:
+            await self.deliver(message)
 
     async def task_events(self, message: dict[str, Any]) -> None:
         """Several events committed together (a batch), in order."""
@@ -250,6 +269,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if len(page) < REPLAY_PAGE:
                 return last
 
+    @staticmethod
+    def _stored(task_ids: list[Any]) -> dict[str, tuple[int, bool]]:
+        """Each task's last seq, and whether it is final, as the database has them now."""
+        from jobs.models import Task
+
+        rows = Task.objects.filter(id__in=task_ids).values_list("id", "last_seq", "status")
+        return {str(task_id): (seq, status in FINAL_STATUSES) for task_id, seq, status in rows}
+
     async def send_initial(self) -> bool:
         """Send the snapshot (and a replay); False if the socket was closed instead."""
         raise NotImplementedError
@@ -261,6 +288,16 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def deliver(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Seen:
+    """What a dashboard socket has streamed of one task: up to seq ``last``; ``first``, its first live event
+    (0 for a task of the snapshot); ``final``, a final state among them (nothing more to catch up)."""
+
+    last: int
+    first: int
+    final: bool
 
 
 def _progress_at(task: Any, seq: int) -> dict[str, Any]:
@@ -340,6 +377,11 @@ class TaskConsumer(LiveConsumer):
         snapshot["task"] = _jsonable(TaskOut(task).data)
         return snapshot
 
+    async def catch_up(self) -> None:
+        stored = await database_sync_to_async(self._stored)([self.task.id])
+        if stored.get(str(self.task.id), (0, False))[0] > self.last_seq:
+            self.last_seq = max(self.last_seq, await self.send_stored(self.task.id, after=self.last_seq))
+
     async def deliver(self, message: dict[str, Any]) -> None:
         body = message["payload"]
         if body["seq"] <= self.last_seq:
@@ -367,12 +409,12 @@ class DashboardConsumer(LiveConsumer):
         else:
             self.groups_to_join = [events.user_group(user.id)]
         self.groups_to_join.append(events.notice_group(user.id))  # not the user's group: no task event twice
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, Seen] = {}
         return None
 
     async def send_initial(self) -> bool:
         snapshot = await database_sync_to_async(self._read)()
-        self.seen = {t["id"]: t["last_seq"] for t in snapshot["tasks"]}
+        self.seen = {t["id"]: Seen(t["last_seq"], 0, t["status"] in FINAL_STATUSES) for t in snapshot["tasks"]}
         await self.send_json(snapshot)
         return True
 
@@ -391,18 +433,40 @@ class DashboardConsumer(LiveConsumer):
         }
 
     async def deliver(self, message: dict[str, Any]) -> None:
-        """For a task of the snapshot, as the task socket does: from the snapshot's seq, drop what was
-        sent already and fill a gap from the database. Other tasks' events pass as they come (the
-        client orders them by seq): their first live event may itself be late, so it sets no floor,
-        and the map stays the snapshot's size. Log lines count in the seq but are left out."""
+        """As the task socket does, per task: drop what was sent already and fill a gap from the database,
+        from the snapshot's seq for a task of the snapshot, from its first live event for any other. That
+        first event may itself be late: the ones numbered below it pass as they come (the client orders
+        them by seq); they were never sent, and no gap fill reaches below it. Log lines count in the seq
+        but are left out. The newest ``DASHBOARD_TRACKED_TASKS`` tasks are kept track of."""
         body = message["payload"]
         task_id, seq = body["task_id"], body["seq"]
-        known = self.seen.get(task_id)
-        if known is not None:
-            if seq <= known:
-                return
-            if seq > known + 1:
-                await self.send_stored(task_id, after=known, before=seq, include_logs=False)
-            self.seen[task_id] = seq
+        seen = self.seen.pop(task_id, None)
+        if seen is None:
+            seen = Seen(seq, seq, False)
+        elif seq <= seen.last:
+            self.seen[task_id] = seen
+            if seq >= seen.first:
+                return  # sent already (live, or from the database)
+        else:
+            if seq > seen.last + 1:
+                await self.send_stored(task_id, after=seen.last, before=seq, include_logs=False)
+            seen.last = seq
+        seen.final = seen.final or body["event"] in FINAL_EVENTS
+        self.seen[task_id] = seen  # the most recently seen last
+        while len(self.seen) > DASHBOARD_TRACKED_TASKS:
+            del self.seen[next(iter(self.seen))]
         if body["event"] != "task.log":
             await self.send_json(body)
+
+    async def catch_up(self) -> None:
+        """The tracked tasks not final yet whose stored events went past what was streamed."""
+        open_tasks = [task_id for task_id, seen in self.seen.items() if not seen.final]
+        if not open_tasks:
+            return
+        stored = await database_sync_to_async(self._stored)(open_tasks)
+        for task_id, (last_seq, final) in stored.items():
+            seen = self.seen.get(task_id)
+            if seen is None or last_seq <= seen.last:
+                continue
+            after, seen.last, seen.final = seen.last, last_seq, final
+            await self.send_stored(task_id, after=after, before=last_seq + 1, include_logs=False)

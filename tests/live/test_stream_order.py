@@ -175,3 +175,63 @@ def test_a_replay_longer_than_a_page_reaches_the_final_event(alice, token):
     assert got[0]["event"] == "task.snapshot"
     assert [m["seq"] for m in got[1:]] == list(range(1, final + 1))
     assert got[-1]["event"] == "task.succeeded"
+
+
+def changed_unpublished(task: Task, times: int) -> list[dict]:
+    """``times`` priority changes committed but never published (as if the channel layer lost them); the
+    task's stored bodies, oldest first."""
+    with mock.patch.object(events.publisher, "publish", lambda items: None):
+        for priority in range(times):
+            services.change_priority(task_id=task.id, priority=priority)
+    task = Task.objects.get(id=task.id)
+    return [dict(events.from_row(row, task)) for row in TaskEvent.objects.filter(task=task).order_by("seq")]
+
+
+def test_the_dashboard_fills_a_lost_run_of_a_task_it_first_saw_live(alice, olga, token):
+    """A task newer than the snapshot: the channel layer lost events 3–5 of it (its Redis connection being
+    re-established) and 6 came: 3–5 are sent from the database before 6, once each. The dashboard let
+    such a gap pass unseen, since only the snapshot's tasks had a floor."""
+    jwt = token(olga)
+
+    async def scenario():
+        comm = communicator(f"/ws/dashboard/?token={jwt}")
+        await comm.connect()
+        await comm.receive_json_from(timeout=5)
+        await drain(comm, 0.3)
+        task = await database_sync_to_async(submit)(alice)  # created and published: seq 1
+        stored = await database_sync_to_async(changed_unpublished)(task, 5)  # seq 2–6, all lost
+        await publish(events.ALL_GROUP, [stored[1], stored[5], stored[3]])  # 2, then 6, then a late 4
+        got = await receive_through(comm, has_seq(task.id, 6))
+        await comm.disconnect()
+        return task, got
+
+    task, got = async_to_sync(scenario)()
+    assert [m["seq"] for m in of_task(got, task.id)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.fixture
+def quick_catch_up(settings):
+    settings.CONVEYOR = {**settings.CONVEYOR, "WS_RECHECK_SECONDS": 0.3}
+
+
+@pytest.mark.parametrize("socket", ["task", "dashboard"])
+def test_a_lost_last_event_is_sent_from_the_database_at_the_next_recheck(alice, olga, token, quick_catch_up, socket):
+    """Nothing follows a task's last event to reveal a gap when that event is the one lost: the re-check
+    every ``WS_RECHECK_SECONDS`` catches the socket up from the database."""
+    task = submit(alice)
+    path = f"/ws/tasks/{task.id}/?token={token(alice)}" if socket == "task" else f"/ws/dashboard/?token={token(olga)}"
+
+    async def scenario():
+        comm = communicator(path)
+        await comm.connect()
+        snapshot = await comm.receive_json_from(timeout=5)
+        await drain(comm, 0.3)
+        stored = await database_sync_to_async(changed_unpublished)(task, 2)  # never published
+        got = await receive_through(comm, has_seq(task.id, stored[-1]["seq"]), timeout=30)
+        await comm.disconnect()
+        return snapshot, stored, got
+
+    snapshot, stored, got = async_to_sync(scenario)()
+    sent = of_task(got, task.id)
+    assert [m["seq"] for m in sent] == [b["seq"] for b in stored[-2:]]
+    assert all(m["replay"] for m in sent) and {m["event"] for m in sent} == {"task.priority_changed"}
