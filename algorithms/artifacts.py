@@ -204,24 +204,40 @@ class ArtifactStore:
 
     def commit(self, writer: ArtifactWriter, path: Path, sha256: str) -> Artifact:
         """Store the finished file and its row, or nothing: the row is written (or repointed, for a name
-        written again) only while the task runs under this claim, checked under its row lock."""
-        storage_name = default_storage.save(f"tasks/{self.task_id}/{self.attempt}/{writer.kind}-{uuid.uuid4().hex}",
-                                            _SpooledFile(open(path, "rb"), name=str(path)))
-        recorded = False
-        try:
-            with transaction.atomic():
+        written again) only while the task runs under this claim, checked under its row lock.
+
+        With the default ``DatabaseStorage`` the file and its row are one transaction: a worker killed
+        half-way (SIGKILL, the OOM killer) leaves neither. The task's row is locked only at the end, after
+        the upload. Another storage writes outside the database: a kill between the upload and the row
+        leaves a file no row names, which ``results.sweep_strays`` deletes once it is old enough."""
+        name = f"tasks/{self.task_id}/{self.attempt}/{writer.kind}-{uuid.uuid4().hex}"
+        if _saves_in_database():
+            with transaction.atomic():  # DatabaseStorage's own atomic becomes a savepoint of this one
+                storage_name = self._save(name, path)
                 self._hold_claim()
                 artifact = self._record(writer, storage_name, sha256)
-                # Set before the commit: a time limit raised into this thread (``TaskTimeout``) just after
-                # the commit must not delete the file its row points at (at worst a file is left over).
-                recorded = True
-        except BaseException:
-            if not recorded:
-                default_storage.delete(storage_name)
-            raise
+        else:
+            storage_name = self._save(name, path)
+            recorded = False
+            try:
+                with transaction.atomic():
+                    self._hold_claim()
+                    artifact = self._record(writer, storage_name, sha256)
+                    # Set before the commit: a time limit raised into this thread (``TaskTimeout``) just after
+                    # the commit must not delete the file its row points at (at worst a file is left over).
+                    recorded = True
+            except BaseException:
+                if not recorded:
+                    default_storage.delete(storage_name)
+                raise
         if writer.kind == Artifact.Kind.RESULT:
             self.result = artifact
         return artifact
+
+    @staticmethod
+    def _save(name: str, path: Path) -> str:
+        with open(path, "rb") as spooled:
+            return default_storage.save(name, _SpooledFile(spooled, name=str(path)))
 
     def _hold_claim(self) -> None:
         from jobs.models import Status, Task
@@ -252,6 +268,14 @@ class ArtifactStore:
         """The run failed, was cancelled or lost its task: drop what is still open, half-written."""
         for writer in self._open:
             writer.abort()
+
+
+def _saves_in_database() -> bool:
+    """The default storage writes in this process's database connection (``DatabaseStorage``), so a file
+    and its row can be one transaction."""
+    from algorithms.storage import DatabaseStorage
+
+    return isinstance(default_storage, DatabaseStorage)  # a LazyObject passes on its wrapped class
 
 
 def delete_file(artifact: Artifact) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -22,7 +24,12 @@ log = logging.getLogger(__name__)
 
 class Scratch:
     """A run's scratch directory, made on first use (most tasks never touch it: a no-op task paid a
-    mkdtemp and an rmtree each) and removed after the run."""
+    mkdtemp and an rmtree each) and removed after the run.
+
+    Its name ends ``-w<pid>.<start>-<random>``: the process that made it and that process's start time
+    (clock ticks since boot, /proc/<pid>/stat), so that a directory a killed process never removed is
+    known for whose it was (``reap_scratch``), and a pid since given to another process is not taken for
+    its owner."""
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
@@ -33,7 +40,10 @@ class Scratch:
     def path(self) -> Path:
         with self._lock:
             if self._path is None:
-                self._path = Path(tempfile.mkdtemp(prefix=self._prefix))
+                from algorithms.orphans import _started
+
+                pid = os.getpid()
+                self._path = Path(tempfile.mkdtemp(prefix=f"{self._prefix}w{pid}.{_started(pid) or 0}-"))
             return self._path
 
     def remove(self) -> None:
@@ -41,6 +51,37 @@ class Scratch:
             if self._path is not None:
                 shutil.rmtree(self._path, ignore_errors=True)
                 self._path = None
+
+
+_OWNED_SCRATCH = re.compile(r"conveyor-.*-w(\d+)\.(\d+)-[^-/]*")
+
+
+def reap_scratch(root: Path | None = None) -> list[Path]:
+    """Remove the scratch directories in ``root`` (the temporary directory) whose process is gone: exited,
+    a zombie, or its pid now another process's. Run when a worker starts on the machine
+    (queueing/heartbeat.py): what a run killed outright (SIGKILL, the OOM killer) left behind. A directory
+    of a live process, and one whose name says no owner (made before names did), is left alone."""
+    from algorithms.orphans import _alive
+
+    removed: list[Path] = []
+    root = Path(tempfile.gettempdir()) if root is None else root
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED_SCRATCH.fullmatch(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid, started = int(match[1]), int(match[2])
+        if _alive(pid, started or None):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    if removed:
+        log.warning("removed %d scratch director(y/ies) of runs whose process had died: %s", len(removed),
+                    ", ".join(p.name for p in removed[:10]))
+    return removed
 
 
 WATCHDOG_LOG_LINES = 1_000  # the most lines one heartbeat writes for one run (it beats every task)

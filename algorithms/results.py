@@ -2,10 +2,16 @@
 list, and retention (``RESULT_TTL_DAYS``), which deletes bytes but keeps what was said about them."""
 from __future__ import annotations
 
+import logging
+import os
+import re
+import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from celery import shared_task
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -15,6 +21,14 @@ from config.errors import ConveyorError, NotFound
 
 if TYPE_CHECKING:
     from jobs.models import Task
+
+log = logging.getLogger(__name__)
+
+# A stored file under tasks/ that no live row names is deleted once it is this old: far longer than the
+# moment between a file written outside the database and its row (a write in progress is never touched).
+STRAY_MIN_AGE = timedelta(hours=1)
+STRAY_BATCH = 500  # the most files one sweep deletes; the next sweep takes the rest
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class ResultExpired(ConveyorError):
@@ -135,3 +149,96 @@ def expire_files_of(task_ids: list[Any], *, now: datetime | None = None) -> int:
     for row in rows:
         delete_file(row)
     return len(rows)
+
+
+@shared_task(name="algorithms.sweep_strays", ignore_result=True)
+def sweep_strays_task() -> dict[str, int]:
+    """Beat (hourly): stored files no artifact row names (``sweep_strays``)."""
+    return sweep_strays()
+
+
+def sweep_strays(*, now: datetime | None = None, min_age: timedelta = STRAY_MIN_AGE,
+                 batch: int = STRAY_BATCH) -> dict[str, int]:
+    """Delete files under ``tasks/`` of the default storage that no live (unexpired) ``Artifact`` row
+    names and that were written more than ``min_age`` ago, at most ``batch`` per call: what a worker
+    killed between writing a file and recording its row left (a storage outside the database), what was
+    left before the two became one transaction (``DatabaseStorage``), and the file of a row that expired
+    or was let go of whose deletion failed. ``DatabaseStorage``: one query on ``StoredFile`` (its
+    ``created_at`` is when its write finished); ``FileSystemStorage``: a walk of ``MEDIA_ROOT/tasks``
+    (file modification times); any other storage (S3) is not listed: nothing is swept there."""
+    from algorithms.storage import DatabaseStorage
+
+    cutoff = (now or timezone.now()) - min_age
+    if isinstance(default_storage, DatabaseStorage):
+        names = _database_strays(cutoff, batch)
+    elif isinstance(default_storage, FileSystemStorage):
+        names = _filesystem_strays(cutoff, batch)
+    else:
+        return {"files": 0}
+    for name in names:
+        default_storage.delete(name)
+    if names:
+        log.warning("deleted %d stored file(s) under tasks/ that no artifact row names (a worker killed while "
+                    "storing, or a deletion that failed)", len(names))
+    return {"files": len(names)}
+
+
+def _database_strays(cutoff: datetime, batch: int) -> list[str]:
+    from algorithms.models import StoredFile
+
+    files = connection.ops.quote_name(StoredFile._meta.db_table)
+    rows = connection.ops.quote_name(Artifact._meta.db_table)
+    # The row is looked up by its task (indexed), taken from the name (tasks/<task id>/<attempt>/<file>).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT f.name FROM {files} f
+                WHERE f.name LIKE 'tasks/%%' AND f.created_at < %s
+                  AND NOT EXISTS (SELECT 1 FROM {rows} a
+                                  WHERE a.task_id = CASE WHEN split_part(f.name, '/', 2) ~ %s
+                                                         THEN split_part(f.name, '/', 2)::uuid END
+                                    AND a.storage_name = f.name AND a.expired_at IS NULL)
+                ORDER BY f.id LIMIT %s""",
+            [cutoff, f"^{_UUID.pattern}$", batch])
+        return [name for (name,) in cursor.fetchall()]
+
+
+def _filesystem_strays(cutoff: datetime, batch: int) -> list[str]:
+    """Old files under ``MEDIA_ROOT/tasks``, a task directory at a time, checked against its task's rows."""
+    root = default_storage.path("tasks")
+    if not os.path.isdir(root):
+        return []
+    limit = cutoff.timestamp()
+    found: list[str] = []
+    pending: dict[str, list[str]] = {}  # task directory → its old files' storage names
+
+    def check() -> None:
+        ids = [uuid.UUID(d) for d in pending if _UUID.fullmatch(d)]
+        named = set(Artifact.objects.filter(task_id__in=ids, expired_at__isnull=True)
+                    .values_list("storage_name", flat=True))
+        for names in pending.values():
+            found.extend(n for n in names if n not in named)
+        pending.clear()
+
+    with os.scandir(root) as tasks:
+        for task_dir in tasks:
+            if len(found) >= batch:
+                break
+            if not task_dir.is_dir(follow_symlinks=False):
+                continue
+            old = [f"tasks/{os.path.relpath(os.path.join(path, f), root)}".replace(os.sep, "/")
+                   for path, _, names in os.walk(task_dir.path) for f in names
+                   if _mtime(os.path.join(path, f)) < limit]
+            if old:
+                pending[task_dir.name] = old
+            if len(pending) >= 200:
+                check()
+    if pending:
+        check()
+    return found[:batch]
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:  # deleted meanwhile
+        return float("inf")

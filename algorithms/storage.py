@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import Storage
 from django.db import connection, transaction
+from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
 CHUNK = 1024 * 1024
@@ -59,7 +60,8 @@ class DatabaseStorage(Storage):
             for index, data in enumerate(_chunks(content)):
                 StoredChunk.objects.create(file=stored, index=index, data=data)
                 size += len(data)
-            StoredFile.objects.filter(pk=stored.pk).update(size=size)
+            # created_at: when the write finished, the age the stray sweep measures (results.sweep_strays)
+            StoredFile.objects.filter(pk=stored.pk).update(size=size, created_at=timezone.now())
         return name
 
     def _open(self, name: str, mode: str = "rb") -> File:

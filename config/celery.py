@@ -64,6 +64,8 @@ app.conf.beat_schedule = {
     "webhooks-prune-log": {"task": "webhooks.prune_log", "schedule": _every("WEBHOOK_PRUNE_SECONDS", 3600.0)},
     # Retention: results and artifacts older than RESULT_TTL_DAYS (algorithms/results.py).
     "expire-results": {"task": "algorithms.expire_results", "schedule": _every("RESULT_EXPIRE_EVERY_SECONDS", 3600.0)},
+    # Stored files under tasks/ that no artifact row names, older than an hour (algorithms/results.py).
+    "sweep-strays": {"task": "algorithms.sweep_strays", "schedule": _every("STRAY_SWEEP_EVERY_SECONDS", 3600.0)},
     # Retention: final tasks finished before TASK_RETENTION_DAYS, with their events and files (jobs/retention.py).
     "prune-tasks": {"task": "jobs.prune_tasks", "schedule": _every("TASK_PRUNE_EVERY_SECONDS", 3600.0)},
     # Remote services (docs/remote.md): scheme discovery (cached in the database) and health checks.

@@ -106,6 +106,18 @@ def _on_ready(sender: Any = None, **kwargs: Any) -> None:
     thread = threading.Thread(target=_loop, args=(sender, stop), name="conveyor-worker-heartbeat", daemon=True)
     _state.update(stop=stop, thread=thread, hostname=sender.hostname, consumer=sender)
     thread.start()
+    # Scratch directories of runs killed outright on this machine (their process is gone): removed aside,
+    # so a large one does not hold the worker's start up (algorithms/context.py).
+    threading.Thread(target=_reap_scratch, name="conveyor-scratch-reaper", daemon=True).start()
+
+
+def _reap_scratch() -> None:
+    from algorithms.context import reap_scratch
+
+    try:
+        reap_scratch()
+    except Exception:
+        log.exception("removing the scratch directories of dead runs failed")
 
 
 @worker_shutdown.connect
