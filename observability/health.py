@@ -3,7 +3,9 @@
 Each check returns ``{"ok": bool, ...}`` and never raises; the database, Redis (cache and channel layer)
 and the broker are required, so one of them failing makes the answer 503. Workers are reported but not
 required: a web process can accept tasks while no worker runs (they wait in PostgreSQL), and a readiness
-probe that failed for that would take every web pod out of the load balancer at once.
+probe that failed for that would take every web pod out of the load balancer at once. So is the
+reconciler (beat's ``queueing.reconcile``, which re-sends lost broker messages and re-runs dead workers'
+tasks): not ok when its last completed pass is older than a few of its intervals, or none is recorded.
 
 Every dependency gets ``HEALTH_CHECK_TIMEOUT`` seconds. The three required checks run at once, each in a
 daemon thread of its own, and the probe waits for them at most that long: one that has not answered by
@@ -11,7 +13,8 @@ then fails with ``TimeoutError: no answer within …``. Each check also sets tha
 sockets (connect and read, no retries), so a dependency that accepts connections and never answers ends
 the check's thread by itself soon after instead of leaving it, and its socket, blocked for ever. Checks
 that need a dependency which failed are skipped, not run: workers are not pinged through a broker that
-is down, remote services (stored in the database) are not read from a database that is down.
+is down, remote services (stored in the database) are not read from a database that is down, the
+reconciler's last pass (stamped in Redis) is not read from a Redis that is down.
 
 A web process that got SIGTERM and is draining its requests in flight (``config.handlers``) is not ready
 whatever its dependencies say: ``shutting_down`` is set, and the endpoint answers 503 so that load
@@ -34,13 +37,15 @@ from redis.retry import Retry
 
 REQUIRED = ("database", "redis", "broker")
 # Checks run only when the check they need passed, and what they report otherwise.
-NEEDS = {"workers": "broker", "remote_services": "database"}
+NEEDS = {"workers": "broker", "remote_services": "database", "reconciler": "redis"}
 # Set once, on the first SIGTERM under daphne (config.handlers.drain_on_sigterm); never cleared.
 shutting_down = threading.Event()
 SKIPPED = {
     "workers": {"ok": False, "error": "skipped: broker unreachable", "count": 0},
     "remote_services": {"ok": False, "error": "skipped: database unreachable"},
+    "reconciler": {"ok": False, "error": "skipped: redis unreachable", "last_run_seconds_ago": None},
 }
+RECONCILER_HINT = "is celery beat running, and a worker consuming the default queue?"
 
 
 def _error(exc: BaseException) -> str:
@@ -173,6 +178,21 @@ def check_remote_services() -> dict[str, Any]:
     return health_report()
 
 
+def check_reconciler() -> dict[str, Any]:
+    """Reported, not required: with beat down nothing recovers lost messages or dead workers' tasks, but
+    this web process serves requests all the same. Its stamp is read by Redis' clock (queueing.reconciler)."""
+    from queueing import reconciler
+
+    age, limit = reconciler.last_pass_age(), reconciler.stale_after()
+    if age is None:
+        return {"ok": False, "last_run_seconds_ago": None,
+                "error": f"no reconciler pass recorded: {RECONCILER_HINT}"}
+    out = {"last_run_seconds_ago": round(age, 1)}
+    if age > limit:
+        out.update(ok=False, error=f"last reconciler pass {age:.0f}s ago (more than {limit:g}s): {RECONCILER_HINT}")
+    return out
+
+
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "database": check_database,
     "redis": check_redis,
@@ -180,6 +200,8 @@ CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "workers": check_workers,
     # Remote algorithm services (reported, not required): their last health check, from the database.
     "remote_services": check_remote_services,
+    # Lost QUEUED messages and dead workers' tasks are recovered only by beat's reconcile (reported, not required).
+    "reconciler": check_reconciler,
 }
 
 
@@ -206,8 +228,8 @@ def shared_readiness() -> tuple[bool, dict[str, dict[str, Any]]]:
 def readiness() -> tuple[bool, dict[str, dict[str, Any]]]:
     """Run every check; ready when all required ones pass. The required ones run at once, each bounded by
     ``HEALTH_CHECK_TIMEOUT``; then the workers' ping (bounded by that plus the ping's own timeout) and
-    the remote services, read in this thread (the request's database connection), each only when what
-    it needs passed."""
+    the remote services and the reconciler's last pass, read in this thread (the request's database
+    connection; Redis, with ``HEALTH_CHECK_TIMEOUT`` on its sockets), each only when what it needs passed."""
     timeout = settings.HEALTH_CHECK_TIMEOUT
     results = _bounded({name: CHECKS[name] for name in REQUIRED}, timeout)
     for name, needed in NEEDS.items():

@@ -16,6 +16,10 @@ keep showing the last value for five minutes, and an alert on it could never res
 A queue's waiting tasks (PENDING or QUEUED) are each in one of three series: ``conveyor_queue_depth`` (can
 start now: what KEDA scales workers on), ``conveyor_queue_delayed`` (``not_before`` still ahead) and
 ``conveyor_queue_paused_waiting`` (could start but for the queue's pause). A paused queue has no depth.
+
+One series comes from Redis instead: ``conveyor_reconciler_last_run_age_seconds``, the age of the
+reconciler's last completed pass (queueing/reconciler.py). It is absent when no pass is recorded or Redis
+cannot be read, so an alert needs ``absent()`` besides the threshold.
 """
 from __future__ import annotations
 
@@ -57,10 +61,12 @@ class ConveyorCollector(Collector):
             log.warning("metrics scrape could not read the database: %s", exc)
             up.add_metric([], 0)
             yield up
+            yield from self._reconciler()  # from Redis: the database's trouble is not its own
             return
         up.add_metric([], 1)
         yield up
         yield from families
+        yield from self._reconciler()
 
     def _tasks(self, queues: list[str]) -> list[Metric]:
         from jobs.models import Status
@@ -175,6 +181,25 @@ class ConveyorCollector(Collector):
         workers.add_metric(["dead"], dead)
         slots.add_metric([], concurrency)
         return [workers, slots]
+
+
+    def _reconciler(self) -> list[Metric]:
+        import redis
+
+        from queueing import reconciler
+
+        try:
+            age = reconciler.last_pass_age()
+        except redis.RedisError as exc:
+            log.warning("metrics scrape could not read the reconciler's last pass from Redis: %s", exc)
+            return []
+        if age is None:
+            return []  # never: absent, which an alert catches with absent()
+        family = GaugeMetricFamily("conveyor_reconciler_last_run_age_seconds", "Seconds since the reconciler "
+                                   "(beat's queueing.reconcile: lost messages re-sent, dead workers' tasks re-run) "
+                                   "last completed a pass; absent when none is recorded")
+        family.add_metric([], age)
+        return [family]
 
 
 _collector: ConveyorCollector | None = None

@@ -27,6 +27,9 @@ CheckOut = inline_serializer("HealthCheckOut", {
                                    help_text="workers: the hostnames that answered"),
     "services": serializers.DictField(child=RemoteServiceHealthOut, required=False,
                                       help_text="remote_services: each enabled service, by name"),
+    "last_run_seconds_ago": serializers.FloatField(
+        required=False, allow_null=True,
+        help_text="reconciler: seconds since its last completed pass (null: none recorded)"),
 })
 HealthOut = inline_serializer("HealthOut", {
     "status": serializers.ChoiceField(choices=["ok", "unavailable"]),
@@ -38,7 +41,8 @@ HealthOut = inline_serializer("HealthOut", {
 
 
 class SystemHealthView(APIView):
-    """Readiness: database, Redis, broker (required) and workers (reported). Open to probes without auth."""
+    """Readiness: database, Redis, broker (required); workers, remote services and the reconciler (reported).
+    Open to probes without auth."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -54,7 +58,19 @@ class SystemHealthView(APIView):
                 "status": "ok", "checks": {"database": {"ok": True, "latency_ms": 0.8},
                                            "redis": {"ok": True, "latency_ms": 0.4},
                                            "broker": {"ok": True, "transport": "redis", "latency_ms": 1.1},
-                                           "workers": {"ok": True, "count": 2, "latency_ms": 500.2}}}),
+                                           "workers": {"ok": True, "count": 2, "latency_ms": 500.2},
+                                           "reconciler": {"ok": True, "last_run_seconds_ago": 3.1,
+                                                          "latency_ms": 0.5}}}),
+            OpenApiExample("ready, beat down", response_only=True, status_codes=["200"], value={
+                "status": "ok", "checks": {"database": {"ok": True, "latency_ms": 0.8},
+                                           "redis": {"ok": True, "latency_ms": 0.4},
+                                           "broker": {"ok": True, "transport": "redis", "latency_ms": 1.1},
+                                           "workers": {"ok": True, "count": 2, "latency_ms": 500.2},
+                                           "reconciler": {"ok": False, "last_run_seconds_ago": 312.4,
+                                                          "error": "last reconciler pass 312s ago (more than "
+                                                                   "25s): is celery beat running, and a worker "
+                                                                   "consuming the default queue?",
+                                                          "latency_ms": 0.5}}}),
             OpenApiExample("database down", response_only=True, status_codes=["503"], value={
                 "status": "unavailable",
                 "error": {"code": "not_ready", "message": "database: OperationalError: connection refused"},

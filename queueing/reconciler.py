@@ -7,19 +7,27 @@
 * RUNNING without progress for its algorithm's ``progress_timeout`` while its worker is alive: the
   worker's own heartbeat thread finds it (``stuck_running``), kills the pool child running it, and only
   then re-runs or fails it (``give_up_stuck``), so it never runs twice at once.
+
+Only beat's ``queueing.reconcile`` runs the first two, on a worker consuming the ``default`` queue. Each
+completed pass is stamped in Redis (``record_pass``) so that readiness and ``/metrics`` can say when none
+ran for a while (``last_pass_age``): recovery is off while beat, or every such worker, is down.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 from typing import Any, NamedTuple
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import DateTimeField
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.utils import timezone
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from jobs import execution
 from jobs.models import Status, Task, TaskEvent
@@ -177,10 +185,74 @@ def check_workers() -> int:
 
 
 def reconcile() -> dict[str, int]:
-    """One pass of every recovery step, then the dispatcher's safety tick."""
-    return {
+    """One pass of every recovery step, then the dispatcher's safety tick; stamped once it completed."""
+    done = {
         "resent": resend_lost_queued(),
         "reaped": reap_stale_running(),
         "workers_lost": check_workers(),
         "dispatched": dispatch.dispatch(),
     }
+    record_pass()
+    return done
+
+
+# The end of the last completed pass, in seconds by Redis' own clock (TIME), under REDIS_URL (the cache's
+# Redis). Written and read by that one clock, so a beat or web host whose clock drifts changes nothing.
+# No expiry: an old stamp must read old, not "never". Redis, not a row: no table, no migration, and a
+# FLUSHDB that loses it (as it loses broker messages) only reads "none recorded" until the next pass.
+LAST_PASS_KEY = "conveyor:reconciler:last_pass"
+# A pass is late after this many intervals plus STALE_SLACK seconds (a busy worker, a beat restart).
+STALE_INTERVALS = 3
+STALE_SLACK = 10.0
+
+_client_lock = threading.Lock()
+_client: tuple[str, float, redis.Redis] | None = None
+
+
+def _redis() -> redis.Redis:
+    """One client per process (a pool of its own; redis-py renews it after a fork), whose sockets give up
+    after ``HEALTH_CHECK_TIMEOUT``, no retry: readiness and a scrape read it, and must not hang on it."""
+    global _client
+    url, timeout = settings.REDIS_URL, settings.HEALTH_CHECK_TIMEOUT
+    with _client_lock:
+        if _client is None or _client[:2] != (url, timeout):
+            _client = (url, timeout, redis.Redis.from_url(url, socket_connect_timeout=timeout,
+                                                          socket_timeout=timeout, retry=Retry(NoBackoff(), 0)))
+        return _client[2]
+
+
+def record_pass() -> None:
+    """Stamp a completed pass. A Redis that fails is logged, not raised: the pass itself was done."""
+    try:
+        client = _redis()
+        seconds, micros = client.time()
+        client.set(LAST_PASS_KEY, f"{seconds}.{micros:06d}")
+    except redis.RedisError as exc:
+        log.warning("could not record the reconciler pass in Redis: %s", exc)
+
+
+def last_pass_age() -> float | None:
+    """Seconds since the last completed pass by Redis' clock, ``None`` when none is recorded. Raises
+    ``redis.RedisError`` when Redis cannot be read."""
+    pipe = _redis().pipeline(transaction=False)
+    pipe.get(LAST_PASS_KEY)
+    pipe.time()
+    stamp, (seconds, micros) = pipe.execute()
+    if stamp is None:
+        return None
+    return max(0.0, seconds + micros / 1e6 - float(stamp))
+
+
+def interval() -> float:
+    """Beat's interval for ``queueing.reconcile``: its ``beat_schedule`` entry (config/celery.py reads
+    ``RECONCILE_EVERY_SECONDS``)."""
+    from config.celery import app
+
+    schedule = app.conf.beat_schedule["reconcile"]["schedule"]
+    schedule = getattr(schedule, "run_every", schedule)  # a celery schedule object
+    return schedule.total_seconds() if isinstance(schedule, timedelta) else float(schedule)
+
+
+def stale_after() -> float:
+    """How old the last pass may be before readiness and alerts call the reconciler not running."""
+    return STALE_INTERVALS * interval() + STALE_SLACK
