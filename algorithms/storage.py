@@ -116,20 +116,38 @@ def open_span(storage: Storage, name: str, start: int, end: int) -> IO[bytes]:
     if end < start:
         return io.BytesIO(b"")
     if _is_s3(storage):
-        from botocore.exceptions import ClientError
-        from storages.utils import clean_name
-
-        key = storage._normalize_name(clean_name(name))  # type: ignore[attr-defined]  # as S3Storage._open
-        try:
-            return storage.bucket.Object(key).get(Range=f"bytes={start}-{end}")["Body"]  # type: ignore[attr-defined]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise FileNotFoundError(f"{name} is not in the bucket") from None
-            raise
+        ranged = _s3_span(storage, name, start, end)
+        if ranged is not None:
+            return ranged
     fh = storage.open(name, "rb")
     if start:
         fh.seek(start)
     return fh
+
+
+def _s3_span(storage: Any, name: str, start: int, end: int) -> IO[bytes] | None:
+    """The ranged read, with the download parameters django-storages' own reads send (SSE-C keys,
+    ``RequestPayer``, …). None for an object stored gzipped (``gzip: true`` compresses some types): a
+    range of it would be of the compressed bytes, so that one is read as django-storages reads it."""
+    from botocore.exceptions import ClientError
+    from s3transfer.constants import ALLOWED_DOWNLOAD_ARGS
+    from storages.utils import clean_name
+
+    key = storage._normalize_name(clean_name(name))  # as S3Storage._open
+    params = {k: v for k, v in storage.get_object_parameters(key).items() if k in ALLOWED_DOWNLOAD_ARGS}
+    try:
+        answer = storage.bucket.Object(key).get(Range=f"bytes={start}-{end}", **params)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404"):
+            raise FileNotFoundError(f"{name} is not in the bucket") from None
+        if code == "InvalidRange" and getattr(storage, "gzip", False):  # past a gzipped object's stored bytes
+            return None
+        raise
+    if answer.get("ContentEncoding") == "gzip":
+        answer["Body"].close()
+        return None
+    return answer["Body"]
 
 
 def _is_s3(storage: Storage) -> bool:

@@ -93,6 +93,20 @@ def test_a_span_of_an_object_is_one_ranged_read_and_a_missing_one_is_file_not_fo
     assert open_span(storage, name, 0, -1).read() == b""  # an empty file sends no request at all
 
 
+def test_an_object_stored_gzipped_is_read_inflated_whole_and_ranged(bucket):
+    """``gzip: true`` stores some types compressed (an SVG here): a ranged GET would be of the compressed
+    bytes, so such an object is read as django-storages reads it, inflated."""
+    from storages.backends.s3 import S3Storage
+
+    storage = S3Storage(**bucket.options, gzip=True)
+    data = b"<svg>" + b"<rect/>" * 20_000 + b"</svg>"
+    name = storage.save("tasks/span/plot.svg", ContentFile(data))
+    assert bucket.client().head_object(Bucket=BUCKET, Key=name)["ContentEncoding"] == "gzip"
+
+    assert open_span(storage, name, 0, len(data) - 1).read() == data
+    assert open_span(storage, name, 1000, 1999).read(1000) == data[1000:2000]
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_writes_results_into_the_bucket_and_a_web_server_sharing_only_it_serves_them(
