@@ -202,6 +202,7 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
     if _has_already(request, representation):  # before the Range, as RFC 9110 orders the preconditions
         not_modified = HttpResponseNotModified()
         not_modified["ETag"] = representation
+        not_modified["Vary"] = "Accept-Encoding"  # two representations: a shared cache must keep them apart
         return not_modified
     if unsatisfiable is not None:
         return _unsatisfiable(unsatisfiable, size)

@@ -18,13 +18,16 @@ class NoUnknownKeys(serializers.Serializer):
     ``additionalProperties: false`` (``NoUnknownKeysSchema``)."""
 
     takes = "this body"
+    # Sent beside the fields by the browsable API's HTML forms (DEBUG), not by a client of the API.
+    FORM_KEYS = frozenset({"csrfmiddlewaretoken"})
 
     def to_internal_value(self, data: Any) -> Any:
         unknown: dict[str, list[str]] = {}
         if isinstance(data, Mapping):
             reason = f"unknown field ({self.takes} takes {', '.join(self.fields)})"
             # a key that is no valid Unicode (a lone surrogate) is named escaped: the answer must be UTF-8
-            unknown = {without_surrogates(str(key)): [reason] for key in data if key not in self.fields}
+            unknown = {without_surrogates(str(key)): [reason] for key in data
+                       if key not in self.fields and key not in self.FORM_KEYS}
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:

@@ -7,12 +7,15 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from accounts.models import ApiKey, Scope
+from config.bodies import NoUnknownKeys
 
 
 @extend_schema_serializer(examples=[OpenApiExample(
     "a CI pipeline's key", request_only=True,
     value={"name": "nightly-training", "scopes": ["read", "submit"], "expires_at": "2027-01-01T00:00:00Z"})])
-class ApiKeyIn(serializers.Serializer):
+class ApiKeyIn(NoUnknownKeys):
+    takes = "an API key"
+
     name = serializers.CharField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices), allow_empty=False,
                                    max_length=len(Scope.choices), default=lambda: [Scope.READ, Scope.SUBMIT])

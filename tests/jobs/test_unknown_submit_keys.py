@@ -101,7 +101,9 @@ def test_the_submit_bodies_refuse_unknown_keys_in_the_schema(client):
     ("post", "/api/v1/tasks/retry/", {"filters": {"status": "FAILED"}, "filter": {}}, "filter"),
     ("post", "/api/v1/webhooks/", {"url": "https://example.com/hook", "events": ["task.*"], "secret": "x"}, "secret"),
     ("post", "/api/v1/queues/default/reorder/", {"task_ids": ["{task}"], "positon": 1}, "positon"),
-], ids=["priority", "bulk-cancel", "bulk-retry", "webhook", "reorder"])
+    # a key meant read-only got read and submit, the default scopes
+    ("post", "/api/v1/auth/keys/", {"name": "ci", "scope": ["read"]}, "scope"),
+], ids=["priority", "bulk-cancel", "bulk-retry", "webhook", "reorder", "api-key"])
 def test_every_other_body_names_a_key_it_does_not_take_and_changes_nothing(client, olga, api, method, path, body, typo):
     """A typo never silently does something else: ``{"dry_run": true}`` cancelled for real; a webhook's own
     ``secret`` was dropped (the server makes one), and a misspelt ``position`` reordered to the front."""
