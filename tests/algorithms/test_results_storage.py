@@ -87,7 +87,7 @@ def test_a_zstd_download_has_a_validator_of_its_own_so_a_resume_never_splices_pl
     assert zstandard.ZstdDecompressor().decompressobj().decompress(again) == expected
 
     cached = client.get(url, HTTP_ACCEPT_ENCODING="zstd", HTTP_IF_NONE_MATCH=packed_tag)
-    assert cached.status_code == 304 and cached["Vary"] == "Accept-Encoding"  # a shared cache keeps both apart
+    assert cached.status_code == 304 and "Accept-Encoding" in cached["Vary"]  # a shared cache keeps both apart
     assert client.get(url, HTTP_ACCEPT_ENCODING="zstd", HTTP_IF_NONE_MATCH=plain_tag).status_code == 200
     plain = client.get(url, HTTP_IF_NONE_MATCH=plain_tag)
     assert plain.status_code == 304 and plain["ETag"] == plain_tag
