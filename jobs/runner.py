@@ -199,6 +199,8 @@ class Watchdog(threading.Thread):
         for batch in batches:
             batch.beaten(flags)
             batch.flush(older_than=batch.flush_every)  # finished tasks behind a long one: record them now
+            if _SHUTTING_DOWN.value:  # the worker is stopping: what waits behind the running task goes back
+                batch.stop_waiting()
         for watch in watches:  # log lines that waited since the last write (``RunContext``)
             if watch.flush_logs is not None and not watch.stopped:
                 try:
@@ -375,7 +377,8 @@ class Batch:
         self.lost: set[str] = set()
         self.fenced: set[str] = set()  # waiting while the heartbeats failed (``lose_waiting``)
         self.skipped: list[str] = []  # fenced when their turn came: handed back in ``__exit__``
-        self.stopping: list[str] = []  # their turn came after the worker's warm shutdown began: the same
+        self.stopping: list[str] = []  # waiting when the worker's warm shutdown began: handed back at once
+        self.stopped: set[str] = set()  # those: never run here
         self.outcomes: list[tuple[str, Outcome]] = []
         self.lock = threading.Lock()
         self.flush_every = settings.CONVEYOR["FINISH_FLUSH_SECONDS"]
@@ -441,16 +444,31 @@ class Batch:
         with self.lock:
             self.fenced.update(self.waiting)
 
+    def stop_waiting(self) -> None:
+        """The worker is stopping (``worker_shutting_down``): the tasks still waiting their turn will not
+        start here. They go back at once, from the watchdog's thread, while the running one finishes (a
+        cancelled one is still recorded CANCELLED at its turn, and a fenced one handed back at the end)."""
+        with self.lock:
+            for task_id in [t for t in self.waiting if t not in self.lost | self.cancelled | self.fenced]:
+                del self.waiting[task_id]
+                self.stopping.append(task_id)
+                self.stopped.add(task_id)
+        if self.stopping:
+            self._hand_back_now()
+
     def run(self, task: Task) -> None:
         task_id = str(task.id)
         with self.lock:
+            if task_id in self.stopped:  # handed back since the worker began to stop
+                return
             self.waiting.pop(task_id, None)
             lost, cancelled = task_id in self.lost, task_id in self.cancelled
             if task_id in self.fenced and not lost:  # held back: handed back at the batch's end, still beaten
                 self.skipped.append(task_id)
                 lost = True
-            elif _SHUTTING_DOWN.value and not lost and not cancelled:
+            elif _SHUTTING_DOWN.value and not lost and not cancelled:  # before the watchdog's next beat
                 self.stopping.append(task_id)
+                self.stopped.add(task_id)
                 lost = True
         if lost:  # reaped or cancelled while waiting, fenced, or the worker stopping: not run here
             if self.stopping:
