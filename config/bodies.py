@@ -18,6 +18,7 @@ class NoUnknownKeys(serializers.Serializer):
     ``additionalProperties: false`` (``NoUnknownKeysSchema``)."""
 
     takes = "this body"
+    hints: dict[str, str] = {}  # a key often sent by mistake → what to do instead (said in place of the list)
     # Sent beside the fields by the browsable API's HTML forms (DEBUG), not by a client of the API.
     FORM_KEYS = frozenset({"csrfmiddlewaretoken"})
 
@@ -26,7 +27,7 @@ class NoUnknownKeys(serializers.Serializer):
         if isinstance(data, Mapping):
             reason = f"unknown field ({self.takes} takes {', '.join(self.fields)})"
             # a key that is no valid Unicode (a lone surrogate) is named escaped: the answer must be UTF-8
-            unknown = {without_surrogates(str(key)): [reason] for key in data
+            unknown = {without_surrogates(str(key)): [self.hints.get(key, reason)] for key in data
                        if key not in self.fields and key not in self.FORM_KEYS}
         try:
             value = super().to_internal_value(data)

@@ -49,7 +49,13 @@ def queue_out(state: QueueState, now: Any) -> dict[str, Any]:
     }).data
 
 
-class QueuePatchIn(serializers.Serializer):
+class QueuePatchIn(NoUnknownKeys):
+    """A field this PATCH cannot change is a 400, not silently ignored: ``{"paused": true}`` would answer
+    200 and leave the queue running."""
+
+    takes = "a queue's settings"
+    hints = {"paused": "pause and resume are POST /queues/{name}/pause/ and /resume/"}
+
     concurrency = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
     user_concurrency = serializers.IntegerField(required=False, min_value=0, max_value=100_000)
     default_priority = PriorityField(required=False)
@@ -57,17 +63,6 @@ class QueuePatchIn(serializers.Serializer):
     resources = serializers.DictField(
         child=serializers.IntegerField(min_value=0, max_value=1024), required=False,
         help_text='replaces what the workers of this queue provide, e.g. {"gpu": 1}; {} for none')
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        """A field this PATCH cannot change is a 400, not silently ignored: ``{"paused": true}`` would
-        answer 200 and leave the queue running."""
-        given = self.initial_data if isinstance(self.initial_data, dict) else {}
-        unknown = sorted(set(given) - set(self.fields))
-        if unknown:
-            hints = {"paused": "pause and resume are POST /queues/{name}/pause/ and /resume/"}
-            raise serializers.ValidationError(
-                {name: [hints.get(name, f"not a setting of a queue; one of {', '.join(self.fields)}")] for name in unknown})
-        return attrs
 
     def validate_resources(self, value: dict[str, int]) -> dict[str, int]:
         # DictField checks the values; the names as the admin checks them (empty, or a NUL, which
