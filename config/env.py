@@ -6,10 +6,12 @@ Used by config/settings.py and by config/celery.py (beat's intervals, read befor
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +35,18 @@ def one_line_configuration_errors() -> None:
 
     hook.one_line_configuration_errors = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+@contextlib.contextmanager
+def configuration_errors_exit() -> Iterator[None]:
+    """Around settings read while Celery's command line loads the app (``celery -A config worker``): it
+    catches every ``Exception`` there and prints "Unable to load celery application" with the traceback,
+    exit status 2, before the hook of ``one_line_configuration_errors`` could see it. A configuration
+    error leaves as ``SystemExit`` instead, which it lets through: ``error: <message>``, exit status 1."""
+    try:
+        yield
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def env_str(name: str, default: str | None = None) -> str:
@@ -110,11 +124,14 @@ def env_networks(name: str, default: str = "") -> list[str]:
 
 
 def env_floats(name: str, default: str) -> list[float]:
-    """Comma-separated numbers, at least one (``5,30,120``)."""
+    """Comma-separated finite numbers, each more than 0, at least one (``5,30,120``): delays, which 0 or
+    less would turn into a loop as fast as it can go."""
     try:
         values = [float(item) for item in env_list(name, default)]
     except ValueError:
         values = []
+    if not all(math.isfinite(value) and value > 0 for value in values):
+        raise ImproperlyConfigured(f"{name}={os.environ.get(name)!r}: each number must be finite and more than 0")
     if not values:
         raise ImproperlyConfigured(f"{name}={os.environ.get(name)!r} is not a comma-separated list of numbers "
                                    f"(e.g. {default})")

@@ -5,7 +5,6 @@ and points these variables at them when none are configured).
 """
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -37,9 +36,11 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 # SECURE_SSL=true when clients reach Conveyor over HTTPS (usually a TLS-terminating proxy or ingress).
 SECURE_SSL = env_bool("SECURE_SSL", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000) if SECURE_SSL else 0
-SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL and env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
-SECURE_SSL_REDIRECT = SECURE_SSL and env_bool("SECURE_SSL_REDIRECT", True)
+# Each is read (and a malformed value refused) whether or not SECURE_SSL is on, so that turning it on later
+# cannot bring a bad value to light in production.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000) * SECURE_SSL
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False) and SECURE_SSL
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True) and SECURE_SSL
 # Probes and Prometheus scrape over plain HTTP inside the cluster: never redirect them.
 SECURE_REDIRECT_EXEMPT = [f"^{re.escape(path.lstrip('/'))}$" for path in PROBE_PATHS]
 if env_bool("SECURE_PROXY_SSL_HEADER", SECURE_SSL):
@@ -143,10 +144,11 @@ if DB_PREPARED_STATEMENTS:
 # (DB_CONN_MAX_AGE) number as many as the most requests ever at once, each thread keeping its own
 # ("too many clients" at 16 concurrent submits in bench/ when every request had a new thread). The
 # pool bounds them and shares them between threads. Pooling replaces DB_CONN_MAX_AGE.
+_DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10.0, positive=True)  # read (and checked) with no pool too
 if env_int("DB_POOL_MAX_SIZE", 0) > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": env_int("DB_POOL_MAX_SIZE", 0),
-                                               "timeout": env_float("DB_POOL_TIMEOUT", 10.0, positive=True)}
+                                               "timeout": _DB_POOL_TIMEOUT}
 
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("Conveyor needs PostgreSQL (SKIP LOCKED, partial indexes): set DATABASE_URL=postgres://…")
@@ -238,7 +240,7 @@ RATE_LIMITS = {
     "enabled": env_bool("RATE_LIMIT_ENABLED", True),
     "standard": env_int("RATE_LIMIT_STANDARD", 100),  # writes (submits, cancels, ...) per user
     "premium": env_int("RATE_LIMIT_PREMIUM", 1000),  # the same for RATE_LIMIT_PREMIUM_GROUP, staff, operators
-    "batch": env_int("RATE_LIMIT_BATCH", 10),  # batch submit calls per user
+    "batch": env_int("RATE_LIMIT_BATCH", 10),  # batch submits, bulk cancels and retries per user
     "read": env_int("RATE_LIMIT_READ", 1200),  # GETs per user
     "anon": env_int("RATE_LIMIT_ANON", 30),  # unauthenticated calls (token requests) per client IP
 }
@@ -302,7 +304,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The database, not the broker, decides what runs: a redelivered message is dropped by the guarded
 # claim, and a lost one is re-sent by the reconciler, so the visibility timeout only needs to be long.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 12 * 3600)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 12 * 3600, minimum=1)}
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Celery's Django fixup closes the database connection around every task unless this is set (a new
@@ -318,7 +320,7 @@ CONVEYOR = {
     "DEFAULT_MAX_RETRIES": env_int("TASK_DEFAULT_MAX_RETRIES", 3),
     "BACKOFF_BASE_SECONDS": env_float("TASK_BACKOFF_BASE_SECONDS", 2.0),
     "BACKOFF_MAX_SECONDS": env_float("TASK_BACKOFF_MAX_SECONDS", 600.0),
-    "DEFAULT_TIMEOUT_SECONDS": env_int("TASK_DEFAULT_TIMEOUT_SECONDS", 3600),
+    "DEFAULT_TIMEOUT_SECONDS": env_int("TASK_DEFAULT_TIMEOUT_SECONDS", 3600, minimum=1),
     "CANCEL_GRACE_SECONDS": env_float("TASK_CANCEL_GRACE_SECONDS", 5.0),
     "HEARTBEAT_SECONDS": env_float("TASK_HEARTBEAT_SECONDS", 0.5, positive=True),
     # A batch (DISPATCH_BATCH) records its finished tasks at the end, or after this long (jobs/runner.py).
@@ -330,7 +332,7 @@ CONVEYOR = {
     "LOG_MIN_INTERVAL": env_float("TASK_LOG_MIN_INTERVAL", 0.25),
     # Live events leave a process this long after the first of them, together (jobs/events.py); 0: at once.
     "EVENT_COALESCE_MS": env_float("EVENT_COALESCE_MS", 1.0),
-    "QUEUE_DEFAULT_CONCURRENCY": env_int("QUEUE_DEFAULT_CONCURRENCY", 8),
+    "QUEUE_DEFAULT_CONCURRENCY": env_int("QUEUE_DEFAULT_CONCURRENCY", 8, minimum=1),
     # queueing: candidates read past the free slots when a per-owner cap may skip some
     "DISPATCH_SCAN_AHEAD": env_int("DISPATCH_SCAN_AHEAD", 200),
     # Queues of short tasks whose dispatcher may put several task ids in one message ("fast:8,bench:8"):
@@ -369,7 +371,7 @@ REMOTE = {
     "HEALTH_SECONDS": env_float("REMOTE_HEALTH_SECONDS", 30.0, positive=True),
     # While a service is unreachable a bridged task waits (RUNNING, stage "waiting for service") and
     # polls at this interval, doubling up to the max, until it answers, the task is cancelled or times out.
-    "RETRY_BASE_SECONDS": env_float("REMOTE_RETRY_BASE_SECONDS", 0.5),
+    "RETRY_BASE_SECONDS": env_float("REMOTE_RETRY_BASE_SECONDS", 0.5, positive=True),
     "RETRY_MAX_SECONDS": env_float("REMOTE_RETRY_MAX_SECONDS", 15.0),
     # After waiting this long in the worker the task goes back to its queue (PENDING, attempt not
     # counted, not_before = backoff) so it holds no worker slot; it times out after timeout_seconds.
@@ -385,7 +387,7 @@ WEBHOOKS = {
     "TOTAL_TIMEOUT": env_float("WEBHOOK_TOTAL_TIMEOUT", 30.0, positive=True),
     # Delay before attempt n+1 is RETRY_SCHEDULE[n-1] (the last entry repeats), times jitter 0.8..1.2.
     "RETRY_SCHEDULE": env_floats("WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,3600,10800,21600,43200,86400"),
-    "MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 13),
+    "MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 13, minimum=1),
     # A sent message not picked up (lost by the broker) is sent again after this long.
     "RESEND_SECONDS": env_float("WEBHOOK_RESEND_SECONDS", 60.0, positive=True),
     "RESPONSE_MAX_BYTES": env_int("WEBHOOK_RESPONSE_MAX_BYTES", 4096),
@@ -401,5 +403,5 @@ WEBHOOKS = {
 # structlog: JSON lines with request_id, task_id and user on each (observability/logs.py).
 from observability.logs import logging_config  # noqa: E402
 
-LOGGING = logging_config(level=env_choice("LOG_LEVEL", "INFO", list(logging.getLevelNamesMapping())),
+LOGGING = logging_config(level=env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
                          fmt=env_choice("LOG_FORMAT", "json", ["json", "console"]))

@@ -88,13 +88,24 @@ def test_settings_read_every_variable_the_tests_rely_on():
     ("DISPATCH_TICK_SECONDS", "0", "DISPATCH_TICK_SECONDS='0' must be more than 0"),  # beat would flood the broker
     ("TASK_HEARTBEAT_SECONDS", "-1", "TASK_HEARTBEAT_SECONDS='-1' must be more than 0"),
     ("EVENT_COALESCE_MS", "nan", "EVENT_COALESCE_MS='nan' is not a finite number"),
-    ("WEBHOOK_MAX_ATTEMPTS", "-3", "WEBHOOK_MAX_ATTEMPTS='-3' must be 0 or more"),
+    ("WEBHOOK_MAX_ATTEMPTS", "0", "WEBHOOK_MAX_ATTEMPTS='0' must be 1 or more"),  # no delivery ever tried
+    # each would turn into a loop as fast as it can go, or fail every task at once
+    ("WEBHOOK_RETRY_SCHEDULE", "5,0", "WEBHOOK_RETRY_SCHEDULE='5,0': each number must be finite and more than 0"),
+    ("WEBHOOK_RETRY_SCHEDULE", "-5", "WEBHOOK_RETRY_SCHEDULE='-5': each number must be finite and more than 0"),
+    ("TASK_DEFAULT_TIMEOUT_SECONDS", "0", "TASK_DEFAULT_TIMEOUT_SECONDS='0' must be 1 or more"),
+    ("BROKER_VISIBILITY_TIMEOUT", "0", "BROKER_VISIBILITY_TIMEOUT='0' must be 1 or more"),
+    ("REMOTE_RETRY_BASE_SECONDS", "0", "REMOTE_RETRY_BASE_SECONDS='0' must be more than 0"),
+    ("QUEUE_DEFAULT_CONCURRENCY", "0", "QUEUE_DEFAULT_CONCURRENCY='0' must be 1 or more"),
+    # read, and refused, also while the setting that uses them is off (SECURE_SSL, DB_POOL_MAX_SIZE)
+    ("SECURE_SSL_REDIRECT", "maybe", "SECURE_SSL_REDIRECT='maybe' is not a boolean"),
+    ("SECURE_HSTS_SECONDS", "-5", "SECURE_HSTS_SECONDS='-5' must be 0 or more"),
+    ("DB_POOL_TIMEOUT", "abc", "DB_POOL_TIMEOUT='abc' is not a number"),
     ("JWT_ACCESS_MINUTES", "0", "JWT_ACCESS_MINUTES='0' must be 1 or more"),
     ("DB_CONNECT_TIMEOUT", "0", "DB_CONNECT_TIMEOUT='0' must be 1 or more"),  # libpq would wait for ever
     ("STORAGE_OPTIONS", "notjson", "STORAGE_OPTIONS is not valid JSON"),
     ("STORAGE_OPTIONS", "[1]", "STORAGE_OPTIONS is JSON but not an object"),
     ("DATABASE_URL", "postgres://u:hunter2@db:port/x", "DATABASE_URL is not a database URL"),
-    ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is not one of CRITICAL"),
+    ("LOG_LEVEL", "loud", "LOG_LEVEL='loud' is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' is not one of json, console"),
 ])
 def test_a_malformed_setting_stops_the_process_with_a_clear_error(name, value, says):
@@ -109,15 +120,20 @@ def test_a_malformed_setting_stops_the_process_with_a_clear_error(name, value, s
     assert "hunter2" not in out.stderr  # a URL's password is not repeated
 
 
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DB_POOL_MAX_SIZE", "abc", "DB_POOL_MAX_SIZE='abc' is not an integer"),  # Django's settings
+    # beat's schedule, read while Celery's command line loads the app, which catches every Exception
+    ("DISPATCH_TICK_SECONDS", "abc", "DISPATCH_TICK_SECONDS='abc' is not a number"),
+], ids=["settings", "beat-schedule"])
 @pytest.mark.parametrize("command", [["-m", "daphne", "-p", "1", "config.asgi:application"],
                                      ["-m", "celery", "-A", "config", "worker"], ["-m", "celery", "-A", "config", "beat"]],
                          ids=["daphne", "worker", "beat"])
-def test_a_malformed_setting_stops_the_web_server_worker_and_beat_with_one_line(command):
+def test_a_malformed_setting_stops_the_web_server_worker_and_beat_with_one_line(command, name, value, says):
     env = {"PATH": os.environ["PATH"], "SECRET_KEY": "x" * 50, "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/x",
-           "DB_POOL_MAX_SIZE": "abc"}
+           name: value}
     out = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1
-    assert out.stderr == "error: DB_POOL_MAX_SIZE='abc' is not an integer\n"
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr == f"error: {says}\n"
 
 
 def test_compose_has_every_service_wired_to_its_dependencies(compose):

@@ -118,3 +118,28 @@ def test_every_other_body_names_a_key_it_does_not_take_and_changes_nothing(clien
     assert typo in fields and fields[typo][0].startswith("unknown field"), fields
     after = Task.objects.get(id=task["id"])
     assert (after.status, after.priority) == (task["status"], task["priority"])
+
+
+def test_the_token_endpoints_name_a_key_they_do_not_take(alice):
+    """A login with a key it does not take (a one-time code the server has no use for) is a 400 naming it,
+    not tokens minted as if the key were not there; and the schema says so."""
+    from rest_framework.test import APIClient
+
+    from tests.conftest import PASSWORD
+
+    anonymous = APIClient()
+    login = anonymous.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD, "otp": "123456"},
+                           format="json")
+    assert login.status_code == 400
+    assert error_fields(login) == {"otp": ["unknown field (a login takes username, password)"]}
+
+    tokens = anonymous.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD}, format="json").json()
+    refresh = anonymous.post("/api/v1/auth/token/refresh/", {"refresh": tokens["refresh"], "rotate": True},
+                             format="json")
+    assert refresh.status_code == 400 and list(error_fields(refresh)) == ["rotate"]
+    assert "access" in anonymous.post("/api/v1/auth/token/refresh/", {"refresh": tokens["refresh"]},
+                                      format="json").json()
+
+    schema = json.loads(anonymous.get("/api/schema/?format=json").content)["components"]["schemas"]
+    assert schema["TokenObtainPairRequest"]["additionalProperties"] is False
+    assert schema["TokenRefreshRequest"]["additionalProperties"] is False
