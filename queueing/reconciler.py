@@ -15,6 +15,7 @@ ran for a while (``last_pass_age``): recovery is off while beat, or every such w
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import DateTimeField
+from django.db.models import Count, DateTimeField, Q
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -37,11 +38,15 @@ log = logging.getLogger(__name__)
 
 
 def resend_lost_queued() -> int:
-    """Re-send QUEUED tasks no worker claimed within ``TASK_QUEUED_RESEND_SECONDS``."""
+    """Re-send QUEUED tasks no worker claimed within ``TASK_QUEUED_RESEND_SECONDS``, in the queues whose
+    broker queue holds fewer messages than their QUEUED tasks need (``_lost_in``)."""
     cutoff = timezone.now() - timedelta(seconds=settings.CONVEYOR["QUEUED_RESEND_SECONDS"])
+    queues = _lost_in(cutoff)
+    if not queues:
+        return 0
     with transaction.atomic():
         rows = list(
-            Task.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff)
+            Task.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff, queue__in=queues)
             .select_for_update(skip_locked=True).values_list("id", "queue")[:1000]
         )
         if not rows:
@@ -53,6 +58,37 @@ def resend_lost_queued() -> int:
         transaction.on_commit(lambda: [dispatch.send(q, ids) for q, ids in by_queue.items()], robust=True)
     log.warning("re-sent %d QUEUED tasks that no worker claimed", len(rows))
     return len(rows)
+
+
+def _lost_in(cutoff: Any) -> list[str]:
+    """The queues with a QUEUED task older than ``cutoff`` whose broker queue holds fewer messages than
+    their QUEUED tasks need (one each, or one per ``DISPATCH_BATCH`` ids): a message was lost (Redis
+    restarted, FLUSHDB). A queue no worker reads keeps its messages, and re-sending them on every pass
+    grew its broker list by one message per task per pass, for ever (a queue whose workers are scaled to
+    0, a busy window of long tasks). When the broker cannot say (unreachable), every such queue counts.
+    Counting cannot tell whose message is missing: one lost beside stale duplicates (of tasks cancelled
+    since) is re-sent once a worker has drained those, as the count falls below what is needed."""
+    waiting = (Task.objects.filter(status=Status.QUEUED).values("queue")
+               .annotate(total=Count("id"), stale=Count("id", filter=Q(queued_at__lt=cutoff))).filter(stale__gt=0))
+    lost = []
+    for row in waiting:
+        size = settings.CONVEYOR["DISPATCH_BATCH"].get(row["queue"], 1)
+        depth = _broker_depth(row["queue"])
+        if depth is None or depth < math.ceil(row["total"] / size):
+            lost.append(row["queue"])
+    return lost
+
+
+def _broker_depth(queue_name: str) -> int | None:
+    """Messages waiting in the broker's queue (not those a worker holds), by a passive declare, which
+    Redis (LLEN) and RabbitMQ both answer; None when the broker cannot say."""
+    from config.celery import app
+
+    try:
+        with app.connection_for_read() as conn, conn.channel() as channel:
+            return int(channel.queue_declare(queue=queue_name, passive=True).message_count)
+    except Exception:  # noqa: BLE001 - no such queue yet (RabbitMQ), the broker down: re-send, as before
+        return None
 
 
 def db_cutoff(seconds: float) -> RawSQL:
