@@ -10,7 +10,7 @@ _DEFAULTS = {
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/conveyor_bench",
     "REDIS_URL": "redis://127.0.0.1:6379/8",
     "CHANNEL_PREFIX": "conveyor-bench",
-    "CELERY_BEAT_SCHEDULER": "celery.beat:PersistentScheduler",
+    "CELERY_BEAT_SCHEDULER": "config.beat:PersistentScheduler",
     "LOG_LEVEL": "WARNING",
     # The benchmark measures the pipeline, not the per-user rate limits (tests/edge covers those).
     "RATE_LIMIT_ENABLED": "false",

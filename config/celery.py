@@ -3,6 +3,7 @@ theirs with ``-Q``. Messages carry only task ids; PostgreSQL holds everything el
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 from celery.signals import task_prerun, worker_process_init, worker_ready
@@ -42,11 +43,21 @@ def _reuse_database_connection(**kwargs: object) -> None:
             conn.close_if_unusable_or_obsolete()
 
 
+@task_prerun.connect
+def _beat_task_started(task: Any = None, **kwargs: object) -> None:
+    """A task beat sent has started: beat may send the next (config/beat.py). Beat marks its messages
+    with the ``celery_beat_task`` header; other tasks pay nothing here."""
+    if task is not None and getattr(task.request, "celery_beat_task", False):
+        from config import beat
+
+        beat.started(task.name)
+
+
 def _every(name: str, default: float) -> float:
     """An interval from the environment. django-celery-beat stores whole seconds, so under its
     database scheduler an interval below 1 s would become "every 0 s" and flood the broker."""
     value = env_float(name, default, positive=True)
-    if "django_celery_beat" in env_str("CELERY_BEAT_SCHEDULER", "django_celery_beat"):
+    if "DatabaseScheduler" in env_str("CELERY_BEAT_SCHEDULER", "DatabaseScheduler"):
         value = max(1.0, value)
     return value
 

@@ -312,7 +312,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # CONN_MAX_AGE-expired connections before each task instead.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1_000_000)
 # The database scheduler lets operators add schedules in the admin; tests use Celery's file scheduler.
-CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "django_celery_beat.schedulers:DatabaseScheduler")
+# django-celery-beat's, sending an entry only while the one sent before has started (config/beat.py).
+CELERY_BEAT_SCHEDULER = env_str("CELERY_BEAT_SCHEDULER", "config.beat:DatabaseScheduler")
 
 # --- Conveyor ----------------------------------------------------------------------------------
 CONVEYOR = {

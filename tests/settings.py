@@ -13,7 +13,7 @@ _DEFAULTS = {
     # pub/sub, which Redis does not separate by DB number.
     "REDIS_URL": "redis://127.0.0.1:6379/15",
     "CHANNEL_PREFIX": "conveyor-test",
-    "CELERY_BEAT_SCHEDULER": "celery.beat:PersistentScheduler",
+    "CELERY_BEAT_SCHEDULER": "config.beat:PersistentScheduler",
     # Limits far above what a test makes; tests/edge/test_rate_limits.py sets low ones where it needs them.
     "RATE_LIMIT_STANDARD": "100000",
     "RATE_LIMIT_PREMIUM": "100000",
