@@ -169,6 +169,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "conveyor",
+        # one pool per process, not one per request's cache object under ASGI (config/redis_pool.py)
+        "OPTIONS": {"pool_class": "config.redis_pool.SharedConnectionPool"},
     }
 }
 
