@@ -135,10 +135,15 @@ def check_redis() -> dict[str, Any]:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                       retry=Retry(NoBackoff(), 0))
         try:
-            client.ping()
+            # A write, not a PING: a Redis at its maxmemory (noeviction) or refusing writes after a failed
+            # save still answers PING, while every send, rate limit and channel message fails.
+            client.set(PROBE_KEY, "1", ex=10)
         finally:
             client.close()
     return {}
+
+
+PROBE_KEY = "conveyor:health:probe"
 
 
 def _broker_connection(**options: Any) -> Any:

@@ -100,3 +100,29 @@ def test_readiness_checks_at_most_once_a_cache_period_however_many_call(anon, se
     assert [a.status_code for a in answers] == [200] * 7 and len(runs) == 1
     monkeypatch.setattr(health, "_shared", (0.0, (True, {})))  # older than the period: checked again
     assert anon.get("/api/v1/system/health/").json()["checks"]["database"]["ok"] and len(runs) == 2
+
+
+def test_readiness_is_503_when_redis_answers_ping_but_refuses_writes(anon, settings):
+    """A Redis at its ``maxmemory`` with ``noeviction`` (where an unbounded queue ends) answers PING, but
+    every broker send, rate limit and channel message fails: readiness must say so."""
+    import redis
+
+    from tests.chaos.stack import Redis
+
+    server = Redis()
+    server.start()
+    try:
+        redis.Redis.from_url(server.url).config_set("maxmemory", "1")  # far below what it uses already
+        redis.Redis.from_url(server.url).config_set("maxmemory-policy", "noeviction")
+        settings.REDIS_URL = server.url
+        settings.CHANNEL_LAYERS = {"default": {**settings.CHANNEL_LAYERS["default"],
+                                               "CONFIG": {**settings.CHANNEL_LAYERS["default"]["CONFIG"],
+                                                          "hosts": [server.url]}}}
+        response = anon.get("/api/v1/system/health/")
+    finally:
+        server.kill()
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["redis"]["ok"] is False
+    assert body["checks"]["redis"]["error"].startswith("OutOfMemoryError"), body["checks"]["redis"]
