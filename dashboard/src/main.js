@@ -26,6 +26,34 @@ function backoff(attempt) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 // A task row's `progress` from a task event (every event carries the task's progress as of it).
 const progressOf = (ev) => ({ percent: ev.percent || 0, stage: ev.stage, message: ev.message, metrics: ev.metrics })
+// A 404 or 403: what was asked for is not there (or not for this user), not a passing failure.
+const gone = (e) => e.status === 404 || e.status === 403
+const finite = (v) => typeof v === 'number' && Number.isFinite(v)
+const NON_FINITE = ['NaN', 'Infinity', '-Infinity'] // JSON has none: the server sends them as these strings
+const NEW_RUN = ['task.started', 'task.retrying', 'task.requeued'] // the chart's line breaks there
+
+// A metric's latest value as the legend shows it: a number, or NaN / an infinity as text; null for
+// anything else (a list, a label), which is neither charted nor listed.
+function metricText(v) {
+  if (finite(v)) return Number.isInteger(v) ? String(v) : v.toFixed(4)
+  if (typeof v === 'number') return String(v)
+  return NON_FINITE.includes(v) ? v : null
+}
+
+// An event's time of day in the browser's time zone (the server sends UTC), to the millisecond.
+function clock(iso) {
+  const t = new Date(iso)
+  if (Number.isNaN(t.getTime())) return ''
+  const pad = (n, width = 2) => String(n).padStart(width, '0')
+  return `${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}.${pad(t.getMilliseconds(), 3)}`
+}
+
+// What a refused login says: a wrong password only for a 400/401, else that the server is in trouble.
+function loginError(status) {
+  if (status === 400 || status === 401) return 'Wrong username or password.'
+  if (status === 429) return 'Too many attempts: wait a moment.'
+  return `Server unavailable (HTTP ${status}), try again`
+}
 
 // A random UUID (crypto.randomUUID exists only on https and localhost).
 function newKey() {
@@ -51,7 +79,10 @@ Alpine.data('dashboard', () => {
   const unfilled = new Set() // rows made from events: their owner, priority… come from one batched GET
   let fillTimer = null
   let refreshing = null
-  let chart = { points: [], stride: 1, seen: 0, last: {} } // the drawer's metrics
+  // The drawer's metrics: points ({metrics, gap}: gap, the first of a new run), the latest value of each,
+  // the last report skipped by the stride (drawn at the end), a new run begun since the last point.
+  const emptyChart = () => ({ points: [], stride: 1, seen: 0, last: {}, tail: null, gap: false })
+  let chart = emptyChart()
 
   return {
   STATES,
@@ -67,15 +98,17 @@ Alpine.data('dashboard', () => {
   busy: {}, // task id → an action on it is in flight
   submitting: false,
   queues: [],
+  queuesStale: false, // the last load failed: the cards show the previous answer
   spark: {},
   stats: null,
+  statsStale: false,
   algorithms: [],
   filters: { status: '', queue: '', algorithm: '' },
   form: { algorithm: '', params: '{}', priority: '', queue: '' },
   submitError: '',
   dragId: null,
   dropTarget: null,
-  reorderedAt: 0,
+  moved: '', // "… moved to the front of default": a reorder's result, shown for a few seconds
   drawer: emptyDrawer(),
   timers: [],
 
@@ -87,11 +120,14 @@ Alpine.data('dashboard', () => {
 
   async login() {
     this.loginError = ''
-    const r = await fetch('/api/v1/auth/token/', {
-      method: 'POST', headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify(this.loginForm),
-    })
-    if (!r.ok) { this.loginError = r.status === 429 ? 'Too many attempts: wait a moment.' : 'Wrong username or password.'; return }
+    let r
+    try {
+      r = await fetch('/api/v1/auth/token/', {
+        method: 'POST', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(this.loginForm),
+      })
+    } catch { this.loginError = 'Cannot reach the server, try again'; return }
+    if (!r.ok) { this.loginError = loginError(r.status); return }
     this.tokens = { ...(await r.json()), username: this.loginForm.username }
     localStorage.setItem(TOKENS, JSON.stringify(this.tokens))
     this.loginForm.password = ''
@@ -112,7 +148,8 @@ Alpine.data('dashboard', () => {
     this.closeDrawer()
     if (this.socket) { this.socket.onclose = null; this.socket.close() }
     inbox = []; added = []; index = new Map(); unfilled.clear()
-    Object.assign(this, { user: null, tokens: null, tasks: [], queues: [], connection: 'offline' })
+    Object.assign(this, { user: null, tokens: null, tasks: [], queues: [], connection: 'offline',
+      queuesStale: false, statsStale: false })
   },
 
   // One refresh at a time, shared by every caller that met a 401. True: new tokens. False: the refresh
@@ -326,16 +363,21 @@ Alpine.data('dashboard', () => {
     } catch { /* shown by the connection state */ }
   },
 
+  // On an error the last cards stay, marked stale (the server is down or busy); a 404 or 403 (a server
+  // without the queueing API, or not for this user) removes them.
   async loadQueues() {
     try {
       const data = await this.api('/api/v1/queues/')
       this.queues = data.results || data
+      this.queuesStale = false
       for (const q of this.queues) {
         const s = (this.spark[q.name] ||= [])
         s.push(q.throughput_per_minute || 0)
         if (s.length > 60) s.shift()
       }
-    } catch { this.queues = [] } // a server without the queueing API
+    } catch (e) {
+      if (gone(e)) { this.queues = []; this.queuesStale = false } else this.queuesStale = true
+    }
   },
 
   queuesSoon() {
@@ -344,7 +386,12 @@ Alpine.data('dashboard', () => {
   },
 
   async loadStats() {
-    try { this.stats = await this.api('/api/v1/statistics/tasks/?window=1h') } catch { this.stats = null }
+    try {
+      this.stats = await this.api('/api/v1/statistics/tasks/?window=1h')
+      this.statsStale = false
+    } catch (e) {
+      if (gone(e)) { this.stats = null; this.statsStale = false } else this.statsStale = true
+    }
   },
 
   async loadAlgorithms() {
@@ -400,16 +447,28 @@ Alpine.data('dashboard', () => {
     if (task) this.put(task)
   },
 
-  async setPriority(t, value) {
-    const task = await this.act(t, 'priority', { priority: Number(value) }, 'PATCH')
+  // The box's text: a whole number is sent (the server checks the range); anything else is refused here.
+  // Whatever is refused, the box shows the task's priority again.
+  async setPriority(t, input) {
+    const text = input.value.trim()
+    let task = null
+    if (/^\d+$/.test(text)) task = await this.act(t, 'priority', { priority: Number(text) }, 'PATCH')
+    else alert('Priority: a whole number from 0 to 9.')
     if (task) this.put(task)
+    input.value = t.priority ?? ''
   },
 
   async moveToFront(t) {
     try {
       await this.api(`/api/v1/queues/${t.queue}/reorder/`, { method: 'POST', body: { task_ids: [t.id] } })
-      this.reorderedAt = Date.now()
+      this.showMoved(`${t.id.slice(0, 8)} moved to the front of ${t.queue}`)
     } catch (e) { alert(e.message) }
+  },
+
+  // The table is sorted by creation time, so a reorder shows no change there: a line says where it went.
+  showMoved(text) {
+    this.moved = text
+    setTimeout(() => { if (this.moved === text) this.moved = '' }, 5000)
   },
 
   // Operators drag a waiting row onto another waiting row of the same queue: it takes that row's place.
@@ -429,7 +488,7 @@ Alpine.data('dashboard', () => {
       const position = waiting.tasks.find((x) => x.id === t.id)?.waiting?.position ?? 0
       if (position < 1) return
       await this.api(`/api/v1/queues/${t.queue}/reorder/`, { method: 'POST', body: { task_id: dragged, position } })
-      this.reorderedAt = Date.now()
+      this.showMoved(`${dragged.slice(0, 8)} moved to position ${position} in ${t.queue}`)
     } catch (e) { alert(e.message) }
   },
 
@@ -451,12 +510,14 @@ Alpine.data('dashboard', () => {
     const row = index.get(id)
     d.task = row ? { ...row } : null
     d.connection = 'connecting'
+    this.focusDrawer()
     let last = row?._seq || 0
     try {
       const task = await this.api(`/api/v1/tasks/${id}/`)
       last = task.last_seq ?? last
       if (this.drawer !== d) return // closed or another one opened meanwhile
       d.task = task
+      if (!row) this.focusDrawer()
     } catch (e) {
       if (this.drawer !== d) return
       if (e.status === 404) { d.task ||= { id, status: '?', progress: { percent: 0 } }; d.connection = 'no longer visible'; return }
@@ -496,11 +557,14 @@ Alpine.data('dashboard', () => {
       }
       if (!ev.event?.startsWith('task.') || ev.seq <= d.lastSeq) continue
       d.lastSeq = ev.seq
-      const time = (ev.timestamp || '').slice(11, 23)
+      const time = clock(ev.timestamp)
       if (ev.event === 'task.log') {
         lines.push({ seq: ev.seq, time, text: ev.data?.line ?? '' })
       } else {
-        if (ev.event === 'task.progress' && ev.metrics && Object.keys(ev.metrics).length) charted = this.addPoint(ev.metrics) || charted
+        if (ev.event === 'task.progress' && ev.metrics && Object.keys(ev.metrics).length) {
+          charted = this.addPoint(ev.metrics) || charted
+        }
+        if (NEW_RUN.includes(ev.event)) this.breakChart()
         if (ev.event !== 'task.progress') lines.push({ seq: ev.seq, time, text: `— ${ev.event.slice(5)} —` })
       }
       // The snapshot is the task as of its seq: replayed events up to it are history, later ones
@@ -517,34 +581,57 @@ Alpine.data('dashboard', () => {
 
   // Every point until MAX_POINTS, then every other one of those and every 2nd new one, and so on:
   // evenly spaced over the whole run. The legend shows each metric's latest value.
+  // The first point of a new run is always kept, and so is its mark when the points are halved.
   addPoint(metrics) {
     Object.assign(chart.last, metrics)
-    if (chart.seen++ % chart.stride) return true
-    chart.points.push(metrics)
+    if (chart.seen++ % chart.stride && !chart.gap) { chart.tail = metrics; return true }
+    chart.points.push({ metrics, gap: chart.gap })
+    chart.tail = null
+    chart.gap = false
     if (chart.points.length >= MAX_POINTS) {
-      chart.points = chart.points.filter((_, i) => i % 2 === 0)
+      let gap = false
+      chart.points = chart.points.filter((p, i) => {
+        gap ||= p.gap
+        if (i % 2) return false
+        p.gap = gap
+        gap = false
+        return true
+      })
       chart.stride *= 2
     }
     return true
   },
 
+  // A new attempt (or a run handed back and started again) begins a new line: its curve starts over.
+  breakChart() {
+    if (chart.tail) chart.points.push({ metrics: chart.tail, gap: false }) // the end of the run before
+    chart.tail = null
+    chart.gap = chart.points.length > 0
+  },
+
+  // One x axis for every metric (a point per report); a line for each run of finite values: a new run, or
+  // NaN / an infinity (shown in the legend, not charted), breaks it.
   drawChart() {
-    const names = Object.keys(chart.last).filter((k) => typeof chart.last[k] === 'number')
-    const lines = names.map((name, i) => {
-      const values = [...chart.points, chart.last].map((p) => p[name]).filter((v) => typeof v === 'number')
+    const names = Object.keys(chart.last).filter((k) => metricText(chart.last[k]) !== null)
+    const series = chart.tail ? [...chart.points, { metrics: chart.tail, gap: false }] : chart.points
+    const step = series.length > 1 ? 300 / (series.length - 1) : 0
+    const lines = names.flatMap((name, i) => {
+      const values = series.map((p) => p.metrics[name]).filter(finite)
       let lo = Infinity, hi = -Infinity
       for (const v of values) { lo = Math.min(lo, v); hi = Math.max(hi, v) }
       const span = hi - lo || 1
-      const step = values.length > 1 ? 300 / (values.length - 1) : 0
-      const points = values.map((v, j) => `${(j * step).toFixed(1)},${(95 - 90 * (v - lo) / span).toFixed(1)}`).join(' ')
-      return `<polyline class="m${i % 8}" points="${points}"></polyline>`
+      const segments = [[]]
+      series.forEach((p, j) => {
+        const v = p.metrics[name]
+        if ((p.gap || (v !== undefined && !finite(v))) && segments.at(-1).length) segments.push([])
+        if (finite(v)) segments.at(-1).push(`${(j * step).toFixed(1)},${(95 - 90 * (v - lo) / span).toFixed(1)}`)
+      })
+      return segments.filter((s) => s.length)
+        .map((s) => `<polyline class="m${i % 8}" points="${s.join(' ')}"></polyline>`)
     })
     const d = this.drawer
     d.chart = `<svg viewBox="0 0 300 100" preserveAspectRatio="none">${lines.join('')}</svg>`
-    d.legend = names.map((name) => {
-      const v = chart.last[name]
-      return { name, value: Number.isInteger(v) ? v : v.toFixed(4) }
-    })
+    d.legend = names.map((name) => ({ name, value: metricText(chart.last[name]) }))
     d.points = chart.points.length
   },
 
@@ -552,8 +639,20 @@ Alpine.data('dashboard', () => {
     const ws = this.drawer.socket
     this.drawer = emptyDrawer()
     drawerInbox = []
-    chart = { points: [], stride: 1, seen: 0, last: {} }
+    chart = emptyChart()
     if (ws) ws.close()
+  },
+
+  // The drawer opened from a row (a click, or Enter / Space on the focused row) takes the focus; closed by
+  // its button or Escape, it gives the focus back to the row.
+  focusDrawer() {
+    this.$nextTick(() => document.querySelector('[data-testid=drawer] header button')?.focus())
+  },
+
+  dismissDrawer() {
+    const id = this.drawer.task?.id
+    this.closeDrawer()
+    if (id) document.querySelector(`tr[data-task="${id}"]`)?.focus()
   },
 
   // --- view helpers ---------------------------------------------------------------------------
