@@ -12,22 +12,28 @@ one task.
   ``"Infinity"`` and ``"-Infinity"`` (``jobs.jsonsafe``), as for a Python algorithm.
 * Files it writes into ``$CONVEYOR_OUTPUT_DIR`` become the task's artifacts; ``{"result_file": "out.bin",
   "content_type": …, "summary": {…}}`` makes one of them the task's result itself (any size, streamed).
-* It runs in its own process group. On cancel or time limit the whole group gets SIGTERM, then
-  SIGKILL after the grace period; when the program exits, whatever it left behind in its group is
-  terminated the same way, so no orphan outlives its task. If the worker itself is killed outright,
-  the next worker to start on the machine kills the group (``algorithms.orphans``).
+* It runs in its own session and process group. On cancel or time limit the whole group and session get
+  SIGTERM, then SIGKILL after the grace period; when the program exits, whatever it left behind there is
+  terminated the same way, so no orphan outlives its task. If the worker itself is killed outright, the
+  next worker to start on the machine kills them (``algorithms.orphans``).
+* Its output is read ahead only so far (``QUEUED_MAX``): a program that writes faster than the adapter
+  takes its lines waits on its pipe. Once it has exited and its group and session are stopped, the pipes
+  are read for what they hold and then closed, even if a daemon of a session of its own keeps them open.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import queue
 import re
+import select
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +50,12 @@ CUT_KEPT = 64 * 1024  # bytes kept of an over-long line (only its first 10,000 c
 # Output lines already waiting when the adapter reads are logged together, in one transaction (each
 # still its own ``task.log`` event): a chatty program is not held to one commit per line.
 LOG_BATCH = 500
+# Output lines read and not yet handled are held up to this many bytes (a line counts its length, plus one):
+# past that the readers wait, and so does the program, on its pipe. One line of any size gets in alone.
+QUEUED_MAX = 1 << 20
+READ_CHUNK = 1 << 16
+POLL = 0.05  # seconds between looks at the program's processes while they are being stopped
+KILL_WAIT_MIN = 0.5  # seconds SIGKILL is given at least, whatever is left of the runner's grace
 
 
 class ExternalProgramFailed(RuntimeError):
@@ -90,17 +102,92 @@ def _env(spec: ProgramSpec, ctx: RunContext, params_path: Path, output_dir: Path
     return base
 
 
-def _pump(stream: IO[bytes], kind: str, out: queue.Queue[tuple[str, str | None]]) -> None:
+class _Lines(queue.Queue):
+    """The output lines read and not yet handled, ``(stream, line)``, held up to ``maxsize`` bytes: each counts
+    its length, plus one (an empty line, the ``None`` that ends a stream). The readers wait while it is full."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self.held = 0
+
+    def _qsize(self) -> int:
+        return self.held
+
+    def _put(self, item: tuple[str, str | None]) -> None:
+        super()._put(item)
+        self.held += 1 + len(item[1] or "")
+
+    def _get(self) -> tuple[str, str | None]:
+        item = super()._get()
+        self.held -= 1 + len(item[1] or "")
+        return item
+
+
+def _pump(stream: IO[bytes], kind: str, out: _Lines, closing: threading.Event, gone: threading.Event) -> None:
+    """Pass one output stream of the program on to ``out``, line by line, until its end; once ``closing`` is
+    set, only what its pipe holds already (``_chunks``). A line is held up to ``LINE_MAX`` bytes: of a longer
+    one the start is kept and the rest skipped as it comes. Waits while ``out`` is full, unless the adapter
+    takes no more lines (``gone``)."""
+    line, cut = bytearray(), False
     try:
-        for raw in iter(lambda: stream.readline(LINE_MAX), b""):
-            cut = not raw.endswith(b"\n") and len(raw) == LINE_MAX
-            if cut:  # a line with no end in sight: keep its start, skip to its end without holding it
-                raw = raw[:CUT_KEPT] + f" [line cut: longer than {LINE_MAX} bytes]".encode()
-                while (rest := stream.readline(LINE_MAX)) and not rest.endswith(b"\n"):
-                    pass
-            out.put((kind, raw.decode("utf-8", "replace").rstrip("\r\n")))
+        for chunk in _chunks(stream.fileno(), closing):
+            start = 0
+            while start < len(chunk):
+                end = chunk.find(b"\n", start)
+                if not cut:
+                    line += chunk[start:len(chunk) if end < 0 else end]
+                    if len(line) >= LINE_MAX:  # a line with no end in sight: keep its start, skip the rest
+                        cut = True
+                        line[CUT_KEPT:] = f" [line cut: longer than {LINE_MAX} bytes]".encode()
+                if end < 0:
+                    break
+                if not _send(out, (kind, line.decode("utf-8", "replace").rstrip("\r\n")), gone):
+                    return
+                line, cut, start = bytearray(), False, end + 1
+        if line:  # the last one, with no newline
+            _send(out, (kind, line.decode("utf-8", "replace").rstrip("\r\n")), gone)
     finally:
-        out.put((kind, None))
+        _send(out, (kind, None), gone)
+
+
+def _chunks(fd: int, closing: threading.Event) -> Iterator[bytes]:
+    """What the program writes on ``fd``, as it comes, until the pipe's end. Once ``closing`` is set (the
+    program has exited and its group and session are stopped) only what the pipe holds already, at most its
+    capacity: a daemon of a session of its own may keep it open, and write, for ever."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    late: int | None = None  # bytes still to read once closing
+    while late is None or late > 0:
+        if late is None and closing.is_set():
+            late = _capacity(fd)
+        if not poller.poll(0 if late is not None else 100):
+            if late is not None:
+                return  # nothing more in it
+            continue
+        chunk = os.read(fd, READ_CHUNK)
+        if not chunk:
+            return
+        if late is not None:
+            late -= len(chunk)
+        yield chunk
+
+
+def _capacity(fd: int) -> int:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except OSError:  # not a pipe
+        return 1 << 20
+
+
+def _send(out: _Lines, item: tuple[str, str | None], gone: threading.Event) -> bool:
+    """Put ``item`` in ``out``, waiting for room; False (and dropped) once the adapter takes no more lines."""
+    while not gone.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _feed(stream: IO[bytes], data: bytes) -> None:
@@ -115,35 +202,52 @@ def _feed(stream: IO[bytes], data: bytes) -> None:
             pass
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+def _signal(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to what still runs of the program's group and session (zombies are dead already: see
+    ``orphans.members``); False when nothing does."""
+    pids = orphans.members(pgid)
+    if not pids:
         return False
-    except PermissionError:  # pragma: no cover
-        return True
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(pgid, sig)  # and what its group forked since
+    except (ProcessLookupError, PermissionError):
+        pass
     return True
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM to the whole group, SIGKILL after ``grace``; reap the program."""
-    pgid = proc.pid
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if not _group_alive(pgid):
-            break
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and not _group_alive(pgid):
-                break
-            time.sleep(0.02)
+    """SIGTERM to the program's whole group and session, SIGKILL to what is left of them after ``grace``
+    (again to what they fork meanwhile); reap the program. The runner kills this whole worker child once its
+    own grace has passed, so SIGKILL is waited for only until nine tenths of that (``KILL_WAIT_MIN`` at least):
+    it ends a process at once, unless the process is inside the kernel (state D), where it ends it on return."""
+    pgid, start = proc.pid, time.monotonic()
+    if _signal(pgid, signal.SIGTERM):
+        while orphans.members(pgid) and time.monotonic() < start + grace:
+            time.sleep(POLL)
+    until = max(start + 0.9 * settings.CONVEYOR["CANCEL_GRACE_SECONDS"], time.monotonic() + KILL_WAIT_MIN)
+    while _signal(pgid, signal.SIGKILL) and time.monotonic() < until:
+        time.sleep(POLL)
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+        proc.wait(timeout=max(POLL, until - time.monotonic()))
+    except subprocess.TimeoutExpired:  # pragma: no cover - in the kernel (state D): SIGKILL ends it there
         pass
+
+
+def _stop_reading(proc: subprocess.Popen[bytes], readers: list[threading.Thread], closing: threading.Event,
+                  gone: threading.Event) -> None:
+    """No more output is taken: the readers end within a moment (they read only what the pipes hold, and
+    wait no more for room), and the pipes are closed, even while a daemon of its own session holds them."""
+    closing.set()
+    gone.set()
+    for reader, stream in zip(readers, (proc.stdout, proc.stderr)):
+        reader.join(timeout=5)
+        if not reader.is_alive() and stream is not None:  # never a descriptor a reader may still use
+            stream.close()
 
 
 def _stop_group_surely(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -182,14 +286,17 @@ def _handle(ctx: RunContext, kind: str, line: str) -> tuple[str | None, dict[str
     return (line if kind == "stdout" else f"[stderr] {line}"), None
 
 
-def _next_lines(lines: queue.Queue[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
-    """The next output line (waiting up to 0.1 s), and those already behind it, up to ``LOG_BATCH``."""
+def _next_lines(lines: _Lines) -> list[tuple[str, str | None]]:
+    """The next output line (waiting up to 0.1 s), and those already behind it, up to ``LOG_BATCH`` of them
+    and ``QUEUED_MAX`` bytes (taken out of the queue, they make room for more)."""
     batch = [lines.get(timeout=0.1)]
-    while len(batch) < LOG_BATCH:
+    size = len(batch[0][1] or "")
+    while len(batch) < LOG_BATCH and size < QUEUED_MAX:
         try:
             batch.append(lines.get_nowait())
         except queue.Empty:
             break
+        size += len(batch[-1][1] or "")
     return batch
 
 
@@ -252,26 +359,32 @@ def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> A
                                 cwd=cwd, env=_env(spec, ctx, params_path, output_dir), start_new_session=True)
     except OSError as exc:
         raise ExternalProgramFailed(f"cannot start {argv[0]}: {exc}") from None
-    orphans.record(proc.pid, ctx.task_id)  # so a worker starting after this one's death can stop it
-    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
-    threads = [threading.Thread(target=_pump, args=(proc.stdout, "stdout", lines), daemon=True),
-               threading.Thread(target=_pump, args=(proc.stderr, "stderr", lines), daemon=True),
-               threading.Thread(target=_feed, args=(proc.stdin, payload), daemon=True)]
-    for thread in threads:
+    lines = _Lines(QUEUED_MAX)
+    closing, gone = threading.Event(), threading.Event()  # see _chunks; _send
+    readers = [threading.Thread(target=_pump, args=(stream, kind, lines, closing, gone), daemon=True,
+                                name=f"conveyor program {proc.pid} {kind}")
+               for stream, kind in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
+    for thread in [*readers, threading.Thread(target=_feed, args=(proc.stdin, payload), daemon=True)]:
         thread.start()
     open_streams, stopped = 2, False
     result_file: dict[str, Any] | None = None
     try:
+        try:  # so that a worker starting after this one's death can stop it; one it cannot know of is stopped
+            orphans.record(proc.pid, ctx.task_id)
+        except OSError as exc:
+            raise ExternalProgramFailed(f"{argv[0]} was stopped: it could not be recorded for the orphan reaper: "
+                                        f"{exc}") from None
         while open_streams or proc.poll() is None:
             if ctx.cancelled() and not stopped:
                 stopped = True
-                ctx.log(f"stopping {argv[0]}: SIGTERM to its process group, SIGKILL after {grace:g}s")
+                ctx.log(f"stopping {argv[0]}: SIGTERM to its process group and session, SIGKILL after {grace:g}s")
                 _stop_group(proc, grace)
+            if proc.poll() is not None and not closing.is_set():
+                _stop_group(proc, grace)  # what it left running in its group or session
+                closing.set()  # then the pipes are read for what they hold: a daemon may keep them open
             try:
                 batch = _next_lines(lines)
             except queue.Empty:
-                if proc.poll() is not None and not stopped:
-                    _stop_group(proc, grace)  # exited, but something in its group holds the pipes
                 continue
             logs: list[str] = []
             for kind, line in batch:
@@ -290,6 +403,7 @@ def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> A
             ctx.log_lines(logs)
     finally:
         _stop_group_surely(proc, grace)  # leftovers of the group, or the program itself on timeout/error
+        _stop_reading(proc, readers, closing, gone)
         orphans.forget(proc.pid)
     if stopped:
         return None

@@ -3,7 +3,6 @@ wrong type is logged like any other unrecognised line, and an endless line is ne
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import textwrap
 import threading
@@ -66,7 +65,7 @@ def test_a_progress_message_of_the_wrong_types_is_a_log_line(alice, tmp_path, li
 def test_an_endless_line_is_cut_without_being_held_whole(monkeypatch):
     monkeypatch.setattr(process, "LINE_MAX", 1 << 20, raising=False)
     read, write = os.pipe()
-    lines: queue.Queue = queue.Queue()
+    lines = process._Lines(0)  # unbounded: this test takes the lines only at the end
 
     def produce() -> None:
         with os.fdopen(write, "wb") as out:
@@ -79,13 +78,15 @@ def test_an_endless_line_is_cut_without_being_held_whole(monkeypatch):
         writer = threading.Thread(target=produce)
         writer.start()
         with os.fdopen(read, "rb") as stream:
-            process._pump(stream, "stdout", lines)
+            process._pump(stream, "stdout", lines, threading.Event(), threading.Event())
         writer.join()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
-    got = [lines.get_nowait() for _ in range(lines.qsize())]
+    got = []
+    while not lines.empty():
+        got.append(lines.get_nowait())
     assert [kind for kind, _ in got] == ["stdout"] * 3
     cut, message, end = (text for _, text in got)
     assert cut.startswith("x" * 10_000) and cut.endswith(f"[line cut: longer than {1 << 20} bytes]")

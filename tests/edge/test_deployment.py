@@ -237,6 +237,18 @@ def test_dockerfile_is_multi_stage_slim_and_non_root():
     assert dockerignored(".venv/bin/python") and dockerignored(".git/HEAD")
 
 
+def test_every_role_runs_under_tini_which_reaps_zombies(compose):
+    """With no init, the command is PID 1 and never reaps what is re-parented to it: an external program's
+    children that outlive it stayed zombies. The image's ENTRYPOINT is tini; compose's commands keep it."""
+    runtime = (DOCKER / "Dockerfile").read_text().split("AS runtime", 1)[1]
+    assert re.search(r"apt-get install -y --no-install-recommends tini\b", runtime)
+    assert [json.loads(e) for e in re.findall(r"^ENTRYPOINT (\[.*\])$", runtime, re.M)] == [["tini", "--"]]
+    assert re.findall(r"^CMD \[\"daphne\"", runtime, re.M)  # CMD stays the command alone, tini runs it
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert "entrypoint" not in service and "init" not in service, name
+
+
 def test_dockerfile_builds_what_make_install_app_builds():
     """The git-ignored pieces (a clean clone has none): built as the Makefile builds them, each copied
     into the runtime image, and never taken from the build context (a stale local build)."""
