@@ -58,9 +58,10 @@ _OWNED_SCRATCH = re.compile(r"conveyor-.*-w(\d+)\.(\d+)-[^-/]*")
 
 def reap_scratch(root: Path | None = None) -> list[Path]:
     """Remove the scratch directories in ``root`` (the temporary directory) whose process is gone: exited,
-    a zombie, or its pid now another process's. Run when a worker starts on the machine
-    (queueing/heartbeat.py): what a run killed outright (SIGKILL, the OOM killer) left behind. A directory
-    of a live process, and one whose name says no owner (made before names did), is left alone."""
+    a zombie, or its pid now another process's. Run when a worker starts on the machine, and by its
+    heartbeat once one of its pool children is gone and every ``SCRATCH_REAP_SECONDS`` (queueing/heartbeat.py):
+    what a run killed outright (SIGKILL, the OOM killer, a cancel it ignored) left behind. A directory of a
+    live process, and one whose name says no owner (made before names did), is left alone."""
     from algorithms.orphans import _alive
 
     removed: list[Path] = []

@@ -4,9 +4,10 @@ thread per process.
 The watchdog beats the heartbeat of every task running in this process (and of the claimed rest of a
 batch, and of finished tasks until their outcome is recorded), turns a cancel request or the time limit
 into ``ctx.cancelled()``, and — when the algorithm ignores that for the grace period — records the final
-state itself and terminates this pool child (prefork). With ``acks_late`` + ``reject_on_worker_lost`` the
-message comes back once, and the guarded claim drops it because the task is already final. One thread
-for the life of the process, not one per task: starting a thread cost more than a short task itself.
+state itself and terminates this pool child (prefork), with the processes its run started. With
+``acks_late`` + ``reject_on_worker_lost`` the message comes back once, and the guarded claim drops it
+because the task is already final. One thread for the life of the process, not one per task: starting a
+thread cost more than a short task itself.
 
 Fencing: when no heartbeat has reached the database for half of ``HEARTBEAT_STALE_SECONDS`` (the worker
 cut off from it), every run here is stopped as lost, and its pool child killed if the algorithm ignores
@@ -90,6 +91,7 @@ class Watch:
         self.deadline = time.monotonic() + task.timeout_seconds
         # When it was last known beaten (its claim, at the latest; ``monotonic``): the fence counts from here.
         self.since = time.monotonic() if since is None else since
+        self.began = time.monotonic()  # the processes started since then are the run's (``kill_descendants``)
         self.cancel = threading.Event()
         self.timed_out = threading.Event()
         self.lost = ""  # why it is no longer this worker's to run, once it is not (the heartbeat's answer, the fence)
@@ -321,7 +323,9 @@ class Watchdog(threading.Thread):
     def _kill(self, watch: Watch, why: str, *, batches: list[Batch] | None) -> None:
         """Terminate this pool child, unless its run has stopped meanwhile (``watch.stopped``): watch.lock is
         held up to the kill, so its thread can neither finish that run nor take its next message first.
-        ``batches`` are settled first, and the live events sent; None: cut off, nothing but the kill."""
+        ``batches`` are settled first, and the live events sent; None: cut off, nothing but the kill. The
+        processes the run started go first (``kill_descendants``, since the run began: a process the child
+        had before is not this run's)."""
         # solo/threads pool: cannot kill a thread, only raise in it (``TaskStopped``, when it next runs Python
         # code, as a time limit's ``TaskTimeout``). A recorded state is final (its later finish is a no-op); a
         # run cut off from the database (``batches`` None) goes on until it looks at ctx.cancelled().
@@ -343,7 +347,10 @@ class Watchdog(threading.Thread):
                 for batch in batches:  # its finished tasks recorded, its unstarted ones handed back
                     batch.settle()
                 publisher.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            try:  # what the run started (subprocesses, an external program) dies with it, not reparented to init
+                kill_descendants(os.getpid(), since=_clock_ticks_at(watch.began))
+            finally:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def add(self, item: Watch | Batch) -> None:
         with self.guard:
@@ -352,6 +359,89 @@ class Watchdog(threading.Thread):
     def remove(self, item: Watch | Batch) -> None:
         with self.guard:
             (self.watches if isinstance(item, Watch) else self.batches).discard(item)  # type: ignore[arg-type]
+
+
+def _clock_ticks_at(moment: float) -> int | None:
+    """A ``time.monotonic()`` moment in the unit of a process's start time in /proc/<pid>/stat (clock ticks
+    since boot), a tick early; None without /proc (not Linux)."""
+    try:
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0]) - (time.monotonic() - moment)
+    except (OSError, ValueError):
+        return None
+    return int(uptime * os.sysconf("SC_CLK_TCK")) - 1
+
+
+def _children() -> dict[int, list[tuple[int, int]]]:
+    """Parent pid → (pid, start time) of each of its children, from /proc (zombies left out: they run
+    nothing); empty without /proc (not Linux)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return children
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+            fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm)": state, ppid, …, starttime
+            if fields[0] not in (b"Z", b"X"):
+                children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return children
+
+
+def _descendants(pid: int, since: int | None) -> set[int]:
+    children, found, todo, seen = _children(), set(), [pid], {pid}
+    while todo:
+        for child, started in children.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+                if since is None or started >= since:
+                    found.add(child)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_descendants(pid: int, *, since: int | None = None) -> list[int]:
+    """SIGKILL every process below ``pid`` (its children, theirs, …), and the process group of each one that
+    leads one (a program run in a session of its own, as the external program adapter does): what a run
+    started, which would otherwise outlive the pool child killed under it, reparented to init, holding its
+    files, its memory, a GPU. ``since`` (``_clock_ticks_at``): only those started since then, the run's
+    own. Each is stopped (SIGSTOP) first, and /proc walked again until no new one appears, so that none
+    forks a child that escapes the walk. Every signal is an ``os.kill``. The pids killed.
+
+    A process that left the tree on purpose (a daemon that forked twice, a group whose leader exited) is
+    not found here; an external program's group is, while its leader runs, and otherwise stopped by
+    ``algorithms.orphans.reap`` from the group it recorded."""
+    frozen: set[int] = set()
+    try:
+        for _ in range(10):  # bounded: a run that forks without end does not hold the kill up
+            found = _descendants(pid, since) - frozen
+            if not found:
+                break
+            for child in found:
+                _signal(child, signal.SIGSTOP)
+            frozen |= found
+    finally:
+        for child in frozen:
+            try:
+                leads = os.getpgid(child) == child
+            except OSError:  # gone meanwhile
+                continue
+            _signal(-child if leads else child, signal.SIGKILL)
+            _signal(child, signal.SIGKILL)
+    return sorted(frozen)
 
 
 class Batch:

@@ -11,7 +11,8 @@ Queues and pool size are read from the running consumer on every beat, so remote
 Graceful shutdown lives here too: on a warm shutdown (SIGTERM, or the API's ``shutdown`` through the
 ``conveyor_shutdown`` control command) Celery stops taking messages and
 waits for running tasks. If they are still running after ``WORKER_SHUTDOWN_GRACE_SECONDS``, the
-pool children are killed first and only then are their tasks handed back to PENDING (another worker
+pool children are killed first (with the processes their runs started, and the external programs they
+ran, ``_reap_orphaned_programs``) and only then are their tasks handed back to PENDING (another worker
 re-runs them): the order matters, so a task is never running here and elsewhere at once.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import celery
@@ -38,6 +40,14 @@ from queueing import events
 log = logging.getLogger(__name__)
 
 _state: dict[str, Any] = {}
+# One reap of external programs at a time (the heartbeat's, the shutdown grace's): a caller never takes a
+# reap the other has begun, and not finished, for done.
+_reaping = threading.Lock()
+_scratch_lock = threading.Lock()  # guards _state["scratch_reaper"] and _state["scratch_again"]
+# Scratch folders of dead runs are looked for when a pool child is gone since the last beat, and at least
+# this often (a worker killed outright on the machine, sharing its $TMPDIR): listing $TMPDIR at every beat
+# would cost more than it finds.
+SCRATCH_REAP_SECONDS = 600.0
 
 
 def describe(consumer: Any) -> dict[str, Any]:
@@ -72,6 +82,7 @@ def _loop(consumer: Any, stop: threading.Event) -> None:
     started_at = timezone.now()
     interval = settings.CONVEYOR["WORKER_HEARTBEAT_SECONDS"]
     announced = False
+    scratch: dict[str, Any] = {}
     try:
         while True:
             try:
@@ -80,6 +91,7 @@ def _loop(consumer: Any, stop: threading.Event) -> None:
                 beat(hostname, info, started_at=started_at)
                 _stop_stuck(hostname)
                 _reap_orphaned_programs()
+                _reap_scratch_if_due(consumer, scratch)
                 if not announced:
                     events.publish_worker_event(hostname=hostname, event="worker.online", data={"queues": info["queues"]})
                     announced = True
@@ -91,13 +103,18 @@ def _loop(consumer: Any, stop: threading.Event) -> None:
         connections.close_all()
 
 
-def _reap_orphaned_programs() -> None:
-    """Stop external programs left running on this machine by a worker killed outright (algorithms/orphans.py)."""
+def _reap_orphaned_programs() -> list[int]:
+    """Stop external programs left running on this machine by a worker process that was killed (a pool
+    child killed here, or a worker killed outright: algorithms/orphans.py), and wait (bounded) until they
+    are gone, so that a task handed back or given up right after never runs here and elsewhere at once."""
     from algorithms import orphans
 
-    killed = orphans.reap()
-    if killed:
-        log.warning("stopped %d process(es) of external programs whose worker had died", len(killed))
+    with _reaping:
+        killed = orphans.reap()
+        if killed:
+            log.warning("stopped %d process(es) of external programs whose worker process had died", len(killed))
+            _wait_gone(killed)
+    return killed
 
 
 @worker_ready.connect
@@ -106,18 +123,48 @@ def _on_ready(sender: Any = None, **kwargs: Any) -> None:
     thread = threading.Thread(target=_loop, args=(sender, stop), name="conveyor-worker-heartbeat", daemon=True)
     _state.update(stop=stop, thread=thread, hostname=sender.hostname, consumer=sender)
     thread.start()
-    # Scratch directories of runs killed outright on this machine (their process is gone): removed aside,
-    # so a large one does not hold the worker's start up (algorithms/context.py).
-    threading.Thread(target=_reap_scratch, name="conveyor-scratch-reaper", daemon=True).start()
+    # Scratch directories of runs killed outright on this machine (their process is gone).
+    _reap_scratch_aside()
+
+
+def _reap_scratch_if_due(consumer: Any, last: dict[str, Any]) -> None:
+    """At a beat: a pool child gone since the last one (killed: a cancel or time limit its run ignored, a
+    stuck run, ``kill -9``, the OOM killer) left its run's scratch directory behind, which no ``finally``
+    removed; so may a worker killed outright on the machine. Removed while this worker runs on, not only
+    when the next one starts: when a pool child is gone, and every ``SCRATCH_REAP_SECONDS``."""
+    children = set(_pool_children(consumer) or ())
+    now = time.monotonic()
+    gone = last.get("children", children) - children
+    if gone or now - last.setdefault("at", now) >= SCRATCH_REAP_SECONDS:
+        last["at"] = now
+        _reap_scratch_aside()
+    last["children"] = children
+
+
+def _reap_scratch_aside() -> None:
+    """``_reap_scratch`` in a thread of its own, so that a large directory holds neither the worker's start
+    nor its heartbeat up; one at a time: asked while one runs, that one looks again when it is done."""
+    with _scratch_lock:
+        _state["scratch_again"] = True
+        if _state.get("scratch_reaper") is not None:
+            return
+        thread = threading.Thread(target=_reap_scratch, name="conveyor-scratch-reaper", daemon=True)
+        _state["scratch_reaper"] = thread
+    thread.start()
 
 
 def _reap_scratch() -> None:
     from algorithms.context import reap_scratch
 
-    try:
-        reap_scratch()
-    except Exception:
-        log.exception("removing the scratch directories of dead runs failed")
+    while True:
+        with _scratch_lock:
+            if not _state.pop("scratch_again", False):
+                _state["scratch_reaper"] = None
+                return
+        try:
+            reap_scratch()
+        except Exception:
+            log.exception("removing the scratch directories of dead runs failed")
 
 
 @worker_shutdown.connect
@@ -226,11 +273,12 @@ def _hand_back_after(grace: float) -> None:
         log.warning("shutdown grace of %gs over; killing %d pool children and handing their tasks back",
                     grace, len(pids))
         for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _wait_gone(pids)  # before anything else may run their tasks
+            _kill_pool_child(pid)
+        # Before anything else may run their tasks: the children gone, and the external programs they ran
+        # (each in a process group of its own), which this worker's heartbeat, stopped or at most one
+        # beat away from its exit, would not reap.
+        _wait_gone(pids)
+        _reap_orphaned_programs()
         reconciler.hand_back(worker=hostname)
     except Exception:
         log.exception("handing back the tasks of %s failed; the reaper will re-run them", hostname)
@@ -266,7 +314,8 @@ def _still_its_child(request: Any, pid: int) -> bool:
 
 
 def _stop_stuck(hostname: str) -> None:
-    """Tasks past their algorithm's ``progress_timeout``: kill their pool child, then re-run or fail them.
+    """Tasks past their algorithm's ``progress_timeout``: kill their pool child (with the processes its run
+    started, and its external program), then re-run or fail them.
 
     The run found stuck (its claim, ``started_at``) is the one stopped, not a later one in the same or
     another child: after the active requests are read, the task must still run under that claim (so the
@@ -288,22 +337,50 @@ def _stop_stuck(hostname: str) -> None:
             continue  # it ended (and may run again, under another claim) since it was found stuck
         if not _still_its_child(request, pid):  # checked last, right before the kill
             continue
+        _kill_pool_child(pid)
+        with about_task(task_id):
+            log.warning("task %s made no progress for %gs; killed pool child %s", task_id, timeout, pid)
+            _wait_gone([pid])
+            _reap_orphaned_programs()  # its external program too, before the task may run again
+            reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout, claimed_at=claimed_at)
+
+
+def _kill_pool_child(pid: int) -> None:
+    """SIGKILL a pool child and the processes its run started (``runner.kill_descendants``), which would
+    otherwise run on, reparented to init. Stopped first, so that it starts none while they are looked for."""
+    from jobs import runner
+
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    try:
+        runner.kill_descendants(pid)
+    finally:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        with about_task(task_id):
-            log.warning("task %s made no progress for %gs; killed pool child %s", task_id, timeout, pid)
-            _wait_gone([pid])
-            reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout, claimed_at=claimed_at)
+
+
+def _gone(pid: int) -> bool:
+    """Exited, or a zombie: it runs nothing more (a killed pool child waits for its parent to reap it, a
+    killed program whose worker is gone for init)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # gone just now; or no /proc (not Linux): alive, as far as can be told
+        return Path("/proc/self").exists()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] in ("Z", "X")
 
 
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while time.monotonic() < deadline and not _gone(pid):
             time.sleep(0.05)
