@@ -269,9 +269,9 @@ def test_compose_and_kubernetes_consume_every_queue_the_code_routes_to(compose, 
     assert {"default", "webhooks"} <= routed
     in_compose = consumed_queues([service.get("command", []) for service in compose["services"].values()])
     assert not routed - in_compose, f"compose: no worker consumes {routed - in_compose}"
-    in_k8s = consumed_queues([container["command"] for doc in k8s_documents()
+    in_k8s = consumed_queues([container["args"] for doc in k8s_documents()
                               for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
-                              if "command" in container])
+                              if "args" in container])
     assert not routed - in_k8s, f"kubernetes: no worker consumes {routed - in_k8s}"
 
 
@@ -280,7 +280,7 @@ def web_commands(compose: dict) -> dict[str, list[str]]:
     cmd = re.search(r"^CMD (\[.*\])$", (DOCKER / "Dockerfile").read_text(), re.M)
     web = next(d for d in k8s_documents() if d["metadata"]["name"] == "conveyor-web" and d["kind"] == "Deployment")
     return {"Dockerfile": json.loads(cmd.group(1)), "compose": compose["services"]["web"]["command"],
-            "k8s": web["spec"]["template"]["spec"]["containers"][0]["command"]}
+            "k8s": web["spec"]["template"]["spec"]["containers"][0]["args"]}
 
 
 def test_the_web_command_is_the_same_everywhere_and_writes_no_access_log(compose):
@@ -455,7 +455,7 @@ def test_each_worker_stops_its_tasks_before_the_platform_kills_it(compose):
             assert 0 < app <= platform - 5, (name, app, platform)
             checked.append(name)
     for doc, container in k8s_containers("Deployment"):
-        if is_worker(container["command"]):
+        if is_worker(container["args"]):
             app = float(container_env(container)["WORKER_SHUTDOWN_GRACE_SECONDS"])
             platform = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             assert 0 < app <= platform - 10, (doc["metadata"]["name"], app, platform)
@@ -478,7 +478,7 @@ def test_the_web_server_drains_its_requests_before_the_platform_kills_it(compose
     web = compose["services"]["web"]
     app = float(web["environment"].get("WEB_SHUTDOWN_GRACE_SECONDS", settings.WEB_SHUTDOWN_GRACE_SECONDS))
     assert 0 < app <= seconds(web["stop_grace_period"]) - 5, (app, web["stop_grace_period"])
-    webs = [(doc, container) for doc, container in k8s_containers("Deployment") if container["command"][0] == "daphne"]
+    webs = [(doc, container) for doc, container in k8s_containers("Deployment") if container["args"][0] == "daphne"]
     assert webs
     for doc, container in webs:
         app = float(container_env(container).get("WEB_SHUTDOWN_GRACE_SECONDS", settings.WEB_SHUTDOWN_GRACE_SECONDS))
@@ -538,7 +538,7 @@ def test_the_scaler_says_the_queue_concurrency_its_maximum_needs():
     scaler = next(d for d in k8s_documents() if d["kind"] == "ScaledObject")
     target = scaler["spec"]["scaleTargetRef"]["name"]
     worker = next(c for d, c in k8s_containers("Deployment") if d["metadata"]["name"] == target)
-    slots = scaler["spec"]["maxReplicaCount"] * int(worker["command"][worker["command"].index("--concurrency") + 1])
+    slots = scaler["spec"]["maxReplicaCount"] * int(worker["args"][worker["args"].index("--concurrency") + 1])
     text = (DOCKER / "k8s" / "worker-scaledobject.yaml").read_text()
     assert "/api/v1/queues/default/" in text and f"'{{\"concurrency\": {slots}}}'" in text, slots
     assert "QUEUE_DEFAULT_CONCURRENCY" in text
@@ -673,3 +673,10 @@ def test_optional_packages_go_into_the_image_only_by_build_argument(compose):
     for name, service in compose["services"].items():
         if "build" in service:
             assert service["build"]["args"] == {"EXTRA_PIP_PACKAGES": "${EXTRA_PIP_PACKAGES:-}"}, name
+
+
+def test_kubernetes_keeps_the_images_init_as_the_entrypoint():
+    """The image's ENTRYPOINT is tini (a worker as PID 1 reaps no zombie: every stop of an external
+    program waited out its grace). A container's ``command`` would replace it; ``args`` replace only CMD."""
+    for doc, container in k8s_containers():
+        assert "command" not in container and container["args"], (doc["_file"], container["name"])
