@@ -5,10 +5,13 @@ workers scaled to 0, every ``default`` slot busy with long tasks) its ticks pile
 message every interval, for ever (17,000 a day for ``webhooks.send_due`` alone), and run back to back
 once a worker comes. So each entry has a Redis key, set (``SET NX``) when beat sends and deleted when a
 worker starts the task (``task_prerun``, config/celery.py): while it is set, beat skips the entry. The
-key expires after ``OUTSTANDING_INTERVALS`` intervals plus ``OUTSTANDING_SLACK`` seconds, so a message
-lost without its key (a broker other than the cache's Redis lost it) holds back only that long; within
-that the reconciler's readiness check (``STALE_INTERVALS`` 3 + 10 s) would already say it is late.
-When Redis cannot be reached beat sends, as it would without this.
+key expires after ``OUTSTANDING_INTERVALS`` intervals plus ``OUTSTANDING_SLACK`` seconds, and not before
+``OUTSTANDING_MIN`` seconds: with nobody reading a queue, its entry sends one message in that time, not
+one an interval. A message lost while its key is kept (only when the broker is not the cache's Redis, and
+loses a durable queue's messages; or a worker of a version without the hook took it, during the upgrade
+to this one) holds its entry back that long; the reconciler's readiness check says so meanwhile (it
+reads late after ``STALE_INTERVALS`` 3 + 10 s). When Redis cannot be reached beat sends, as it would
+without this.
 
 ``CELERY_BEAT_SCHEDULER`` names one of these (README, "Configuration"); the upstream classes work too,
 without the guard.
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 KEY = "conveyor:beat:outstanding:{}"  # by task name: the worker's task_prerun knows the task, not the entry
 OUTSTANDING_INTERVALS = 3
 OUTSTANDING_SLACK = 10.0
+OUTSTANDING_MIN = 300.0
 
 
 def _redis() -> Any:
@@ -43,7 +47,7 @@ def _interval(entry: Any) -> float:
 
 def claim(entry: Any) -> bool:
     """Whether beat may send this entry now: no message of it waits unstarted (then it is marked sent)."""
-    ttl = _interval(entry) * OUTSTANDING_INTERVALS + OUTSTANDING_SLACK
+    ttl = max(_interval(entry) * OUTSTANDING_INTERVALS + OUTSTANDING_SLACK, OUTSTANDING_MIN)
     try:
         return bool(_redis().set(KEY.format(entry.task), entry.name, nx=True, px=int(ttl * 1000)))
     except Exception:  # noqa: BLE001 - Redis down: send, as beat would without the guard
