@@ -25,10 +25,12 @@ class NoUnknownKeys(serializers.Serializer):
     def to_internal_value(self, data: Any) -> Any:
         unknown: dict[str, list[str]] = {}
         if isinstance(data, Mapping):
-            reason = f"unknown field ({self.takes} takes {', '.join(self.fields)})"
+            # a read-only field (simplejwt's ``access`` on a refresh) is one DRF would drop: not taken either
+            takes = [name for name, field in self.fields.items() if not field.read_only]
+            reason = f"unknown field ({self.takes} takes {', '.join(takes)})"
             # a key that is no valid Unicode (a lone surrogate) is named escaped: the answer must be UTF-8
             unknown = {without_surrogates(str(key)): [self.hints.get(key, reason)] for key in data
-                       if key not in self.fields and key not in self.FORM_KEYS}
+                       if key not in takes and key not in self.FORM_KEYS}
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:

@@ -45,12 +45,13 @@ def _reuse_database_connection(**kwargs: object) -> None:
 
 @task_prerun.connect
 def _beat_task_started(task: Any = None, **kwargs: object) -> None:
-    """A task beat sent has started: beat may send the next (config/beat.py). Beat marks its messages
-    with the ``celery_beat_task`` header; other tasks pay nothing here."""
-    if task is not None and getattr(task.request, "celery_beat_task", False):
+    """A task beat sent has started: beat may send the next (config/beat.py). Beat names its entry in a
+    header of the message; other tasks pay nothing here."""
+    entry = getattr(task.request, "conveyor_beat_entry", None) if task is not None else None
+    if entry:
         from config import beat
 
-        beat.started(task.name)
+        beat.started(str(entry))
 
 
 def _every(name: str, default: float) -> float:

@@ -146,7 +146,7 @@ def check_redis() -> dict[str, Any]:
 PROBE_KEY = "conveyor:health:probe"
 
 
-def _broker_connection(**options: Any) -> Any:
+def broker_connection(**options: Any) -> Any:
     """A new broker connection (not the producer pool's) whose sockets time out: Redis (kombu's
     ``socket_*`` transport options) and AMQP (``connect_timeout``, py-amqp's ``read/write_timeout``).
     Celery's ``broker_connection_timeout`` would win over a ``connect_timeout`` given to
@@ -160,7 +160,7 @@ def _broker_connection(**options: Any) -> Any:
 
 
 def check_broker() -> dict[str, Any]:
-    with _broker_connection() as conn:
+    with broker_connection() as conn:
         conn.ensure_connection(max_retries=0, timeout=settings.HEALTH_CHECK_TIMEOUT)  # one attempt, no retry
         return {"transport": conn.transport.driver_type}
 
@@ -169,7 +169,7 @@ def check_workers() -> dict[str, Any]:
     from config.celery import app
 
     # Redis: short BRPOPs for the replies, or closing the connection waits out the 1 s one in flight.
-    with _broker_connection(polling_interval=0.05) as conn:
+    with broker_connection(polling_interval=0.05) as conn:
         replies = app.control.ping(timeout=settings.HEALTH_WORKER_PING_TIMEOUT, connection=conn) or []
     names = sorted(name for reply in replies for name in reply)
     if not names:  # reported, not required for readiness: but not "ok" either

@@ -66,29 +66,41 @@ def _lost_in(cutoff: Any) -> list[str]:
     restarted, FLUSHDB). A queue no worker reads keeps its messages, and re-sending them on every pass
     grew its broker list by one message per task per pass, for ever (a queue whose workers are scaled to
     0, a busy window of long tasks). When the broker cannot say (unreachable), every such queue counts.
-    Counting cannot tell whose message is missing: one lost beside stale duplicates (of tasks cancelled
-    since) is re-sent once a worker has drained those, as the count falls below what is needed."""
-    waiting = (Task.objects.filter(status=Status.QUEUED).values("queue")
-               .annotate(total=Count("id"), stale=Count("id", filter=Q(queued_at__lt=cutoff))).filter(stale__gt=0))
+    Counting cannot tell whose message is missing: one lost beside other messages (duplicates of tasks
+    cancelled since; in ``default``, beat's) is re-sent once a worker has drained those, as the count
+    falls below what is needed."""
+    waiting = list(Task.objects.filter(status=Status.QUEUED).values("queue")
+                   .annotate(total=Count("id"), stale=Count("id", filter=Q(queued_at__lt=cutoff)))
+                   .filter(stale__gt=0))
+    depths = broker_depths([row["queue"] for row in waiting])
     lost = []
     for row in waiting:
-        size = settings.CONVEYOR["DISPATCH_BATCH"].get(row["queue"], 1)
-        depth = _broker_depth(row["queue"])
+        size, depth = settings.CONVEYOR["DISPATCH_BATCH"].get(row["queue"], 1), depths.get(row["queue"])
         if depth is None or depth < math.ceil(row["total"] / size):
             lost.append(row["queue"])
     return lost
 
 
-def _broker_depth(queue_name: str) -> int | None:
-    """Messages waiting in the broker's queue (not those a worker holds), by a passive declare, which
-    Redis (LLEN) and RabbitMQ both answer; None when the broker cannot say."""
-    from config.celery import app
+def broker_depths(queues: list[str]) -> dict[str, int | None]:
+    """Messages waiting in each broker queue (not those a worker holds), by a passive declare, which Redis
+    (LLEN) and RabbitMQ both answer, over one connection whose sockets time out (readiness'); None for a
+    queue the broker cannot say about (RabbitMQ has no such queue yet; the broker is down)."""
+    from observability.health import broker_connection
 
+    depths: dict[str, int | None] = dict.fromkeys(queues)
+    if not queues:
+        return depths
     try:
-        with app.connection_for_read() as conn, conn.channel() as channel:
-            return int(channel.queue_declare(queue=queue_name, passive=True).message_count)
-    except Exception:  # noqa: BLE001 - no such queue yet (RabbitMQ), the broker down: re-send, as before
-        return None
+        with broker_connection() as conn:
+            for name in queues:
+                try:
+                    with conn.channel() as channel:  # RabbitMQ closes the channel of a NOT_FOUND
+                        depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                except conn.channel_errors:
+                    continue
+    except Exception:  # noqa: BLE001 - the broker down: the callers send, as before
+        log.warning("the broker's queue depths could not be read", exc_info=True)
+    return depths
 
 
 def db_cutoff(seconds: float) -> RawSQL:

@@ -137,6 +137,10 @@ def test_the_token_endpoints_name_a_key_they_do_not_take(alice):
     refresh = anonymous.post("/api/v1/auth/token/refresh/", {"refresh": tokens["refresh"], "rotate": True},
                              format="json")
     assert refresh.status_code == 400 and list(error_fields(refresh)) == ["rotate"]
+    # simplejwt's read-only ``access`` is no key a refresh takes either
+    stale = anonymous.post("/api/v1/auth/token/refresh/", {"refresh": tokens["refresh"], "access": "x"},
+                           format="json")
+    assert error_fields(stale) == {"access": ["unknown field (a refresh takes refresh)"]}
     assert "access" in anonymous.post("/api/v1/auth/token/refresh/", {"refresh": tokens["refresh"]},
                                       format="json").json()
 
