@@ -12,7 +12,12 @@ taken for the task's only while something in it shows it: a process whose enviro
 ``CONVEYOR_TASK_ID=<that task>``, or the program itself (its pid and start time); an id in use is never
 given to another process, so then every member is the task's, an ``env -i`` child included (and the record,
 kept while any is left, says so for the next look). Otherwise (the id may be another program's by now)
-nothing is killed, and the record stays while the session has members.
+nothing is killed, and the record is dropped, as nothing can claim it later: the program is gone for good
+(a pid with its start time never comes back), and a process joins a session or group only as a member's
+child, with the environment that member gives it, so none will carry the marker if no member does now. An
+unmarked process of the task's (``env -i``) that outlived the program is then out of reach. Kept, the record
+would cost a scan of /proc, at every heartbeat of every worker sharing the folder, for as long as something
+uses the id (an unrelated long-lived session may, for months).
 """
 from __future__ import annotations
 
@@ -170,8 +175,8 @@ def reap() -> list[int]:
             if group_killed:
                 log.warning("killed %d leftover process(es) of task %s (group %d): its worker died",
                             len(group_killed), task_id, pgid)
-        if not left:
+        if not left or not claimed:  # gone, or not the task's (and never to be again: see the module's docstring)
             path.unlink(missing_ok=True)
-        elif claimed and not record_.get("claimed"):  # the next look kills the rest, marked or not
+        elif not record_.get("claimed"):  # the next look kills the rest, marked or not
             path.write_text(json.dumps({**record_, "claimed": True}))
     return killed

@@ -202,10 +202,31 @@ def _feed(stream: IO[bytes], data: bytes) -> None:
             pass
 
 
-def _signal(pgid: int, sig: int) -> bool:
+class _Group:
+    """The program's process group and session: one id, its pid. Once the program has been reaped and nothing
+    is left in either, nothing can join them again (only a member may), and the kernel may give the id to
+    another process (another task's program leads a session too): from then on (``empty``) the id is neither
+    signalled nor looked for in /proc (a full scan, tens of ms with thousands of processes)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.id = proc.pid
+        self.empty = False
+
+    def members(self) -> list[int]:
+        """``orphans.members`` of the id, until it is seen empty after the program was reaped."""
+        if self.empty:
+            return []
+        reaped = self.proc.returncode is not None  # before the scan: what the program forked, it forked before
+        pids = orphans.members(self.id)
+        self.empty = reaped and not pids
+        return pids
+
+
+def _signal(group: _Group, sig: int) -> bool:
     """Send ``sig`` to what still runs of the program's group and session (zombies are dead already: see
     ``orphans.members``); False when nothing does."""
-    pids = orphans.members(pgid)
+    pids = group.members()
     if not pids:
         return False
     for pid in pids:
@@ -213,27 +234,31 @@ def _signal(pgid: int, sig: int) -> bool:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-    try:
-        os.killpg(pgid, sig)  # and what its group forked since
-    except (ProcessLookupError, PermissionError):
-        pass
+    # And what its group forked since the scan; only while the program is unreaped: its pid (a zombie at
+    # least) holds the id, so the group is still its own. Once reaped, the group may be empty (its members
+    # left in the session only) and the id another's: the next look finds what was forked meanwhile.
+    if group.proc.returncode is None:
+        try:
+            os.killpg(group.id, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
     return True
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+def _stop_group(group: _Group, grace: float) -> None:
     """SIGTERM to the program's whole group and session, SIGKILL to what is left of them after ``grace``
     (again to what they fork meanwhile); reap the program. The runner kills this whole worker child once its
     own grace has passed, so SIGKILL is waited for only until nine tenths of that (``KILL_WAIT_MIN`` at least):
     it ends a process at once, unless the process is inside the kernel (state D), where it ends it on return."""
-    pgid, start = proc.pid, time.monotonic()
-    if _signal(pgid, signal.SIGTERM):
-        while orphans.members(pgid) and time.monotonic() < start + grace:
+    start = time.monotonic()
+    if _signal(group, signal.SIGTERM):
+        while group.members() and time.monotonic() < start + grace:
             time.sleep(POLL)
     until = max(start + 0.9 * settings.CONVEYOR["CANCEL_GRACE_SECONDS"], time.monotonic() + KILL_WAIT_MIN)
-    while _signal(pgid, signal.SIGKILL) and time.monotonic() < until:
+    while _signal(group, signal.SIGKILL) and time.monotonic() < until:
         time.sleep(POLL)
     try:
-        proc.wait(timeout=max(POLL, until - time.monotonic()))
+        group.proc.wait(timeout=max(POLL, until - time.monotonic()))
     except subprocess.TimeoutExpired:  # pragma: no cover - in the kernel (state D): SIGKILL ends it there
         pass
 
@@ -250,12 +275,12 @@ def _stop_reading(proc: subprocess.Popen[bytes], readers: list[threading.Thread]
             stream.close()
 
 
-def _stop_group_surely(proc: subprocess.Popen[bytes], grace: float) -> None:
+def _stop_group_surely(group: _Group, grace: float) -> None:
     """``_stop_group`` even if the runner's watchdog raises its (one) TaskTimeout in the middle."""
     pending: BaseException | None = None
     for _ in range(3):
         try:
-            _stop_group(proc, grace)
+            _stop_group(group, grace)
             break
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after the group is gone
             pending = exc
@@ -359,6 +384,7 @@ def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> A
                                 cwd=cwd, env=_env(spec, ctx, params_path, output_dir), start_new_session=True)
     except OSError as exc:
         raise ExternalProgramFailed(f"cannot start {argv[0]}: {exc}") from None
+    group = _Group(proc)
     lines = _Lines(QUEUED_MAX)
     closing, gone = threading.Event(), threading.Event()  # see _chunks; _send
     readers = [threading.Thread(target=_pump, args=(stream, kind, lines, closing, gone), daemon=True,
@@ -378,9 +404,9 @@ def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> A
             if ctx.cancelled() and not stopped:
                 stopped = True
                 ctx.log(f"stopping {argv[0]}: SIGTERM to its process group and session, SIGKILL after {grace:g}s")
-                _stop_group(proc, grace)
+                _stop_group(group, grace)
             if proc.poll() is not None and not closing.is_set():
-                _stop_group(proc, grace)  # what it left running in its group or session
+                _stop_group(group, grace)  # what it left running in its group or session
                 closing.set()  # then the pipes are read for what they hold: a daemon may keep them open
             try:
                 batch = _next_lines(lines)
@@ -402,7 +428,7 @@ def run_program(spec: ProgramSpec, ctx: RunContext, params: dict[str, Any]) -> A
                 result_file = message or result_file
             ctx.log_lines(logs)
     finally:
-        _stop_group_surely(proc, grace)  # leftovers of the group, or the program itself on timeout/error
+        _stop_group_surely(group, grace)  # leftovers of the group, or the program itself on timeout/error
         _stop_reading(proc, readers, closing, gone)
         orphans.forget(proc.pid)
     if stopped:

@@ -406,11 +406,17 @@ def _descendants(pid: int, since: int | None) -> set[int]:
     return found
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pid: int, sig: int) -> OSError | None:
+    """``os.kill``, which never raises: gone meanwhile is fine; refused (a descendant that changed its uid: a
+    setuid helper, ``sudo``) is returned, not raised, so that one such process can neither leave those after
+    it in the walk unstopped nor those before it stopped for ever."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+    except OSError as exc:
+        return exc
+    return None
 
 
 def kill_descendants(pid: int, *, since: int | None = None) -> list[int]:
@@ -419,20 +425,22 @@ def kill_descendants(pid: int, *, since: int | None = None) -> list[int]:
     started, which would otherwise outlive the pool child killed under it, reparented to init, holding its
     files, its memory, a GPU. ``since`` (``_clock_ticks_at``): only those started since then, the run's
     own. Each is stopped (SIGSTOP) first, and /proc walked again until no new one appears, so that none
-    forks a child that escapes the walk. Every signal is an ``os.kill``. The pids killed.
+    forks a child that escapes the walk. Every signal is an ``os.kill``. The pids killed; one this process
+    may not signal (a setuid helper's, of another uid) is logged and left running.
 
     A process that left the tree on purpose (a daemon that forked twice, a group whose leader exited) is
     not found here; an external program's group is, while its leader runs, and otherwise stopped by
     ``algorithms.orphans.reap`` from the group it recorded."""
     frozen: set[int] = set()
+    refused: dict[int, OSError] = {}  # those SIGKILL could not be sent to: left running
     try:
         for _ in range(10):  # bounded: a run that forks without end does not hold the kill up
             found = _descendants(pid, since) - frozen
             if not found:
                 break
             for child in found:
+                frozen.add(child)  # first: whatever ends the walk, the ``finally`` kills each one it stopped
                 _signal(child, signal.SIGSTOP)
-            frozen |= found
     finally:
         for child in frozen:
             try:
@@ -440,8 +448,12 @@ def kill_descendants(pid: int, *, since: int | None = None) -> list[int]:
             except OSError:  # gone meanwhile
                 continue
             _signal(-child if leads else child, signal.SIGKILL)
-            _signal(child, signal.SIGKILL)
-    return sorted(frozen)
+            if (exc := _signal(child, signal.SIGKILL)) is not None:
+                refused[child] = exc
+        if refused:  # once per kill, not once per signal
+            log.warning("could not kill %d process(es) below %d, left running: %s", len(refused), pid,
+                        ", ".join(f"{p} ({exc.strerror or exc})" for p, exc in sorted(refused.items())))
+    return sorted(frozen - refused.keys())
 
 
 class Batch:

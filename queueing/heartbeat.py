@@ -272,8 +272,8 @@ def _hand_back_after(grace: float) -> None:
             return
         log.warning("shutdown grace of %gs over; killing %d pool children and handing their tasks back",
                     grace, len(pids))
-        for pid in pids:
-            _kill_pool_child(pid)
+        for pid in pids:  # each one, whatever became of the one before: none runs on, nor holds the shutdown
+            _kill_pool_child_logged(pid)
         # Before anything else may run their tasks: the children gone, and the external programs they ran
         # (each in a process group of its own), which this worker's heartbeat, stopped or at most one
         # beat away from its exit, would not reap.
@@ -337,10 +337,13 @@ def _stop_stuck(hostname: str) -> None:
             continue  # it ended (and may run again, under another claim) since it was found stuck
         if not _still_its_child(request, pid):  # checked last, right before the kill
             continue
-        _kill_pool_child(pid)
+        killed = _kill_pool_child_logged(pid)  # the next stuck task is seen to even if this kill fails
         with about_task(task_id):
-            log.warning("task %s made no progress for %gs; killed pool child %s", task_id, timeout, pid)
+            log.warning("task %s made no progress for %gs; %s pool child %s", task_id, timeout,
+                        "killed" if killed else "could not kill", pid)
             _wait_gone([pid])
+            if not killed and not _gone(pid):  # given up only once it no longer runs here (tried at a later beat)
+                continue
             _reap_orphaned_programs()  # its external program too, before the task may run again
             reconciler.give_up_stuck(task_id=task_id, worker=hostname, timeout=timeout, claimed_at=claimed_at)
 
@@ -361,6 +364,17 @@ def _kill_pool_child(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _kill_pool_child_logged(pid: int) -> bool:
+    """``_kill_pool_child``, logged instead of raised (False then): the caller goes on to the next child, so
+    that one which cannot be killed, or one of whose run's processes cannot, leaves no other running."""
+    try:
+        _kill_pool_child(pid)
+    except Exception:
+        log.exception("could not kill pool child %s, or the processes its run started", pid)
+        return False
+    return True
 
 
 def _gone(pid: int) -> bool:

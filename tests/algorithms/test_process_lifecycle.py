@@ -132,7 +132,7 @@ def test_a_group_left_with_only_zombies_nobody_reaps_is_stopped_at_once(subreape
         wait_until(lambda: stat(child)[0] == "Z", message="the program's child to be a zombie")
 
         started = time.monotonic()
-        process._stop_group(proc, 5.0)
+        process._stop_group(process._Group(proc), 5.0)
         took = time.monotonic() - started
 
         assert proc.returncode == -signal.SIGTERM
@@ -280,27 +280,112 @@ def test_the_reaper_stops_a_dead_workers_whole_session_and_logs_each_groups_coun
             p.wait()
 
 
-def test_the_reaper_keeps_a_record_while_processes_it_cannot_claim_remain(tmp_path, monkeypatch):
+def test_the_reaper_drops_a_record_it_cannot_claim_and_kills_nothing(tmp_path, monkeypatch):
     """The program has exited and left only a child whose environment was cleaned: nothing says the session
-    is still the task's (its id may be another's by now), so nothing is killed; nor is the record dropped
-    while the session has members. Once they are gone, so is the record."""
+    is still the task's (its id may be another's by now), so nothing is killed; and nothing ever will (what
+    joins the session later is that child's), so the record goes at once, not once the child is gone."""
     monkeypatch.setattr(orphans, "RUNTIME_DIR", tmp_path)
     program = subprocess.Popen(["/bin/sh", "-c", "env -i /bin/sleep 60 & echo $!"], stdout=subprocess.PIPE,
                                start_new_session=True, env={**os.environ, "CONVEYOR_TASK_ID": "task-c"})
     child = int(program.stdout.readline())
+    started = orphans._started(program.pid)
     program.wait()
     program.stdout.close()
     try:
-        record = orphaned_record(tmp_path, program.pid, "task-c")
+        record = orphaned_record(tmp_path, program.pid, "task-c", started=started)
 
         assert orphans.reap() == []
-        assert alive(child) and record.exists()
-
-        kill([child])
-        wait_until(lambda: not alive(child), message="the child to be gone")
-        assert orphans.reap() == [] and not record.exists()
+        assert alive(child) and not record.exists()
     finally:
         kill([child])
+
+
+def test_a_record_already_claimed_has_its_unmarked_leftovers_killed(tmp_path, monkeypatch):
+    """A look that claimed the session (the program, or a marked process, in it) and could not kill all of it
+    marks the record: the next look kills what is left, an ``env -i`` child included."""
+    monkeypatch.setattr(orphans, "RUNTIME_DIR", tmp_path)
+    program = subprocess.Popen(["/bin/sh", "-c", "env -i /bin/sleep 60 & echo $!"], stdout=subprocess.PIPE,
+                               start_new_session=True, env={**os.environ, "CONVEYOR_TASK_ID": "task-e"})
+    child = int(program.stdout.readline())
+    program.wait()
+    program.stdout.close()
+    try:
+        record = orphaned_record(tmp_path, program.pid, "task-e", claimed=True)
+
+        assert orphans.reap() == [child]
+        assert not alive(child) and not record.exists()
+    finally:
+        kill([child])
+
+
+def test_a_record_whose_id_an_unrelated_session_holds_now_is_dropped_and_the_session_left_alone(tmp_path,
+                                                                                               monkeypatch):
+    """The program is long gone and its id leads another session (its start time is not the record's): the
+    record was kept for as long as that session lived, a scan of /proc and reads of its environment at every
+    heartbeat of every worker sharing the folder. It goes at the first look, and the session runs on."""
+    monkeypatch.setattr(orphans, "RUNTIME_DIR", tmp_path)
+    other = subprocess.Popen(["setsid", "sleep", "60"])  # setsid(1) runs sleep as the session's leader
+    try:
+        wait_until(lambda: in_session(other.pid) == [other.pid], message="the unrelated session")
+        record = orphaned_record(tmp_path, other.pid, "task-d", started=orphans._started(other.pid) - 100)
+
+        assert orphans.reap() == []
+        assert not record.exists()
+        assert alive(other.pid) and stat(other.pid)[0] != "T"
+    finally:
+        other.kill()
+        other.wait()
+
+
+# --- the program's group after it exited ---------------------------------------------------------------
+
+def test_once_the_programs_group_is_seen_empty_its_id_is_neither_looked_for_nor_signalled_again(
+        alice, tmp_path, monkeypatch):
+    """The program exits and leaves nothing: its group and session are looked for once (a full /proc scan).
+    They were again, three more times, after its output was drained and logged, and signalled: by then the
+    id may be another program's (each leads a session of its own). Here any later look for it finds an
+    unrelated session, as it would after the id was reused; it is never signalled."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    looks: list[tuple[int, list[int]]] = []
+    members = orphans.members
+
+    def seam(pgid: int) -> list[int]:
+        found = [other.pid] if any(not pids for _, pids in looks) else members(pgid)
+        looks.append((pgid, found))
+        return found
+
+    monkeypatch.setattr(orphans, "members", seam)
+    try:
+        outcome, _ = run_in_process(alice, tmp_path, ["/bin/sh", "-c", """echo '{"result": 1}'"""])
+
+        assert outcome.status == "SUCCEEDED", outcome.error
+        assert [pids for _, pids in looks] == [[]]
+        assert alive(other.pid) and stat(other.pid)[0] != "T"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_reaped_programs_group_is_never_signalled_as_a_group(alice, tmp_path, monkeypatch):
+    """It leaves a child in its session, in a group of its own (``timeout``): its own group is empty, and
+    ``killpg`` on its id would reach whatever group takes that id next. Only the processes found are
+    signalled, each by its pid, and they are gone when the task ends."""
+    killpg = os.killpg
+    sent: list[tuple[int, bool]] = []  # (the id, whether the program was still unreaped then)
+
+    def seam(pgid: int, sig: int) -> None:
+        sent.append((pgid, Path(f"/proc/{pgid}").exists()))
+        killpg(pgid, sig)
+
+    monkeypatch.setattr(process.os, "killpg", seam)
+    outcome, task_id = run_in_process(alice, tmp_path, ["/bin/sh", str(PROGRAMS / "own_group_child.sh")])
+    try:
+        assert outcome.status == "SUCCEEDED", outcome.error
+        assert [pgid for pgid, unreaped in sent if not unreaped] == []
+        wait_until(lambda: not in_session(outcome.result["session"]), timeout=10, message="its session empty")
+        assert not alive(outcome.result["child"])
+    finally:
+        kill(marked(task_id))
 
 
 # --- E: the record of a running program -----------------------------------------------------------------
