@@ -9,6 +9,7 @@ A declaration::
     argv = ["native/build/hello", "--seconds", "{seconds}"]   # relative to this file; no shell
     workdir = "scratch"                                      # or "project", or a path
     timeout_seconds = 60
+    progress_timeout = 30                                    # optional: stuck after 30 s without progress
     queue = "default"
     kill_grace_seconds = 3
     env = { LANG = "C.UTF-8" }
@@ -89,12 +90,15 @@ def _register_entry(path: Path, entry: dict[str, Any]) -> bool:
         kill_grace_seconds=float(entry.get("kill_grace_seconds", 3.0)), base_dir=path.parent)
     if not spec.argv:
         raise ValueError("argv must not be empty")
+    progress_timeout = entry.get("progress_timeout")
+    if progress_timeout is not None and not (isinstance(progress_timeout, int | float) and progress_timeout > 0):
+        raise ValueError(f"progress_timeout must be a number of seconds above 0, not {progress_timeout!r}")
     return registry.register(registry.Algorithm(
         name=spec.name, fn=partial(_run, spec), params_model=params_model(spec.name, entry.get("params", {})),
         version=str(entry.get("version", "1.0")), description=entry.get("description", ""),
         queue=entry.get("queue", "default"), resources=dict(entry.get("resources", {})),
         timeout_seconds=entry.get("timeout_seconds"), examples=list(entry.get("examples", [])),
-        backend="external", origin=f"the declarations in {path}"))
+        progress_timeout=float(progress_timeout) if progress_timeout is not None else None, backend="external", origin=f"the declarations in {path}"))
 
 
 def register_file(path: Path) -> list[str]:

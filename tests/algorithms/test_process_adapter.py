@@ -131,6 +131,20 @@ def test_cancel_kills_a_program_that_ignores_sigterm_and_its_children(live_worke
     wait_until(lambda: not any(alive(pid) for pid in pids), timeout=10, message=f"processes {pids} to be gone")
 
 
+def test_a_program_silent_past_its_declared_progress_timeout_is_stopped_as_stuck(live_worker, alice, api):
+    """``progress_timeout`` in the TOML, as a Python algorithm declares it: one progress line, then silence
+    (and SIGTERM ignored); its worker stops the program and its child, and fails it (no retries left)."""
+    client = api(alice)
+    task = submit(client, "test.stalls", max_retries=0)
+    pids = logged_pids(client, task["id"])
+    assert client.get("/api/v1/algorithms/test.stalls/").json()["progress_timeout"] == 2
+
+    done = wait_final(client, task["id"], timeout=60)
+
+    assert done["status"] == "FAILED" and "no progress for 2s" in done["error"], done
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=10, message=f"processes {pids} to be gone")
+
+
 def test_cancel_kills_a_child_that_moved_to_a_process_group_of_its_own(live_worker, alice, api):
     """``timeout`` puts itself in a group of its own; it stays in the program's session, and so is stopped."""
     client = api(alice)

@@ -158,6 +158,11 @@ version = "1 beta"
 [[algorithm]]
 name = "team.fifth"
 argv = ["/bin/true"]
+
+[[algorithm]]
+name = "team.sixth"
+argv = ["/bin/true"]
+progress_timeout = "30s"
 '''
 
 
@@ -173,7 +178,7 @@ def test_a_declaration_files_bad_entries_are_logged_and_skipped_and_its_good_one
     assert names == ["team.first", "team.third", "team.fifth"]
     listed = {a["name"]: a for a in client.get("/api/v1/algorithms/").json()}
     assert {"team.first", "team.third", "team.fifth"} <= set(listed)
-    assert not {"team.second", "team/bad name", "team.no_argv", "team.fourth"} & set(listed)
+    assert not {"team.second", "team/bad name", "team.no_argv", "team.fourth", "team.sixth"} & set(listed)
     assert listed["team.first"]["backend"] == "external"
     assert shown(client, "demo.hello") == hello  # a built-in keeps its name
     errors = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
@@ -184,7 +189,9 @@ def test_a_declaration_files_bad_entries_are_logged_and_skipped_and_its_good_one
                  f"{path}: [[algorithm]] #6 'team.no_argv' skipped: KeyError: 'argv'",
                  f"{path}: [[algorithm]] #7 'team.first' skipped: the name is declared earlier in the same file",
                  f"{path}: [[algorithm]] #8 'team.fourth' skipped: InvalidAlgorithm: algorithm 'team.fourth': "
-                 "invalid version '1 beta'"]:
+                 "invalid version '1 beta'",
+                 f"{path}: [[algorithm]] #10 'team.sixth' skipped: ValueError: progress_timeout must be a number of "
+                 "seconds above 0, not '30s'"]:
         assert says in errors, errors
 
 
