@@ -98,7 +98,8 @@ def _register_entry(path: Path, entry: dict[str, Any]) -> bool:
         version=str(entry.get("version", "1.0")), description=entry.get("description", ""),
         queue=entry.get("queue", "default"), resources=dict(entry.get("resources", {})),
         timeout_seconds=entry.get("timeout_seconds"), examples=list(entry.get("examples", [])),
-        progress_timeout=float(progress_timeout) if progress_timeout is not None else None, backend="external", origin=f"the declarations in {path}"))
+        progress_timeout=float(progress_timeout) if progress_timeout is not None else None,
+        backend="external", origin=f"the declarations in {path}"))
 
 
 def register_file(path: Path) -> list[str]:
