@@ -8,6 +8,7 @@ const TOKENS = 'conveyor.tokens'
 const FINAL = ['SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT']
 const ACTIVE = ['PENDING', 'QUEUED', 'RUNNING']
 const STATES = ['PENDING', 'QUEUED', 'RUNNING', ...FINAL]
+const FAILED = ['FAILED', 'TIMED_OUT'] // what "Retry failed matching" re-runs
 const MAX_TASKS = 1000 // rows kept in memory (newest first)
 const PAGE = 100 // rows rendered at a time; "show more" adds a page
 const DRAWER_TAIL = 1000 // events of a task's history the drawer replays when it opens
@@ -103,7 +104,11 @@ Alpine.data('dashboard', () => {
   stats: null,
   statsStale: false,
   algorithms: [],
-  filters: { status: '', queue: '', algorithm: '' },
+  filters: { label: '', status: '', queue: '', algorithm: '' },
+  more: false, // the last reload's list had a next page: the server holds more matching tasks than loaded
+  bulkBusy: false, // a bulk cancel or retry is in flight
+  bulkResult: '', // its answer ("cancelled 3, cancelling 1, …") or its error, beside the buttons
+  bulkError: false,
   form: { algorithm: '', params: '{}', priority: '', queue: '' },
   submitError: '',
   dragId: null,
@@ -199,6 +204,7 @@ Alpine.data('dashboard', () => {
     if (!r.ok) {
       const error = new Error(data?.error?.message || `HTTP ${r.status}`)
       error.status = r.status
+      error.retryAfter = Number(r.headers.get('Retry-After')) || null
       throw error
     }
     return data
@@ -276,7 +282,7 @@ Alpine.data('dashboard', () => {
       // A task this page has not seen (submitted elsewhere, or entering the filtered state): its row
       // is made from the event at once; owner, priority, created_at follow in one batched GET. Until
       // then a row from an event other than task.created sorts last (it is an older task).
-      if (!this.matches(ev)) return
+      if (!this.matches(ev, false)) return // an event has no labels: the batched GET brings them
       this.newRow({ id: ev.task_id, algorithm: ev.algorithm, queue: ev.queue, status: ev.status,
         priority: ev.data?.priority ?? null,
         progress: progressOf(ev),
@@ -293,10 +299,13 @@ Alpine.data('dashboard', () => {
     if (FINAL.includes(ev.status) && ev.status !== 'SUCCEEDED') this.fillSoon(ev.task_id) // its error
   },
 
-  matches(t) {
+  // `strict`: a row whose labels are not known yet (made from an event) fails a label filter; not
+  // strict, it passes (a new task's event may be of the label: its row is made, and shown once filled).
+  matches(t, strict = true) {
     const f = this.filters
     return (!f.status || f.status === t.status) && (!f.queue || f.queue === t.queue)
       && (!f.algorithm || f.algorithm === t.algorithm)
+      && (!f.label || (t.labels ? t.labels.includes(f.label) : !strict))
   },
 
   // A copy of a task from the REST API or a snapshot; `last_seq` is the last event it reflects. A copy
@@ -359,6 +368,7 @@ Alpine.data('dashboard', () => {
     try {
       const page = await this.api(`/api/v1/tasks/?${q}`)
       for (const task of page.results || page) this.put(task)
+      this.more = !!page.next
       this.schedule()
     } catch { /* shown by the connection state */ }
   },
@@ -463,6 +473,72 @@ Alpine.data('dashboard', () => {
       await this.api(`/api/v1/queues/${t.queue}/reorder/`, { method: 'POST', body: { task_ids: [t.id] } })
       this.showMoved(`${t.id.slice(0, 8)} moved to the front of ${t.queue}`)
     } catch (e) { alert(e.message) }
+  },
+
+  // --- bulk actions on the filters ----------------------------------------------------------
+  // "Cancel all matching" and "Retry failed matching" send the table's filters to the bulk endpoints,
+  // which act on every matching task on the server (not only the rows loaded here): the confirm says so.
+  bulkFilters() {
+    const f = this.filters
+    return Object.fromEntries(['label', 'status', 'queue', 'algorithm'].filter((k) => f[k]).map((k) => [k, f[k]]))
+  },
+  hasFilters() { return Object.keys(this.bulkFilters()).length > 0 },
+  canBulkCancel() { return this.hasFilters() && !FINAL.includes(this.filters.status) },
+  // The failed states the retry names: those of the state filter, else both.
+  retryStatuses() { return this.filters.status ? FAILED.filter((s) => s === this.filters.status) : FAILED },
+  canBulkRetry() { return this.hasFilters() && this.retryStatuses().length > 0 },
+  filtersText() { return Object.entries(this.bulkFilters()).map(([k, v]) => `${k} ${v}`).join(', ') },
+
+  async bulkCancel() {
+    const rows = this.visibleTasks()
+    const active = rows.filter((t) => !this.isFinal(t)).length
+    const ask = `Cancel every task matching ${this.filtersText()}?\n` +
+      `This page shows ${rows.length} matching (${active} not finished)${this.moreText()}.`
+    const r = await this.bulk('cancel', this.bulkFilters(), ask)
+    if (r) this.showBulk(`cancelled ${r.cancelled}, cancelling ${r.cancelling}, already final ${r.already_final}`)
+  },
+
+  async bulkRetry() {
+    const statuses = this.retryStatuses()
+    const failed = this.visibleTasks().filter((t) => statuses.includes(t.status)).length
+    const ask = `Retry every ${statuses.join(' or ')} task matching ${this.filtersText()}?\n` +
+      `This page shows ${failed} of them${this.moreText()}.`
+    const r = await this.bulk('retry', { ...this.bulkFilters(), status: statuses }, ask)
+    if (r) this.showBulk(`retried ${r.retried} (new tasks), already retried ${r.already_retried}`)
+  },
+
+  moreText() { return this.more ? '; the server may hold more, not loaded here, and acts on them too' : '' },
+
+  // One bulk call at a time (its buttons are disabled meanwhile); its answer or error is shown inline.
+  async bulk(path, filters, question) {
+    if (this.bulkBusy || !confirm(question)) return null
+    this.bulkBusy = true
+    this.bulkResult = ''
+    try {
+      const r = await this.api(`/api/v1/tasks/${path}/`, { method: 'POST', body: { filters },
+        headers: { 'Idempotency-Key': newKey() } })
+      this.reload()
+      return r
+    } catch (e) {
+      this.bulkError = true
+      this.bulkResult = e.status === 429
+        ? `Too many requests: try again${e.retryAfter ? ` in ${e.retryAfter} s` : ' later'}.`
+        : `${path} refused: ${e.message}`
+      return null
+    } finally { this.bulkBusy = false }
+  },
+
+  showBulk(text) {
+    this.bulkError = false
+    this.bulkResult = text
+  },
+
+  // The count says what it counts: the rows loaded here, not every task on the server (the list gives no
+  // total); "more on the server" when the last list had a next page.
+  countText() {
+    const n = this.visibleTasks().length, all = this.tasks.length
+    if (!this.hasFilters()) return this.more ? `${all} tasks loaded (the newest; more on the server)` : `${all} tasks`
+    return `showing ${n} of the ${all} loaded` + (this.more ? ' (more matching on the server)' : '')
   },
 
   // The table is sorted by creation time, so a reorder shows no change there: a line says where it went.
@@ -659,7 +735,7 @@ Alpine.data('dashboard', () => {
   visibleTasks() { return this.tasks.filter((t) => this.matches(t)) },
   // Only the first `shown` matching rows are rendered: the table's cost stays that of a page.
   shownTasks() { return this.visibleTasks().slice(0, this.shown) },
-  filtersChanged() { this.shown = PAGE; this.reload() },
+  filtersChanged() { this.shown = PAGE; this.bulkResult = ''; this.more = false; this.reload() },
   isActive(t) { return ACTIVE.includes(t.status) && !t.cancel_requested },
   isFinal(t) { return FINAL.includes(t.status) },
   canChangePriority(t) { return t.status === "PENDING" || t.status === "QUEUED" },

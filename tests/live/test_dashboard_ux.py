@@ -279,3 +279,110 @@ def test_the_metrics_chart_starts_a_new_line_for_each_attempt(live_web, browser,
                                       "ls => ls.map(l => l.getAttribute('points').split(' ').length)")
     assert lines == [2, 2]
     page.close()
+
+
+def sweep(owner, label: str = "sweep-42"):
+    """Tasks of a sweep and one outside it: 2 QUEUED, 1 RUNNING and 2 FAILED of ``label``, and a QUEUED and a
+    FAILED one without it."""
+    from jobs import execution
+    from jobs.models import Status, Task
+    from tests.conftest import queued_tasks
+
+    def failed():
+        task = running_task(owner)
+        assert execution.finish(task_id=task.id, outcome=execution.Outcome(status=Status.FAILED, error="boom"))
+        return task
+
+    waiting, running, done = queued_tasks(owner, 2), [running_task(owner)], [failed(), failed()]
+    labelled = [*waiting, *running, *done]
+    Task.objects.filter(id__in=[t.id for t in labelled]).update(labels=[label, "team-a"])
+    other = [queued_tasks(owner, 1)[0], failed()]
+    return {"waiting": waiting, "running": running, "failed": done, "labelled": labelled, "other": other}
+
+
+def shown_ids(page) -> set[str]:
+    return set(page.eval_on_selector_all("tr[data-task]", "rows => rows.map(r => r.dataset.task)"))
+
+
+def filter_by_label(page, tasks, label: str = "sweep-42") -> None:
+    page.locator("input[name=filter-label]").fill(label, timeout=5000)
+    ids = sorted(str(t.id) for t in tasks)
+    page.wait_for_function("ids => JSON.stringify([...document.querySelectorAll('tr[data-task]')]"
+                           ".map(r => r.dataset.task).sort()) === JSON.stringify(ids)", arg=ids, timeout=TIMEOUT_MS)
+
+
+def test_a_label_filter_shows_the_sweep_and_cancel_all_matching_cancels_only_it(live_web, browser, alice):
+    """The dashboard had no label filter and no way to act on a sweep: one Cancel per row. Now the label
+    filters the table (and the REST reload), the count says it counts loaded rows, and "Cancel all matching"
+    sends the filters to the bulk cancel after a confirm, its answer shown on the page."""
+    from jobs.models import Status, Task
+
+    tasks = sweep(alice)
+    page = browser.new_page(viewport=WIDE)
+    dialogs, bodies = [], []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/tasks/cancel/") else None)
+    log_in(page, live_web, alice)
+    page.wait_for_function("n => document.querySelectorAll('tr[data-task]').length === n", arg=7, timeout=TIMEOUT_MS)
+    assert page.locator("[data-testid=cancel-matching]").is_hidden()  # no filter: nothing to act on
+    with page.expect_request(lambda r: "/api/v1/tasks/?" in r.url and "label=sweep-42" in r.url, timeout=5000):
+        filter_by_label(page, tasks["labelled"])  # and the REST reload asks for the label too
+    assert page.locator("[data-testid=count]").inner_text() == "showing 5 of the 7 loaded"
+
+    page.locator("[data-testid=cancel-matching]").click(timeout=5000)
+    result = page.locator("[data-testid=bulk-result]")
+    result.filter(has_text="cancelled 2, cancelling 1, already final 2").wait_for(timeout=TIMEOUT_MS)
+    assert bodies == [{"filters": {"label": "sweep-42"}}]
+    assert dialogs and "label sweep-42" in dialogs[0] and "shows 5 matching (3 not finished)" in dialogs[0]
+    status = dict(Task.objects.values_list("id", "status"))
+    assert {status[t.id] for t in tasks["waiting"]} == {Status.CANCELLED}
+    assert Task.objects.get(id=tasks["running"][0].id).cancel_requested
+    assert status[tasks["other"][0].id] == Status.QUEUED  # not of the sweep: left alone
+    row(page, str(tasks["running"][0].id)).locator("[data-testid=cancelling]").wait_for(timeout=TIMEOUT_MS)
+    for task in tasks["waiting"]:
+        row(page, str(task.id)).locator("[data-testid=cancel]").wait_for(state="hidden", timeout=TIMEOUT_MS)
+    shot(page, "ux-cancel-matching")
+    page.locator("input[name=filter-label]").fill("")
+    page.wait_for_function("n => document.querySelectorAll('tr[data-task]').length === n", arg=7, timeout=TIMEOUT_MS)
+    assert page.locator("[data-testid=count]").inner_text() == "7 tasks"
+    page.close()
+
+
+def test_retry_failed_matching_re_runs_only_the_sweeps_failed_tasks_and_says_why_it_was_refused(
+        live_web, browser, alice):
+    """"Retry failed matching" retries the failed tasks of the filters (``status`` FAILED and TIMED_OUT, as the
+    bulk retry requires); a 429 is shown beside the button with its Retry-After, not in an alert."""
+    from jobs.models import Task
+
+    tasks = sweep(alice)
+    page = browser.new_page(viewport=WIDE)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+    log_in(page, live_web, alice)
+    filter_by_label(page, tasks["labelled"])
+    button = page.locator("[data-testid=retry-matching]")
+    result = page.locator("[data-testid=bulk-result]")
+
+    page.route("**/api/v1/tasks/retry/", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "7"}, json={"error": {"message": "slow down"}}))
+    button.click(timeout=5000)
+    result.filter(has_text="Too many requests: try again in 7 s").wait_for(timeout=5000)
+    assert page.locator("[data-testid=bulk-result][role=alert]").count() == 1
+    page.unroute("**/api/v1/tasks/retry/")
+    page.route("**/api/v1/tasks/retry/", lambda route: route.fulfill(
+        status=400, json={"error": {"message": "filters.status: required"}}))
+    button.click()
+    result.filter(has_text="retry refused: filters.status: required").wait_for(timeout=5000)
+    assert not Task.objects.filter(retry_of__isnull=False).exists()
+    page.unroute("**/api/v1/tasks/retry/")
+
+    button.click()
+    result.filter(has_text="retried 2 (new tasks), already retried 0").wait_for(timeout=TIMEOUT_MS)
+    assert "FAILED or TIMED_OUT" in dialogs[-1] and "shows 2 of them" in dialogs[-1]
+    retries = Task.objects.filter(retry_of__isnull=False)
+    assert sorted(r.retry_of_id for r in retries) == sorted(t.id for t in tasks["failed"])
+    # the new tasks carry the label: their rows join the filtered table
+    filter_ids = {str(t.id) for t in tasks["labelled"]} | {str(r.id) for r in retries}
+    page.wait_for_function("n => document.querySelectorAll('tr[data-task]').length === n", arg=7, timeout=TIMEOUT_MS)
+    assert shown_ids(page) == filter_ids
+    page.close()
