@@ -45,6 +45,8 @@ class SubscriptionAdmin(admin.ModelAdmin):
             obj.secret = signing.new_secret()
             messages.warning(request, f"webhook {obj.url}: signing secret {obj.secret} — copy it now, it is not "
                                       "shown again.")
+        elif "active" in form.changed_data:  # as the API's PATCH: off fails what waits (re-sent for ever else)
+            services.switch(obj, active=obj.active, how="in the admin")
         super().save_model(request, obj, form, change)
 
 

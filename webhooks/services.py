@@ -61,14 +61,20 @@ def update(*, subscription: Subscription, url: str | None = None, events: list[s
     if description is not None:
         sub.description = description
     if active is not None and active != sub.active:
-        if active:
-            sub.consecutive_failures, sub.failing_since, sub.disabled_at, sub.disabled_reason = 0, None, None, ""
-        else:
-            delivery.fail_pending(subscription_id=sub.id, reason="endpoint turned off by its owner")
-            sub.disabled_at, sub.disabled_reason = timezone.now(), "turned off by its owner"
-        sub.active = active
+        switch(sub, active=active, how="by its owner")
     sub.save()
     return sub
+
+
+def switch(sub: Subscription, *, active: bool, how: str) -> None:
+    """Turn an endpoint on or off (the caller saves it, in its transaction): off fails what waits, so that
+    nothing is sent to it or kept pending for ever; on starts clean (nothing old is sent)."""
+    if active:
+        sub.consecutive_failures, sub.failing_since, sub.disabled_at, sub.disabled_reason = 0, None, None, ""
+    else:
+        delivery.fail_pending(subscription_id=sub.id, reason=f"endpoint turned off {how}")
+        sub.disabled_at, sub.disabled_reason = timezone.now(), f"turned off {how}"
+    sub.active = active
 
 
 MAX_PREVIOUS_SECRETS = 4  # earlier keys that may still sign after rotations in quick succession

@@ -48,3 +48,24 @@ def test_the_admin_form_checks_a_url_as_the_api_does(alice, receiver, monkeypatc
         assert form.is_valid(), form.errors
     else:
         assert not form.is_valid() and error in " ".join(form.errors["url"]), form.errors
+
+
+def test_turning_an_endpoint_off_in_the_admin_fails_what_waits_as_the_api_does(admin_client, alice, receiver):
+    """The admin saved ``active=False`` alone: its pending deliveries stayed PENDING, re-sent by the beat's
+    ``send_due`` for ever and keeping their tasks from retention."""
+    from django.forms.models import model_to_dict
+
+    hook = services.subscribe(owner=alice, url=receiver.url, events=["task.*"])
+    waiting = Delivery.objects.create(subscription=hook, event="task.created", payload={}, status="PENDING",
+                                      next_attempt_at=timezone.now())
+    form = {key: value for key, value in model_to_dict(hook).items()
+            if value is not None and key not in {"id", "secret", "previous_secret", "active"}}
+    form["events"] = ",".join(hook.events) if isinstance(hook.events, list) else hook.events
+
+    response = admin_client.post(f"/admin/webhooks/subscription/{hook.id}/change/", form)
+
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    hook.refresh_from_db()
+    waiting.refresh_from_db()
+    assert hook.active is False and hook.disabled_reason == "turned off in the admin"
+    assert (waiting.status, waiting.last_error) == ("FAILED", "endpoint turned off in the admin")
