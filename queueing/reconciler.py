@@ -229,7 +229,14 @@ def check_workers() -> int:
     for hostname in reported:
         log.warning("worker %s lost: no heartbeat for %gs", hostname, stale)
         publish_worker_event(hostname=hostname, event="worker.lost")
+    # Every pod of a Kubernetes Deployment has a hostname of its own: the records of the gone ones would be
+    # listed (and counted ``dead`` in /metrics, which operators alert on) for ever. A worker that comes
+    # back under its name makes its row again at start.
+    WorkerRecord.objects.filter(last_heartbeat__lt=db_cutoff(FORGET_WORKERS_AFTER)).delete()
     return len(reported)
+
+
+FORGET_WORKERS_AFTER = 7 * 24 * 3600  # seconds after a worker's last heartbeat (stopped or dead) that its row goes
 
 
 def reconcile() -> dict[str, int]:

@@ -208,6 +208,23 @@ def test_liveness_check_marks_a_silent_worker_lost_once(olga, api):
     assert (row["hostname"], row["alive"], row["status"]) == ("w1@test", False, "dead")
 
 
+def test_a_worker_gone_for_a_week_is_forgotten(olga, api):
+    """Each pod of a Deployment has a hostname of its own: the gone ones were listed, and counted ``dead`` by
+    /metrics (what operators alert on), for ever."""
+    from queueing import reconciler
+
+    week = timedelta(seconds=reconciler.FORGET_WORKERS_AFTER)
+    gone = live_worker_row(["q1"])
+    long_ago = timezone.now() - week - timedelta(minutes=1)
+    WorkerRecord.objects.filter(id=gone.id).update(hostname="gone@test", last_heartbeat=long_ago, lost_at=long_ago)
+    recent = live_worker_row(["q1"])
+    WorkerRecord.objects.filter(id=recent.id).update(last_heartbeat=timezone.now() - week + timedelta(hours=1))
+
+    reconciler.check_workers()
+
+    assert [row["hostname"] for row in api(olga).get("/api/v1/workers/").json()] == ["w1@test"]
+
+
 def test_maintained_queue_counts_follow_every_change_and_roll_back(alice, api):
     from django.db import transaction
 
