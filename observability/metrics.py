@@ -2,12 +2,16 @@
 
 The database is the source of truth (DESIGN §1), so every web process reports the same numbers and no
 worker needs a metrics port or a multiprocess directory. django-prometheus serves them on ``/metrics``
-next to its own HTTP series. A scrape costs a few aggregate queries over the task table. Totals over
-stored rows (retries, webhook attempts) are gauges, not counters: deleting a task or a subscription
-lowers them, which a counter must never do (Prometheus would read a reset, and ``rate()`` a burst). The
-wait and run time histograms are computed the same way, over the stored tasks at each scrape: they grow
-as tasks finish and fall when tasks are deleted (a deleted user's tasks go with them), so read them as
-gauges too (``histogram_quantile`` over the buckets as they are), never with ``rate()``/``increase()``.
+next to its own HTTP series. A scrape costs the same whatever the tables hold: no query reads the whole
+task table or the webhook delivery log (tests/edge/test_metrics_cost.py plans each one). The active states
+(PENDING, QUEUED, RUNNING) come from the counters the triggers keep (``QueueCount``), the waiting tasks from
+the partial indexes on them; what is about finished tasks (the final states, retries, the wait and run
+histograms) covers the tasks finished in the last ``RECENT_SECONDS`` (a range of task_finished_cover_idx);
+of the webhook deliveries only the PENDING ones are counted (a partial index), with their attempts. These
+are gauges, not counters: a task that finished an hour ago leaves them, and deleting one lowers them, which
+a counter must never do (Prometheus would read a reset, and ``rate()`` a burst). Read the histograms as they
+are (``histogram_quantile`` over the buckets: the last hour's distribution), never with
+``rate()``/``increase()``.
 
 Every queue (``queueing_queue``) has every series, zero when nothing is counted: ``conveyor_tasks`` has
 every state of every queue, so a state that empties drops to 0 instead of disappearing (Prometheus would
@@ -33,6 +37,12 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import REGISTRY, Collector
 
 log = logging.getLogger(__name__)
+
+# The finished tasks' series (final states, retries, the histograms) cover the tasks finished this recently:
+# a range of task_finished_cover_idx, so a scrape costs the same at 1k tasks or 200M (a count over the whole
+# table took minutes there, and Prometheus timed the scrape out, conveyor_queue_depth with it).
+RECENT_SECONDS = 3600
+_SINCE = "statement_timestamp() - make_interval(secs => %s)"
 
 BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
 
@@ -69,23 +79,42 @@ class ConveyorCollector(Collector):
         yield from self._reconciler()
 
     def _tasks(self, queues: list[str]) -> list[Metric]:
-        from jobs.models import Status
+        from jobs.models import ACTIVE, FINAL, Status
 
-        tasks = GaugeMetricFamily("conveyor_tasks", "Tasks by state and queue", labels=["state", "queue"])
-        retries = GaugeMetricFamily("conveyor_task_retries", "Attempts beyond the first of the stored tasks, by queue",
-                                    labels=["queue"])
+        tasks = GaugeMetricFamily("conveyor_tasks", "Tasks by state and queue: PENDING, QUEUED and RUNNING all of "
+                                  f"them; SUCCEEDED, FAILED, CANCELLED and TIMED_OUT those finished in the last "
+                                  f"{RECENT_SECONDS} s", labels=["state", "queue"])
+        retries = GaugeMetricFamily("conveyor_task_retries", "Attempts beyond the first of the active tasks and of "
+                                    f"those finished in the last {RECENT_SECONDS} s, by queue", labels=["queue"])
         counts: dict[tuple[str, str], int] = {}
         per_queue: dict[str, int] = dict.fromkeys(queues, 0)
-        for queue, state, count, extra in _rows(
-            "SELECT queue, status, count(*), coalesce(sum(greatest(attempts - 1, 0)), 0) "
-            "FROM jobs_task GROUP BY queue, status"
+        # Active states from the counters the triggers keep (QueueCount, summed over its stripes), as the queue
+        # API reads them: a few rows per queue, whatever the table holds.
+        for queue, state, count in _rows(
+            "SELECT queue, status, sum(n) FROM queueing_queuecount WHERE status = ANY(%s) GROUP BY queue, status "
+            "HAVING sum(n) <> 0",
+            [sorted(ACTIVE)],
+        ):
+            counts[(queue, state)] = int(count)
+        # Final states: the recent finishes only, a range of task_finished_cover_idx (index-only).
+        for queue, state, count in _rows(
+            "SELECT queue, status, count(*) FROM jobs_task WHERE finished_at >= " + _SINCE
+            + " AND status = ANY(%s) GROUP BY queue, status", [RECENT_SECONDS, sorted(FINAL)],
         ):
             counts[(queue, state)] = count
+        # Retries: the active tasks (task_status_queue_idx) and the recent finishes, each read once.
+        for queue, extra in _rows(
+            "SELECT queue, coalesce(sum(greatest(attempts - 1, 0)), 0) FROM ("
+            "  SELECT queue, attempts FROM jobs_task WHERE status = ANY(%s)"
+            "  UNION ALL"
+            "  SELECT queue, attempts FROM jobs_task WHERE finished_at >= " + _SINCE
+            + "  AND status <> ALL(%s)) t GROUP BY queue", [sorted(ACTIVE), RECENT_SECONDS, sorted(ACTIVE)],
+        ):
             per_queue[queue] = per_queue.get(queue, 0) + int(extra)
-        for queue in sorted(per_queue):  # every state of every queue: one that empties reads 0, not nothing
+        for queue in sorted(per_queue.keys() | {q for q, _ in counts}):  # every state: one that empties reads 0
             for state in Status.values:
                 tasks.add_metric([state, queue], counts.get((queue, state), 0))
-            retries.add_metric([queue], per_queue[queue])
+            retries.add_metric([queue], per_queue.get(queue, 0))
         return [tasks, retries]
 
     def _queues(self) -> list[Metric]:
@@ -123,17 +152,19 @@ class ConveyorCollector(Collector):
     def _durations(self, queues: list[str]) -> list[Metric]:
         out = []
         for name, doc, start, end in (
-            ("conveyor_task_wait_seconds", "Submit to start of the last attempt, over the stored tasks", "created_at",
-             "started_at"),
-            ("conveyor_task_run_seconds", "Start to finish of the stored finished tasks", "started_at", "finished_at"),
+            ("conveyor_task_wait_seconds", "Submit to start of the last attempt, over the tasks finished in the "
+             f"last {RECENT_SECONDS} s", "created_at", "started_at"),
+            ("conveyor_task_run_seconds", f"Start to finish of the tasks finished in the last {RECENT_SECONDS} s",
+             "started_at", "finished_at"),
         ):
             family = HistogramMetricFamily(name, doc, labels=["queue"])
             buckets = ", ".join(f"count(*) FILTER (WHERE d <= {b})" for b in BUCKETS)
             rows = {row[0]: row[1:] for row in _rows(
                 f"SELECT queue, {buckets}, count(*), coalesce(sum(d), 0) FROM ("
                 f"  SELECT queue, extract(epoch FROM {end} - {start}) AS d FROM jobs_task"
-                f"  WHERE {start} IS NOT NULL AND {end} IS NOT NULL) spans GROUP BY queue"
-            )}
+                f"  WHERE finished_at >= {_SINCE} AND {start} IS NOT NULL AND {end} IS NOT NULL) spans GROUP BY queue",
+                [RECENT_SECONDS],
+            )}  # index-only: task_finished_cover_idx holds created_at, started_at and queue
             for queue in sorted(set(queues) | set(rows)):  # a queue with none (yet, or any more): zeros
                 *counts, total, seconds = rows.get(queue, (0,) * (len(BUCKETS) + 2))
                 family.add_metric([queue], [(str(b), c) for b, c in zip(BUCKETS, counts)] + [("+Inf", total)],
@@ -144,18 +175,24 @@ class ConveyorCollector(Collector):
     def _webhooks(self) -> list[Metric]:
         if not _table_exists("webhooks_delivery"):
             return []
-        deliveries = GaugeMetricFamily("conveyor_webhook_deliveries", "Webhook deliveries by status",
-                                       labels=["status"])
         from webhooks.models import DeliveryAttempt, DeliveryStatus
 
-        stored = dict(_rows("SELECT status, count(*) FROM webhooks_delivery GROUP BY status"))
-        for status in sorted({*DeliveryStatus.values, *stored}):  # every status, 0 when none
-            deliveries.add_metric([status], stored.get(status, 0))
-        attempts = GaugeMetricFamily("conveyor_webhook_attempts", "Stored webhook HTTP attempts by outcome",
-                                     labels=["outcome"])
-        failures = GaugeMetricFamily("conveyor_webhook_failures", "Stored webhook attempts that did not succeed")
+        # Only the PENDING deliveries can be counted without reading the whole table (webhook_delivery_due_idx
+        # is partial on them); SUCCEEDED and FAILED have no index by status or finish time, so no series.
+        deliveries = GaugeMetricFamily("conveyor_webhook_deliveries", "Webhook deliveries by status: PENDING only "
+                                       "(the others are not counted at scrape time)", labels=["status"])
+        (pending,), = _rows("SELECT count(*) FROM webhooks_delivery WHERE status = %s", [DeliveryStatus.PENDING])
+        deliveries.add_metric([DeliveryStatus.PENDING], pending)
+        attempts = GaugeMetricFamily("conveyor_webhook_attempts", "HTTP attempts of the webhook deliveries still "
+                                     "PENDING, by outcome", labels=["outcome"])
+        failures = GaugeMetricFamily("conveyor_webhook_failures", "HTTP attempts of the webhook deliveries still "
+                                     "PENDING that did not succeed")
         failed = 0
-        stored = dict(_rows("SELECT outcome, count(*) FROM webhooks_deliveryattempt GROUP BY outcome"))
+        stored = dict(_rows(
+            "SELECT a.outcome, count(*) FROM webhooks_delivery d "
+            "JOIN webhooks_deliveryattempt a ON a.delivery_id = d.id WHERE d.status = %s GROUP BY a.outcome",
+            [DeliveryStatus.PENDING],
+        ))
         for outcome in sorted({*DeliveryAttempt.Outcome.values, *stored}):
             count = stored.get(outcome, 0)
             attempts.add_metric([outcome], count)
