@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
@@ -80,6 +81,13 @@ class ProgressView:
         self.write(f"{newline}{status}{': ' + error if error else ''}\n")
 
 
+# A stream that lasted this long before its 4401 ended by its access token's expiry (every 30 minutes): the
+# refresh makes a new one, and it is no failure. Counted as one, a task waiting hours behind others, with no
+# new event, made `watch` give up after 30 expiries (15 h). A 4401 sooner than this still counts, so a server
+# that takes the token and closes at once is given up on.
+EXPIRY_AFTER_SECONDS = 60.0
+
+
 async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects: int = 30) -> str:
     """Stream events until the task is final; returns its final status."""
     last_seq = 0  # the first connect replays the task's history too (its log lines, its progress)
@@ -88,6 +96,7 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
     while True:
         url = client.ws_url(f"/ws/tasks/{task_id}/") + f"?after_seq={last_seq}"
         try:
+            opened = time.monotonic()
             token = await in_daemon_thread(client.fresh_access)
             async with connect(url, open_timeout=10, max_size=2**24) as ws:
                 await ws.send(json.dumps({"type": "auth", "token": token}))
@@ -120,6 +129,8 @@ async def follow(client: Client, task_id: str, view: ProgressView, *, reconnects
             if not streamed:
                 raise CLIError("the server refused the token: run `conveyor login`", exit_code=5)
             streamed = False  # the access token expired mid-stream: fresh_access() refreshes it
+            if time.monotonic() - opened >= EXPIRY_AFTER_SECONDS:
+                continue
             failures += 1
             if failures <= reconnects:
                 continue

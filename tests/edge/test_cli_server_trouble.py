@@ -278,3 +278,34 @@ def test_global_options_go_before_or_after_the_command(server, capsys, args):
     server.routes["/api/v1/tasks/"] = lambda query: (200, PAGE)
     code = main([arg.format(url=server.url) for arg in args])
     assert code == 0 and json.loads(capsys.readouterr().out) == []
+
+
+def test_watch_outlasts_any_number_of_token_expiries_on_a_task_with_nothing_new(monkeypatch):
+    """A task waiting for hours behind others shows no new event; each 30-minute token expiry (4401 after the
+    stream ran) counted as a failed try, and `watch` gave up after 30 of them (15 h). Here: more expiries
+    than tries allowed, then the task finishes."""
+    from websockets.asyncio.server import serve
+
+    from conveyor_cli import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "EXPIRY_AFTER_SECONDS", 0.0)  # each stream "lasted" long enough
+    monkeypatch.setattr(Client, "fresh_access", lambda self: "token")
+    connections = 0
+
+    async def handler(ws) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.recv()  # the auth message
+        await ws.send(json.dumps({"event": "task.snapshot", "task": {"status": "PENDING"}}))
+        if connections <= 4:
+            await ws.close(4401, "token expired")
+            return
+        await ws.send(json.dumps({"event": "task.succeeded", "seq": 1, "status": "SUCCEEDED", "data": {}}))
+
+    async def main_() -> str:
+        async with serve(handler, "127.0.0.1", 0) as ws_server:
+            port = ws_server.sockets[0].getsockname()[1]
+            return await follow(Client(f"http://127.0.0.1:{port}"), "t1", ProgressView(io.StringIO()), reconnects=1)
+
+    assert asyncio.run(main_()) == "SUCCEEDED"
+    assert connections == 5
