@@ -288,7 +288,7 @@ def test_watch_outlasts_any_number_of_token_expiries_on_a_task_with_nothing_new(
 
     from conveyor_cli import watch as watch_module
 
-    monkeypatch.setattr(watch_module, "EXPIRY_AFTER_SECONDS", 0.0)  # each stream "lasted" long enough
+    monkeypatch.setattr(watch_module, "EXPIRY_AFTER_SECONDS", 0.0, raising=False)  # each "lasted" long enough
     monkeypatch.setattr(Client, "fresh_access", lambda self: "token")
     connections = 0
 
