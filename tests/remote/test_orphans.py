@@ -51,3 +51,35 @@ def test_a_service_that_does_not_answer_is_asked_again_next_time(grpc_service, a
 
     assert orphans.cancel_orphans() == 0
     assert RemoteRun.objects.filter(task=task).exists()  # kept for the next sweep
+
+
+def test_runs_on_a_dead_service_neither_starve_the_others_nor_stay_for_ever(grpc_service, alice, bob):
+    """120 orphans on a dead service took every sweep's 100 places: a healthy service's were never asked, and
+    the dead one's rows (and so their tasks, which retention keeps for them) stayed for ever."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from algorithms.remote.models import RemoteService
+    from jobs.models import Task
+
+    healthy = held_remote_task(grpc_service, alice)  # registers the service, and so its algorithm
+    services.cancel(task_id=healthy.id)
+    dead = RemoteService.objects.create(name="gone-svc", kind="grpc", address="127.0.0.1:1", enabled=True)
+    stuck = []
+    for n in range(3):
+        task, _ = services.submit(owner=bob, spec=services.build_spec(
+            algorithm="demo.hello_remote", params=PARAMS, queue=unconsumed_queue()))
+        RemoteRun.objects.create(task=task, service=dead, remote_id=f"lost-{n}")
+        services.cancel(task_id=task.id)
+        stuck.append(task)
+    RemoteRun.objects.filter(task__in=stuck).update(updated_at=timezone.now() - timedelta(hours=1))  # older
+
+    assert orphans.cancel_orphans(limit=2) == 0  # two of the dead service's runs, tried first (oldest)
+    assert orphans.cancel_orphans(limit=2) == 1  # the healthy one's turn came: the failed ones went back
+    assert not RemoteRun.objects.filter(task=healthy).exists()
+
+    Task.objects.filter(id__in=[t.id for t in stuck]).update(
+        finished_at=timezone.now() - orphans.GIVE_UP_AFTER - timedelta(minutes=1))
+    assert orphans.cancel_orphans() == 3  # given up on: forgotten
+    assert not RemoteRun.objects.filter(task__in=stuck).exists()
