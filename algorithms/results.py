@@ -111,11 +111,16 @@ def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
         if len(rows) < batch:
             break
     inline = 0
+    after = None  # the last batch's newest finish: the next one starts there, past the entries it emptied
     while True:
+        expired = Task.objects.filter(status="SUCCEEDED", finished_at__lt=cutoff, result__isnull=False)
+        if after is not None:
+            expired = expired.filter(finished_at__gte=after)
         with transaction.atomic():
-            tasks = list(Task.objects.select_for_update(skip_locked=True).filter(
-                status="SUCCEEDED", finished_at__lt=cutoff, result__isnull=False)
-                .only("id", "result_size", "result_sha256", "result_summary")[:batch])
+            # Oldest first on task_inline_result_idx (jobs/migrations/0011), whose entries are the tasks
+            # still holding a result: a batch reads expired results only, however many tasks are kept.
+            tasks = list(expired.select_for_update(skip_locked=True).order_by("finished_at")
+                         .only("id", "finished_at", "result_size", "result_sha256", "result_summary")[:batch])
             for task in tasks:
                 if task.result_sha256 is None:  # a JSON null: no result to remember
                     continue
@@ -128,6 +133,7 @@ def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
         inline += len(tasks)
         if len(tasks) < batch:
             break
+        after = tasks[-1].finished_at
     return {"files": files, "inline_results": inline}
 
 

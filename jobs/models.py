@@ -111,6 +111,10 @@ class Task(models.Model):
                          condition=Q(finished_at__isnull=False)),
             models.Index(fields=["created_at"], name="task_created_cover_idx",
                          include=["status", "queue", "algorithm", "owner"]),
+            # Result retention (algorithms.results.expire): the succeeded tasks still holding an inline
+            # result, by finish, so a batch reads only expired ones (a result expired is NULL: off the index).
+            models.Index(fields=["finished_at"], name="task_inline_result_idx",
+                         condition=Q(status="SUCCEEDED", result__isnull=False)),
             models.Index(fields=["status", "queue"], name="task_status_queue_idx"),
             # A queue's tasks (foreign-key checks, the list's queue filter) and its busy count.
             models.Index(fields=["queue", "status"], name="task_queue_status_idx"),

@@ -98,6 +98,9 @@ class Delivery(models.Model):
             models.Index(fields=["subscription", "task_id", "seq"], name="webhook_delivery_order_idx",
                          condition=Q(status="PENDING")),
             models.Index(fields=["subscription", "-created_at"], name="webhook_delivery_log_idx"),
+            # The log's retention (services.prune_log): finished deliveries, oldest first.
+            models.Index(fields=["finished_at"], name="webhook_delivery_finished_idx",
+                         condition=Q(status__in=["SUCCEEDED", "FAILED"])),
         ]
 
     def __str__(self) -> str:

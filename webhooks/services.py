@@ -3,6 +3,7 @@ unsubscribe, redeliver; plus ``subscribe_task`` for the per-task ``webhook_url``
 ``prune_log`` (beat) for the delivery log's retention."""
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -124,20 +125,35 @@ def redeliver(*, delivery_row: Delivery) -> Delivery:
 
 
 PRUNE_BATCH = 5_000
+# prune_log starts no batch after this many seconds (at least one runs): a backlog (a first run, a long
+# pause of beat) goes a bounded slice per run, as task retention does (jobs.retention.PRUNE_SECONDS).
+PRUNE_SECONDS = 60.0
 
 
-def prune_log(*, batches: int = 20) -> int:
-    """Delete finished deliveries (and their attempts) older than ``WEBHOOK_LOG_RETENTION_DAYS``, a batch
-    at a time; what waits (PENDING) is never touched. Returns how many were deleted."""
+def prune_log(*, batch: int | None = None, seconds: float | None = None) -> int:
+    """Delete finished deliveries (and their attempts) older than ``WEBHOOK_LOG_RETENTION_DAYS``, oldest
+    first, ``batch`` (``PRUNE_BATCH``) per transaction, starting batches until none is left or ``seconds``
+    (``PRUNE_SECONDS``) have passed; what waits (PENDING) is never touched. Each batch is one range of
+    ``webhook_delivery_finished_idx``, starting where the last one ended. Returns how many were deleted."""
     days = settings.WEBHOOKS["LOG_RETENTION_DAYS"]
     if days <= 0:
         return 0
+    batch = batch or PRUNE_BATCH
+    deadline = time.monotonic() + (PRUNE_SECONDS if seconds is None else seconds)
     cutoff = timezone.now() - timedelta(days=days)
-    old = Delivery.objects.filter(status__in=[DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED], finished_at__lt=cutoff)
+    finished = [DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED]
     deleted = 0
-    for _ in range(batches):
-        ids = list(old.values_list("id", flat=True)[:PRUNE_BATCH])
-        if not ids:
+    after = None  # the last batch's newest finish: the next range starts there
+    while True:
+        old = Delivery.objects.filter(status__in=finished, finished_at__lt=cutoff)
+        if after is not None:
+            old = old.filter(finished_at__gte=after)
+        window = list(old.order_by("finished_at").values_list("id", "finished_at")[:batch])
+        if window:
+            # Still finished: a redelivery since the read made it PENDING again, and it stays.
+            gone = old.filter(id__in=[row_id for row_id, _ in window]).delete()[1]
+            deleted += gone.get(Delivery._meta.label, 0)
+            after = window[-1][1]
+        if len(window) < batch or time.monotonic() >= deadline:
             break
-        deleted += Delivery.objects.filter(id__in=ids).delete()[1].get(Delivery._meta.label, 0)
     return deleted
