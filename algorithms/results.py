@@ -15,7 +15,7 @@ from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
-from algorithms.artifacts import RESULT_NAME, delete_file
+from algorithms.artifacts import RESULT_NAME, delete_file, delete_stored
 from algorithms.models import Artifact
 from config.errors import ConveyorError, NotFound
 
@@ -103,8 +103,11 @@ def expire(*, now: datetime | None = None, batch: int = 500) -> dict[str, int]:
     files = 0
     while True:
         with transaction.atomic():
+            # oldest first, in the order of the partial index on created_at (the model's own ordering, by
+            # task and name, made each batch sort every expired live artifact)
             rows = _mark_expired(Artifact.objects.select_for_update(skip_locked=True)
-                                 .filter(expired_at__isnull=True, created_at__lt=cutoff)[:batch], now)
+                                 .filter(expired_at__isnull=True, created_at__lt=cutoff).order_by("created_at")[:batch],
+                                 now)
         for row in rows:
             delete_file(row)
         files += len(rows)
@@ -182,7 +185,7 @@ def sweep_strays(*, now: datetime | None = None, min_age: timedelta = STRAY_MIN_
     else:
         return {"files": 0}
     for name in names:
-        default_storage.delete(name)
+        delete_stored(name)
     if names:
         log.warning("deleted %d stored file(s) under tasks/ that no artifact row names (a worker killed while "
                     "storing, or a deletion that failed)", len(names))
