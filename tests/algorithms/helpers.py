@@ -1,6 +1,8 @@
 """Submit-and-wait helpers shared by the algorithm tests (REST in, real worker, REST out)."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import wait_until
@@ -34,3 +36,12 @@ def run(client: Any, algorithm: str, params: dict[str, Any] | None = None, timeo
 
 def body(response: Any) -> bytes:
     return b"".join(response.streaming_content) if getattr(response, "streaming", False) else response.content
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return re.search(r"^State:\s+Z", status, re.M) is None

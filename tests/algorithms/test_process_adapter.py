@@ -10,21 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.algorithms.helpers import body, run, submit, wait_final
+from tests.algorithms.helpers import alive, body, run, submit, wait_final
 from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 NATIVE = Path(__file__).resolve().parents[2] / "native" / "build" / "hello"
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return re.search(r"^State:\s+Z", status, re.M) is None
 
 
 def in_session(sid: int) -> list[int]:

@@ -18,20 +18,12 @@ from typing import Any
 import pytest
 
 from jobs.models import Status, Task
+from tests.algorithms.helpers import alive
 from tests.conftest import LiveWorker, wait_until
 from tests.queueing import cleanup_algorithms
 from tests.queueing.conftest import ExtraWorker, make_queue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return re.search(r"^State:\s+Z", status, re.M) is None
 
 
 def members(task_id: str) -> list[int]:
