@@ -177,20 +177,32 @@ class ConveyorCollector(Collector):
             return []
         from webhooks.models import DeliveryAttempt, DeliveryStatus
 
-        # Only the PENDING deliveries can be counted without reading the whole table (webhook_delivery_due_idx
-        # is partial on them); SUCCEEDED and FAILED have no index by status or finish time, so no series.
-        deliveries = GaugeMetricFamily("conveyor_webhook_deliveries", "Webhook deliveries by status: PENDING only "
-                                       "(the others are not counted at scrape time)", labels=["status"])
+        # PENDING in full (webhook_delivery_due_idx is partial on them); SUCCEEDED and FAILED over the last
+        # RECENT_SECONDS, a range of webhook_delivery_finished_idx (partial on them, by finished_at), as the
+        # tasks' final states: never the whole log.
+        deliveries = GaugeMetricFamily("conveyor_webhook_deliveries", "Webhook deliveries by status: PENDING all, "
+                                       f"SUCCEEDED and FAILED those finished in the last {RECENT_SECONDS} s",
+                                       labels=["status"])
         (pending,), = _rows("SELECT count(*) FROM webhooks_delivery WHERE status = %s", [DeliveryStatus.PENDING])
         deliveries.add_metric([DeliveryStatus.PENDING], pending)
+        finished = dict(_rows(
+            "SELECT status, count(*) FROM webhooks_delivery WHERE status IN (%s, %s) "
+            "AND finished_at > statement_timestamp() - make_interval(secs => %s) GROUP BY status",
+            [DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED, RECENT_SECONDS]))
+        for status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
+            deliveries.add_metric([status], finished.get(status, 0))
         attempts = GaugeMetricFamily("conveyor_webhook_attempts", "HTTP attempts of the webhook deliveries still "
                                      "PENDING, by outcome", labels=["outcome"])
         failures = GaugeMetricFamily("conveyor_webhook_failures", "HTTP attempts of the webhook deliveries still "
                                      "PENDING that did not succeed")
         failed = 0
+        # Each pending delivery's attempts by their delivery_id index, never a hash join over the whole
+        # attempt table (which the planner took at times even for a few thousand rows): a LATERAL subquery
+        # that OFFSET 0 keeps from being flattened into an ordinary join.
         stored = dict(_rows(
-            "SELECT a.outcome, count(*) FROM webhooks_delivery d "
-            "JOIN webhooks_deliveryattempt a ON a.delivery_id = d.id WHERE d.status = %s GROUP BY a.outcome",
+            "SELECT a.outcome, count(*) FROM (SELECT id FROM webhooks_delivery WHERE status = %s) d "
+            "CROSS JOIN LATERAL (SELECT outcome FROM webhooks_deliveryattempt WHERE delivery_id = d.id OFFSET 0) a "
+            "GROUP BY a.outcome",
             [DeliveryStatus.PENDING],
         ))
         for outcome in sorted({*DeliveryAttempt.Outcome.values, *stored}):

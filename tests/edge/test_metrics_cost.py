@@ -54,12 +54,15 @@ def history(django_user_model):
                                                secret="s")
     deliveries = Delivery.objects.bulk_create(
         [Delivery(subscription=subscription, event="task.succeeded", payload={}, status="SUCCEEDED", attempts=1,
-                  next_attempt_at=now, finished_at=now) for _ in range(3000)]
+                  next_attempt_at=now, finished_at=now - timedelta(days=1 + i % 29)) for i in range(3000)]
         + [Delivery(subscription=subscription, event="task.succeeded", payload={}, status="PENDING", attempts=1,
                     next_attempt_at=now) for _ in range(10)])
     DeliveryAttempt.objects.bulk_create(
         [DeliveryAttempt(delivery=d, number=1, started_at=now,
                          outcome="SUCCEEDED" if d.status == "SUCCEEDED" else "RETRY") for d in deliveries])
+    Delivery.objects.bulk_create(  # and the last hour's, which the scrape counts
+        [Delivery(subscription=subscription, event="task.succeeded", payload={}, status=status, attempts=1,
+                  next_attempt_at=now, finished_at=now - timedelta(minutes=5)) for status in ("SUCCEEDED", "FAILED")])
     with connection.cursor() as cursor:
         for table in sorted(FULL_SCAN_TABLES | {"queueing_queuecount", "queueing_queue"}):
             cursor.execute(f"ANALYZE {table}")
