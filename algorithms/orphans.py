@@ -72,24 +72,25 @@ def _check_folder() -> None:
                   "give the worker a TMPDIR of its own")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after "pid (comm)": state, ppid, pgrp, session, …; None when gone."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "pid (comm)": state, ppid, pgrp, session, …; None when gone.
+    Read as bytes: a process may name itself (its comm) in anything but UTF-8."""
     try:
-        stat_ = Path(f"/proc/{pid}/stat").read_text()
+        stat_ = Path(f"/proc/{pid}/stat").read_bytes().decode(errors="replace")
     except OSError:
         return None
     return stat_[stat_.rindex(")") + 2:].split()
 
 
 def _started(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[19]) if fields else None  # starttime, in clock ticks since boot
 
 
 def _alive(pid: int, started: int | None) -> bool:
     """The worker process that recorded a group still runs: not gone, not a zombie (a killed pool child
     whose parent died with it waits for init to reap it), and not another process that got its pid."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     if fields is None or fields[0] in {"Z", "X"}:
         return False
     return started is None or int(fields[19]) == started
@@ -103,7 +104,7 @@ def members(pgid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        fields = _stat(int(name))
+        fields = proc_stat(int(name))
         try:
             if fields and fields[0] not in {"Z", "X"} and pgid in (int(fields[2]), int(fields[3])):
                 pids.append(int(name))

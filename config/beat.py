@@ -61,7 +61,8 @@ def may_send(entry: Any, app: Any) -> bool:
         return True
     from queueing.reconciler import broker_depths
 
-    if broker_depths([_queue(entry, app)]).get(_queue(entry, app)):
+    queue = _queue(entry, app)
+    if broker_depths([queue]).get(queue):
         return False  # marked, and a message waits: the one sent before, very likely
     try:
         client.set(KEY.format(entry.name), "1", px=ttl_ms)  # the mark outlived its message: send, mark again

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from django.conf import settings
 from django.db import OperationalError, connection, connections
 
-from algorithms import artifacts, registry
+from algorithms import artifacts, orphans, registry
 from algorithms.context import RunContext, Scratch
 from jobs import execution
 from jobs.events import publisher
@@ -381,15 +381,11 @@ def _children() -> dict[int, list[tuple[int, int]]]:
     except OSError:
         return children
     for name in names:
-        if not name.isdigit():
-            continue
+        fields = orphans.proc_stat(int(name)) if name.isdigit() else None  # None: gone meanwhile
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-            fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm)": state, ppid, …, starttime
-            if fields[0] not in (b"Z", b"X"):
+            if fields and fields[0] not in ("Z", "X"):
                 children.setdefault(int(fields[1]), []).append((int(name), int(fields[19])))
-        except (OSError, ValueError, IndexError):  # gone meanwhile
+        except (ValueError, IndexError):
             continue
     return children
 
