@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import time
+from importlib import import_module
 
 from celery import shared_task
+from django.conf import settings
 
 from jobs import execution, retention, runner
 from observability.worker import bind_task
@@ -44,6 +46,8 @@ def run_tasks(self, task_ids: list[str]) -> None:  # type: ignore[no-untyped-def
 
 @shared_task(name="jobs.prune_tasks", ignore_result=True)
 def prune_tasks() -> dict[str, int]:
-    """Beat: task retention (``TASK_RETENTION_DAYS``, jobs/retention.py), a bounded slice per run."""
+    """Beat: task retention (``TASK_RETENTION_DAYS``, jobs/retention.py), a bounded slice per run; and the
+    expired admin sessions, as ``manage.py clearsessions`` would (else ``django_session`` only grows)."""
     counts = retention.prune()
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
     return {k: v for k, v in counts.items() if k != "cutoff"}

@@ -249,3 +249,16 @@ def test_a_retry_that_meets_retention_deleting_its_task_is_a_404_or_not_found_ne
         wait_until(lambda: pruner.info.transaction_status == 0, message="the pruner's commit")  # IDLE
         pruner.close()
     assert not Task.objects.filter(retry_of_id=task_id).exists() and left([task_id]) == []
+
+
+@pytest.mark.django_db
+def test_the_hourly_retention_also_clears_expired_admin_sessions():
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+
+    live, gone = SessionStore(), SessionStore()
+    live.create()
+    gone.create()
+    Session.objects.filter(session_key=gone.session_key).update(expire_date=timezone.now() - timedelta(days=1))
+    job_tasks.prune_tasks()
+    assert set(Session.objects.values_list("session_key", flat=True)) == {live.session_key}
