@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
+    "config.slashes.ApiTrailingSlashMiddleware",  # before CommonMiddleware's APPEND_SLASH redirect
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -223,12 +224,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # DRF's defaults, with a JSON body nested too deep a 400 instead of a 500 (config/parsers.py).
-    "DEFAULT_PARSER_CLASSES": [
-        "config.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON bodies only (a form or multipart body is a 415), so the schema offers clients one encoding;
+    # a JSON body nested too deep is a 400 instead of a 500 (config/parsers.py).
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": ["config.ratelimit.TieredRateLimit"],
     # Proxies in front of Conveyor whose X-Forwarded-For is trusted for the client IP (0: use the peer).
@@ -278,6 +277,9 @@ SIMPLE_JWT = {
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 1, minimum=1)),
     # tokens carry a hash of the password they were issued under: a password change ends them all
     "CHECK_REVOKE_TOKEN": True,
+    # web hosts' clocks differ by a little: a token issued on one a few seconds ahead ("iat" in the
+    # future) or checked on one a few seconds behind is still good there (PyJWT checks with no leeway)
+    "LEEWAY": timedelta(seconds=env_int("JWT_LEEWAY_SECONDS", 30, minimum=0)),
 }
 
 
