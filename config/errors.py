@@ -11,7 +11,9 @@ from typing import Any
 
 from django import db
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, ValidationError as DjangoValidationError
+from django.core.exceptions import (
+    RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent, ValidationError as DjangoValidationError,
+)
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -198,7 +200,23 @@ def bad_request_view(request: Any, exception: Exception | None = None) -> Any:
     if isinstance(exception, RequestDataTooBig):
         error = too_large()
         return JsonResponse({"error": {"code": error.code, "message": error.message}}, status=error.status_code)
+    if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return JsonResponse({"error": {"code": InvalidInput.code, "message": f"request: more than {limit} query "
+                                       f"parameters (DATA_UPLOAD_MAX_NUMBER_FIELDS)"}}, status=400)
     return _bad_request_page(request, exception)
+
+
+def csrf_failure_view(request: Any, reason: str = "") -> Any:
+    """A write without a session's CSRF token outside the API (``POST /health/``, ``/metrics``,
+    ``/dashboard/``) is a JSON 403 like every other error; the admin keeps Django's page, which its
+    users read."""
+    if request.path.startswith("/admin/"):
+        from django.views.csrf import csrf_failure
+
+        return csrf_failure(request, reason)
+    return JsonResponse({"error": {"code": "permission_denied", "message": f"CSRF check failed: {reason}"}},
+                        status=403)
 permission_denied_view = _error_page(403, "permission_denied", "permission denied")
 not_found_view = _error_page(404, "not_found", "no such endpoint: {path}")
 server_error_view = _error_page(500, "server_error", "internal error")

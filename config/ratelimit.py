@@ -5,7 +5,8 @@ One DRF throttle class (``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``) covers e
 new endpoint is limited without anyone remembering a decorator. Each request falls in one scope:
 
 * ``anon``   — unauthenticated requests that reach a view (token endpoints): per client IP, against
-  password guessing (``RATE_LIMIT_ANON``). A public view may count them elsewhere
+  password guessing (``RATE_LIMIT_ANON``). With the counters' Redis unreachable these alone are refused
+  (503): every other scope is served unlimited meanwhile, as readiness reports. A public view may count them elsewhere
   (``rate_limit_anonymous = "read"``: the API's schema and docs, config/urls.py), so a client locked
   out for bad passwords can still read the docs.
 * ``batch``  — batch submits, bulk cancels and bulk retries (``RATE_LIMIT_BATCH`` calls per minute, together).
@@ -29,7 +30,7 @@ from typing import Any, Callable
 from django.conf import settings
 from django.http import JsonResponse
 from django_ratelimit.core import get_usage
-from rest_framework.exceptions import Throttled
+from rest_framework.exceptions import APIException, Throttled
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
@@ -71,7 +72,14 @@ def wait_for(request: Any, scope: str, key: str, user: Any) -> int | None:
     try:
         usage = get_usage(request, group=f"conveyor.{scope}", key=lambda _group, _request: key,
                           rate=f"{rate_of(scope, user)}/m", increment=True)
-    except Exception:  # the cache is down: serve rather than refuse everyone (readiness reports it)
+    except Exception as exc:
+        from config.errors import Unavailable  # config.errors imports DRF's views, which import this
+
+        if scope == "anon":  # password attempts are never unlimited: a 503 until the cache is back
+            log.warning("rate limit check failed; refusing the login attempt", exc_info=True)
+            raise Unavailable("logins are paused while the rate-limit store (Redis) is unreachable; "
+                              "retry in a few seconds") from exc
+        # the cache is down: serve rather than refuse everyone (readiness reports it)
         log.warning("rate limit check failed; allowing the request", exc_info=True)
         return None
     if usage is None or not usage["should_limit"]:
@@ -99,7 +107,11 @@ def limit_anonymous_logins(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def limited(request: Any, *args: Any, **kwargs: Any) -> Any:
         if request.method == "POST" and settings.RATE_LIMITS["enabled"]:
-            wait = wait_for(request, "anon", f"ip:{BaseThrottle().get_ident(request)}", request.user)
+            try:
+                wait = wait_for(request, "anon", f"ip:{BaseThrottle().get_ident(request)}", request.user)
+            except APIException as refused:
+                return JsonResponse({"error": {"code": "unavailable", "message": str(refused.detail)}}, status=503,
+                                    headers={"Retry-After": "5"})
             if wait is not None:
                 response = JsonResponse({"error": {"code": "throttled", "message": str(Throttled(wait).detail)}},
                                         status=429)

@@ -31,6 +31,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver"
 # keeps the ALLOWED_HOSTS check. They are never redirected to HTTPS either (SECURE_REDIRECT_EXEMPT).
 PROBE_PATHS = ("/health/", "/api/v1/system/health/", "/metrics")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+CSRF_FAILURE_VIEW = "config.errors.csrf_failure_view"  # JSON outside the admin
 
 # --- Security behind TLS (README "Production") ---------------------------------------------------
 # SECURE_SSL=true when clients reach Conveyor over HTTPS (usually a TLS-terminating proxy or ingress).

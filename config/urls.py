@@ -1,6 +1,9 @@
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from config.ratelimit import limit_anonymous_logins
@@ -8,16 +11,30 @@ from jobs.dashboard import dashboard
 from observability.views import SystemHealthView
 
 
+def read_only(request: HttpRequest) -> JsonResponse | None:
+    """A 405 in the API's error shape for anything but GET and HEAD on a page that is only read."""
+    if request.method in ("GET", "HEAD"):
+        return None
+    return JsonResponse({"error": {"code": "method_not_allowed", "message": f'method "{request.method}" not allowed'}},
+                        status=405, headers={"Allow": "GET, HEAD"})
+
+
+@csrf_exempt
 def health(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers. Readiness (dependencies) is /api/v1/system/health/."""
-    return JsonResponse({"status": "ok"})
+    return read_only(request) or JsonResponse({"status": "ok"})
 
 
 class PublicDocs:
     """The schema and its viewers are public: an anonymous reader counts as a reader (``RATE_LIMIT_READ``
-    per client IP), not as a password attempt (``RATE_LIMIT_ANON``; config/ratelimit.py)."""
+    per client IP), not as a password attempt (``RATE_LIMIT_ANON``; config/ratelimit.py). They are only
+    read: another method is a JSON 405 (DRF would render its error, or an OPTIONS answer, through the
+    viewer's own template or YAML renderer, and the Swagger page has no template for that: a 500)."""
 
     rate_limit_anonymous = "read"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        return read_only(request) or super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
 
 
 class SchemaView(PublicDocs, SpectacularAPIView):

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from algorithms import registry
+from config.errors import refuse_nul
 
 
 class AlgorithmOut(serializers.Serializer):
@@ -41,4 +42,5 @@ class AlgorithmViewSet(viewsets.ViewSet):
 
     @extend_schema(responses=AlgorithmOut)
     def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        refuse_nul(pk, field="id")
         return Response(_out(registry.get(pk or "")))
