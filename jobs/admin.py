@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from config.admin_input import CheckedSelection
 from config.errors import ConveyorError, InvalidInput
 from jobs import services
 from jobs.models import Task, TaskEvent
@@ -26,7 +27,7 @@ class TaskEventInline(admin.TabularInline):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(CheckedSelection, admin.ModelAdmin):
     list_display = ["id", "algorithm", "status", "queue", "priority", "owner", "labels", "created_at",
                     "started_at", "finished_at", "worker"]
     list_filter = ["status", "queue", "algorithm", "priority", ("owner", admin.RelatedOnlyFieldListFilter)]

@@ -6,22 +6,25 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import HttpRequest
 
+from config.admin_input import BoundedJSONField, CheckedSelection
 from queueing import dispatch, services
 from queueing.models import Queue, WorkerRecord
 
 
 @admin.register(Queue)
-class QueueAdmin(admin.ModelAdmin):
+class QueueAdmin(CheckedSelection, admin.ModelAdmin):
     list_display = ["name", "paused", "concurrency", "user_concurrency", "default_priority", "resources", "description"]
     list_editable = ["concurrency", "user_concurrency", "default_priority"]
     list_filter = ["paused"]
     search_fields = ["name", "description"]
     readonly_fields = ["paused", "created_at"]
     actions = ["pause", "resume"]
+    # ``resources`` nested deeper than the JSON parser goes is a form error, not a RecursionError (a 500).
+    formfield_overrides = {models.JSONField: {"form_class": BoundedJSONField}}
 
     def get_readonly_fields(self, request: HttpRequest, obj: Queue | None = None) -> list[str]:
         # The name is what tasks refer to (Task.queue is a foreign key to it) and the Celery queue's
@@ -47,7 +50,7 @@ class QueueAdmin(admin.ModelAdmin):
 
 
 @admin.register(WorkerRecord)
-class WorkerRecordAdmin(admin.ModelAdmin):
+class WorkerRecordAdmin(CheckedSelection, admin.ModelAdmin):
     list_display = ["hostname", "alive", "queues", "pool", "concurrency", "pid", "version", "last_heartbeat",
                     "stopped_at"]
     search_fields = ["hostname"]

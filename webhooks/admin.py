@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 
+from config.admin_input import CheckedSelection
 from webhooks import services, signing
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
 
@@ -26,9 +27,38 @@ class SubscriptionForm(forms.ModelForm):
         except InvalidInput as exc:
             raise forms.ValidationError((exc.fields or {}).get("url") or [exc.message]) from None
 
+    def clean_events(self) -> list[str]:
+        """The events checked as the API checks them: its serializer's field (at most 50), then
+        ``services.clean_events`` (known names or ``task.*``/``queue.*``, queue events for an operator owner).
+        Before, ``task.succeded,"task.*"`` was saved as typed and the endpoint silently never matched."""
+        from rest_framework import serializers
+
+        from config.errors import ConveyorError
+        from webhooks.api.serializers import WebhookIn
+
+        events = self.cleaned_data["events"]
+        owner = self.cleaned_data.get("owner")  # checked before events (field order); none: that field's error
+        if owner is None:
+            return events
+        try:
+            return services.clean_events(WebhookIn().fields["events"].run_validation(events), owner=owner)
+        except serializers.ValidationError as exc:
+            raise forms.ValidationError(_messages(exc.detail)) from None
+        except ConveyorError as exc:  # the API's 400 (unknown names) or 403 (queue events) reason
+            raise forms.ValidationError((exc.fields or {}).get("events") or [exc.message]) from None
+
+
+def _messages(detail: Any) -> list[str]:
+    """A DRF error's texts, flat (a list field's are per item)."""
+    if isinstance(detail, dict):
+        return [text for value in detail.values() for text in _messages(value)]
+    if isinstance(detail, list):
+        return [text for value in detail for text in _messages(value)]
+    return [str(detail)]
+
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(CheckedSelection, admin.ModelAdmin):
     form = SubscriptionForm
     list_display = ["url", "owner", "events", "active", "task", "consecutive_failures", "disabled_at", "created_at"]
     list_filter = ["active"]
@@ -59,7 +89,7 @@ class AttemptInline(admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(CheckedSelection, admin.ModelAdmin):
     list_display = ["id", "event", "subscription", "status", "attempts", "last_status_code", "next_attempt_at",
                     "created_at"]
     list_filter = ["status", "event"]
