@@ -6,7 +6,9 @@ them: GET/HEAD/OPTIONS need ``read``, other methods ``submit``, and views whose 
 ``api_key_write_scope`` need it for their other methods instead of ``submit`` (webhook management:
 ``webhooks``, so that a key made to submit cannot redirect the owner's webhooks or mint their
 secrets). A key without ``operate`` never acts as an operator: it sees and touches only its owner's
-own tasks.
+own tasks. Views that name ``api_key_refused`` take no API key at all (the reason is the 403's message), and
+``api_key_field_scopes`` names, per action, body fields that need one more scope (``require_key_scope``).
+These same functions publish each operation's scope in the OpenAPI schema (config/schema.py).
 """
 from __future__ import annotations
 
@@ -30,6 +32,17 @@ def required_scope(method: str, view: Any) -> str:
     if method in SAFE_METHODS:
         return "read"
     return getattr(view, "api_key_write_scope", None) or "submit"
+
+
+def refused_reason(view: Any) -> str | None:
+    """Why the view takes no API key at all (``api_key_refused``), or None when it takes one."""
+    return getattr(view, "api_key_refused", None)
+
+
+def field_scopes(view: Any) -> dict[str, str]:
+    """Body fields of the view's action that need one more scope of an API key when given (``webhook_url``:
+    ``webhooks``), from the view's ``api_key_field_scopes``."""
+    return dict((getattr(view, "api_key_field_scopes", None) or {}).get(getattr(view, "action", None), {}))
 
 
 def require_key_scope(request: Any, scope: str, *, because: str) -> None:
@@ -60,6 +73,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if key is None:
             raise exceptions.AuthenticationFailed("invalid, expired or revoked API key")
         view = (getattr(request, "parser_context", None) or {}).get("view")
+        refused = refused_reason(view)
+        if refused:
+            raise exceptions.PermissionDenied(refused)
         scope = required_scope(request.method, view)
         if scope not in key.scopes:
             raise exceptions.PermissionDenied(f"this API key lacks the {scope!r} scope")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular import openapi
+from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_serializer
 from rest_framework import permissions, serializers
 from rest_framework.pagination import CursorPagination
@@ -50,12 +51,63 @@ RETRY_AFTER_OUTAGE = {"Retry-After": {"schema": {"type": "integer"}, "descriptio
 OPEN_PATHS = ("/api/v1/system/health/",)
 
 
+class NamedChoiceField(serializers.ChoiceField):
+    """A ChoiceField whose choices are one named enum component of the schema (``enum_name``), whatever the
+    field is called: drf-spectacular names an enum after its field, and two different sets of one name
+    (``event`` of a task's log and of a webhook delivery) would collide."""
+
+    def __init__(self, choices: Any, *, enum_name: str, **kwargs: Any) -> None:
+        self.enum_name = enum_name
+        super().__init__(choices, **kwargs)
+
+
 def error_example(status: int, code: str | None = None, message: str | None = None) -> dict[str, Any]:
     default_code, description, extra = ERROR_DESCRIPTIONS[status]
     return {"error": {"code": code or default_code, "message": message or description.split(";")[0], **extra}}
 
 
 class AutoSchema(openapi.AutoSchema):
+    def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        operation = super().get_operation(*args, **kwargs)
+        if operation is not None:
+            self._publish_key_scope(operation)
+        return operation
+
+    def _map_serializer_field(self, field: Any, direction: str, bypass_extensions: bool = False) -> Any:
+        if isinstance(field, NamedChoiceField):
+            component = ResolvedComponent(name=field.enum_name, type=ResolvedComponent.SCHEMA, object=field.enum_name,
+                                          schema={"type": "string", "enum": list(field.choices)})
+            self.registry.register_on_missing(component)
+            return component.ref
+        return super()._map_serializer_field(field, direction, bypass_extensions)
+
+    def _publish_key_scope(self, operation: dict[str, Any]) -> None:
+        """The API key scope the operation needs, from the functions that enforce it
+        (``accounts.authentication``): ``x-required-scope`` and a sentence of the description; a view that
+        refuses API keys loses ``apiKeyAuth``; an operator-only one is marked ``x-operators-only``."""
+        from accounts.authentication import field_scopes, refused_reason, required_scope
+        from config.permissions import IsOperator
+
+        security = operation.get("security", [])
+        operators = any(isinstance(p, IsOperator) for p in self.view.get_permissions())
+        sentences = []
+        if refused_reason(self.view):
+            operation["security"] = [s for s in security if "apiKeyAuth" not in s]
+            sentences.append(f"API keys are refused here ({refused_reason(self.view)}).")
+        elif any("apiKeyAuth" in s for s in security):
+            scope, fields = required_scope(self.method, self.view), field_scopes(self.view)
+            operation["x-required-scope"] = scope
+            also = "".join(f"; with `{field}`, also `{extra}`" for field, extra in fields.items())
+            sentences.append(f"API-key scope: `{scope}`{also}{'; operators only' if operators else ''}.")
+            if fields:
+                operation["x-required-scopes-for-fields"] = fields
+        elif operators:
+            sentences.append("Operators only.")
+        if operators:
+            operation["x-operators-only"] = True
+        if sentences:
+            operation["description"] = "\n\n".join(filter(None, [operation.get("description"), *sentences]))
+
     def _error_statuses(self) -> list[int]:
         # 400 everywhere: besides bad bodies and queries, any request can be malformed at the HTTP level
         # (a non-numeric Content-Length, a body Django cannot parse).

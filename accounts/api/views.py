@@ -23,6 +23,8 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     serializer_class = ApiKeyOut
     pagination_class = None
+    # Every API key is refused here (accounts.authentication), and the schema drops apiKeyAuth for it.
+    api_key_refused = "API keys are managed with a JWT login, not with an API key"
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         if getattr(self, "swagger_fake_view", False):
@@ -32,7 +34,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def initial(self, request: Request, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().initial(request, *args, **kwargs)
         if isinstance(request.auth, ApiKey):
-            raise PermissionDenied("API keys are managed with a JWT login, not with an API key")
+            raise PermissionDenied(self.api_key_refused)
 
     @extend_schema(request=ApiKeyIn, responses={201: ApiKeyCreatedOut})
     def create(self, request: Request) -> Response:

@@ -13,7 +13,7 @@ from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.authentication import require_key_scope
+from accounts.authentication import field_scopes, require_key_scope
 from algorithms import downloads, results
 from algorithms.models import Artifact
 from config.errors import InvalidInput, NotFound, refuse_nul
@@ -139,6 +139,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     pagination_class = NewestFirst
     # config/ratelimit.py: other writes count as submits
     rate_limit_scopes = {"batch": "batch", "cancel_many": "batch", "retry_many": "batch"}
+    # A submit's webhook_url makes a webhook: an API key needs ``webhooks`` for it too (accounts.authentication).
+    api_key_field_scopes = {"create": {"webhook_url": "webhooks"}, "batch": {"webhook_url": "webhooks"}}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user, only the model
@@ -155,8 +157,9 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         data = TaskSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)
         spec = services.build_spec(**data.validated_data)
-        if spec.webhook_url:
-            require_key_scope(request, "webhooks", because="webhook_url")
+        for field, scope in field_scopes(self).items():
+            if getattr(spec, field, None):
+                require_key_scope(request, scope, because=field)
         task, created = services.submit(owner=request.user, spec=spec, idempotency_key=idempotency_key(request))
         body = TaskOut(task).data
         if created and spec.webhook_url:
@@ -175,8 +178,9 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         data = TaskBatchSubmitIn(data=request.data)
         data.is_valid(raise_exception=True)  # every failing item named, checks of the services included
         specs = data.validated_data["tasks"]
-        if any(spec.webhook_url for spec in specs):
-            require_key_scope(request, "webhooks", because="webhook_url")
+        for field, scope in field_scopes(self).items():
+            if any(getattr(spec, field, None) for spec in specs):
+                require_key_scope(request, scope, because=field)
         tasks, created = services.submit_batch(owner=request.user, specs=specs, idempotency_key=idempotency_key(request))
         rows = TaskOut(tasks, many=True).data
         hooks = webhook_selectors.task_webhooks([t.id for t in tasks]) if created else {}

@@ -1,0 +1,132 @@
+"""The published schema says what the server does: the API key scope each operation needs (checked by real
+requests with keys of each scope), the values each field takes (enums, list sizes), what is required."""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture(scope="module")
+def schema(django_db_blocker):
+    from drf_spectacular.generators import SchemaGenerator
+
+    with django_db_blocker.unblock():
+        return json.loads(json.dumps(SchemaGenerator().get_schema(request=None, public=True), default=str))
+
+
+def _operations(schema):
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                yield path, method, op
+
+
+# A value for each path parameter that the URL patterns take (the object need not exist: the scope is
+# checked before any object is looked up).
+PATH_VALUES = {"id": str(uuid.uuid4()), "name": "default", "hostname": "nohost@nowhere", "command": "pool_grow",
+               "delivery_id": uuid.uuid4().hex}
+
+
+def _url(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES[m.group(1)], path)
+
+
+def _key_client(user, scopes, *, header="X-API-Key"):
+    from accounts import services
+
+    _, raw = services.create_key(user=user, name=f"k-{'-'.join(scopes)}", scopes=list(scopes))
+    client = APIClient()
+    if header == "X-API-Key":
+        client.credentials(HTTP_X_API_KEY=raw)
+    else:
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return client
+
+
+def _send(client, method, path):
+    kwargs = {"format": "json", "data": {}} if method in ("post", "put", "patch") else {}
+    return getattr(client, method)(_url(path), **kwargs)
+
+
+def _scope_refusal(response) -> str | None:
+    """The scope a 403 says the key lacks, or None when the answer is no scope refusal."""
+    if response.status_code != 403:
+        return None
+    found = re.search(r"lacks the '(\w+)' scope", response.json()["error"]["message"])
+    return found.group(1) if found else None
+
+
+def test_every_operation_publishes_the_scope_the_server_enforces(schema, olga):
+    from accounts.models import Scope
+
+    every = list(Scope.values)
+    keys = {scope: _key_client(olga, [scope]) for scope in every}  # olga is an operator
+    without = {scope: _key_client(olga, [s for s in every if s != scope]) for scope in every}
+    checked = 0
+    for path, method, op in _operations(schema):
+        where = f"{method.upper()} {path}"
+        if not any("apiKeyAuth" in s for s in op.get("security", [])):
+            assert "x-required-scope" not in op, where
+            if op.get("security"):  # authenticated, but not by key: every key is refused
+                response = _send(_key_client(olga, every), method, path)
+                assert response.status_code == 403, f"{where}: {response.status_code} {response.content[:200]!r}"
+                assert "API keys are refused here" in op["description"], where
+            continue
+        scope = op["x-required-scope"]
+        assert scope in every, where
+        assert f"API-key scope: `{scope}`" in op["description"], where
+        response = _send(without[scope], method, path)
+        assert _scope_refusal(response) == scope, f"{where}: {response.status_code} {response.content[:200]!r}"
+        response = _send(keys[scope], method, path)
+        assert response.status_code != 401 and _scope_refusal(response) is None, (
+            f"{where} with only `{scope}`: {response.status_code} {response.content[:200]!r}")
+        operators_only = response.status_code == 403 and "operators only" in response.content.decode()
+        assert not operators_only, where  # olga is an operator
+        alice_op = _send(_key_client(_plain_user(), every), method, path)
+        refused_as_operator_only = alice_op.status_code == 403 and "operators only" in alice_op.content.decode()
+        assert refused_as_operator_only == bool(op.get("x-operators-only")), f"{where}: {alice_op.content[:200]!r}"
+        checked += 1
+    assert checked > 30
+
+
+def _plain_user():
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.get_or_create(username="keyholder")[0]
+
+
+def test_a_webhook_url_needs_the_webhooks_scope_as_published(schema, olga):
+    op = schema["paths"]["/api/v1/tasks/"]["post"]
+    assert op["x-required-scopes-for-fields"] == {"webhook_url": "webhooks"}
+    assert "with `webhook_url`, also `webhooks`" in op["description"]
+    assert schema["paths"]["/api/v1/tasks/batch/"]["post"]["x-required-scopes-for-fields"] == {
+        "webhook_url": "webhooks"}
+    body = {"algorithm": "demo.noop", "webhook_url": "http://127.0.0.1:9/hook"}
+    refused = _key_client(olga, ["submit"]).post("/api/v1/tasks/", body, format="json")
+    assert refused.status_code == 403 and "'webhooks'" in refused.json()["error"]["message"]
+    refused = _key_client(olga, ["submit"]).post("/api/v1/tasks/batch/", {"tasks": [body]}, format="json")
+    assert refused.status_code == 403 and "'webhooks'" in refused.json()["error"]["message"]
+    taken = _key_client(olga, ["submit", "webhooks"]).post("/api/v1/tasks/", body, format="json")
+    assert taken.status_code == 201, taken.content
+
+
+def test_the_key_scheme_names_every_scope_and_both_headers(schema, olga):
+    from accounts.models import Scope
+
+    description = schema["components"]["securitySchemes"]["apiKeyAuth"]["description"]
+    for scope in Scope.values:
+        assert f"`{scope}`" in description
+    assert "`X-API-Key: cvk_…`" in description and "`Authorization: Api-Key cvk_…`" in description
+    assert "`read` (GET), `submit` (other writes)" not in description
+    # The Authorization form is the same key, checked the same way.
+    assert _key_client(olga, ["read"], header="Authorization").get("/api/v1/tasks/").status_code == 200
+    refused = _key_client(olga, ["read"], header="Authorization").post("/api/v1/tasks/", {}, format="json")
+    assert _scope_refusal(refused) == "submit"
