@@ -7,10 +7,11 @@ from django.contrib import admin, messages
 
 from algorithms.remote import discovery
 from algorithms.remote.models import RemoteRun, RemoteService
+from config.admin_input import CheckedSelection
 
 
 @admin.register(RemoteService)
-class RemoteServiceAdmin(admin.ModelAdmin):
+class RemoteServiceAdmin(CheckedSelection, admin.ModelAdmin):
     list_display = ("name", "kind", "address", "enabled", "health", "scheme_count", "discovered_at", "source")
     list_filter = ("kind", "health", "enabled", "source")
     readonly_fields = ("source", "schemes", "discovered_at", "discovery_error", "health", "checked_at", "health_error")
@@ -52,7 +53,7 @@ class RemoteServiceAdmin(admin.ModelAdmin):
 
 
 @admin.register(RemoteRun)
-class RemoteRunAdmin(admin.ModelAdmin):
+class RemoteRunAdmin(CheckedSelection, admin.ModelAdmin):
     list_display = ("task", "service", "remote_id", "attempt", "attached", "updated_at")
     list_filter = ("service",)
     raw_id_fields = ("task",)

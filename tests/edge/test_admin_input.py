@@ -65,13 +65,21 @@ def _subscription(alice):  # type: ignore[no-untyped-def]
     return hook, lambda: Subscription.objects.filter(pk=hook.pk).exists()
 
 
+def _service(alice):  # type: ignore[no-untyped-def]
+    from algorithms.remote.models import RemoteService
+
+    service = RemoteService.objects.create(name="svc", kind="grpc", address="127.0.0.1:9", enabled=True)
+    return service, lambda: RemoteService.objects.filter(pk=service.pk).exists()
+
+
 @pytest.mark.parametrize(("changelist", "action", "make", "what"), [
     ("/admin/jobs/task/", "cancel", _task, "task"),
     ("/admin/queueing/queue/", "pause", _queue, "queue"),
     ("/admin/accounts/apikey/", "revoke", _key, "API key"),
     ("/admin/webhooks/delivery/", "redeliver", _delivery, "delivery"),
     ("/admin/webhooks/subscription/", "delete_selected", _subscription, "subscription"),
-], ids=["task", "queue", "apikey", "delivery", "subscription"])
+    ("/admin/algorithms/remoteservice/", "delete_selected", _service, "remote service"),
+], ids=["task", "queue", "apikey", "delivery", "subscription", "remote-service"])
 @pytest.mark.parametrize("bad", ["not-an-id", "1\x00", "99999999999999999999", "12" * 40])
 def test_an_action_on_ids_that_are_not_ids_is_refused_with_a_message_and_changes_nothing(
         browser, alice, changelist, action, make, what, bad):
