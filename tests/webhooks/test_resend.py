@@ -5,6 +5,7 @@ is a backlog it re-sends only ``RESEND_WITH_BACKLOG`` such deliveries a tick, lo
 backlog that is merely slow to drain gets a bounded number of duplicates."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -25,10 +26,24 @@ def hook(alice) -> Subscription:
                                        secret="whsec_dGVzdA==")
 
 
+def purge_webhooks_queue() -> None:
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge("webhooks")
+
+
 @pytest.fixture
-def backlog(monkeypatch) -> None:
-    """Other endpoints' traffic: a message waits in the broker's ``webhooks`` queue at every tick."""
-    monkeypatch.setattr(delivery, "_broker_backlog", lambda: 1)
+def backlog() -> Iterator[None]:
+    """Other endpoints' traffic: a message waits in the broker's real ``webhooks`` queue at every tick (no
+    worker consumes that queue in these tests; it is emptied after)."""
+    from config.celery import app
+
+    purge_webhooks_queue()
+    app.send_task("webhooks.deliver", args=["00000000-0000-0000-0000-000000000000"], queue="webhooks")
+    assert delivery._broker_backlog() == 1
+    yield
+    purge_webhooks_queue()
 
 
 def resend_ago(factor: float = 2) -> datetime:
@@ -84,7 +99,8 @@ def test_with_a_backlog_only_a_bounded_number_are_resent_a_tick_and_every_one_co
     assert after[:3] == before[:3] and all(a > b for a, b in zip(after[3:], before[3:]))
     # and with an empty queue, everything that looks lost goes at once
     Delivery.objects.filter(id__in=[r.id for r in old]).update(sent_at=resend_ago())
-    monkeypatch.setattr(delivery, "_broker_backlog", lambda: 0)
+    purge_webhooks_queue()
+    assert not delivery._broker_backlog()
     assert delivery.send_due() == 5
 
 
