@@ -78,7 +78,7 @@ class AutoSchema(openapi.AutoSchema):
             component = ResolvedComponent(name=field.enum_name, type=ResolvedComponent.SCHEMA, object=field.enum_name,
                                           schema={"type": "string", "enum": list(field.choices)})
             self.registry.register_on_missing(component)
-            return component.ref
+            return {**component.ref, "readOnly": True} if field.read_only else component.ref
         return super()._map_serializer_field(field, direction, bypass_extensions)
 
     def _publish_key_scope(self, operation: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from algorithms import registry
+from algorithms.remote.models import RemoteService
 from config.errors import refuse_nul
 
 
@@ -21,7 +22,8 @@ class AlgorithmOut(serializers.Serializer):
     progress_timeout = serializers.FloatField(allow_null=True, help_text="seconds without progress before a run counts as stuck")
     params_schema = serializers.JSONField()
     examples = serializers.ListField(child=serializers.JSONField())
-    backend = serializers.CharField()
+    # registry.Algorithm's own ("python"), external programs' and remote services' kinds
+    backend = serializers.ChoiceField(choices=["python", "external", *RemoteService.Kind.values])
 
 
 def _out(alg: registry.Algorithm) -> dict[str, Any]:

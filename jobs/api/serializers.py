@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -12,8 +12,10 @@ from algorithms import results
 from algorithms.models import Artifact
 from config.bodies import NoUnknownKeys
 from config.errors import InvalidInput
+from config.schema import NamedChoiceField
 from jobs import services
-from jobs.models import FINAL, Task, TaskEvent
+from jobs.events import EventName
+from jobs.models import FINAL, Status, Task, TaskEvent
 from webhooks.api.serializers import WebhookUrlField
 
 
@@ -224,7 +226,7 @@ class TaskOut(serializers.ModelSerializer):
 
 class TaskResultOut(serializers.Serializer):
     task_id = serializers.UUIDField()
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=Status.choices)
     result = serializers.JSONField()
 
 
@@ -251,7 +253,16 @@ class TaskResultBodySchema(OpenApiSerializerExtension):
         return {"anyOf": [wrapped, stored], "description": RESULT_BODY}
 
 
+# Every kind of event a task's log holds: those of ``jobs.events.EventName`` but the snapshot (sent on the
+# socket, never stored), and ``task.reordered`` (queueing.services records it; EventName does not name it).
+TASK_EVENT_KINDS = sorted((set(get_args(EventName)) | {"task.reordered"}) - {"task.snapshot"})
+
+
 class TaskEventOut(serializers.ModelSerializer):
+    event = NamedChoiceField(TASK_EVENT_KINDS, enum_name="TaskEventKindEnum", read_only=True)
+    data = serializers.DictField(read_only=True, help_text="the event's details: a log line's text, a retry's error, a progress "
+                                           "report's percent, stage, message and metrics, …")
+
     class Meta:
         model = TaskEvent
         fields = ["seq", "event", "status", "data", "created_at"]

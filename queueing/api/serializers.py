@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from config.bodies import NoUnknownKeys
 from jobs.api.serializers import PriorityField
+from queueing import control
 from queueing.models import validate_resources
 from queueing.selectors import QueueState
 
@@ -127,7 +128,9 @@ class WaitingListOut(serializers.Serializer):
 class WorkerOut(serializers.Serializer):
     hostname = serializers.CharField()
     alive = serializers.BooleanField()
-    status = serializers.CharField(help_text="online | dead (no heartbeat for WORKER_STALE_SECONDS) | stopped")
+    # queueing.selectors.workers() says which
+    status = serializers.ChoiceField(choices=["online", "dead", "stopped"],
+                                     help_text="online | dead (no heartbeat for WORKER_STALE_SECONDS) | stopped")
     queues = serializers.ListField(child=serializers.CharField())
     pool = serializers.CharField()
     concurrency = serializers.IntegerField()
@@ -152,7 +155,7 @@ class WorkerControlIn(NoUnknownKeys):
 
 class WorkerControlOut(serializers.Serializer):
     hostname = serializers.CharField()
-    action = serializers.CharField()
+    action = serializers.ChoiceField(choices=list(control.ACTIONS))
     replies = serializers.ListField(child=serializers.JSONField())
 
 

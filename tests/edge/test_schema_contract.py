@@ -130,3 +130,62 @@ def test_the_key_scheme_names_every_scope_and_both_headers(schema, olga):
     assert _key_client(olga, ["read"], header="Authorization").get("/api/v1/tasks/").status_code == 200
     refused = _key_client(olga, ["read"], header="Authorization").post("/api/v1/tasks/", {}, format="json")
     assert _scope_refusal(refused) == "submit"
+
+
+# --- enums: the values the server sends are those the schema lists ------------------------------------
+
+
+def _enum(schema, component, prop):
+    from tests.edge.test_schema_conformance import _inline
+
+    node = _inline(schema["components"]["schemas"][component]["properties"][prop], schema["components"]["schemas"])
+    while "enum" not in node:
+        assert node.get("allOf") or node.get("anyOf"), f"{component}.{prop} is no enum: {node}"
+        node = (node.get("allOf") or node.get("anyOf"))[0]
+    return node["enum"]
+
+
+def test_a_tasks_events_are_the_kinds_the_schema_lists(schema, alice, olga, api):
+    from tests.edge.test_schema_conformance import check
+
+    client, operator = api(alice), api(olga)
+    operator.post("/api/v1/queues/default/pause/")  # the task waits (PENDING), so it can be reordered
+    task = client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()
+    path = f"/api/v1/tasks/{task['id']}/"
+    response = operator.post("/api/v1/queues/default/reorder/", {"task_ids": [task["id"]]}, format="json")
+    assert response.status_code == 200, response.content
+    client.patch(path + "priority/", {"priority": "high"}, format="json")
+    client.post(path + "cancel/")
+    # The log as the schema describes it: every event one of TaskEventKindEnum, data an object.
+    events = check(schema, "GET", "/api/v1/tasks/{id}/logs/", client.get(path + "logs/"), 200)
+    kinds = [e["event"] for e in events]
+    assert {"task.created", "task.reordered", "task.priority_changed", "task.cancelled"} <= set(kinds), kinds
+    assert set(_enum(schema, "TaskEventOut", "event")) >= {"task.log", "task.reordered", "task.progress"}
+    assert schema["components"]["schemas"]["TaskEventOut"]["properties"]["data"]["type"] == "object"
+
+
+def test_enums_of_results_workers_algorithms_deliveries_and_worker_actions(schema, alice, api):
+    from jobs.models import Status
+    from queueing.control import ACTIONS
+    from webhooks.outbox import QUEUE_EVENTS, TASK_EVENTS
+
+    assert set(_enum(schema, "TaskResultOut", "status")) == set(Status.values)
+    assert set(_enum(schema, "WorkerOut", "status")) == {"online", "dead", "stopped"}
+    assert set(_enum(schema, "WorkerControlOut", "action")) == set(ACTIONS)
+    assert set(_enum(schema, "DeliveryOut", "event")) == set(TASK_EVENTS | QUEUE_EVENTS)
+    backends = set(_enum(schema, "AlgorithmOut", "backend"))
+    listed = {a["backend"] for a in api(alice).get("/api/v1/algorithms/").json()}
+    assert listed <= backends and {"python", "external", "grpc", "ws"} <= backends
+
+
+def test_the_delivery_log_refuses_an_event_no_delivery_carries(schema, alice, api):
+    client = api(alice)
+    hook = client.post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/h", "events": ["task.*"]}, format="json")
+    deliveries = f"/api/v1/webhooks/{hook.json()['id']}/deliveries/"
+    response = client.get(deliveries + "?event=bogus")
+    assert response.status_code == 400, response.content
+    assert "event" in response.json()["error"]["fields"]
+    assert client.get(deliveries + "?event=task.succeeded").status_code == 200
+    [param] = [p for p in schema["paths"]["/api/v1/webhooks/{id}/deliveries/"]["get"]["parameters"]
+               if p["name"] == "event"]
+    assert "task.succeeded" in param["schema"]["enum"] and "bogus" not in param["schema"]["enum"]

@@ -5,16 +5,17 @@ from typing import Any
 import django_filters
 
 from jobs.api.filters import OneValueEachForm
+from webhooks.api.serializers import DELIVERED_EVENTS
 from webhooks.models import Delivery, DeliveryStatus
 
 
 class DeliveryFilter(django_filters.FilterSet):
     """``?status=``, ``?event=`` and ``?task_id=`` of the delivery log. Through a form, not straight into the
     ORM: a value the database cannot compare (a NUL character), a status that does not exist or a task id
-    that is no UUID is a 400 naming it."""
+    that is no UUID or an event no delivery carries is a 400 naming it."""
 
     status = django_filters.ChoiceFilter(choices=DeliveryStatus.choices)
-    event = django_filters.CharFilter(max_length=50)
+    event = django_filters.ChoiceFilter(choices=[(name, name) for name in DELIVERED_EVENTS])
     task_id = django_filters.UUIDFilter()
 
     class Meta:

@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.bodies import NoUnknownKeys
+from config.schema import NamedChoiceField
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
 from webhooks.outbox import QUEUE_EVENTS, TASK_EVENTS, WILDCARDS
 
@@ -72,9 +73,14 @@ class WebhookWithSecretOut(WebhookOut):
         read_only_fields = fields
 
 
+# The events a delivery can carry (a subscription's wildcards are expanded to these).
+DELIVERED_EVENTS = sorted(TASK_EVENTS | QUEUE_EVENTS)
+
+
 class DeliveryOut(serializers.ModelSerializer):
     webhook_id = serializers.CharField(read_only=True)
     webhook = serializers.UUIDField(source="subscription_id")
+    event = NamedChoiceField(DELIVERED_EVENTS, enum_name="DeliveryEventEnum")
 
     class Meta:
         model = Delivery

@@ -12,7 +12,7 @@ from jobs.api.views import NewestFirst  # ?page_size= and ?cursor= checked, a 40
 from webhooks import selectors, services
 from webhooks.api.filters import DeliveryFilter
 from webhooks.api.serializers import (
-    DeliveryDetailOut, DeliveryOut, WebhookIn, WebhookOut, WebhookPatchIn, WebhookWithSecretOut,
+    DELIVERED_EVENTS, DeliveryDetailOut, DeliveryOut, WebhookIn, WebhookOut, WebhookPatchIn, WebhookWithSecretOut,
 )
 from config.schema import errors
 from webhooks.models import DeliveryStatus, Subscription
@@ -88,7 +88,7 @@ class WebhookViewSet(viewsets.GenericViewSet):
         return Response(WebhookWithSecretOut(sub).data)
 
     @extend_schema(responses=DeliveryOut(many=True), parameters=[
-        OpenApiParameter("status", str, enum=DeliveryStatus.values), OpenApiParameter("event", str),
+        OpenApiParameter("status", str, enum=DeliveryStatus.values), OpenApiParameter("event", str, enum=DELIVERED_EVENTS),
         OpenApiParameter("task_id", OpenApiTypes.UUID, description="one task's deliveries")])
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
