@@ -220,6 +220,26 @@ def test_dashboard_shows_a_user_only_their_own_tasks_and_an_operator_all(live_wo
     assert {m["task_id"] for m in task_events(ops_saw)} >= {alices["id"], bobs["id"]}
 
 
+def test_dashboard_streams_a_running_tasks_progress_before_it_succeeds(live_worker, alice, api, token):
+    alice_jwt, client = token(alice), api(alice)
+
+    async def scenario():
+        comm = communicator(f"/ws/dashboard/?token={alice_jwt}")
+        await comm.connect()
+        await comm.receive_json_from(timeout=5)
+        task = await asyncio.to_thread(submit, client, "demo.hello", seconds=1, steps=4)
+        saw = await receive_until(comm, lambda m: is_final(m) and m["task_id"] == task["id"])
+        await comm.disconnect()
+        return task, saw
+
+    task, saw = async_to_sync(scenario)()
+    mine = [m for m in task_events(saw) if m["task_id"] == task["id"]]
+    progress = [m["percent"] for m in mine if m["event"] == "task.progress"]
+    assert progress and progress == sorted(progress) and 0 < progress[0] < 100, progress
+    assert mine[-1]["event"] == "task.succeeded"
+    assert max(i for i, m in enumerate(mine) if m["event"] == "task.progress") < len(mine) - 1
+
+
 def test_dashboard_gets_every_event_of_a_batch_one_by_one_and_in_order(live_worker, alice, api, token):
     # A batch submit, and a batched queue's claim and finish, commit the events of several tasks at once;
     # they travel as one channel message per group and reach the socket as separate events.

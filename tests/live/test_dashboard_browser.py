@@ -75,6 +75,10 @@ def test_user_watches_progress_to_100_cancels_another_and_operator_pauses_reorde
     hello = submit(page, "demo.hello", '{"seconds": 3, "steps": 12}')
     row(page, hello).locator("[data-testid=status]").filter(has_text="RUNNING").wait_for(timeout=TIMEOUT_MS)
     shot(page, "1-running")
+    # Progress between 0 and 100 while it runs: the final event alone carries 100%, so this is what shows
+    # that the socket passes task.progress on.
+    row(page, hello).locator("[data-testid=percent]").filter(has_text=re.compile(r"^[1-9]\d?%$")).wait_for(
+        timeout=TIMEOUT_MS)
     row(page, hello).locator("[data-testid=percent]").filter(has_text="100%").wait_for(timeout=TIMEOUT_MS)
     row(page, hello).locator("[data-testid=status]").filter(has_text="SUCCEEDED").wait_for(timeout=TIMEOUT_MS)
 
