@@ -12,15 +12,26 @@ busy queue it holds its entry back until it expires: ``OUTSTANDING_INTERVALS`` i
 ``OUTSTANDING_SLACK`` seconds, at least ``OUTSTANDING_MIN``. When Redis or the broker cannot say, beat sends,
 as it would without this; a send that fails takes its mark back.
 
+Beat times its entries by its host's wall clock, from each one's ``last_run_at`` (kept in the database or the
+schedule file). A clock that stepped back (an NTP correction, a VM resumed), or a beat whose host runs behind
+the one that ran the entries before, found their last runs in the future and sent nothing until its clock
+caught up: an hour back, an hour without reconcile, dispatch tick or webhook retries. So an entry whose last
+run lies ahead of now by more than ``CLOCK_TOLERANCE`` seconds (or its interval, if shorter) is taken as
+last run now: an interval's is due at once, a crontab's at its next time from now (``rewind``), with one
+warning each time.
+
 ``CELERY_BEAT_SCHEDULER`` names one of these (README, "Configuration"); the upstream classes work too,
 without the guard.
 """
 from __future__ import annotations
 
+import heapq
 import logging
+from datetime import timedelta
 from typing import Any
 
 from celery import beat
+from celery.utils.time import maybe_make_aware
 from django_celery_beat import schedulers
 
 log = logging.getLogger(__name__)
@@ -30,6 +41,7 @@ HEADER = "conveyor_beat_entry"
 OUTSTANDING_INTERVALS = 3
 OUTSTANDING_SLACK = 10.0
 OUTSTANDING_MIN = 300.0
+CLOCK_TOLERANCE = 60.0  # seconds a last run may lie ahead of now (hosts' clocks differ a little)
 
 
 def _redis() -> Any:
@@ -38,9 +50,14 @@ def _redis() -> Any:
     return _redis()
 
 
+def _every(entry: Any) -> float:
+    """The entry's interval in seconds; 0 for a crontab, a solar or clocked schedule."""
+    run_every = getattr(entry.schedule, "run_every", None)
+    return run_every.total_seconds() if run_every is not None else 0.0
+
+
 def _ttl(entry: Any) -> float:
-    run_every = getattr(entry.schedule, "run_every", None)  # a crontab, a solar or clocked schedule: none
-    every = run_every.total_seconds() if run_every is not None else 0.0
+    every = _every(entry)
     return max(every * OUTSTANDING_INTERVALS + OUTSTANDING_SLACK, OUTSTANDING_MIN)
 
 
@@ -71,12 +88,75 @@ def may_send(entry: Any, app: Any) -> bool:
     return True
 
 
+def rewind(entries: Any) -> list[str]:
+    """Entries whose last run lies ahead of this host's clock by more than ``CLOCK_TOLERANCE`` (or their
+    interval, if shorter) get it back to now: an interval's one interval before now (due at once), any
+    other's now (due at its next time from now). Their names, logged in one warning."""
+    rewound = []
+    for entry in entries:
+        try:
+            every, now = _every(entry), maybe_make_aware(entry.default_now())
+            ahead = (maybe_make_aware(entry.last_run_at) - now).total_seconds()
+        except Exception:  # noqa: BLE001 - an entry beat cannot time is left to beat's own handling
+            continue
+        if ahead <= min(every or CLOCK_TOLERANCE, CLOCK_TOLERANCE):
+            continue
+        entry.last_run_at = now - timedelta(seconds=every)
+        model = getattr(entry, "model", None)  # django-celery-beat's row, saved at its next sync
+        if model is not None:
+            model.last_run_at = entry.last_run_at
+        rewound.append((entry.name, ahead))
+    if rewound:
+        log.warning("beat: this host's clock went back (or is behind the one that ran them): the last run of %s "
+                    "lies in the future; taken as now, so that they are not held back until then",
+                    ", ".join(f"{name} ({ahead:.0f}s ahead)" for name, ahead in rewound))
+    return [name for name, _ in rewound]
+
+
 def started(entry_name: str) -> None:
     """A worker started the task of ``entry_name``: beat may send it again (``task_prerun``)."""
     try:
         _redis().delete(KEY.format(entry_name))
     except Exception:  # noqa: BLE001 - it expires by itself, or the next look finds its queue empty
         log.warning("beat: could not clear the mark of %s", entry_name, exc_info=True)
+
+
+class ClockSafe:
+    """``rewind`` for any ``celery.beat.Scheduler``, over the entries of its heap: once it is filled, and at
+    every tick (a clock that goes back while beat runs leaves its entries' last runs, and their places in the
+    heap, ahead of it). The entries rewound are placed again from their last runs, as when it is filled."""
+
+    _heap: Any
+
+    def populate_heap(self, *args: Any, **kwargs: Any) -> None:
+        super().populate_heap(*args, **kwargs)  # type: ignore[misc]
+        self._rewind_heap()
+
+    def tick(self, *args: Any, **kwargs: Any) -> Any:
+        self._rewind_heap()
+        return super().tick(*args, **kwargs)  # type: ignore[misc]
+
+    def _rewind_heap(self) -> None:
+        if not self._heap:
+            return
+        rewound = rewind([event[2] for event in self._heap])
+        if not rewound:
+            return
+        dirty = getattr(self, "_dirty", None)  # the database scheduler's: rows it saves at its next sync
+        if dirty is not None:
+            dirty.update(rewound)
+        self._heap = [self._placed(event) if event[2].name in rewound else event for event in self._heap]
+        heapq.heapify(self._heap)
+
+    def _placed(self, event: Any) -> Any:
+        """``event`` placed again from its entry's last run, as ``populate_heap`` places it."""
+        entry = event[2]
+        try:
+            due, delay = entry.is_due()
+        except Exception:  # noqa: BLE001 - as populate_heap: one entry that cannot be timed stops no other
+            due, delay = self._is_due_failed(entry)  # type: ignore[attr-defined]
+        when = self._when(entry, 0 if due else delay)  # type: ignore[attr-defined]
+        return beat.event_t(when or 0, event[1], entry)
 
 
 class OneOutstanding:
@@ -102,9 +182,9 @@ class OneOutstanding:
             entry.options = options
 
 
-class PersistentScheduler(OneOutstanding, beat.PersistentScheduler):
-    """Celery's file-backed scheduler, guarded."""
+class PersistentScheduler(ClockSafe, OneOutstanding, beat.PersistentScheduler):
+    """Celery's file-backed scheduler, guarded, safe from a clock that went back."""
 
 
-class DatabaseScheduler(OneOutstanding, schedulers.DatabaseScheduler):
-    """django-celery-beat's, guarded (the default)."""
+class DatabaseScheduler(ClockSafe, OneOutstanding, schedulers.DatabaseScheduler):
+    """django-celery-beat's, guarded, safe from a clock that went back (the default)."""
