@@ -315,7 +315,9 @@ def _still_its_child(request: Any, pid: int) -> bool:
 
 def _stop_stuck(hostname: str) -> None:
     """Tasks past their algorithm's ``progress_timeout``: kill their pool child (with the processes its run
-    started, and its external program), then re-run or fail them.
+    started, and its external program), then re-run or fail them. Past it by this host's monotonic clock,
+    from what this watchdog saw at its beats (``reconciler.stuck_running``): a step of the wall clock stops
+    no healthy task, nor hides a stuck one.
 
     The run found stuck (its claim, ``started_at``) is the one stopped, not a later one in the same or
     another child: after the active requests are read, the task must still run under that claim (so the

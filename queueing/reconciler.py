@@ -5,8 +5,9 @@
 * RUNNING with a stale heartbeat (its worker was killed) → back to PENDING while attempts remain,
   otherwise FAILED. Stale by the database's clock, which also stamps every heartbeat (``db_cutoff``).
 * RUNNING without progress for its algorithm's ``progress_timeout`` while its worker is alive: the
-  worker's own heartbeat thread finds it (``stuck_running``), kills the pool child running it, and only
-  then re-runs or fails it (``give_up_stuck``), so it never runs twice at once.
+  worker's own heartbeat thread finds it (``stuck_running``, timed by that host's monotonic clock, which no
+  clock step moves), kills the pool child running it, and only then re-runs or fails it (``give_up_stuck``),
+  so it never runs twice at once.
 
 Only beat's ``queueing.reconcile`` runs the first two, on a worker consuming the ``default`` queue. Each
 completed pass is stamped in Redis (``record_pass``) so that readiness and ``/metrics`` can say when none
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -164,23 +166,54 @@ class Stuck(NamedTuple):
     claimed_at: Any  # the started_at of the claim found stuck: only that run is stopped
 
 
+# What the worker's watchdog saw of each RUNNING task, by (worker, task id): its claim and last progress event,
+# and when that last changed by this host's monotonic clock (``stuck_running``).
+_seen: dict[tuple[str, str], tuple[Any, float]] = {}
+_seen_lock = threading.Lock()
+# A change the watchdog had not seen is taken to be as old as the task's timestamps say, up to one worker
+# heartbeat (it looks at every one) and this much more: the claim and a report stamp their time before their
+# transaction commits, and a beat may run late. Beyond it, this host's clock stepped.
+FIRST_SIGHT_SLACK = 10.0
+
+
 def stuck_running(*, worker: str) -> dict[str, Stuck]:
     """RUNNING tasks of ``worker`` whose algorithm declares ``progress_timeout`` and that reported no
-    progress (nor started) within it: ``{task_id: Stuck(timeout, claimed_at)}``."""
+    progress (nor started) within it: ``{task_id: Stuck(timeout, claimed_at)}``.
+
+    Timed by this host's monotonic clock, not its wall clock, which an NTP step or a VM resume moves (a step
+    forward of an hour found every healthy task stuck at once and killed it; a step back hid stuck ones for
+    as long): only the worker's own watchdog calls this, on the host that runs the tasks, at every heartbeat.
+    It remembers the claim (``started_at``) and last ``task.progress`` event (``seq``) it saw of each task,
+    and when (``time.monotonic()``) they last changed. A change it had not seen yet (a task seen for the first
+    time) happened as long ago as its timestamps say by this host's clock, trusted up to one heartbeat plus
+    ``FIRST_SIGHT_SLACK``. A worker restart starts afresh: the tasks it finds are seen for the first time."""
     from algorithms import registry
 
     timeouts = {a.name: a.progress_timeout for a in registry.all_algorithms() if a.progress_timeout}
     if not timeouts:
         return {}
-    now = timezone.now()
-    stuck = {}
+    now, clock = timezone.now(), time.monotonic()
+    trust = settings.CONVEYOR["WORKER_HEARTBEAT_SECONDS"] + FIRST_SIGHT_SLACK
+    stuck, seen = {}, {}
     rows = Task.objects.filter(status=Status.RUNNING, worker=worker, algorithm__in=timeouts)
     for task_id, algorithm, started_at in rows.values_list("id", "algorithm", "started_at"):
-        last = (TaskEvent.objects.filter(task_id=task_id, event="task.progress").order_by("-seq")
-                .values_list("created_at", flat=True).first())
-        since = max(t for t in (started_at, last) if t is not None) if (started_at or last) else now
-        if (now - since).total_seconds() > timeouts[algorithm]:
+        seq, last = (TaskEvent.objects.filter(task_id=task_id, event="task.progress").order_by("-seq")
+                     .values_list("seq", "created_at").first()) or (None, None)
+        key, progress = (worker, str(task_id)), (started_at, seq)
+        with _seen_lock:
+            before = _seen.get(key)
+        if before is not None and before[0] == progress:
+            changed = before[1]
+        else:  # first seen, or changed since the last look: as old as its timestamps, within the trust
+            at = max((t for t in (started_at, last) if t is not None), default=now)
+            changed = clock - min(max((now - at).total_seconds(), 0.0), trust)
+        seen[key] = (progress, changed)
+        if clock - changed > timeouts[algorithm]:
             stuck[str(task_id)] = Stuck(timeouts[algorithm], started_at)
+    with _seen_lock:  # the tasks no longer running here are forgotten
+        for key in [key for key in _seen if key[0] == worker]:
+            del _seen[key]
+        _seen.update(seen)
     return stuck
 
 
