@@ -81,6 +81,25 @@ class AutoSchema(openapi.AutoSchema):
             return {**component.ref, "readOnly": True} if field.read_only else component.ref
         return super()._map_serializer_field(field, direction, bypass_extensions)
 
+    def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+        """drf-spectacular's, plus a list's size as the server checks it: ``allow_empty=False`` is
+        ``minItems: 1``, and a list serializer's ``max_length`` (a batch's tasks) ``maxItems``."""
+        super()._insert_field_validators(field, schema)
+        if schema.get("type") != "array" or not isinstance(field, (serializers.ListField, serializers.ListSerializer)):
+            return
+        least = max(1 if field.allow_empty is False else 0, getattr(field, "min_length", None) or 0)
+        if least:
+            schema["minItems"] = max(least, schema.get("minItems", 0))
+        most = getattr(field, "max_length", None)
+        if most is not None:
+            schema["maxItems"] = min(most, schema.get("maxItems", most))
+
+    def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> Any:
+        """drf-spectacular's, with the body required where the serializer says an empty one is refused
+        (``body_required``: one of several optional fields must be there, as a bulk action's)."""
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        return schema, required or bool(getattr(serializer, "body_required", False))
+
     def _publish_key_scope(self, operation: dict[str, Any]) -> None:
         """The API key scope the operation needs, from the functions that enforce it
         (``accounts.authentication``): ``x-required-scope`` and a sentence of the description; a view that

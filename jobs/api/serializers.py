@@ -94,8 +94,15 @@ class BatchItems(serializers.ListSerializer):
     default_error_messages = {**serializers.ListSerializer.default_error_messages,
                               "max_length": "at most {max_length} tasks per batch"}
 
+    @property
+    def max_length(self) -> int:
+        return settings.CONVEYOR["BATCH_MAX"]
+
+    @max_length.setter
+    def max_length(self, value: Any) -> None:
+        """Ignored: ``TASK_BATCH_MAX`` decides (also what the schema's ``maxItems`` says)."""
+
     def to_internal_value(self, data: Any) -> list[services.TaskSpec]:
-        self.max_length = settings.CONVEYOR["BATCH_MAX"]
         self.queues: dict[str, Any] = {}  # each queue read once for the whole batch
         try:
             return super().to_internal_value(data)
@@ -382,6 +389,7 @@ class TaskSelectionIn(NoUnknownKeys):
     """Exactly one of `task_ids` and `filters`: the tasks a bulk action (cancel, retry) is for."""
 
     takes = "a bulk action"
+    body_required = True  # an empty body names neither: a 400 (config.schema marks the body required)
 
     # Valid: {"tasks": the tasks the caller may see (filtered, for filters), "task_ids": the ids or None},
     # the bulk service's arguments; context["tasks"]: selectors.tasks_for(the caller) (``selection_of``).

@@ -77,6 +77,7 @@ class QueuePatchIn(NoUnknownKeys):
 
 class ReorderIn(NoUnknownKeys):
     takes = "a reorder"
+    body_required = True  # an empty body is a 400 (config.schema marks the body required)
 
     task_ids = serializers.ListField(child=serializers.UUIDField(), required=False, allow_empty=False, max_length=1000)
     task_id = serializers.UUIDField(required=False)

@@ -189,3 +189,44 @@ def test_the_delivery_log_refuses_an_event_no_delivery_carries(schema, alice, ap
     [param] = [p for p in schema["paths"]["/api/v1/webhooks/{id}/deliveries/"]["get"]["parameters"]
                if p["name"] == "event"]
     assert "task.succeeded" in param["schema"]["enum"] and "bogus" not in param["schema"]["enum"]
+
+
+# --- list sizes and required bodies: what the schema allows, the server takes ---------------------------
+
+LISTS = [  # (method, path, its request component, the list field, the rest of a valid body, an item)
+    ("post", "/api/v1/tasks/batch/", "TaskBatchSubmitInRequest", "tasks", {}, {"algorithm": "demo.noop"}),
+    ("post", "/api/v1/tasks/cancel/", "TaskCancelManyInRequest", "task_ids", {}, "ID"),
+    ("post", "/api/v1/tasks/retry/", "TaskRetryManyInRequest", "task_ids", {}, "ID"),
+    ("post", "/api/v1/queues/{name}/reorder/", "ReorderInRequest", "task_ids", {}, "ID"),
+    ("post", "/api/v1/webhooks/", "WebhookInRequest", "events", {"url": "http://127.0.0.1:9/h"}, "task.*"),
+    ("patch", "/api/v1/webhooks/{id}/", "PatchedWebhookPatchInRequest", "events", {}, "task.*"),
+    ("post", "/api/v1/auth/keys/", "ApiKeyInRequest", "scopes", {"name": "k"}, "read"),
+]
+
+
+@pytest.mark.parametrize("method,path,component,field,rest,item", LISTS, ids=[f"{m} {p} {f}" for m, p, _, f, *_ in LISTS])
+def test_list_sizes_in_the_schema_are_those_the_server_takes(schema, olga, api, method, path, component, field,
+                                                             rest, item):
+    client = api(olga)
+    hook = client.post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/h", "events": ["task.*"]}, format="json")
+    url = path.replace("{name}", "default").replace("{id}", hook.json()["id"])
+    prop = schema["components"]["schemas"][component]["properties"][field]
+    assert prop.get("minItems") == 1, f"{component}.{field}: {prop}"
+    most = prop.get("maxItems")
+    assert most, f"{component}.{field}: no maxItems"
+
+    def send(n):
+        items = [str(uuid.uuid4()) if item == "ID" else item for _ in range(n)]
+        return getattr(client, method)(url, {**rest, field: items}, format="json")
+
+    for n in (0, most + 1):
+        response = send(n)
+        assert response.status_code == 400, f"{n} items: {response.status_code} {response.content[:200]!r}"
+        assert field in response.json()["error"]["fields"], response.content[:300]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/tasks/cancel/", "/api/v1/tasks/retry/", "/api/v1/queues/{name}/reorder/"])
+def test_a_body_an_empty_one_of_which_is_refused_is_required(schema, olga, api, path):
+    assert schema["paths"][path]["post"]["requestBody"].get("required") is True
+    response = api(olga).post(path.replace("{name}", "default"), {}, format="json")
+    assert response.status_code == 400, response.content
