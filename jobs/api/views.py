@@ -105,6 +105,13 @@ class NewestFirst(CursorPagination):
     max_page_size = 500
     page_size_query_description = "Rows per page: a whole number from 1 (default 50); more than 500 reads as 500."
 
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """DRF's, with ``next``, ``previous`` and ``results`` all required: every page has them (the links
+        null when there is no such page)."""
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["required"] = ["next", "previous", "results"]
+        return paginated
+
     def get_page_size(self, request: Request) -> int:
         """``?page_size``: a whole number from 1; anything else is a 400 naming it (DRF would quietly use
         the default); above ``max_page_size`` it is that. Left empty, as an empty filter, it is not there.

@@ -230,3 +230,19 @@ def test_a_body_an_empty_one_of_which_is_refused_is_required(schema, olga, api, 
     assert schema["paths"][path]["post"]["requestBody"].get("required") is True
     response = api(olga).post(path.replace("{name}", "default"), {}, format="json")
     assert response.status_code == 400, response.content
+
+
+# --- the pagination envelope -------------------------------------------------------------------------
+
+
+def test_a_pages_next_and_previous_are_required_and_nullable(schema, alice, api):
+    client = api(alice)
+    hook = client.post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/h", "events": ["task.*"]}, format="json")
+    pages = {"PaginatedTaskOutList": "/api/v1/tasks/", "PaginatedWebhookOutList": "/api/v1/webhooks/",
+             "PaginatedDeliveryOutList": f"/api/v1/webhooks/{hook.json()['id']}/deliveries/"}
+    for name, url in pages.items():
+        component = schema["components"]["schemas"][name]
+        assert set(component["required"]) == {"next", "previous", "results"}, name
+        assert component["properties"]["next"]["nullable"] and component["properties"]["previous"]["nullable"]
+        body = client.get(url).json()
+        assert body["next"] is None and body["previous"] is None, body  # sent, null: there is one page
