@@ -81,6 +81,12 @@ class AutoSchema(openapi.AutoSchema):
             return {**component.ref, "readOnly": True} if field.read_only else component.ref
         return super()._map_serializer_field(field, direction, bypass_extensions)
 
+    def _get_format_parameters(self) -> list[dict[str, Any]]:
+        """None: DRF's ``?format=`` (``URL_FORMAT_OVERRIDE``) is no part of the API; a download's answer
+        follows what is stored, not a format a client picks (it offered ``bin``/``json``, which changed
+        nothing)."""
+        return []
+
     def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
         """drf-spectacular's, plus a list's size as the server checks it: ``allow_empty=False`` is
         ``minItems: 1``, and a list serializer's ``max_length`` (a batch's tasks) ``maxItems``."""

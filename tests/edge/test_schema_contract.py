@@ -246,3 +246,9 @@ def test_a_pages_next_and_previous_are_required_and_nullable(schema, alice, api)
         assert component["properties"]["next"]["nullable"] and component["properties"]["previous"]["nullable"]
         body = client.get(url).json()
         assert body["next"] is None and body["previous"] is None, body  # sent, null: there is one page
+
+
+def test_no_operation_offers_a_format_parameter(schema):
+    offered = [f"{method.upper()} {path}" for path, method, op in _operations(schema)
+               if any(p["name"] == "format" and p["in"] == "query" for p in op.get("parameters", []))]
+    assert not offered, f"?format= is no part of the API: {offered}"
