@@ -40,6 +40,18 @@ class JSONObjectField(serializers.JSONField):
     """A JSON object (the submit's ``params``; anything else is a 400)."""
 
 
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField turns a number into its text (``1e400`` became
+    ``"inf"``, ``1.50`` ``"1.5"``), so a label would not be what the client sent."""
+
+    default_error_messages = {**serializers.CharField.default_error_messages, "not_a_string": "must be a string"}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
 def _has_nul(value: Any) -> bool:
     """Whether any string or key in a JSON value holds NUL; a loop, so any depth the parser took is fine."""
     stack = [value]
@@ -70,7 +82,7 @@ class TaskSubmitIn(NoUnknownKeys):
     queue = serializers.CharField(max_length=64, required=False)
     max_retries = serializers.IntegerField(required=False, min_value=0, max_value=20)
     timeout_seconds = serializers.IntegerField(required=False, min_value=1, max_value=7 * 24 * 3600)
-    labels = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=20)
+    labels = serializers.ListField(child=StrictCharField(max_length=100), required=False, max_length=20)
     webhook_url = WebhookUrlField(required=False,
                                   help_text="POST this task's events here (signed; the secret is in the 201 response)")
 
