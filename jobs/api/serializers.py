@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from typing import Any, get_args
 
 from django.conf import settings
@@ -37,7 +38,36 @@ class PriorityField(serializers.Field):
 @extend_schema_field({"type": "object", "additionalProperties": True,
                      "description": "the algorithm's parameters, checked against its params_schema"})
 class JSONObjectField(serializers.JSONField):
-    """A JSON object (the submit's ``params``; anything else is a 400)."""
+    """A JSON object (the submit's ``params``; anything else is a 400). A NaN or an infinity in it (``1e400``
+    parses as one) is a 400 naming its leaf (``params.seconds``), not DRF's "Value must be valid JSON."."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        nonfinite = _nonfinite_detail(data)
+        if nonfinite:
+            raise serializers.ValidationError(nonfinite)
+        return super().to_internal_value(data)
+
+
+def _nonfinite_detail(value: Any) -> dict[Any, Any]:
+    """The NaN and infinite floats of a parsed JSON value, as a nested error detail by their paths (a key by
+    its name, a list's item by its index: ``{"a": {1: [NONFINITE]}}`` is ``params.a[1]``); a loop, so any
+    depth the parser took is fine."""
+    from algorithms.registry import NONFINITE
+
+    detail: dict[Any, Any] = {}
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item) and path:
+            node = detail
+            for step in path[:-1]:
+                node = node.setdefault(step, {})
+            node[path[-1]] = [NONFINITE]
+        elif isinstance(item, dict):
+            stack.extend((v, (*path, str(k))) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(item))
+    return detail
 
 
 class StrictCharField(serializers.CharField):
