@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -127,10 +128,12 @@ class NewestFirst(CursorPagination):
     def decode_cursor(self, request: Request) -> Cursor | None:
         """DRF's, with a malformed cursor a 400 naming ``cursor`` (DRF answers 404), and its position read
         as the ``created_at`` it stands for, so a NUL or a non-date never reaches the query. Given twice,
-        a 400 naming it (DRF would read the last)."""
-        one_value(request.query_params, self.cursor_query_param)
+        a 400 naming it (DRF would read the last); given, but nothing (``!!!!``), a 400 too, not page 1."""
+        raw = one_value(request.query_params, self.cursor_query_param)
         try:
             cursor = super().decode_cursor(request)
+            if raw and not base64.b64decode(raw.encode("ascii")):
+                raise exceptions.NotFound()  # "!!!!", "%00": base64 decodes them to nothing, DRF to page 1
             if cursor is None or cursor.position is None:
                 return cursor
             position = UtcDateTimeField().clean(cursor.position)
