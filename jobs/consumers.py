@@ -8,7 +8,7 @@ The protocol (README, "WebSocket protocol"):
 * On connect: ``task.snapshot`` (the current row; its ``seq`` is the last event it reflects). With
   ``?after_seq=N`` the stored events ``N+1 … snapshot.seq`` follow (``"replay": true``), then the live
   stream. Every ``task.*`` event after the snapshot has a ``seq`` one above the one before it.
-* A malformed ``?after_seq=`` (not an integer) closes the socket with 4400, before authentication.
+* A malformed ``?after_seq=`` (not an integer, or given twice) closes the socket with 4400, before authentication.
 * When the access token expires the socket is closed with 4401; refresh it and reconnect with
   ``?after_seq=<last seq>``. Every ``WS_RECHECK_SECONDS`` the consumer reads the user again: deactivated
   or with a password changed since the token is 4401, no longer allowed to see what the socket streams
@@ -41,10 +41,12 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.http import QueryDict
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import JSONRenderer
 
+from config.errors import InvalidInput
 from config.permissions import is_operator
 from jobs import events, selectors
 from jobs.api.serializers import after_seq_of
@@ -120,9 +122,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.query = {k: v[-1] for k, v in query.items()}
         await self.accept()
-        try:
-            self.after_seq = after_seq_of(self.query)
-        except ValidationError:
+        try:  # the query as the REST API reads it: ``?after_seq`` given twice is refused there too
+            self.after_seq = after_seq_of(QueryDict(self.scope.get("query_string", b"")))
+        except (ValidationError, InvalidInput):
             await self.close(code=CLOSE_BAD_REQUEST)
             return
         token = self.query.get("token")

@@ -211,7 +211,11 @@ class AfterSeqIn(serializers.Serializer):
 
 
 def after_seq_of(query: Any) -> int | None:
-    """The query's ``after_seq`` (None when absent); not an integer is a ValidationError naming it."""
+    """The query's ``after_seq`` (None when absent); not an integer is a ValidationError naming it, given more
+    than once an InvalidInput naming it (``one_value``: never only the last one read)."""
+    from jobs.api.filters import one_value
+
+    one_value(query, "after_seq")
     data = AfterSeqIn(data=query)
     data.is_valid(raise_exception=True)
     after = data.validated_data.get("after_seq")

@@ -3,6 +3,8 @@
 cursor that is not one and a repeated ``after_seq`` are 400s naming them, on the REST API and the socket."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jobs.models import Task
@@ -44,3 +46,53 @@ def test_a_non_finite_number_in_params_is_named_by_its_leaf(alice, api):
     assert batch.status_code == 400, batch.content
     assert list(batch.json()["error"]["fields"]) == ["tasks[0].params.seconds"], batch.content
     assert not Task.objects.exists()
+
+
+@pytest.mark.parametrize("cursor", ["!!!!", "%00", "====", "garbage"])
+def test_a_cursor_that_is_none_is_a_400_naming_cursor_not_the_first_page(alice, api, cursor):
+    client = api(alice)
+    for _ in range(3):
+        client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json")
+    response = client.get(f"/api/v1/tasks/?page_size=2&cursor={cursor}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"] == {"cursor": ["invalid cursor"]}
+    # A real cursor still pages, and an empty ?cursor= is no cursor (the first page).
+    first = client.get("/api/v1/tasks/?page_size=2&cursor=").json()
+    assert len(first["results"]) == 2 and first["next"]
+    assert len(client.get(first["next"]).json()["results"]) == 1
+
+
+@pytest.mark.parametrize("query", ["after_seq=5&after_seq=1", "after_seq=abc&after_seq=2", "after_seq=1&after_seq=1"])
+def test_a_repeated_after_seq_is_a_400_naming_it(alice, api, query):
+    client = api(alice)
+    task = client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}, format="json").json()
+    logs = f"/api/v1/tasks/{task['id']}/logs/"
+    response = client.get(f"{logs}?{query}")
+    assert response.status_code == 400, response.content
+    assert "after_seq" in response.json()["error"]["fields"], response.content
+    assert client.get(f"{logs}?after_seq=0").json()[0]["seq"] == 1  # given once, as before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeated_after_seq_closes_the_socket_4400(alice, api):
+    from asgiref.sync import async_to_sync
+
+    from tests.conftest import PASSWORD, unconsumed_queue
+    from tests.live.conftest import communicator
+
+    client = api(alice)
+    task = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": unconsumed_queue()}, format="json")
+    task_id = task.json()["id"]
+    jwt = client.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD}, format="json").json()["access"]
+
+    async def scenario(query: str):
+        comm = communicator(f"/ws/tasks/{task_id}/?token={jwt}&{query}")
+        await comm.connect()
+        message = await comm.receive_output(timeout=5)
+        await comm.disconnect()
+        return message
+
+    assert async_to_sync(scenario)("after_seq=5&after_seq=0") == {"type": "websocket.close", "code": 4400}
+    assert async_to_sync(scenario)("after_seq=abc&after_seq=0") == {"type": "websocket.close", "code": 4400}
+    opened = async_to_sync(scenario)("after_seq=0")
+    assert opened["type"] == "websocket.send" and json.loads(opened["text"])["event"] == "task.snapshot", opened
