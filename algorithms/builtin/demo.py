@@ -7,7 +7,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from algorithms.context import RunContext
 from algorithms.registry import algorithm
@@ -84,13 +84,25 @@ def flaky(ctx: RunContext, params: FlakyParams) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+BLOB_JSON_MAX_MB = 64  # a returned result is built whole in the worker's memory (about 35 bytes a number)
+
+
 class BlobParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size_mb: float = Field(1, ge=0, le=16_384, description="MiB of deterministic bytes to produce")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="the same seed gives the same bytes")
     format: Literal["binary", "json"] = Field(
         "binary", description="binary: streamed with ctx.open_result(); json: a list of numbers returned "
-                              "as a result (stored in a file once it is over RESULT_INLINE_MAX)")
+                              f"as a result (stored in a file once it is over RESULT_INLINE_MAX; at most "
+                              f"{BLOB_JSON_MAX_MB} MiB, as it is built in memory)")
+    size_mb: float = Field(1, ge=0, le=16_384, description="MiB of deterministic bytes to produce")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="the same seed gives the same bytes")
+
+    @field_validator("size_mb")
+    @classmethod
+    def _json_fits_in_memory(cls, size_mb: float, info: ValidationInfo) -> float:
+        if info.data.get("format") == "json" and size_mb > BLOB_JSON_MAX_MB:
+            raise ValueError(f"at most {BLOB_JSON_MAX_MB} with format json (a returned result is built in "
+                             "memory; format binary streams any size)")
+        return size_mb
 
 
 @algorithm(

@@ -121,3 +121,14 @@ def test_a_remote_schemes_missing_or_unexpected_property_is_400_naming_it(alice,
     assert set(error["fields"]) == fields, error
     assert error["message"].split(":")[0] in fields
     assert Task.objects.count() == 0
+
+
+def test_a_json_blob_too_big_to_build_in_memory_is_400_naming_its_size(alice, api):
+    # demo.blob builds a json result whole in the worker's memory: 16 GiB of it was accepted (~70 GiB there)
+    client = api(alice)
+    response = submit(client, "demo.blob", {"size_mb": 1024, "format": "json"})
+    assert response.status_code == 400, response.content
+    assert "format json" in response.json()["error"]["fields"]["params.size_mb"][0]
+    assert Task.objects.count() == 0
+    assert submit(client, "demo.blob", {"size_mb": 1024}).status_code == 201  # binary streams any size
+    assert submit(client, "demo.blob", {"size_mb": 64, "format": "json"}).status_code == 201
