@@ -313,8 +313,9 @@ TASK_EVENT_KINDS = sorted((set(get_args(EventName)) | {"task.reordered"}) - {"ta
 
 class TaskEventOut(serializers.ModelSerializer):
     event = NamedChoiceField(TASK_EVENT_KINDS, enum_name="TaskEventKindEnum", read_only=True)
-    data = serializers.DictField(read_only=True, help_text="the event's details: a log line's text, a retry's error, a progress "
-                                           "report's percent, stage, message and metrics, …")
+    data = serializers.DictField(read_only=True, help_text="the event's details: a log line's text, a retry's "
+                                                           "error, a progress report's percent, stage, message and "
+                                                           "metrics, …")
 
     class Meta:
         model = TaskEvent

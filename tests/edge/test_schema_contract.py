@@ -204,7 +204,8 @@ LISTS = [  # (method, path, its request component, the list field, the rest of a
 ]
 
 
-@pytest.mark.parametrize("method,path,component,field,rest,item", LISTS, ids=[f"{m} {p} {f}" for m, p, _, f, *_ in LISTS])
+@pytest.mark.parametrize("method,path,component,field,rest,item", LISTS,
+                         ids=[f"{m} {p} {f}" for m, p, _, f, *_ in LISTS])
 def test_list_sizes_in_the_schema_are_those_the_server_takes(schema, olga, api, method, path, component, field,
                                                              rest, item):
     client = api(olga)

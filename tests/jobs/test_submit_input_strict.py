@@ -83,7 +83,8 @@ def test_a_repeated_after_seq_closes_the_socket_4400(alice, api):
     client = api(alice)
     task = client.post("/api/v1/tasks/", {"algorithm": "demo.noop", "queue": unconsumed_queue()}, format="json")
     task_id = task.json()["id"]
-    jwt = client.post("/api/v1/auth/token/", {"username": "alice", "password": PASSWORD}, format="json").json()["access"]
+    login = {"username": "alice", "password": PASSWORD}
+    jwt = client.post("/api/v1/auth/token/", login, format="json").json()["access"]
 
     async def scenario(query: str):
         comm = communicator(f"/ws/tasks/{task_id}/?token={jwt}&{query}")

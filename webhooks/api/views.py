@@ -88,7 +88,8 @@ class WebhookViewSet(viewsets.GenericViewSet):
         return Response(WebhookWithSecretOut(sub).data)
 
     @extend_schema(responses=DeliveryOut(many=True), parameters=[
-        OpenApiParameter("status", str, enum=DeliveryStatus.values), OpenApiParameter("event", str, enum=DELIVERED_EVENTS),
+        OpenApiParameter("status", str, enum=DeliveryStatus.values),
+        OpenApiParameter("event", str, enum=DELIVERED_EVENTS),
         OpenApiParameter("task_id", OpenApiTypes.UUID, description="one task's deliveries")])
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
