@@ -16,6 +16,7 @@ declaration) is refused with a logged error naming both; the same function regis
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import re
@@ -76,18 +77,30 @@ class Algorithm:
         return self.params_model.model_json_schema()
 
     def validate(self, params: Any) -> dict[str, Any]:
-        """Params as the algorithm will receive them (defaults filled); a 400 naming each bad field."""
+        """Params as the algorithm will receive them (defaults filled); a 400 naming each bad field.
+
+        Strictly, as the published JSON Schema says, the way the declared programs' models already are
+        (``algorithms/external.py``): a number is a JSON number (an integer is one), never ``true`` nor
+        ``"5"``; an integer is a JSON integer, not ``5.0``; a string a JSON string. In pydantic's JSON mode,
+        so what JSON has no other way to write is still taken: an array for a tuple, a string for an
+        enum, a date or a UUID.
+        """
         if params is None:
             params = {}
         if not isinstance(params, dict):
             raise InvalidInput("params must be a JSON object", fields={"params": ["must be a JSON object"]})
+        try:  # validated as the JSON it is (the docstring)
+            text = json.dumps(params)
+        except (TypeError, ValueError):  # only from Python callers: a request's params are parsed JSON
+            raise InvalidInput("params must be JSON values", fields={"params": ["must be JSON values"]}) from None
         try:
-            model = self.params_model.model_validate(params)
+            model = self.params_model.model_validate_json(text, strict=True)
         except ValidationError as exc:
             fields: dict[str, list[str]] = {}
             for err in exc.errors():
                 path = ".".join(["params", *(str(p) for p in err["loc"])])
-                # "nan" against a bound: pydantic says "should be less than or equal to 3600" (NaN compares false)
+                # "nan" against a bound: pydantic says "should be less than or equal to 3600" (NaN compares false);
+                # the string "nan" for a number: "should be a valid number"
                 numeric = err["type"] in _NUMBER_CHECKS and _is_nonfinite(err.get("input"))
                 fields.setdefault(path, []).append(NONFINITE if numeric else err["msg"])
             first = next(iter(fields.items()))
@@ -122,9 +135,10 @@ def _values(value: Any) -> Any:
 
 
 NONFINITE = "must be a finite number (NaN and infinities cannot be stored)"
-# pydantic's errors of a number's bounds, which a NaN fails whatever the bound
+# pydantic's errors of a number's bounds, which a NaN fails whatever the bound, and of a number given as
+# a string ("nan", "Infinity": what a client without NaN in its JSON may send for one)
 _NUMBER_CHECKS = {"less_than", "less_than_equal", "greater_than", "greater_than_equal", "multiple_of",
-                  "finite_number"}
+                  "finite_number", "float_type"}
 
 
 def _is_nonfinite(value: Any) -> bool:
