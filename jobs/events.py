@@ -9,6 +9,7 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable
@@ -270,7 +271,10 @@ class _Publisher:
         ]
         if not await _publish_pipelined(layer, messages):
             for group, message in messages:
-                await layer.group_send(group, message)
+                try:
+                    await layer.group_send(group, message)
+                except _UNPACKABLE:  # a layer that serializes in group_send (RedisChannelLayer)
+                    await _send_one(layer, group, message)
 
     def flush(self, timeout: float = 2.0) -> None:
         """Wait until everything published so far has left (used before a worker child kills itself)."""
@@ -291,14 +295,17 @@ async def _publish_pipelined(layer: Any, messages: list[tuple[str, dict[str, Any
     """All of one commit's group messages in one pipelined round trip per Redis shard: with the
     pub/sub layer a ``group_send`` is one PUBLISH and one round trip each, and a batch of 8 tasks makes
     ten of them (8 task groups, the owner's, the operators'). Uses the layer's shard and channel-name
-    helpers; False (the caller sends one by one) for any other layer."""
+    helpers; False (the caller sends one by one) for any other layer. Each message is serialized on its
+    own (``_serialized``): one that msgpack refuses never holds back the others."""
     try:
         loop_layer = layer._get_layer()
         shards: dict[int, tuple[Any, list[tuple[str, bytes]]]] = {}
         for group, message in messages:
+            data = _serialized(layer, group, message)
+            if data is None:
+                continue
             shard = loop_layer._get_shard(group)
-            shards.setdefault(id(shard), (shard, []))[1].append(
-                (loop_layer._get_group_channel_name(group), layer.serialize(message)))
+            shards.setdefault(id(shard), (shard, []))[1].append((loop_layer._get_group_channel_name(group), data))
     except AttributeError:
         return False
     for shard, batch in shards.values():
@@ -309,6 +316,52 @@ async def _publish_pipelined(layer: Any, messages: list[tuple[str, dict[str, Any
                 pipe.publish(channel, data)
             await pipe.execute()
     return True
+
+
+# What msgpack (the channel layer's serializer) refuses: an integer beyond 64 bits (OverflowError), a type it
+# does not know (TypeError: a Decimal, a UUID in an event's data), a nesting too deep (ValueError).
+_UNPACKABLE = (OverflowError, TypeError, ValueError)
+_INT_RANGE = range(-2**63, 2**64)
+
+
+def _serialized(layer: Any, group: str, message: dict[str, Any]) -> bytes | None:
+    """``message`` as the layer sends it; one that msgpack refuses as it is, made ``_packable`` first; None
+    (logged) when even that fails, so the flush's other messages still go out."""
+    try:
+        return layer.serialize(message)
+    except _UNPACKABLE:
+        pass
+    try:
+        return layer.serialize(_packable(message))
+    except Exception:
+        log.exception("task event message to %s could not be serialized; skipped (clients replay it)", group)
+        return None
+
+
+async def _send_one(layer: Any, group: str, message: dict[str, Any]) -> None:
+    """``group_send`` of a message the layer could not serialize as it is: ``_packable``, or skipped (logged)."""
+    try:
+        await layer.group_send(group, _packable(message))
+    except Exception:
+        log.exception("task event message to %s could not be sent; skipped (clients replay it)", group)
+
+
+def _packable(message: dict[str, Any]) -> Any:
+    """``message`` as its events' rows store it (JSON, ``DjangoJSONEncoder``: a UUID or a Decimal becomes
+    a string, a key a string), but an integer outside msgpack's 64 bits a float: JSON's number, as a
+    browser's ``JSON.parse`` reads the log's digits of it (``GET …/logs/`` shows the integer the database
+    keeps). A progress report of ``1e40`` comes back from jsonb as the integer ``10**40``, and every later
+    event of its task carries it in ``metrics``."""
+    return json.loads(json.dumps(message, cls=DjangoJSONEncoder), parse_int=_int_or_float)
+
+
+def _int_or_float(digits: str) -> int | float | str:
+    """A JSON integer as msgpack can carry it: beyond its 64 bits a float, beyond a float's range (which
+    JSON cannot write as a float) its digits as a string."""
+    if len(digits) <= 20 and int(digits) in _INT_RANGE:
+        return int(digits)
+    number = float(digits)
+    return number if math.isfinite(number) else digits
 
 
 def _by_group(items: list[tuple[int, TaskEventPayload]]) -> dict[str, list[TaskEventPayload]]:
