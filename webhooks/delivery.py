@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,7 +27,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from webhooks import outbox, policy, signing, transport
@@ -37,12 +36,16 @@ from webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscript
 log = logging.getLogger(__name__)
 Outcome = DeliveryAttempt.Outcome
 
+# Due times, holds and the ``webhook-timestamp`` are all judged by the database's clock (``statement_timestamp()``,
+# what Django's ``Now()`` writes): the hosts' clocks differ (web, task workers, the webhooks worker), and a
+# webhooks worker behind the host that recorded an event would otherwise hold it back, or one ahead of the
+# others take over a delivery still being sent.
 _CLAIM_SQL = """
 UPDATE webhooks_delivery d
-   SET attempts = d.attempts + 1, in_flight_until = %(lease)s
+   SET attempts = d.attempts + 1, in_flight_until = statement_timestamp() + make_interval(secs => %(lease)s)
   FROM webhooks_subscription s
- WHERE d.id = %(id)s AND d.status = 'PENDING' AND d.next_attempt_at <= %(now)s
-   AND (d.in_flight_until IS NULL OR d.in_flight_until < %(now)s)
+ WHERE d.id = %(id)s AND d.status = 'PENDING' AND d.next_attempt_at <= statement_timestamp()
+   AND (d.in_flight_until IS NULL OR d.in_flight_until < statement_timestamp())
    AND s.id = d.subscription_id AND s.active
    AND NOT EXISTS (SELECT 1 FROM webhooks_delivery e
                     WHERE e.subscription_id = d.subscription_id AND e.task_id = d.task_id
@@ -52,17 +55,18 @@ UPDATE webhooks_delivery d
                                        AND e.status = 'PENDING' AND e.seq < d.seq))
 RETURNING d.attempts, d.payload::text, d.subscription_id, d.task_id, s.url, s.secret, s.previous_secret,
           s.previous_secret_expires_at, s.consecutive_failures > 0 OR s.failing_since IS NOT NULL,
-          d.redelivered_after, d.queue
+          d.redelivered_after, d.queue, statement_timestamp()
 """
 
 # Guarded by the attempt's number as well as the status: only the attempt that holds the latest claim moves
 # the delivery on. One that outlived its hold (``in_flight_until``) and was taken over by a newer claim
 # matches nothing, so its answer can neither end the delivery nor clear or reschedule the newer attempt;
 # nor does one whose hold a redelivery released (``in_flight_until`` NULL) before the newer claim came.
+# A retry's ``next_attempt_at`` and ``finished_at`` are the database's time, which it returns.
 _FINISH_SQL = """
 UPDATE webhooks_delivery SET {sets}
  WHERE id = %(id)s AND status = 'PENDING' AND attempts = %(number)s AND in_flight_until IS NOT NULL
-RETURNING subscription_id, task_id
+RETURNING statement_timestamp()
 """
 
 
@@ -79,6 +83,7 @@ class Claimed:
     endpoint_failing: bool
     redelivered_after: int = 0  # attempts before the latest redelivery: retries count from there
     queue: str = ""  # a queue event's queue (its order line, as ``task_id`` is a task event's)
+    signed_at: int = 0  # the ``webhook-timestamp``: the database's time of the claim, in Unix seconds
 
     @property
     def tries(self) -> int:
@@ -108,7 +113,7 @@ def attempt(*, delivery_id: str) -> str | None:
     if claimed is None:
         return None
     msg_id = f"msg_{claimed.attempt.delivery_id.hex}"
-    headers = signing.headers(claimed.secrets, msg_id, int(time.time()), claimed.body)
+    headers = signing.headers(claimed.secrets, msg_id, claimed.signed_at, claimed.body)
     result = transport.send(claimed.url, claimed.body, headers)
     try:
         return record(claimed=claimed, result=result)
@@ -140,16 +145,17 @@ def claim(*, delivery_id: str) -> Claimed | None:
     """PENDING & due & free & endpoint active & first in its task's line → held for one attempt.
 
     One guarded UPDATE decides (a duplicate message, the beat and a chain send race; one matches) and
-    returns what the request needs; the attempt row commits before the request is made.
+    returns what the request needs, with the database's time: due, held and signed by that one clock,
+    whatever this host's says. The attempt row commits before the request is made.
     """
-    now = timezone.now()
     with connection.cursor() as cur:
         _no_fsync_wait(cur)
-        cur.execute(_CLAIM_SQL, {"id": delivery_id, "now": now, "lease": now + _lease()})
+        cur.execute(_CLAIM_SQL, {"id": delivery_id, "lease": _lease().total_seconds()})
         row = cur.fetchone()
     if row is None:
         return None  # done, not due, held by another attempt, waiting behind an earlier event, or gone
-    number, payload, sub_id, task_id, url, secret, previous, previous_until, failing, redelivered_after, queue = row
+    (number, payload, sub_id, task_id, url, secret, previous, previous_until, failing, redelivered_after, queue,
+     now) = row
     if number > 1:  # an attempt left IN_FLIGHT belongs to a worker that died mid-send
         DeliveryAttempt.objects.filter(delivery_id=delivery_id, outcome=Outcome.IN_FLIGHT).update(
             outcome=Outcome.LOST, finished_at=now, error="worker lost during the attempt")
@@ -157,13 +163,16 @@ def claim(*, delivery_id: str) -> Claimed | None:
     secrets = [secret] + (previous.split() if previous and previous_until and previous_until > now else [])
     # The stored JSON re-serialised compactly: the same bytes on every attempt of this delivery.
     body = json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False).encode()
-    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing), redelivered_after, queue)
+    return Claimed(attempt_row, url, secrets, body, sub_id, task_id, bool(failing), redelivered_after, queue,
+                   int(now.timestamp()))
 
 
 @transaction.atomic
 def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
-    """Complete the attempt and move the delivery on: SUCCEEDED, a retry at ``next_attempt_at``, or FAILED."""
-    now = timezone.now()
+    """Complete the attempt and move the delivery on: SUCCEEDED, a retry at ``next_attempt_at``, or FAILED.
+
+    Times are the database's (``statement_timestamp()`` in the outcome's UPDATE, ``Now()`` elsewhere), as the
+    claim judges them: a retry falls due by the clock that decides when it is due."""
     attempt_row = claimed.attempt
     tries = claimed.tries
     if policy.is_success(result.status_code):
@@ -173,23 +182,26 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
     else:
         outcome = Outcome.FAILED
     error = storable(result.error) or ("" if outcome == Outcome.SUCCEEDED else f"HTTP {result.status_code}")
-    values: dict[str, Any] = {"in_flight_until": None, "last_status_code": result.status_code,
-                              "last_error": error[:1000]}
+    values: dict[str, Any] = {"last_status_code": result.status_code, "last_error": error[:1000]}
+    sets = ["in_flight_until = NULL", "last_status_code = %(last_status_code)s", "last_error = %(last_error)s"]
     if outcome == Outcome.RETRY:
         retry_after = policy.parse_retry_after(result.retry_after) if result.status_code in (429, 503) else None
-        values["next_attempt_at"] = now + timedelta(seconds=policy.next_delay(tries, retry_after=retry_after))
+        values["delay"] = policy.next_delay(tries, retry_after=retry_after)
+        sets.append("next_attempt_at = statement_timestamp() + make_interval(secs => %(delay)s)")
     else:
         done = DeliveryStatus.SUCCEEDED if outcome == Outcome.SUCCEEDED else DeliveryStatus.FAILED
-        values.update(status=done.value, finished_at=now)
+        values["status"] = done.value
+        sets += ["status = %(status)s", "finished_at = statement_timestamp()"]
     # The delivery row first, then the attempt row: the order ``claim`` locks them in.
     with connection.cursor() as cur:
         _no_fsync_wait(cur)
         # Guarded: a delivery deleted or failed (endpoint disabled) meanwhile stays as it is, and so does one
         # a newer attempt has claimed since this one's hold ran out.
-        cur.execute(_FINISH_SQL.format(sets=", ".join(f"{k} = %({k})s" for k in values)),
+        cur.execute(_FINISH_SQL.format(sets=", ".join(sets)),
                     {**values, "id": attempt_row.delivery_id, "number": attempt_row.number})
-        applied = cur.fetchone() is not None
-    answer = {"finished_at": now, "duration_ms": result.duration_ms, "status_code": result.status_code,
+        finished = cur.fetchone()
+    applied = finished is not None
+    answer = {"finished_at": Now(), "duration_ms": result.duration_ms, "status_code": result.status_code,
               "response_headers": {storable(k): storable(v) for k, v in result.headers.items()},
               "response_body": storable(result.body)}
     attempt_log = DeliveryAttempt.objects.filter(id=attempt_row.id)
@@ -206,6 +218,7 @@ def record(*, claimed: Claimed, result: transport.AttemptResult) -> str:
             return Outcome.LOST
         attempt_log.update(outcome=outcome, error=storable(result.error, 1000), **answer)
         return outcome
+    now = finished[0]  # the database's time
     if outcome != Outcome.SUCCEEDED or claimed.endpoint_failing:
         _track_health(claimed.subscription_id, ok=outcome == Outcome.SUCCEEDED, now=now)
     if outcome != Outcome.RETRY and (claimed.task_id is not None or claimed.queue):
@@ -260,7 +273,7 @@ def disable(*, subscription_id: Any, reason: str) -> bool:
 
 def fail_pending(*, subscription_id: Any, reason: str) -> int:
     return Delivery.objects.filter(subscription_id=subscription_id, status=DeliveryStatus.PENDING).update(
-        status=DeliveryStatus.FAILED, finished_at=timezone.now(), in_flight_until=None, last_error=reason[:1000])
+        status=DeliveryStatus.FAILED, finished_at=Now(), in_flight_until=None, last_error=reason[:1000])
 
 
 def _notify_owner(owner_id: Any, body: dict[str, Any]) -> None:
@@ -310,9 +323,10 @@ def send_due(*, limit: int = 500) -> int:
     for ever, nor the task's later events behind it. So then only ``RESEND_WITH_BACKLOG`` of them are re-sent
     per tick, the longest unsent first: each gets a fresh ``sent_at`` and goes to the back of that line, so
     every one comes round, a lost one within a few ticks, for at most ``RESEND_WITH_BACKLOG`` duplicates a
-    tick. Due retries are sent whatever the backlog."""
-    now = timezone.now()
-    resend_before = now - timedelta(seconds=settings.WEBHOOKS["RESEND_SECONDS"])
+    tick. Due retries are sent whatever the backlog. Due, held and sent are judged by the database's clock,
+    as the claim judges them."""
+    now = Now()
+    resend_before = Now() - timedelta(seconds=settings.WEBHOOKS["RESEND_SECONDS"])
     earlier = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), task_id=OuterRef("task_id"),
                                       status=DeliveryStatus.PENDING, seq__lt=OuterRef("seq"))
     earlier_in_queue = Delivery.objects.filter(subscription_id=OuterRef("subscription_id"), queue=OuterRef("queue"),

@@ -1,6 +1,8 @@
 """Writes ``Delivery`` rows in the transaction of the state change they report (the outbox), and sends
 their Celery messages on commit: a rolled-back change notifies nobody, a committed one is never lost
-(the beat re-sends what a lost message left behind, see ``delivery.send_due``).
+(the beat re-sends what a lost message left behind, see ``delivery.send_due``). A row is due, and was
+sent, at the database's time (``Now()``, in the same INSERT): the webhooks worker judges it by that clock,
+not by the clock of whichever host recorded the event.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from config.permissions import OPERATORS_GROUP
 from webhooks.models import Delivery, Subscription
@@ -45,10 +47,9 @@ def enqueue_task_events(tasks: Sequence[Any], event: str, payloads: Sequence[Map
     subscription ids (``matching_sql``), aligned with ``tasks``."""
     if not any(subscriptions):
         return []
-    now = timezone.now()
     rows = [
         Delivery(subscription_id=sub_id, event=event, payload=dict(body), task_id=task.id, seq=body.get("seq", 0),
-                 next_attempt_at=now, sent_at=now)
+                 next_attempt_at=Now(), sent_at=Now())
         for task, body, subs in zip(tasks, payloads, subscriptions)
         for sub_id in subs
     ]
@@ -78,13 +79,14 @@ def enqueue_queue_event(event: str, payload: Mapping[str, Any]) -> list[Delivery
         cur.execute(f"SELECT nextval('{QUEUE_EVENT_SEQ}')")
         seq = cur.fetchone()[0]
     body = {**payload, "seq": seq}
-    now = timezone.now()
     rows = [Delivery(subscription_id=sub_id, event=event, payload=body, queue=payload["queue"], seq=seq,
-                     next_attempt_at=now, sent_at=now) for sub_id in subscriptions]
+                     next_attempt_at=Now(), sent_at=Now()) for sub_id in subscriptions]
     return _insert(rows)
 
 
 def _insert(rows: list[Delivery]) -> list[Delivery]:
+    """One INSERT for ``rows``; their ``next_attempt_at`` and ``sent_at`` are ``Now()`` expressions, which the
+    database fills in (the returned objects keep the expressions: read the row for the times)."""
     if rows:
         Delivery.objects.bulk_create(rows)
         ids = [str(r.id) for r in rows]

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from config.errors import Conflict, Forbidden, InvalidInput
@@ -111,12 +112,12 @@ def redeliver(*, delivery_row: Delivery) -> Delivery:
     sub = Subscription.objects.only("active").get(id=delivery_row.subscription_id)
     if not sub.active:
         raise Conflict("the webhook is disabled; enable it first")
-    now = timezone.now()
+    # Due now by the database's clock (``Now()``), the one the claim judges by, not this host's.
     # An attempt in flight keeps going, but no longer holds the delivery (in_flight_until): the new claim
     # takes over, and that attempt's answer, whether it comes before that claim or after, changes nothing
     # (its finish is guarded by the hold and by its number; it stays LOST in the log, with its answer).
     Delivery.objects.filter(id=delivery_row.id).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=now, sent_at=now, finished_at=None, in_flight_until=None,
+        status=DeliveryStatus.PENDING, next_attempt_at=Now(), sent_at=Now(), finished_at=None, in_flight_until=None,
         redelivered_after=F("attempts"))
     DeliveryAttempt.objects.filter(delivery_id=delivery_row.id, outcome=DeliveryAttempt.Outcome.IN_FLIGHT).update(
         outcome=DeliveryAttempt.Outcome.LOST, error="a redelivery was asked for during this attempt")

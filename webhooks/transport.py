@@ -2,7 +2,8 @@
 ``requests_hardened``).
 
 The guard resolves the host itself, refuses the request if any address is loopback, private, link-local
-(169.254.0.0/16, cloud metadata), multicast, reserved or otherwise not global, unless it lies in
+(169.254.0.0/16, cloud metadata), site-local, multicast, reserved or otherwise not global, or an IPv6
+address carrying such an IPv4 one (mapped, 6to4, Teredo), unless it lies in
 ``WEBHOOKS["ALLOWED_NETWORKS"]``, and then connects to the address it checked, so a DNS answer that
 changes between check and connect (rebinding) cannot slip through. Redirects are never followed,
 proxies from the environment are ignored, and at most ``RESPONSE_MAX_BYTES`` of the body are read.
@@ -49,14 +50,30 @@ def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 
 
 def refusal(address: str) -> str | None:
-    """Why ``address`` may not be reached, or None if it may."""
+    """Why ``address`` may not be reached, or None if it may. An IPv6 address that carries IPv4 ones (6to4
+    ``2002::/16``, Teredo's server and client) is refused if any of those is: ``2002:7f00:1::`` embeds
+    127.0.0.1, ``2002:a9fe:a9fe::`` the cloud metadata address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if any(ip in net for net in _allowed_networks()):
+    allowed = _allowed_networks()
+    if any(ip in net for net in allowed):
         return None
-    for kind in ("loopback", "link_local", "multicast", "private", "reserved", "unspecified"):
-        if getattr(ip, f"is_{kind}"):
+    reason = _not_public(ip)
+    if reason or not isinstance(ip, ipaddress.IPv6Address):
+        return reason
+    for inner in (ip.sixtofour, *(ip.teredo or ())):
+        if inner is None or any(inner in net for net in allowed):
+            continue
+        inner_reason = _not_public(inner)
+        if inner_reason:
+            return f"{ip} carries {inner}: {inner_reason}"
+    return None
+
+
+def _not_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    for kind in ("loopback", "link_local", "site_local", "multicast", "private", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}", False):  # ``is_site_local`` (fec0::/10, deprecated) is IPv6's only
             return f"{ip} is a {kind.replace('_', '-')} address"
     if not ip.is_global:
         return f"{ip} is not a public address"

@@ -18,12 +18,13 @@ def no_allowed_networks(settings):
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "127.5.5.5", "::1", "10.0.0.1", "172.16.3.4", "192.168.1.1", "169.254.169.254", "fe80::1",
     "100.64.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1", "fc00::1", "::ffff:10.0.0.1", "::ffff:127.0.0.1",
+    "2002:7f00:1::", "2002:a9fe:a9fe::", "2002:c0a8:101::", "fec0::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2",
 ])
 def test_non_public_addresses_are_refused(no_allowed_networks, address):
     assert transport.refusal(address) is not None
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "2002:5db8:d822::"])
 def test_public_addresses_pass(no_allowed_networks, address):
     assert transport.refusal(address) is None
 
@@ -44,6 +45,21 @@ def test_creating_a_webhook_to_a_private_url_is_400(no_allowed_networks, alice, 
     assert response.status_code == 400, response.content
     reason = response.json()["error"]["fields"]["url"][0]
     assert "WEBHOOK_ALLOWED_NETWORKS" in reason  # what a developer with a local receiver has to set
+
+
+@pytest.mark.parametrize(("url", "carried"), [
+    ("http://[2002:7f00:1::]/", "127.0.0.1"),  # 6to4 around loopback
+    ("http://[2002:a9fe:a9fe::]/latest/meta-data/", "169.254.169.254"),  # around the cloud metadata address
+    ("http://[2002:c0a8:101::]/hook", "192.168.1.1"),  # around a private address
+    ("http://[fec0::1]/hook", "fec0::1 is a site-local address"),
+])
+def test_a_webhook_to_an_ipv6_address_carrying_a_private_one_is_400_naming_url(no_allowed_networks, alice, api,
+                                                                               url, carried):
+    response = api(alice).post("/api/v1/webhooks/", {"url": url, "events": ["task.*"]}, format="json")
+    assert response.status_code == 400, response.content
+    reason = response.json()["error"]["fields"]["url"][0]
+    assert carried in reason and "WEBHOOK_ALLOWED_NETWORKS" in reason
+    assert api(alice).get("/api/v1/webhooks/").json()["results"] == []  # nothing was created
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http://user:pw@example.com/"])
