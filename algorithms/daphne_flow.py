@@ -5,7 +5,8 @@ fast producer (a 1 GiB result read from disk) outruns a slower client and the wh
 the web process's memory. Twisted already knows when the socket's send buffer is full: it pauses a
 request's registered producer. This registers a small producer (a valve) on each streaming response
 and makes daphne's ``send()`` wait while the valve is closed, so Django's ASGI handler, and with it
-the file reader in ``algorithms.downloads``, goes at the client's pace.
+the file reader in ``algorithms.downloads``, goes at the client's pace. A client that reads nothing for
+``DOWNLOAD_STALL_SECONDS`` has its connection closed, so stalled downloads do not pile up for ever.
 
 Installed from ``AlgorithmsConfig.ready()`` only inside a daphne process (``daphne.server`` already
 imported): importing ``daphne.server`` elsewhere would install a Twisted reactor as a side effect.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any
+
+from django.conf import settings
 
 _INSTALLED = False
 
@@ -64,7 +67,13 @@ def install() -> bool:
             if getattr(protocol.channel, "_waitingForTransport", False):
                 valve.pauseProducing()
         if valve is not None:
-            await valve.open.wait()
+            try:
+                await asyncio.wait_for(valve.open.wait(), settings.DOWNLOAD_STALL_SECONDS)
+            except asyncio.TimeoutError:  # a client that stopped reading: its connection goes, not for ever
+                channel = getattr(protocol, "channel", None)
+                if channel is not None and channel.transport is not None:
+                    channel.transport.abortConnection()
+                valve.open.set()
 
     server_module.Server.handle_reply = handle_reply
     _INSTALLED = True

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponseNotModified, StreamingHttpResponse
 from django.utils.http import parse_etags
@@ -215,7 +216,15 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
     if compress:
         chunks = _zstd(chunks)
     raw_request = getattr(request, "_request", request)
-    content = _async(chunks) if isinstance(raw_request, ASGIRequest) else chunks
+    content = chunks
+    if isinstance(raw_request, ASGIRequest):
+        content = _async(chunks)
+        # The bytes go out for as long as the client takes to read them, through the storage's own reads:
+        # the request's database connection goes back now (to DB_POOL_MAX_SIZE's pool, or closed), not
+        # after the last byte. Held, slow downloads took the whole pool: every other request waited for
+        # DB_POOL_TIMEOUT and got a 503 (and with no pool each held a PostgreSQL session of its own).
+        if not connection.in_atomic_block:
+            connection.close()
     response = StreamingHttpResponse(content, status=206 if span else 200,
                                      content_type=valid_content_type(artifact.content_type) or "application/octet-stream")
     response["Accept-Ranges"] = "none" if compress else "bytes"  # ranges are of the plain bytes only

@@ -210,6 +210,8 @@ STORAGES = {
 }
 # Connections per process that DatabaseStorage's chunk reads (downloads) borrow, one read at a time.
 STORAGE_READ_CONNECTIONS = env_int("STORAGE_READ_CONNECTIONS", 8, minimum=1)
+# A download whose client reads nothing for this long is cut off (algorithms/daphne_flow.py).
+DOWNLOAD_STALL_SECONDS = env_float("DOWNLOAD_STALL_SECONDS", 300.0, positive=True)
 
 # The largest request body (a batch of up to TASK_BATCH_MAX tasks with their params); over it: 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("REQUEST_BODY_MAX_BYTES", 10 * 1024 * 1024, minimum=1)
