@@ -263,7 +263,7 @@ def test_bulk_retries_count_with_bulk_cancels_against_the_batch_limit(alice, api
     clear_of_window_edge(f"user:{alice.pk}")
     assert client.post("/api/v1/tasks/cancel/", {"task_ids": ended}, format="json").status_code == 200
     assert client.post(URL, {"task_ids": ended}, format="json").status_code == 201
-    assert_limited(client.post(URL, {"task_ids": ended}, format="json"))
+    assert_limited(client.post(URL, {"task_ids": ended}, format="json"), f"user:{alice.pk}")
     assert client.post(f"/api/v1/tasks/{ended[0]}/retry/").status_code == 201  # a single retry: a submit
 
 

@@ -79,7 +79,7 @@ def test_expired_access_token_and_refresh_token_are_closed_4401(alice, api):
 
     task = submit(api(alice), seconds=0.1, steps=1)
     expired = AccessToken.for_user(alice)
-    expired.set_exp(lifetime=-timedelta(seconds=1))
+    expired.set_exp(lifetime=-timedelta(seconds=120))  # past JWT_LEEWAY_SECONDS (30)
     refresh = RefreshToken.for_user(alice)
 
     async def scenario(bad: str):
