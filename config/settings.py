@@ -231,6 +231,9 @@ REST_FRAMEWORK = {
     # a JSON body nested too deep is a 400 instead of a 500 (config/parsers.py).
     "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # No ``?format=`` on the API: it chose no representation there, and an unknown one was a 404 (the
+    # schema's ``?format=json|yaml`` is its view's own, config/urls.py).
+    "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": ["config.ratelimit.TieredRateLimit"],
     # Proxies in front of Conveyor whose X-Forwarded-For is trusted for the client IP (0: use the peer).

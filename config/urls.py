@@ -38,7 +38,13 @@ class PublicDocs:
 
 
 class SchemaView(PublicDocs, SpectacularAPIView):
-    pass
+    def perform_content_negotiation(self, request: Any, force: bool = False) -> Any:
+        """``?format=json|yaml`` picks the schema's encoding (``URL_FORMAT_OVERRIDE`` is off for the API)."""
+        wanted = request.query_params.get("format")
+        for renderer in self.get_renderers() if wanted else ():
+            if renderer.format == wanted:
+                return renderer, renderer.media_type
+        return super().perform_content_negotiation(request, force)
 
 
 class SwaggerView(PublicDocs, SpectacularSwaggerView):

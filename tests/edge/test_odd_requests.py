@@ -61,3 +61,13 @@ def test_logins_are_refused_not_unlimited_while_the_rate_limit_store_is_down(api
     assert error_of(admin_login, 503)["code"] == "unavailable"
     assert client.get("/api/v1/tasks/").status_code == 200  # everything else is served meanwhile
     assert client.post("/api/v1/tasks/", {"algorithm": "demo.noop"}).status_code == 201
+
+
+def test_format_is_no_api_parameter_but_still_picks_the_schemas_encoding(api, alice):
+    client = api(alice)
+    listed = client.get("/api/v1/tasks/?format=xml")  # was a 404 "not found": DRF's format override
+    assert listed.status_code == 200 and listed["Content-Type"].startswith("application/json")
+    as_json = Client().get("/api/schema/?format=json")
+    assert as_json.status_code == 200 and as_json.json()["openapi"].startswith("3.")
+    as_yaml = Client().get("/api/schema/?format=yaml")
+    assert as_yaml.status_code == 200 and as_yaml.content.startswith(b"openapi:")
