@@ -312,6 +312,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A channel the broker closes (RabbitMQ's consumer_timeout past an unacknowledged message) is reconnected
+# like a lost connection; without this the worker stopped consuming and exited once its tasks ended.
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 # The database, not the broker, decides what runs: a redelivered message is dropped by the guarded
 # claim, and a lost one is re-sent by the reconciler, so the visibility timeout only needs to be long.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("BROKER_VISIBILITY_TIMEOUT", 12 * 3600, minimum=1)}

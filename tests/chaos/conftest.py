@@ -2,8 +2,8 @@
 
 ``make test`` runs them reduced; ``make chaos`` (CHAOS_SCALE=full) runs them at full size. Both run on
 every broker in CHAOS_BROKERS (default: redis and rabbitmq); at the reduced size RabbitMQ gets only the
-scenarios in RABBITMQ_REDUCED (a worker killed, a rolling restart: what differs between brokers is how
-an unacknowledged message comes back), to keep ``make test`` short.
+scenarios in RABBITMQ_REDUCED (a worker killed, a rolling restart, RabbitMQ's consumer_timeout: what
+differs between brokers is how an unacknowledged message comes back), to keep ``make test`` short.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from tests.chaos.stack import FINAL, Stack
 FULL = os.environ.get("CHAOS_SCALE", "reduced") == "full"
 BROKERS = [b.strip() for b in os.environ.get("CHAOS_BROKERS", "redis,rabbitmq").split(",") if b.strip()]
 RABBITMQ_REDUCED = {"test_kill_9_of_a_worker_mid_task_then_a_new_worker_loses_nothing",
-                    "test_rolling_sigterm_restart_of_workers_loses_nothing"}
+                    "test_rolling_sigterm_restart_of_workers_loses_nothing",
+                    "test_rabbitmq_consumer_timeout_mid_task_the_worker_reconnects_and_runs_on"}
 # What one scenario submits; the tests scale their own numbers with it.
 TASKS = 300 if FULL else 20
 

@@ -242,3 +242,46 @@ def test_flapping_webhook_receiver_gets_every_event_at_least_once(fresh: Stack) 
     received = {str(uuid.UUID(r.headers["webhook-id"].removeprefix("msg_"))) for r in receiver.ok()}
     assert set(deliveries) <= received, f"{len(set(deliveries) - received)} deliveries never received"
     receiver.stop()
+
+
+def _rabbitmq_env(**values: int) -> dict[str, int]:
+    """Set the machine's RabbitMQ application settings (they hold for channels opened after); returns the
+    values they had, to set back."""
+    import re
+    import subprocess
+
+    def rabbitmqctl_eval(expr: str) -> str:
+        return subprocess.run(["rabbitmqctl", "eval", expr], check=True, capture_output=True, text=True).stdout
+
+    before = {k: int(re.search(r"\{ok,(\d+)\}", rabbitmqctl_eval(f"application:get_env(rabbit, {k}).")).group(1))
+              for k in values}
+    rabbitmqctl_eval(", ".join(f"application:set_env(rabbit, {k}, {v})" for k, v in values.items()) + ".")
+    return before
+
+
+def test_rabbitmq_consumer_timeout_mid_task_the_worker_reconnects_and_runs_on(fresh: Stack) -> None:
+    if fresh.broker != "rabbitmq":
+        pytest.skip("consumer_timeout is RabbitMQ's: an unacknowledged message past it closes the channel")
+    # given: a RabbitMQ whose consumer_timeout (30 min by default) is shorter than a running task: 3 s here,
+    # checked every second (set back as soon as it fired: the machine's RabbitMQ is everybody's)
+    before = _rabbitmq_env(consumer_timeout=3000, channel_tick_interval=1000)
+    try:
+        worker = fresh.start_worker(concurrency=1)
+        with fresh.client() as client:
+            long = client.post("/api/v1/tasks/", json={"algorithm": "chaos.sleep", "params": {"seconds": 8}}).json()
+            wait_until(lambda: running_count(fresh) == 1, timeout=30, message="the long task running")
+            # when: the channel is closed under it (PRECONDITION_FAILED: delivery acknowledgement timed out)
+            wait_until(lambda: b"PRECONDITION_FAILED" in worker.log_path.read_bytes(), timeout=30,
+                       message="RabbitMQ closing the worker's channel")
+    finally:
+        _rabbitmq_env(**before)
+    with fresh.client() as client:
+        after = client.post("/api/v1/tasks/", json={"algorithm": "chaos.noop"}).json()
+
+    # then: the worker reconnected (it used to stop consuming, finish the task and exit for good), the
+    # long task ran once to its end, and the next task ran on the same worker
+    counts = assert_nothing_lost(fresh, [long["id"], after["id"]], timeout=60)
+    assert counts == {"SUCCEEDED": 2}, counts
+    assert worker.alive(), worker.tail()
+    assert sum(1 for r in runs.runs(fresh.runs_dir).values() if r["task"] == long["id"]) == 1
+
