@@ -29,7 +29,7 @@ from bench.harness import Process, free_port
 ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/usr/bin"))
 PASSWORD = "chaos-password"
-RABBIT_VHOST = "conveyor_chaos"
+RABBIT_VHOST = f"conveyor_chaos_{os.getpid()}"  # per run: two runs on one machine never share one
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 
@@ -215,6 +215,8 @@ class Stack:
         for proc in [*self.workers, self.beat, self.web]:
             if proc is not None:
                 proc.kill()
+        if self.broker == "rabbitmq":
+            subprocess.run(["rabbitmqctl", "delete_vhost", RABBIT_VHOST], capture_output=True)
         self.redis.kill()
         self.pg.destroy()
         shutil.rmtree(self.runs_dir, ignore_errors=True)
