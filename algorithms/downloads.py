@@ -7,6 +7,7 @@ client) a plain generator is used.
 """
 from __future__ import annotations
 
+import mimetypes
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any
@@ -17,7 +18,7 @@ from django.core.files.storage import default_storage
 from django.db import connection
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponseNotModified, StreamingHttpResponse
-from django.utils.http import parse_etags
+from django.utils.http import http_date, parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -104,6 +105,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or start > end:
         raise RangeNotSatisfiable(f"range {header[:100]!r} is outside the {size} bytes of this file")
     return start, end
+
+
+def extension(content_type: str) -> str:
+    """The file extension of a content type (``.json``, ``.bin``, ``.csv``; "" when none is known), so a
+    result saved by its ``Content-Disposition`` name opens as what it is."""
+    return mimetypes.guess_extension(content_type.split(";")[0].strip().lower(), strict=False) or ""
 
 
 def content_disposition(filename: str) -> str:
@@ -230,6 +237,7 @@ def serve(request: HttpRequest, artifact: Artifact, *, filename: str) -> Streami
     response["Accept-Ranges"] = "none" if compress else "bytes"  # ranges are of the plain bytes only
     response["ETag"] = representation
     response["Content-Disposition"] = content_disposition(filename)
+    response["Last-Modified"] = http_date(artifact.created_at.timestamp())
     response["Vary"] = "Accept-Encoding"
     if compress:
         response["Content-Encoding"] = "zstd"

@@ -266,7 +266,8 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         if inline is None:
             stored = results.stored_result(task)
             if stored is not None:
-                return downloads.serve(request, stored, filename=f"{task.id}-result")
+                return downloads.serve(request, stored,
+                                       filename=f"{task.id}-result{downloads.extension(stored.content_type)}")
             inline = "null"  # the algorithm returned nothing
         # The result as PostgreSQL writes the jsonb, byte for byte: what result_meta's size and sha256 describe.
         head = json.dumps({"task_id": str(task.id), "status": task.status}, separators=(",", ":"))[:-1]
