@@ -245,6 +245,17 @@ def api() -> Callable[[Any], APIClient]:
     return make
 
 
+def key_client(raw: str, *, header: str = "x-api-key") -> APIClient:
+    """A client that authenticates with the API key ``raw``: in ``X-API-Key``, or (``header="authorization"``)
+    as ``Authorization: Api-Key <key>``."""
+    client = APIClient()
+    if header.lower() == "x-api-key":
+        client.credentials(HTTP_X_API_KEY=raw)
+    else:
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return client
+
+
 # --- a real ASGI server (daphne) on loopback ---------------------------------------------------
 
 def free_port() -> int:

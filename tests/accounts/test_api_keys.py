@@ -13,18 +13,13 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from jobs.models import Task
+from tests.conftest import key_client
 from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db
 
 
-def keyed(raw: str, *, header: str = "x-api-key") -> APIClient:
-    client = APIClient()
-    if header == "x-api-key":
-        client.credentials(HTTP_X_API_KEY=raw)
-    else:
-        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
-    return client
+keyed = key_client
 
 
 def new_key(client: APIClient, **body) -> dict:

@@ -1,7 +1,9 @@
 """Real web processes (daphne, the production ASGI server) for the edge tests: readiness with a dead
-database, rate limits shared by two processes, fuzzing over real HTTP."""
+database, rate limits shared by two processes, fuzzing over real HTTP. And the published OpenAPI schema
+with its operations, for the tests that hold the server to it."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,3 +49,20 @@ def anon() -> Any:
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(scope="module")
+def schema(django_db_blocker: Any) -> dict[str, Any]:
+    """The OpenAPI schema as ``GET /api/schema/?format=json`` publishes it."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    with django_db_blocker.unblock():
+        return json.loads(json.dumps(SchemaGenerator().get_schema(request=None, public=True), default=str))
+
+
+def operations(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every operation of ``schema``: (path, method, operation)."""
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                yield path, method, op

@@ -14,24 +14,11 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from drf_spectacular.generators import EndpointEnumerator
 from openapi_spec_validator import validate
 
+from tests.edge.conftest import operations
+
 pytestmark = pytest.mark.django_db
 
 NOT_IN_SCHEMA = {"/api/schema/", "/api/docs/", "/api/redoc/"}  # the schema and its viewers
-
-
-@pytest.fixture(scope="module")
-def schema(django_db_blocker):
-    from drf_spectacular.generators import SchemaGenerator
-
-    with django_db_blocker.unblock():
-        return json.loads(json.dumps(SchemaGenerator().get_schema(request=None, public=True), default=str))
-
-
-def _operations(schema):
-    for path, item in schema["paths"].items():
-        for method, op in item.items():
-            if method in {"get", "post", "put", "patch", "delete"}:
-                yield path, method, op
 
 
 def _walk(patterns, prefix=""):
@@ -69,7 +56,7 @@ def test_every_api_endpoint_is_documented(schema):
     for route, callback in _walk(get_resolver().url_patterns):
         if route.lstrip("^").startswith("api/"):
             assert hasattr(callback, "cls"), f"{route} is not a DRF view, so it cannot be in the schema"
-    documented = {(path, method) for path, method, _ in _operations(schema)}
+    documented = {(path, method) for path, method, _ in operations(schema)}
     missing = [
         f"{method} {path}" for path, _regex, method, _cb in EndpointEnumerator().get_api_endpoints()
         if path not in NOT_IN_SCHEMA and (path.replace("{pk}", "{id}"), method.lower()) not in documented
@@ -78,7 +65,7 @@ def test_every_api_endpoint_is_documented(schema):
 
 
 def test_every_operation_documents_success_errors_and_auth(schema):
-    for path, method, op in _operations(schema):
+    for path, method, op in operations(schema):
         where = f"{method.upper()} {path}"
         responses = op["responses"]
         ok = [code for code in responses if code.startswith("2")]

@@ -5,7 +5,6 @@ what the server sends."""
 from __future__ import annotations
 
 import copy
-import json
 import uuid
 from typing import Any
 
@@ -15,14 +14,6 @@ from openapi_schema_validator import OAS30Validator
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(scope="module")
-def schema(django_db_blocker):
-    from drf_spectacular.generators import SchemaGenerator
-
-    with django_db_blocker.unblock():
-        return json.loads(json.dumps(SchemaGenerator().get_schema(request=None, public=True), default=str))
 
 
 def _inline(node: Any, components: dict[str, Any], depth: int = 0) -> Any:

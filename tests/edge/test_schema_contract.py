@@ -2,32 +2,15 @@
 requests with keys of each scope), the values each field takes (enums, list sizes), what is required."""
 from __future__ import annotations
 
-import json
 import re
 import uuid
 
 import pytest
-from rest_framework.test import APIClient
+
+from tests.conftest import key_client
+from tests.edge.conftest import operations
 
 pytestmark = pytest.mark.django_db
-
-METHODS = {"get", "post", "put", "patch", "delete"}
-
-
-@pytest.fixture(scope="module")
-def schema(django_db_blocker):
-    from drf_spectacular.generators import SchemaGenerator
-
-    with django_db_blocker.unblock():
-        return json.loads(json.dumps(SchemaGenerator().get_schema(request=None, public=True), default=str))
-
-
-def _operations(schema):
-    for path, item in schema["paths"].items():
-        for method, op in item.items():
-            if method in METHODS:
-                yield path, method, op
-
 
 # A value for each path parameter that the URL patterns take (the object need not exist: the scope is
 # checked before any object is looked up).
@@ -43,12 +26,7 @@ def _key_client(user, scopes, *, header="X-API-Key"):
     from accounts import services
 
     _, raw = services.create_key(user=user, name=f"k-{'-'.join(scopes)}", scopes=list(scopes))
-    client = APIClient()
-    if header == "X-API-Key":
-        client.credentials(HTTP_X_API_KEY=raw)
-    else:
-        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
-    return client
+    return key_client(raw, header=header)
 
 
 def _send(client, method, path):
@@ -71,7 +49,7 @@ def test_every_operation_publishes_the_scope_the_server_enforces(schema, olga):
     keys = {scope: _key_client(olga, [scope]) for scope in every}  # olga is an operator
     without = {scope: _key_client(olga, [s for s in every if s != scope]) for scope in every}
     checked = 0
-    for path, method, op in _operations(schema):
+    for path, method, op in operations(schema):
         where = f"{method.upper()} {path}"
         if not any("apiKeyAuth" in s for s in op.get("security", [])):
             assert "x-required-scope" not in op, where
@@ -250,6 +228,6 @@ def test_a_pages_next_and_previous_are_required_and_nullable(schema, alice, api)
 
 
 def test_no_operation_offers_a_format_parameter(schema):
-    offered = [f"{method.upper()} {path}" for path, method, op in _operations(schema)
+    offered = [f"{method.upper()} {path}" for path, method, op in operations(schema)
                if any(p["name"] == "format" and p["in"] == "query" for p in op.get("parameters", []))]
     assert not offered, f"?format= is no part of the API: {offered}"

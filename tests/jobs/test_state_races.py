@@ -5,9 +5,8 @@ kill against the task's next run."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +22,7 @@ from jobs.models import Status, Task
 from queueing import dispatch, heartbeat, reconciler
 from queueing.models import WorkerRecord
 from tests.conftest import another_session, unconsumed_queue, wait_until
+from tests.fake_pool import ActiveRequest, host_clock, pool  # noqa: F401 (pool: a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -305,17 +305,6 @@ def test_a_priority_change_seeing_a_running_task_that_went_back_to_pending_meanw
 
 # --- 6. liveness by one clock, the database's ----------------------------------------------------
 
-@contextlib.contextmanager
-def _host_clock(skew: timedelta) -> Iterator[None]:
-    """This host's clock ``skew`` off the database's, for what runs inside."""
-    real = timezone.now
-    timezone.now = lambda: real() + skew
-    try:
-        yield
-    finally:
-        timezone.now = real
-
-
 TASK_STALE = timedelta(seconds=settings.CONVEYOR["HEARTBEAT_STALE_SECONDS"] + 1)
 WORKER_STALE = timedelta(seconds=settings.CONVEYOR["WORKER_STALE_SECONDS"] + 1)
 
@@ -324,7 +313,7 @@ def test_a_task_beaten_just_now_is_not_reaped_when_the_beat_hosts_clock_runs_ahe
     running = _running(alice)
     assert execution.heartbeat(claims={str(running.id): running.started_at}) == {str(running.id): False}
 
-    with _host_clock(TASK_STALE):
+    with host_clock(TASK_STALE):
         assert reconciler.reap_stale_running() == 0
 
     assert Task.objects.get(id=running.id).status == Status.RUNNING
@@ -332,7 +321,7 @@ def test_a_task_beaten_just_now_is_not_reaped_when_the_beat_hosts_clock_runs_ahe
 
 def test_a_task_claimed_by_a_worker_whose_clock_runs_behind_the_databases_is_not_reaped(alice):
     task = _queued(alice)
-    with _host_clock(-TASK_STALE):
+    with host_clock(-TASK_STALE):
         running = execution.claim(task_id=task.id, worker="w")
 
     assert reconciler.reap_stale_running() == 0
@@ -345,7 +334,7 @@ def test_a_task_whose_heartbeat_stopped_is_reaped_whatever_the_beat_hosts_clock(
         with connection.cursor() as cur:
             cur.execute("UPDATE jobs_task SET heartbeat_at = now() - make_interval(secs => %s) WHERE id = %s",
                         [TASK_STALE.total_seconds(), running.id])
-        with _host_clock(-timedelta(hours=2)):
+        with host_clock(-timedelta(hours=2)):
             assert reconciler.reap_stale_running() == 1
     assert Task.objects.get(id=running.id).status in (Status.PENDING, Status.QUEUED)
 
@@ -360,9 +349,9 @@ def _beat(hostname: str) -> None:
 def test_a_worker_beating_now_is_alive_whatever_the_hosts_clocks(db, worker_clock, reader_clock):
     from queueing import selectors
 
-    with _host_clock(worker_clock):
+    with host_clock(worker_clock):
         _beat("celery@drifting")
-    with _host_clock(reader_clock):  # the beat's liveness check, the API's and the admin's readers
+    with host_clock(reader_clock):  # the beat's liveness check, the API's and the admin's readers
         assert reconciler.check_workers() == 0
         assert "celery@drifting" in set(selectors.live_workers().values_list("hostname", flat=True))
         [shown] = [w for w in selectors.workers() if w["hostname"] == "celery@drifting"]
@@ -374,7 +363,7 @@ def test_a_silent_worker_is_found_lost_even_when_the_beat_hosts_clock_runs_behin
     _beat("celery@silent")
     WorkerRecord.objects.filter(hostname="celery@silent").update(last_heartbeat=timezone.now() - timedelta(hours=1))
 
-    with _host_clock(-timedelta(hours=2)):
+    with host_clock(-timedelta(hours=2)):
         assert reconciler.check_workers() == 1
 
     assert WorkerRecord.objects.get(hostname="celery@silent").lost_at is not None
@@ -383,40 +372,6 @@ def test_a_silent_worker_is_found_lost_even_when_the_beat_hosts_clock_runs_behin
 # --- 10. a stuck run's kill and give-up: that run's, never the task's next one ------------------
 
 HOST = "celery@stuck-test"
-
-
-class _Request:
-    """What ``_stop_stuck`` reads of Celery's active request of a pool child."""
-    name = "jobs.run_task"
-
-    def __init__(self, task_id: Any, pid: int) -> None:
-        self.args, self.worker_pid = [str(task_id)], pid
-
-
-@pytest.fixture
-def pool(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Fake pool children (pids no process has) in Celery's active requests, and the kills they got."""
-    import celery.worker.state
-
-    class Pool:
-        active: set[_Request] = set()
-        killed: list[int] = []
-        gone: set[int] = set()
-
-    real_kill = os.kill
-
-    def kill(pid: int, sig: int) -> None:
-        if pid < 4_000_000:
-            return real_kill(pid, sig)
-        if pid in Pool.gone:
-            raise ProcessLookupError(pid)
-        if sig:
-            Pool.killed.append(pid)
-            Pool.gone.add(pid)
-
-    monkeypatch.setattr(celery.worker.state, "active_requests", Pool.active)
-    monkeypatch.setattr(os, "kill", kill)
-    return Pool
 
 
 def _stuck(owner: Any) -> Task:
@@ -429,7 +384,7 @@ def _stuck(owner: Any) -> Task:
 
 def test_a_stuck_run_has_its_child_killed_and_runs_again(alice, pool):
     stuck = _stuck(alice)
-    pool.active.add(_Request(stuck.id, 4_000_001))
+    pool.active.add(ActiveRequest(stuck.id, 4_000_001))
 
     heartbeat._stop_stuck(HOST)
 
@@ -440,7 +395,7 @@ def test_a_stuck_run_has_its_child_killed_and_runs_again(alice, pool):
 
 def test_a_stuck_run_that_ended_and_ran_again_before_the_kill_leaves_the_new_run_alone(alice, pool, monkeypatch):
     stuck = _stuck(alice)
-    pool.active.add(_Request(stuck.id, 4_000_001))
+    pool.active.add(ActiveRequest(stuck.id, 4_000_001))
     found_stuck, later = reconciler.stuck_running, {}
 
     def then_it_ends_and_starts_again(**kwargs: Any) -> Any:
@@ -450,7 +405,7 @@ def test_a_stuck_run_that_ended_and_ran_again_before_the_kill_leaves_the_new_run
         _fail_retryably(stuck)
         later["run"] = _run_again(stuck, HOST)
         pool.active.clear()
-        pool.active.add(_Request(stuck.id, 4_000_002))
+        pool.active.add(ActiveRequest(stuck.id, 4_000_002))
         return found
 
     monkeypatch.setattr(reconciler, "stuck_running", then_it_ends_and_starts_again)
@@ -463,7 +418,7 @@ def test_a_stuck_run_that_ended_and_ran_again_before_the_kill_leaves_the_new_run
 
 def test_a_stuck_run_that_finishes_just_before_the_kill_is_not_killed(alice, pool, monkeypatch):
     stuck = _stuck(alice)
-    request = _Request(stuck.id, 4_000_001)
+    request = ActiveRequest(stuck.id, 4_000_001)
     pool.active.add(request)
     looked = reconciler.still_running
 
@@ -484,7 +439,7 @@ def test_a_stuck_run_that_finishes_just_before_the_kill_is_not_killed(alice, poo
 
 def test_a_task_with_two_active_requests_is_not_killed_until_only_one_is_left(alice, pool):
     stuck = _stuck(alice)
-    pool.active.update({_Request(stuck.id, 4_000_001), _Request(stuck.id, 4_000_002)})  # a duplicate message
+    pool.active.update({ActiveRequest(stuck.id, 4_000_001), ActiveRequest(stuck.id, 4_000_002)})  # a duplicate message
 
     heartbeat._stop_stuck(HOST)
 

@@ -4,59 +4,21 @@ running there looked an hour without progress by the wall clock, and its watchdo
 ("no progress for 3s (progress_timeout)"); after a step back, a stuck task was not found for an hour."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import transaction
-from django.utils import timezone
 
 from algorithms import registry
-from jobs import events, execution, services, transitions
+from jobs import execution
 from jobs.models import Status, Task, TaskEvent
 from queueing import heartbeat
-from tests.conftest import unconsumed_queue
+from tests.conftest import queued_tasks
+from tests.fake_pool import ActiveRequest, host_clock, pool  # noqa: F401 (pool: a fixture)
 
 HOST = "celery@stuck-clock"
-
-
-class _Request:
-    """What the watchdog reads of Celery's active request of a pool child."""
-    name = "jobs.run_task"
-
-    def __init__(self, task_id: Any, pid: int) -> None:
-        self.args, self.worker_pid = [str(task_id)], pid
-
-
-@pytest.fixture
-def pool(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Fake pool children (pids no process has) in Celery's active requests, and the kills they got."""
-    import celery.worker.state
-
-    class Pool:
-        active: set[_Request] = set()
-        killed: list[int] = []
-        gone: set[int] = set()
-
-    real_kill = os.kill
-
-    def kill(pid: int, sig: int) -> None:
-        if pid < 4_000_000:
-            return real_kill(pid, sig)
-        if pid in Pool.gone:
-            raise ProcessLookupError(pid)
-        if sig:
-            Pool.killed.append(pid)
-            Pool.gone.add(pid)
-
-    monkeypatch.setattr(celery.worker.state, "active_requests", Pool.active)
-    monkeypatch.setattr(os, "kill", kill)
-    return Pool
 
 
 def _timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -67,16 +29,10 @@ def _timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 def _running(owner: Any, pool: Any, pid: int) -> Task:
     """A ``demo.stall`` task running on HOST in the pool child ``pid``, which reported progress just now."""
-    spec = services.build_spec(algorithm="demo.stall", queue=unconsumed_queue(), max_retries=3)
-    task = services._new_task(owner, spec, None)
-    with transaction.atomic():
-        task.save(force_insert=True)
-        events.record([task], "task.created")
-        transitions.apply([task.id], frm=[Status.PENDING], to=Status.QUEUED, event="task.queued",
-                          values={"queued_at": timezone.now()})
+    task = queued_tasks(owner, 1, algorithm="demo.stall", max_retries=3)[0]
     claimed = execution.claim(task_id=task.id, worker=HOST)
     assert _progress(claimed, 10)
-    pool.active.add(_Request(task.id, pid))
+    pool.active.add(ActiveRequest(task.id, pid))
     return claimed
 
 
@@ -84,17 +40,6 @@ def _progress(task: Task, percent: float) -> bool:
     """A report of the run ``task`` is; False once that run was stopped."""
     return execution.report_progress(task_id=task.id, percent=percent, stage="work", message="", metrics={},
                                      claimed_at=task.started_at)
-
-
-@contextlib.contextmanager
-def _host_clock(step: timedelta) -> Iterator[None]:
-    """This host's wall clock stepped by ``step`` (NTP, a VM resumed), for what runs inside."""
-    real = timezone.now
-    timezone.now = lambda: real() + step
-    try:
-        yield
-    finally:
-        timezone.now = real
 
 
 def _seen_as(task: Task) -> tuple[str, str]:
@@ -106,7 +51,7 @@ def test_a_healthy_task_is_not_stopped_when_its_workers_clock_steps_an_hour_forw
     running = _running(alice, pool, 4_100_001)  # demo.stall: progress_timeout 3 s
     heartbeat._stop_stuck(HOST)  # the watchdog's beat before the step
 
-    with _host_clock(timedelta(hours=1)):
+    with host_clock(timedelta(hours=1)):
         heartbeat._stop_stuck(HOST)
         _progress(running, 20)  # stamped by the stepped clock
         heartbeat._stop_stuck(HOST)
@@ -156,7 +101,7 @@ def test_a_stuck_task_is_still_stopped_when_its_workers_clock_steps_an_hour_back
     running = _running(alice, pool, 4_100_004)
     heartbeat._stop_stuck(HOST)
 
-    with _host_clock(-timedelta(hours=1)):
+    with host_clock(-timedelta(hours=1)):
         time.sleep(1.3)
         heartbeat._stop_stuck(HOST)
 
