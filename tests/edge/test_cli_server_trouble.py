@@ -135,9 +135,12 @@ def test_watch_retries_a_busy_server_after_its_retry_after_and_gives_up_with_6(s
 
 
 def cli(*args: str, **popen: object) -> subprocess.Popen[str]:
-    """``python -m conveyor_cli ARGS`` as a user runs it (the config dir comes from the environment)."""
+    """``python -m conveyor_cli ARGS`` as a user runs it (the config dir comes from the environment), from a
+    terminal: Ctrl-C is not ignored, even when this suite runs in the background of a shell without job
+    control, which starts it with SIGINT ignored (and a child inherits that: the Ctrl-C test hung there)."""
     return subprocess.Popen([sys.executable, "-m", "conveyor_cli", *args], cwd=ROOT, env=dict(os.environ),
-                            text=True, **popen)  # type: ignore[call-overload]
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **popen)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("status", [429, 503])
